@@ -1,0 +1,201 @@
+"""SpecialistPool: one base model served by vLLM with many LoRA specialists, one RayService."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field, HttpUrl, field_validator, model_validator
+
+from protege.api.meta import (
+    CONDITIONS_LIST_MAP,
+    ComputeResources,
+    Condition,
+    DnsLabel,
+    KubeModel,
+    SecretKeyRef,
+    Toleration,
+)
+
+MODEL_SOURCE_SCHEMES = ("hf", "s3", "gs", "pvc", "file")
+_CATALOGUE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def check_model_source(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if sep:
+        if scheme not in MODEL_SOURCE_SCHEMES:
+            raise ValueError(
+                f"model source {value!r} has scheme {scheme!r}; use one of "
+                + ", ".join(f"{s}://" for s in MODEL_SOURCE_SCHEMES)
+                + " or a catalogue name such as 'smollm2-135m' (see `protege models list`)"
+            )
+        if not rest.strip("/"):
+            raise ValueError(f"model source {value!r} names no model after {scheme}://")
+        return value
+    if not _CATALOGUE_ID.match(value):
+        raise ValueError(
+            f"model source {value!r} is neither a URI (hf://org/name, s3://bucket/path, pvc://claim/path, "
+            "file:///path) nor a catalogue name such as 'smollm2-135m' (see `protege models list`)"
+        )
+    return value
+
+
+class BaseModelSpec(KubeModel):
+    source: str = Field(
+        description="Where the base model comes from: a catalogue name (`protege models list`), "
+        "hf://org/name, s3://bucket/prefix, pvc://claim/path or file:///path.",
+        examples=["smollm2-135m", "hf://HuggingFaceTB/SmolLM2-1.7B-Instruct"],
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return check_model_source(value)
+
+
+class EngineSpec(KubeModel):
+    """vLLM engine settings shared by every replica of the pool."""
+
+    max_loras: int = Field(
+        default=16, ge=1, le=256, description="Adapters resident on a replica at once (LRU)."
+    )
+    max_lora_rank: int = Field(
+        default=32, description=f"Largest adapter rank accepted; one of {VLLM_LORA_RANKS}."
+    )
+    max_cpu_loras: int | None = Field(
+        default=None, ge=1, description="Adapters cached in host memory; at least maxLoras when set."
+    )
+    max_model_len: int = Field(default=4096, ge=256, le=1_048_576, description="Context length in tokens.")
+    max_num_seqs: int | None = Field(default=None, ge=1, description="Sequences batched at once per replica.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=0.99, description="Share of accelerator memory vLLM may reserve."
+    )
+    dtype: str = Field(
+        default="auto", pattern=r"^(auto|bfloat16|float16|float32)$", description="Weight and compute dtype."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, le=16, description="GPUs one replica is sharded over.")
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further vLLM engine arguments, passed as they are (e.g. {enablePrefixCaching: true}).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, value: int) -> int:
+        if value not in VLLM_LORA_RANKS:
+            raise ValueError(f"maxLoraRank {value} is not a rank vLLM supports; use one of {VLLM_LORA_RANKS}")
+        return value
+
+    @model_validator(mode="after")
+    def _cpu_loras(self) -> EngineSpec:
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"maxCpuLoras ({self.max_cpu_loras}) must be at least maxLoras ({self.max_loras}); "
+                "raise it or leave it unset"
+            )
+        return self
+
+
+class ReplicaSpec(KubeModel):
+    """Serve autoscaling of the pool's replicas."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max", "message": "replicas.min must not exceed replicas.max"}
+            ]
+        }
+    }
+
+    min: int = Field(
+        default=1, ge=0, le=1000, description="Fewest replicas; 0 lets an idle pool scale to zero."
+    )
+    max: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    target_ongoing_requests: int = Field(
+        default=16, ge=1, le=10_000, description="Ongoing requests per replica the autoscaler aims at."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaSpec:
+        if self.min > self.max:
+            raise ValueError(
+                f"replicas.min ({self.min}) exceeds replicas.max ({self.max}); raise max or lower min"
+            )
+        return self
+
+
+class TeacherSpec(KubeModel):
+    """The big model the specialists learn from and fall back to (any OpenAI-compatible API)."""
+
+    url: HttpUrl = Field(description="Base URL of the OpenAI-compatible API, e.g. https://llm.example/v1.")
+    model: str = Field(min_length=1, description="Model name to request from the teacher.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the teacher's API key; never inline."
+    )
+    timeout_seconds: float = Field(default=120, gt=0, le=3600, description="Per-call timeout.")
+
+
+class SpecialistPoolSpec(KubeModel):
+    base_model: BaseModelSpec = Field(description="The base model every specialist of the pool adapts.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
+    replicas: ReplicaSpec = Field(default_factory=ReplicaSpec, description="Autoscaling bounds.")
+    resources: ComputeResources = Field(
+        default_factory=lambda: ComputeResources(gpu=1),
+        description="Resources of each serving replica.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels for the GPU workers."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for the GPU workers."
+    )
+    teacher: TeacherSpec = Field(description="The teacher model: source of labels and the fallback.")
+    image: str | None = Field(default=None, description="Serving image; the operator's default when unset.")
+
+    @model_validator(mode="after")
+    def _tensor_parallel_fits(self) -> SpecialistPoolSpec:
+        if self.engine.tensor_parallel_size > 1 and self.resources.gpu < self.engine.tensor_parallel_size:
+            raise ValueError(
+                f"engine.tensorParallelSize is {self.engine.tensor_parallel_size} but resources.gpu is "
+                f"{self.resources.gpu}; give each replica at least as many GPUs as it is sharded over"
+            )
+        return self
+
+
+class PoolPhase(StrEnum):
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class PoolAdapter(KubeModel):
+    """An adapter version registered with the pool."""
+
+    specialist: DnsLabel = Field(description="The Specialist that owns the adapter.")
+    version: str = Field(description="Content-addressed version id.")
+    uri: str = Field(description="Where the adapter files are (s3://... or file://...).")
+    state: str = Field(
+        pattern=r"^(Loading|Loaded|Failed)$", description="Whether the pool's replicas serve it."
+    )
+    message: str = Field(default="", description="Why a load failed.")
+
+
+class SpecialistPoolStatus(KubeModel):
+    phase: PoolPhase = Field(default=PoolPhase.PENDING, description="Summary of the pool's state.")
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra=CONDITIONS_LIST_MAP,
+        description="Ready, Reconciling, Stalled, ...",
+    )
+    ready_replicas: int = Field(default=0, ge=0, description="Serving replicas that are up.")
+    endpoint: str | None = Field(default=None, description="In-cluster URL of the pool's gateway.")
+    service_name: str | None = Field(default=None, description="Name of the RayService serving the pool.")
+    adapters: list[PoolAdapter] = Field(default_factory=list, description="Adapter versions registered.")

@@ -1,0 +1,285 @@
+"""Specialist: one recurring task of an agent, learnt by a LoRA adapter in a SpecialistPool."""
+
+from __future__ import annotations
+
+import itertools
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime, Field, field_validator, model_validator
+
+from protege.api.calls import check_subject_token
+from protege.api.meta import CONDITIONS_LIST_MAP, ComputeResources, Condition, DnsLabel, KubeModel
+
+
+class OutputKind(StrEnum):
+    LABEL = "label"
+    JSON = "json"
+    TOOL_CALL = "tool_call"
+    SQL = "sql"
+    PROSE = "prose"
+
+
+class TaskMatch(KubeModel):
+    """Structural facts a call must have to belong to the task (all that are set must hold)."""
+
+    apps: list[str] = Field(default_factory=list, description="App tags the calls come from; any when empty.")
+    system_prompt_hash: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{8,64}$",
+        description="Hash of the system-prompt template (from `protege tasks show`).",
+    )
+    tools: list[str] = Field(default_factory=list, description="Names of the tools the calls offer.")
+    output_kind: OutputKind | None = Field(default=None, description="Kind of answer the task produces.")
+
+
+class TaskSelector(KubeModel):
+    id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][-a-z0-9]{0,62}$",
+        description="Task id from task discovery (`protege tasks list`); stable across re-runs.",
+    )
+    tenant: str = Field(
+        default="default", description="Tenant whose calls train this specialist; tenants never mix."
+    )
+    match: TaskMatch = Field(default_factory=TaskMatch, description="Structural match for the task's calls.")
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        return check_subject_token(value, "task.tenant")
+
+    @model_validator(mode="after")
+    def _something_selected(self) -> TaskSelector:
+        m = self.match
+        if self.id is None and not (m.apps or m.system_prompt_hash or m.tools or m.output_kind):
+            raise ValueError(
+                "task selects nothing: set task.id (see `protege tasks list`) or at least one field of "
+                "task.match; `protege tasks suggest` prints both"
+            )
+        return self
+
+
+class DataPolicy(KubeModel):
+    min_examples: int = Field(
+        default=500, ge=1, description="Curated examples needed before the first training."
+    )
+    max_examples: int | None = Field(
+        default=None, ge=1, description="Newest examples used per training; all when unset."
+    )
+    redact_pii: bool = Field(default=True, description="Remove PII before examples are stored. Keep it on.")
+    retention_days: int = Field(default=30, ge=1, le=3650, description="Days curated examples are kept.")
+
+
+class TrainingMethod(StrEnum):
+    LORA = "lora"
+    QLORA = "qlora"
+
+
+class TrainingSpec(KubeModel):
+    method: TrainingMethod = Field(
+        default=TrainingMethod.LORA, description="'lora', or 'qlora' (4-bit, CUDA only)."
+    )
+    rank: int = Field(
+        default=16, ge=1, le=512, description="LoRA rank; at most the pool's engine.maxLoraRank."
+    )
+    alpha: int | None = Field(default=None, ge=1, description="LoRA alpha; twice the rank when unset.")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"], min_length=1, description="Modules to adapt, or 'all-linear'."
+    )
+    epochs: float = Field(default=2, gt=0, le=100, description="Passes over the training split.")
+    learning_rate: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
+    batch_size: int = Field(
+        default=8, ge=1, le=4096, description="Examples per optimizer step (all workers)."
+    )
+    max_seq_len: int = Field(default=2048, ge=64, description="Longer examples are dropped, not cut.")
+    seed: int = Field(default=0, ge=0, description="Seed for data order and initialisation.")
+    workers: int = Field(default=1, ge=1, le=256, description="Ray Train workers (data parallel).")
+    resources: ComputeResources = Field(
+        default_factory=lambda: ComputeResources(gpu=1), description="Resources of each training worker."
+    )
+    retrain_after_new_examples: int | None = Field(
+        default=2000, ge=1, description="Retrain once this many new examples arrived; never when unset."
+    )
+    schedule: str | None = Field(
+        default=None,
+        pattern=r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$",
+        description="Cron schedule for retraining, in addition to the example count.",
+    )
+
+    @model_validator(mode="after")
+    def _qlora_needs_gpu(self) -> TrainingSpec:
+        if self.method is TrainingMethod.QLORA and self.resources.gpu < 1:
+            raise ValueError(
+                "training.method 'qlora' needs CUDA: set training.resources.gpu to 1 or more, "
+                "or use method 'lora'"
+            )
+        return self
+
+
+class EvaluationMetric(StrEnum):
+    AUTO = "auto"
+    EXACT_MATCH = "exact_match"
+    JSON_FIELDS = "json_fields"
+    TOOL_CALL = "tool_call"
+    SQL_EXECUTION = "sql_execution"
+    SIMILARITY = "similarity"
+
+
+class EvaluationSpec(KubeModel):
+    metric: EvaluationMetric = Field(
+        default=EvaluationMetric.AUTO, description="Task score; 'auto' picks it from the task's output kind."
+    )
+    min_score: float | None = Field(default=None, ge=0, le=1, description="Absolute score a candidate needs.")
+    min_relative_to_teacher: float = Field(
+        default=0.95, ge=0, le=1.5, description="Candidate score divided by the teacher's that it needs."
+    )
+
+
+class RolloutSpec(KubeModel):
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "size(self.canarySteps) == 0 "
+                    "|| self.canarySteps[size(self.canarySteps) - 1] == 100",
+                    "message": "rollout.canarySteps must end at 100",
+                }
+            ]
+        }
+    }
+
+    shadow_calls: int = Field(default=200, ge=0, description="Calls answered in shadow before the canary.")
+    canary_steps: list[int] = Field(
+        default_factory=lambda: [10, 50, 100],
+        max_length=20,
+        description="Traffic percentages, ending at 100.",
+    )
+    min_calls_per_step: int = Field(
+        default=100, ge=1, description="Calls observed before each step moves on."
+    )
+    min_agreement: float = Field(
+        default=0.9, ge=0, le=1, description="Agreement with the teacher (and validity) a step must keep."
+    )
+    auto_rollback: bool = Field(default=True, description="Roll back when a step falls below minAgreement.")
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if any(not 1 <= s <= 100 for s in steps):
+            raise ValueError(f"rollout.canarySteps {steps}: every step is a percentage from 1 to 100")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"rollout.canarySteps {steps} must increase strictly, e.g. [10, 50, 100]")
+        if steps and steps[-1] != 100:
+            raise ValueError(f"rollout.canarySteps {steps} must end at 100, e.g. [10, 50, 100]")
+        return steps
+
+
+class OutputValidation(StrEnum):
+    NONE = "none"
+    JSON = "json"
+    JSON_SCHEMA = "json_schema"
+    TOOL_CALL = "tool_call"
+    SQL = "sql"
+
+
+class FallbackSpec(KubeModel):
+    validate_output: OutputValidation = Field(
+        default=OutputValidation.NONE, description="Check each answer; invalid ones go to the teacher."
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON schema answers must satisfy, for validateOutput 'json_schema'.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    min_confidence: float | None = Field(
+        default=None, ge=0, le=1, description="Mean token probability below which the teacher answers."
+    )
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> FallbackSpec:
+        if self.validate_output is OutputValidation.JSON_SCHEMA and not self.json_schema:
+            raise ValueError("fallback.validateOutput 'json_schema' needs fallback.jsonSchema")
+        return self
+
+
+class SpecialistSpec(KubeModel):
+    pool: DnsLabel = Field(description="Name of the SpecialistPool (same namespace) that serves it.")
+    task: TaskSelector = Field(description="Which calls make up the task.")
+    data: DataPolicy = Field(
+        default_factory=DataPolicy, description="When there is enough data, and its care."
+    )
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="How adapters are trained.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="The gate a candidate passes."
+    )
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Shadow and canary steps.")
+    fallback: FallbackSpec = Field(
+        default_factory=FallbackSpec, description="When the teacher answers instead."
+    )
+    suspend: bool = Field(default=False, description="Stop training and rollout; serving stays as it is.")
+
+
+class SpecialistPhase(StrEnum):
+    PENDING = "Pending"
+    COLLECTING_DATA = "CollectingData"
+    TRAINING = "Training"
+    EVALUATING = "Evaluating"
+    SHADOW = "Shadow"
+    CANARY = "Canary"
+    SERVING = "Serving"
+    SUSPENDED = "Suspended"
+    FAILED = "Failed"
+
+
+class VersionState(StrEnum):
+    TRAINING = "Training"
+    EVALUATING = "Evaluating"
+    REJECTED = "Rejected"
+    FAILED = "Failed"
+    SHADOW = "Shadow"
+    CANARY = "Canary"
+    SERVING = "Serving"
+    RETIRED = "Retired"
+    ROLLED_BACK = "RolledBack"
+
+
+class Scores(KubeModel):
+    metric: EvaluationMetric = Field(description="Metric the scores are in.")
+    specialist: float = Field(description="Candidate's score on the frozen test split.")
+    teacher: float = Field(description="Teacher's score on the same split.")
+    base_zero_shot: float | None = Field(default=None, description="Base model's zero-shot score.")
+    relative_to_teacher: float = Field(description="specialist / teacher.")
+
+
+class SpecialistVersion(KubeModel):
+    version: str = Field(description="Content-addressed adapter version.")
+    state: VersionState = Field(description="Where the version is in its life.")
+    dataset_version: str | None = Field(default=None, description="Dataset version it was trained on.")
+    adapter_uri: str | None = Field(default=None, description="Where the adapter is stored.")
+    job_name: str | None = Field(default=None, description="The RayJob (or local job) that trained it.")
+    scores: Scores | None = Field(default=None, description="Evaluation result.")
+    created_at: AwareDatetime | None = Field(default=None, description="When training started.")
+    message: str = Field(default="", description="Why it is in its state.")
+
+
+class SpecialistStatus(KubeModel):
+    phase: SpecialistPhase = Field(default=SpecialistPhase.PENDING, description="Summary of the state.")
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra=CONDITIONS_LIST_MAP,
+        description="Ready, DataReady, Trained, ...",
+    )
+    examples: int = Field(default=0, ge=0, description="Curated examples of the task.")
+    new_examples: int = Field(default=0, ge=0, description="Examples since the active version's dataset.")
+    active_version: str | None = Field(default=None, description="Version serving the task's traffic.")
+    candidate_version: str | None = Field(default=None, description="Version in shadow or canary.")
+    traffic_share: int = Field(
+        default=0, ge=0, le=100, description="Percent of the task's calls answered by a specialist version."
+    )
+    score_vs_teacher: float | None = Field(default=None, description="Active version's score / teacher's.")
+    versions: list[SpecialistVersion] = Field(
+        default_factory=list, description="Recent versions, newest last."
+    )

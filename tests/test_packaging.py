@@ -1,0 +1,42 @@
+"""The layout rules: protege.* imports, and no top-level `operator` package to shadow the stdlib."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import protege.operator
+import protege.serving
+import protege.training
+
+
+def test_top_level_folders_import_as_protege_packages(repo: Path) -> None:
+    for package, folder in (
+        (protege.operator, "operator"),
+        (protege.serving, "serving"),
+        (protege.training, "training"),
+    ):
+        assert Path(next(iter(package.__path__))).resolve() == (repo / folder).resolve()
+
+
+def test_operator_folder_never_shadows_the_standard_library(repo: Path) -> None:
+    assert not (repo / "operator" / "__init__.py").exists()
+    # `python -m` puts the current directory first on sys.path: the stdlib must still win.
+    result = subprocess.run(
+        [sys.executable, "-m", "json.tool", "--help"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    probe = "import operator, sys; print(operator.__file__)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
+    assert "site-packages" not in out.stdout and str(repo / "operator") not in out.stdout
+
+
+def test_nothing_imports_a_top_level_package_by_folder_name(repo: Path) -> None:
+    offenders = []
+    for path in [*repo.glob("protege/**/*.py"), *repo.glob("tests/**/*.py"), *repo.glob("bench/**/*.py")]:
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("from serving", "import serving", "from training", "import training")):
+                offenders.append(f"{path}: {stripped}")
+            if stripped.startswith("from operator import") and "protege" in str(path.parent):
+                offenders.append(f"{path}: {stripped}")
+    assert offenders == []
