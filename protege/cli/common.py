@@ -9,8 +9,8 @@ from rich.console import Console
 
 from protege.config import ConfigError, Settings, load_settings
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)  # one line per message: greppable, copyable
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
