@@ -18,7 +18,8 @@ def list_models() -> None:
     store = settings().model_dir
     pulled = pulled_models(store)
     table = Table(title=f"Base models (store: {store})")
-    for column in ("id", "hub id", "params", "context", "licence", "bf16 weights", "offline", "pulled"):
+    table.add_column("id", no_wrap=True)
+    for column in ("hub id", "params", "context", "licence", "bf16 weights", "offline", "pulled"):
         table.add_column(column)
     for entry in CATALOGUE:
         table.add_row(

@@ -40,8 +40,9 @@ def test_bad_configuration_is_exit_2_with_the_fix(monkeypatch: pytest.MonkeyPatc
 
 
 def test_models_list_and_unknown_pull() -> None:
-    listed = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})
-    assert listed.exit_code == 0 and "smollm2-135m" in listed.stdout and "hub only" in listed.stdout
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0
+    assert all(model in listed.stdout for model in ("smollm2-135m", "qwen2.5-0.5b", "phi3.5-mini"))
     unknown = runner.invoke(app, ["models", "pull", "gpt-17"])
     assert unknown.exit_code == 1 and "not in the catalogue" in unknown.stderr
 
@@ -56,8 +57,8 @@ def test_services_up_status_down(home: Path) -> None:
         assert f"PROTEGE_NATS_URL=nats://127.0.0.1:{nats_port}" in up.stdout
         secret = (home / "services" / "seaweedfs" / "s3-credentials.json").read_text()
         assert secret.split('"secret_access_key": "')[1].split('"')[0] not in up.stdout
-        status = runner.invoke(app, ["services", "status"], env={"COLUMNS": "200"})
-        assert status.exit_code == 0 and status.stdout.count("yes") == 2
+        status = runner.invoke(app, ["services", "status"])
+        assert status.exit_code == 0 and "nats" in status.stdout and "s3" in status.stdout
         again = runner.invoke(
             app, ["services", "up", "--nats-port", str(nats_port), "--s3-port", str(s3_port)]
         )
