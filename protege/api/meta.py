@@ -100,10 +100,6 @@ def set_condition(
     return [c for c in conditions if c.type != type] + [updated]
 
 
-def find_condition(conditions: list[Condition], type: str) -> Condition | None:
-    return next((c for c in conditions if c.type == type), None)
-
-
 class SecretKeyRef(KubeModel):
     """A key of a Secret in the resource's namespace; secrets are only ever referenced."""
 

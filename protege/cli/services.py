@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
 from protege.cli.common import console, fail, settings
-from protege.services.local import is_healthy, read_state, s3_credentials, services_down, services_up
+from protege.services.local import is_healthy, read_state, services_down, services_up
 from protege.services.process import ServiceError
+from protege.services.seaweedfs import CREDENTIALS_FILE, read_credentials
 
 app = typer.Typer(
     help="Local NATS JetStream and S3 store (SeaweedFS), for one machine.", no_args_is_help=True
@@ -23,18 +26,17 @@ def up(
         running = services_up(home, nats_port=nats_port, s3_port=s3_port)
     except ServiceError as error:
         fail(str(error))
-    key, secret = s3_credentials(running["s3"])
+    access_key_id, _ = read_credentials(Path(running["s3"].data_dir))
     console.print(f"# services running; logs under {home / 'services'}", highlight=False)
     console.print(f"export PROTEGE_NATS_URL={running['nats'].url}", highlight=False)
     console.print("export PROTEGE_ARTIFACT_STORE=s3://protege/artifacts", highlight=False)
     console.print(f"export PROTEGE_S3__ENDPOINT_URL={running['s3'].url}", highlight=False)
-    console.print(f"export PROTEGE_S3__ACCESS_KEY_ID={key}", highlight=False)
+    console.print(f"export PROTEGE_S3__ACCESS_KEY_ID={access_key_id}", highlight=False)
     console.print(
-        f"# the secret key is in {running['s3'].data_dir}/s3-credentials.json; export it as "
+        f"# the secret key is in {running['s3'].data_dir}/{CREDENTIALS_FILE}; export it as "
         "PROTEGE_S3__SECRET_ACCESS_KEY",
         highlight=False,
     )
-    del secret
 
 
 @app.command("down")

@@ -82,8 +82,3 @@ def services_down(home: Path) -> list[str]:
             stopped.append(name)
     state_path(home).unlink(missing_ok=True)
     return stopped
-
-
-def s3_credentials(service: RunningService) -> tuple[str, str]:
-    data = json.loads((Path(service.data_dir) / "s3-credentials.json").read_text())
-    return data["access_key_id"], data["secret_access_key"]

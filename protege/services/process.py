@@ -11,6 +11,8 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -179,10 +181,6 @@ class ServiceProcess:
             self.process.wait()
             self.process = None
 
-    def restart(self) -> Self:
-        self.stop()
-        return self.start()
-
     def __enter__(self) -> Self:
         return self.start()
 
@@ -193,9 +191,6 @@ class ServiceProcess:
 
 
 def http_ok(url: str, timeout: float = 0.5, accept: Callable[[int], bool] = lambda s: s < 500) -> bool:
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return accept(response.status)

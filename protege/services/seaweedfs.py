@@ -10,6 +10,14 @@ from pathlib import Path
 
 from protege.services.process import ServiceProcess, find_binary, free_port, http_ok
 
+CREDENTIALS_FILE = "s3-credentials.json"
+
+
+def read_credentials(data_dir: Path) -> tuple[str, str]:
+    """The (access key id, secret key) a SeaweedS3 in ``data_dir`` was started with."""
+    data = json.loads((data_dir / CREDENTIALS_FILE).read_text())
+    return data["access_key_id"], data["secret_access_key"]
+
 
 class SeaweedS3(ServiceProcess):
     """``weed server -s3`` on loopback, with one identity whose keys live in ``data_dir``.
@@ -35,7 +43,7 @@ class SeaweedS3(ServiceProcess):
         self.ports: dict[str, int] = {}
         self.pick_ports()
         self.buckets = tuple(buckets)
-        self._credentials_path = self.data_dir / "s3-credentials.json"
+        self._credentials_path = self.data_dir / CREDENTIALS_FILE
 
     def pick_ports(self) -> bool:
         # master, volume and filer each take an HTTP and a gRPC port, all on loopback.
@@ -51,8 +59,7 @@ class SeaweedS3(ServiceProcess):
 
     @property
     def credentials(self) -> tuple[str, str]:
-        data = json.loads(self._credentials_path.read_text())
-        return data["access_key_id"], data["secret_access_key"]
+        return read_credentials(self.data_dir)
 
     def storage_options(self) -> dict[str, object]:
         """fsspec/s3fs options that reach this store."""
