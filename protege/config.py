@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, HttpUrl, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from protege.api.calls import check_subject_token
 
 
 class ConfigError(ValueError):
@@ -44,6 +46,57 @@ class TeacherSettings(BaseModel):
     timeout_seconds: float = Field(default=120, gt=0, description="Per-call timeout.")
 
 
+class ApiKey(BaseModel):
+    """One gateway API key, stored only as its SHA-256 (`protege gateway keys create` makes one)."""
+
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="Lower-case hex SHA-256 of the key; the key itself is never stored.",
+    )
+    tenant: str = Field(description="Tenant the key's calls belong to; a NATS subject token.")
+    app: str = Field(default="default", description="App tag for calls without an X-Protege-App header.")
+    name: str | None = Field(default=None, description="A label for people (who holds the key).")
+
+    @field_validator("tenant", "app")
+    @classmethod
+    def _token(cls, value: str, info: ValidationInfo) -> str:
+        return check_subject_token(value, info.field_name or "value")
+
+
+class CallLogSettings(BaseModel):
+    enabled: bool = Field(default=True, description="Log calls to JetStream; off only for benchmarks.")
+    stream: str = Field(default="PROTEGE_CALLS", pattern=r"^[A-Za-z0-9_-]+$", description="JetStream stream.")
+    max_age_days: float = Field(default=30, gt=0, description="Records older than this leave the stream.")
+    max_bytes: int = Field(default=-1, ge=-1, description="Stream size limit in bytes; -1 for none.")
+    duplicate_window_hours: float = Field(
+        default=24, gt=0, description="JetStream de-duplication window; must outlast any NATS outage."
+    )
+    spool_dir: Path | None = Field(default=None, description="Disk spool for NATS outages; <home>/spool.")
+    spool_max_bytes: int = Field(
+        default=1 << 30, ge=8 << 20, description="Spool limit; past it records are dropped (and counted)."
+    )
+    queue_size: int = Field(default=50_000, gt=0, description="In-memory records before spilling to disk.")
+    batch_size: int = Field(default=512, gt=0, description="Records per JetStream publish batch.")
+
+
+class GatewaySettings(BaseModel):
+    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port the gateway listens on.")
+    api_keys: list[ApiKey] = Field(default_factory=list, description="Accepted API keys (hashed).")
+    api_keys_file: Path | None = Field(
+        default=None, description="YAML or JSON list of api_keys entries, e.g. a mounted Kubernetes Secret."
+    )
+    models: list[str] = Field(
+        default_factory=list, description="Model names callers may ask for; [teacher.model] when empty."
+    )
+    max_body_bytes: int = Field(default=4 << 20, gt=0, description="Largest request body accepted.")
+    extra_request_fields: list[str] = Field(
+        default_factory=list,
+        description="Non-OpenAI request fields passed through (vendor extensions such as top_k).",
+    )
+    upstream_connections: int = Field(default=512, gt=0, description="Pooled connections to the teacher.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PROTEGE_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -60,6 +113,8 @@ class Settings(BaseSettings):
         default=None, description="Directory of pulled base models; <home>/models."
     )
     teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="The big model.")
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The OpenAI gateway.")
+    call_log: CallLogSettings = Field(default_factory=CallLogSettings, description="The JetStream call log.")
 
     @field_validator("nats_url")
     @classmethod
@@ -87,6 +142,10 @@ class Settings(BaseSettings):
     @property
     def artifact_store_url(self) -> str:
         return self.artifact_store or (self.home / "artifacts").resolve().as_uri()
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.call_log.spool_dir or self.home / "spool"
 
     @property
     def model_dir(self) -> Path:
@@ -144,4 +203,4 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ApiKey", "CallLogSettings", "ConfigError", "GatewaySettings", "Settings", "load_settings"]

@@ -1,0 +1,169 @@
+"""Turn one observed call — request bytes, response bytes as they pass, how it ended — into a record.
+
+The gateway and the listener SDK both see the same thing: the request body the caller
+sent and the upstream's response bytes on their way back to the caller. A
+:class:`CallObserver` watches those bytes (without holding them up) and, when the call
+ends, builds its one :class:`CallRecord`. It never raises on odd upstream output: a
+record of what happened is always produced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from pydantic import ValidationError
+
+from protege.api.calls import (
+    CallRecord,
+    CallStatus,
+    ChatRequest,
+    ChatResponse,
+    ErrorInfo,
+    Latency,
+    Upstream,
+    Usage,
+)
+from protege.capture.assemble import StreamAssembler
+
+
+class RecordSink(Protocol):
+    """Where finished records go: the call-log publisher, or anything with ``submit``."""
+
+    def submit(self, record: CallRecord) -> None: ...
+
+
+def parse_completion(body: bytes) -> tuple[ChatResponse | None, Usage | None]:
+    """The answer and usage of a non-streamed completion body; (None, None) if it is not one."""
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict) or "choices" not in data:
+            return None, None
+        usage = Usage.model_validate(data["usage"]) if data.get("usage") else None
+        return ChatResponse.model_validate(data), usage
+    except (ValueError, ValidationError):
+        return None, None
+
+
+def error_message(body: bytes, limit: int = 500) -> str:
+    """The message of an OpenAI-style error body, or the start of the body as text."""
+    try:
+        error = json.loads(body).get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:limit]
+        if isinstance(error, str):
+            return error[:limit]
+    except (ValueError, AttributeError):
+        pass
+    return body[:limit].decode("utf-8", errors="replace")
+
+
+class CallObserver:
+    """Observes one call and builds its record; feed it the response bytes as they pass."""
+
+    def __init__(
+        self,
+        request: ChatRequest,
+        *,
+        tenant: str,
+        app: str,
+        source: Literal["gateway", "sdk"] = "gateway",
+        upstream: Upstream | None = None,
+    ) -> None:
+        self.request = request
+        self.tenant = tenant
+        self.app = app
+        self.source = source
+        self.upstream = upstream
+        self.timestamp = datetime.now(UTC)
+        self.started = time.perf_counter()
+        self.first_chunk_at: float | None = None
+        self.status_code: int | None = None
+        self.stream = StreamAssembler() if request.stream else None
+        self._body: list[bytes] = []
+
+    def on_status(self, status_code: int) -> None:
+        self.status_code = status_code
+
+    def on_bytes(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.perf_counter()
+        if self.stream is not None and self.status_code in (None, 200):
+            self.stream.feed(data)
+        else:
+            self._body.append(data)
+
+    def _latency(self) -> Latency:
+        now = time.perf_counter()
+        ttft = None
+        if self.stream is not None and self.first_chunk_at is not None:
+            ttft = (self.first_chunk_at - self.started) * 1000
+        return Latency(total_ms=(now - self.started) * 1000, ttft_ms=ttft)
+
+    def _record(
+        self,
+        status: CallStatus,
+        response: ChatResponse | None = None,
+        usage: Usage | None = None,
+        error: ErrorInfo | None = None,
+    ) -> CallRecord:
+        return CallRecord(
+            timestamp=self.timestamp,
+            tenant=self.tenant,
+            app=self.app,
+            source=self.source,
+            request=self.request,
+            response=response,
+            usage=usage,
+            latency=self._latency(),
+            status=status,
+            error=error,
+            upstream=self.upstream,
+        )
+
+    def completed(self) -> CallRecord:
+        """The upstream finished sending (successfully or with an HTTP error status)."""
+        body = b"".join(self._body)
+        if self.status_code is not None and self.status_code >= 400:
+            return self._record(
+                CallStatus.UPSTREAM_ERROR,
+                error=ErrorInfo(
+                    type="upstream_http_error", message=error_message(body), status_code=self.status_code
+                ),
+            )
+        if self.stream is not None:
+            if self.stream.error is not None:
+                return self._record(
+                    CallStatus.UPSTREAM_ERROR,
+                    response=self.stream.response(),
+                    usage=self.stream.usage,
+                    error=ErrorInfo(
+                        type="upstream_stream_error",
+                        message=str(self.stream.error.get("message") or self.stream.error)[:500],
+                    ),
+                )
+            response, usage = self.stream.response(), self.stream.usage
+        else:
+            response, usage = parse_completion(body)
+        if response is None:
+            return self._record(
+                CallStatus.UPSTREAM_ERROR,
+                error=ErrorInfo(
+                    type="upstream_invalid_response",
+                    message="the upstream answered without a chat completion: " + error_message(body, 200),
+                    status_code=self.status_code,
+                ),
+            )
+        return self._record(CallStatus.OK, response=response, usage=usage)
+
+    def failed(self, status: CallStatus, error_type: str, message: str) -> CallRecord:
+        """The call ended early: a timeout, a connection error, or the caller went away."""
+        partial = self.stream.response() if self.stream is not None else None
+        usage = self.stream.usage if self.stream is not None else None
+        return self._record(
+            status, response=partial, usage=usage, error=ErrorInfo(type=error_type, message=message[:500])
+        )

@@ -1,0 +1,117 @@
+"""A crash-safe, bounded, append-only disk spool for call records NATS could not take.
+
+Records are framed as ``[u32 length][u32 crc32][payload]`` in segment files named by a
+monotonically increasing number. Appends are fsynced before they return, so a record the
+spool accepted survives a crash. A torn frame at the end of a segment (the process died
+mid-write) fails its length or CRC check and is dropped on reading: it was never
+acknowledged. Segments are consumed in order and deleted once everything in them has
+been delivered, so replay keeps the original order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")
+_SUFFIX = ".spool"
+
+
+class SpoolFullError(Exception):
+    """The spool reached its byte limit; the record was not stored."""
+
+
+@dataclass(frozen=True)
+class SpooledBatch:
+    segment: Path
+    payloads: list[bytes]
+
+
+class DiskSpool:
+    def __init__(self, directory: Path, max_bytes: int = 1 << 30, segment_bytes: int = 8 << 20) -> None:
+        if max_bytes < segment_bytes:
+            raise ValueError(f"spool max_bytes {max_bytes} is below its segment size {segment_bytes}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._current: Path | None = None
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{_SUFFIX}"))
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self._segments())
+
+    def is_empty(self) -> bool:
+        return not any(p.stat().st_size for p in self._segments())
+
+    def append(self, payloads: list[bytes]) -> None:
+        """Store ``payloads`` durably (fsync) in order, or raise SpoolFullError storing none."""
+        if not payloads:
+            return
+        frames = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+        with self._lock:
+            if self.size_bytes() + len(frames) > self.max_bytes:
+                raise SpoolFullError(
+                    f"spool {self.directory} is full ({self.max_bytes} bytes); "
+                    "raise its limit or bring NATS back"
+                )
+            segment = self._writable_segment()
+            fd = os.open(segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, frames)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _writable_segment(self) -> Path:
+        current = self._current
+        if current is None or not current.exists() or current.stat().st_size >= self.segment_bytes:
+            existing = self._segments()
+            number = int(existing[-1].stem) + 1 if existing else 1
+            current = self.directory / f"{number:012d}{_SUFFIX}"
+            current.touch(mode=0o600)
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the new segment's name is durable too
+            finally:
+                os.close(dir_fd)
+            self._current = current
+        return current
+
+    def batches(self) -> Iterator[SpooledBatch]:
+        """The spooled records, oldest segment first; call :meth:`done` after delivering one."""
+        for segment in self._segments():
+            with self._lock:
+                if segment == self._current:
+                    self._current = None  # new appends go to a fresh segment from now on
+                data = segment.read_bytes()
+            yield SpooledBatch(segment, list(_frames(data, segment)))
+
+    def done(self, batch: SpooledBatch) -> None:
+        batch.segment.unlink(missing_ok=True)
+
+
+def _frames(data: bytes, segment: Path) -> Iterator[bytes]:
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        start = offset + _HEADER.size
+        payload = data[start : start + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            log.warning("spool %s: dropping a torn record at byte %d (a crash mid-write)", segment, offset)
+            return
+        yield payload
+        offset = start + length
+    if offset != len(data):
+        log.warning("spool %s: dropping %d trailing bytes of a torn header", segment, len(data) - offset)

@@ -1,0 +1,331 @@
+"""The OpenAI-compatible gateway: authenticate, check, forward to the teacher, log every call.
+
+The caller gets the upstream's bytes untouched (streamed chunks as they arrive); the call
+log sees the same bytes through a :class:`CallObserver` and gets exactly one record per
+call, whatever the outcome. Logging happens after the answer is on its way and never
+fails or slows a call: the publisher spools to disk when NATS is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import aiohttp
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from protege.api.calls import CallRecord, CallStatus, Upstream, UpstreamKind
+from protege.capture.publisher import CallLogPublisher
+from protege.capture.recorder import CallObserver, RecordSink
+from protege.config import Settings
+from protege.serving.gateway.auth import KeyRing, Principal, load_keys_file
+from protege.serving.gateway.errors import GatewayError, error_body
+from protege.serving.gateway.metrics import GatewayMetrics
+from protege.serving.gateway.teacher import TeacherClient, chunks
+from protege.serving.gateway.validation import parse_chat_request
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CLIENT_GONE = "the caller closed the connection before the answer was complete"
+
+
+class ClientDisconnected(Exception):
+    """The caller went away while the gateway was waiting for the upstream."""
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
+    """Await ``work``, cancelling it and raising ClientDisconnected if the caller leaves first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise ClientDisconnected
+    return task.result()
+
+
+class Gateway:
+    """The gateway's state: keys, models, the teacher client, the record sink and metrics."""
+
+    def __init__(self, settings: Settings, sink: RecordSink | None, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        keys = list(settings.gateway.api_keys)
+        if settings.gateway.api_keys_file is not None:
+            keys += load_keys_file(settings.gateway.api_keys_file)
+        self.keys = KeyRing(keys)
+        models = settings.gateway.models or ([settings.teacher.model] if settings.teacher.model else [])
+        self.models = tuple(models)
+        self.teacher = TeacherClient(settings.teacher, settings.gateway.upstream_connections)
+        self.sink = sink
+        self.metrics = metrics
+
+    # --- helpers -----------------------------------------------------------------------
+    def _log(self, record: CallRecord, status_code: int) -> None:
+        self.metrics.observe(record, status_code)
+        if self.sink is not None:
+            self.sink.submit(record)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.gateway.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise _too_large(limit)
+        return bytes(body)
+
+    # --- POST /v1/chat/completions -----------------------------------------------------
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            principal = self.keys.authenticate(request.headers)
+            body = await self._read_body(request)
+            chat = parse_chat_request(
+                body, models=self.models, extra_fields=self.settings.gateway.extra_request_fields
+            )
+        except GatewayError as error:
+            self.metrics.rejected.labels(str(error.status_code)).inc()
+            return error.response()
+        observer = CallObserver(
+            chat,
+            tenant=principal.tenant,
+            app=principal.app,
+            upstream=Upstream(kind=UpstreamKind.TEACHER, model=chat.model),
+        )
+        if chat.stream:
+            return await self._stream(body, observer, request)
+        return await self._complete(body, observer, request)
+
+    async def _complete(self, body: bytes, observer: CallObserver, request: Request) -> Response:
+        try:
+            reply = await unless_disconnected(self.teacher.complete(body), request.receive)
+        except ClientDisconnected:
+            self._log(
+                observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
+            )
+            return Response(status_code=499)
+        except TimeoutError:
+            return self._upstream_failed(
+                observer, CallStatus.TIMEOUT, 504, "timeout", self._timeout_message()
+            )
+        except aiohttp.ClientError as error:
+            return self._upstream_failed(
+                observer, CallStatus.UPSTREAM_ERROR, 502, "connect_error", _connect_message(error)
+            )
+        observer.on_status(reply.status)
+        observer.on_bytes(reply.body)
+        record = observer.completed()
+        return Response(
+            reply.body,
+            reply.status,
+            media_type=reply.content_type or "application/json",
+            background=BackgroundTask(self._log, record, reply.status),
+        )
+
+    async def _stream(self, body: bytes, observer: CallObserver, request: Request) -> Response:
+        try:
+            upstream = await unless_disconnected(self.teacher.open_stream(body), request.receive)
+        except ClientDisconnected:
+            self._log(
+                observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
+            )
+            return Response(status_code=499)
+        except TimeoutError:
+            return self._upstream_failed(
+                observer, CallStatus.TIMEOUT, 504, "timeout", self._timeout_message()
+            )
+        except aiohttp.ClientError as error:
+            return self._upstream_failed(
+                observer, CallStatus.UPSTREAM_ERROR, 502, "connect_error", _connect_message(error)
+            )
+        observer.on_status(upstream.status)
+        if upstream.status != 200:  # refused before streaming began: pass the error through as is
+            async with upstream:
+                content = await upstream.read()
+            observer.on_bytes(content)
+            return Response(
+                content,
+                upstream.status,
+                media_type=upstream.content_type or "application/json",
+                background=BackgroundTask(self._log, observer.completed(), upstream.status),
+            )
+        return RelayResponse(self, upstream, observer)
+
+    def _upstream_failed(
+        self, observer: CallObserver, status: CallStatus, code: int, kind: str, message: str
+    ) -> Response:
+        self._log(observer.failed(status, kind, message), code)
+        return Response(
+            error_body(message, type="upstream_error", code=kind), code, media_type="application/json"
+        )
+
+    def _timeout_message(self) -> str:
+        return (
+            f"The teacher did not answer within {self.settings.teacher.timeout_seconds:g} s "
+            "(teacher.timeout_seconds)."
+        )
+
+
+class RelayResponse(Response):
+    """Streams the upstream's SSE bytes to the caller as they arrive, and logs the call once."""
+
+    def __init__(self, gateway: Gateway, upstream: aiohttp.ClientResponse, observer: CallObserver) -> None:
+        super().__init__(status_code=200)
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # no proxy buffering in front of us either
+        ]
+        self.gateway = gateway
+        self.upstream = upstream
+        self.observer = observer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = asyncio.ensure_future(self._relay(send))
+        watcher = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            await asyncio.wait((relay, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not relay.done():  # the caller left: stop reading the upstream
+            relay.cancel()
+        record, status_code = await relay
+        self.gateway._log(record, status_code)
+
+    async def _relay(self, send: Send) -> tuple[CallRecord, int]:
+        observer = self.observer
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for data in chunks(self.upstream):
+                observer.on_bytes(data)
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return observer.completed(), 200
+        except asyncio.CancelledError:
+            return observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
+        except OSError as error:  # the caller's socket broke while we were sending
+            return observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", str(error)), 499
+        except (TimeoutError, aiohttp.ClientError) as error:
+            timeout = isinstance(error, TimeoutError)
+            message = self.gateway._timeout_message() if timeout else _connect_message(error)
+            kind = "timeout" if timeout else "upstream_stream_error"
+            event = b"data: " + error_body(message, type="upstream_error", code=kind) + b"\n\n"
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": event, "more_body": False})
+            return observer.failed(
+                CallStatus.TIMEOUT if timeout else CallStatus.UPSTREAM_ERROR, kind, message
+            ), 200
+        finally:
+            self.upstream.release()
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413,
+        f"The request body is larger than this gateway accepts ({limit} bytes); send a shorter "
+        "conversation or raise gateway.max_body_bytes.",
+        code="request_too_large",
+    )
+
+
+def _connect_message(error: BaseException) -> str:
+    return f"The teacher could not be reached or broke off: {type(error).__name__}: {error}"
+
+
+def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI:
+    """The gateway as an ASGI app.
+
+    With ``sink=None`` and the call log enabled, the app runs its own
+    :class:`CallLogPublisher` (started and flushed with the app's lifespan).
+    """
+    publisher: CallLogPublisher | None = None
+    if sink is None and settings.call_log.enabled:
+        publisher = CallLogPublisher.from_settings(settings)
+        sink = publisher
+    gateway = Gateway(settings, sink, GatewayMetrics(publisher))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if publisher is not None:
+            await publisher.start()
+        try:
+            yield
+        finally:
+            await gateway.teacher.close()
+            if publisher is not None:
+                await publisher.close()
+
+    app = FastAPI(title="Protégé gateway", version="v1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+        code = "not_found" if error.status_code == 404 else None
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        return Response(error_body(message, code=code), error.status_code, media_type="application/json")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> Response:
+        return Response(error_body(str(error)), 400, media_type="application/json")
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> Response:
+        return await gateway.chat_completions(request)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        try:
+            gateway.keys.authenticate(request.headers)
+        except GatewayError as error:
+            return error.response()
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "protege"} for name in gateway.models
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        body: dict[str, Any] = {"status": "ready", "models": list(gateway.models), "keys": len(gateway.keys)}
+        if publisher is not None:
+            # NATS being away does not make the gateway unready: records spool to disk.
+            body["call_log"] = {"connected": publisher.connected, "spool_bytes": publisher.spool.size_bytes()}
+        ready = bool(gateway.models) and len(gateway.keys) > 0
+        if not ready:
+            body["status"] = "not ready: no models or no API keys configured"
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+__all__ = ["Gateway", "Principal", "create_app"]

@@ -1,0 +1,99 @@
+"""Prometheus metrics of one gateway (its own registry, so several can live in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from protege.api.calls import CallRecord
+from protege.capture.publisher import CallLogPublisher
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class GatewayMetrics:
+    def __init__(self, publisher: CallLogPublisher | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "protege_gateway_requests",
+            "Chat-completion calls by tenant, app, outcome and HTTP status.",
+            ["tenant", "app", "status", "code"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "protege_gateway_rejected_requests",
+            "Requests refused before reaching an upstream (auth, bad input, unknown model).",
+            ["code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "protege_gateway_request_duration_seconds",
+            "Time from request to last byte, as the caller saw it.",
+            ["tenant", "app", "stream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "protege_gateway_time_to_first_token_seconds",
+            "Time to the first streamed chunk.",
+            ["tenant", "app"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "protege_gateway_tokens",
+            "Tokens reported by the upstream, by kind (prompt, completion).",
+            ["tenant", "app", "kind"],
+            registry=self.registry,
+        )
+        if publisher is not None:
+            self.registry.register(_PublisherCollector(publisher))
+
+    def observe(self, record: CallRecord, status_code: int) -> None:
+        self.requests.labels(record.tenant, record.app, record.status.value, str(status_code)).inc()
+        stream = "true" if record.request.stream else "false"
+        self.latency.labels(record.tenant, record.app, stream).observe(record.latency.total_ms / 1000)
+        if record.latency.ttft_ms is not None:
+            self.ttft.labels(record.tenant, record.app).observe(record.latency.ttft_ms / 1000)
+        if record.usage is not None:
+            self.tokens.labels(record.tenant, record.app, "prompt").inc(record.usage.prompt_tokens)
+            self.tokens.labels(record.tenant, record.app, "completion").inc(record.usage.completion_tokens)
+
+
+class _PublisherCollector(Collector):
+    """The call log's counters, read from the publisher at scrape time."""
+
+    def __init__(self, publisher: CallLogPublisher) -> None:
+        self.publisher = publisher
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self.publisher.stats
+        records = CounterMetricFamily(
+            "protege_calllog_records",
+            "Call records by outcome: published to JetStream, spooled to disk, replayed from the "
+            "spool, dropped (spool full).",
+            labels=["outcome"],
+        )
+        for outcome in ("published", "spooled", "replayed", "dropped"):
+            records.add_metric([outcome], getattr(stats, outcome))
+        yield records
+        errors = CounterMetricFamily(
+            "protege_calllog_errors", "NATS errors seen by the publisher, by type.", labels=["type"]
+        )
+        for name, count in sorted(stats.errors.items()):
+            errors.add_metric([name], count)
+        yield errors
+        yield GaugeMetricFamily(
+            "protege_calllog_queue_depth", "Records waiting in memory.", value=self.publisher.queue_depth
+        )
+        yield GaugeMetricFamily(
+            "protege_calllog_spool_bytes",
+            "Bytes waiting in the disk spool.",
+            value=self.publisher.spool.size_bytes(),
+        )
+        yield GaugeMetricFamily(
+            "protege_calllog_connected", "1 when connected to NATS.", value=int(self.publisher.connected)
+        )

@@ -1,0 +1,205 @@
+"""A small, fast, deterministic OpenAI-shaped upstream for tests and benchmarks.
+
+It is clearly not a model: it echoes the last user message, answers with a tool call when
+tools are offered, and obeys a few commands in the last user message so tests can make
+the upstream misbehave:
+
+- ``!status 503`` — answer with that HTTP status and an OpenAI error body;
+- ``!sleep 1.5`` — wait that long before answering (timeouts, disconnects);
+- ``!stream-error`` — start a stream, then send an error event instead of finishing.
+
+Written as a raw ASGI app (no framework) so that, as the upstream of a latency benchmark,
+it adds as little as possible of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+MODEL = "stub-teacher"
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
+
+
+def _command(text: str, name: str) -> str | None:
+    for word_index, word in enumerate(parts := text.split()):
+        if word == name:
+            return parts[word_index + 1] if word_index + 1 < len(parts) else ""
+    return None
+
+
+def answer(request: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """The stub's deterministic answer: (content, tool_calls)."""
+    text = _last_user_text(request.get("messages") or [])
+    tools = request.get("tools") or []
+    if tools and request.get("tool_choice") != "none":
+        choice = request.get("tool_choice")
+        name = (
+            choice["function"]["name"]
+            if isinstance(choice, dict)
+            else tools[0].get("function", {}).get("name", "tool")
+        )
+        return None, [
+            {
+                "id": "call_stub_0",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps({"query": text})},
+            }
+        ]
+    return f"echo: {text}", None
+
+
+def _usage(
+    request: dict[str, Any], content: str | None, tool_calls: list[dict[str, Any]] | None
+) -> dict[str, int]:
+    prompt = sum(len(str(m.get("content") or "").split()) for m in request.get("messages") or [])
+    completion = len((content or json.dumps(tool_calls)).split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class StubTeacher:
+    """The ASGI app. ``chunk_delay`` spaces streamed chunks (to observe pass-through)."""
+
+    def __init__(self, chunk_delay: float = 0.0) -> None:
+        self.chunk_delay = chunk_delay
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path = scope["path"]
+        if scope["method"] == "GET" and path.endswith("/models"):
+            models = [{"id": MODEL, "object": "model", "created": 0, "owned_by": "stub"}]
+            await _send_json(send, 200, {"object": "list", "data": models})
+            return
+        if scope["method"] != "POST" or not path.endswith("/chat/completions"):
+            await _send_json(
+                send, 404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}}
+            )
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.calls += 1
+        request = json.loads(raw)
+        text = _last_user_text(request.get("messages") or [])
+        if (status := _command(text, "!status")) is not None:
+            error = {"message": f"stub error {status}", "type": "server_error", "param": None, "code": None}
+            await _send_json(send, int(status), {"error": error})
+            return
+        if (delay := _command(text, "!sleep")) is not None:
+            await asyncio.sleep(float(delay))
+        content, tool_calls = answer(request)
+        if request.get("stream"):
+            await self._stream(send, request, content, tool_calls, error="!stream-error" in text)
+            return
+        finish = "tool_calls" if tool_calls else "stop"
+        body: dict[str, Any] = {
+            "id": f"chatcmpl-stub-{self.calls}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", MODEL),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "tool_calls": tool_calls},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(request, content, tool_calls),
+        }
+        await _send_json(send, 200, body)
+
+    async def _stream(
+        self,
+        send: Send,
+        request: dict[str, Any],
+        content: str | None,
+        tool_calls: list[dict[str, Any]] | None,
+        error: bool,
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        base = {
+            "id": f"chatcmpl-stub-{self.calls}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": request.get("model", MODEL),
+        }
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        if tool_calls:
+            call = tool_calls[0]
+            arguments = call["function"]["arguments"]
+            half = len(arguments) // 2
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": arguments[:half]},
+                        }
+                    ]
+                }
+            )
+            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]})
+        else:
+            words = (content or "").split(" ")
+            deltas += [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
+        for delta in deltas:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            await _send_event(send, chunk)
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        if error:
+            await _send_event(send, {"error": {"message": "stub stream broke", "type": "server_error"}})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        finish = "tool_calls" if tool_calls else "stop"
+        await _send_event(send, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        if (request.get("stream_options") or {}).get("include_usage"):
+            await _send_event(send, {**base, "choices": [], "usage": _usage(request, content, tool_calls)})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+async def _send_event(send: Send, data: dict[str, Any]) -> None:
+    await send(
+        {
+            "type": "http.response.body",
+            "body": b"data: " + json.dumps(data).encode() + b"\n\n",
+            "more_body": True,
+        }
+    )
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
