@@ -1,20 +1,32 @@
 """Pytest fixtures with real local services (a pytest plugin, registered as `protege`).
 
 ``nats_server`` and ``seaweed_s3`` start once per test session; ``s3_artifact_store`` gives
-each test its own prefix in the real S3 store.
+each test its own prefix in the real S3 store. ``stub_teacher`` is an OpenAI-shaped upstream
+on loopback; ``start_gateway`` starts real gateways (uvicorn) in front of it, each with its
+own API key and tenant, logging to ``nats_server``; ``records_of`` reads a tenant's records
+back from the call log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from protege.api.calls import CallRecord
+from protege.capture.reader import StreamMissingError, UnreadableRecord, read_records, subject_filter
+from protege.config import ApiKey, Settings, load_settings
 from protege.services.nats import NatsServer
 from protege.services.seaweedfs import SeaweedS3
 from protege.store.artifacts import ArtifactStore
+
+if TYPE_CHECKING:  # the serving extra is imported only by the fixtures that need it
+    from protege.serving.server import ServerThread
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +49,86 @@ def s3_artifact_store(seaweed_s3: SeaweedS3) -> ArtifactStore:
 @pytest.fixture
 def file_artifact_store(tmp_path: Path) -> ArtifactStore:
     return ArtifactStore((tmp_path / "artifacts").as_uri())
+
+
+@pytest.fixture(scope="session")
+def stub_teacher() -> Iterator[ServerThread]:
+    from protege.serving.server import ServerThread
+    from protege.serving.stub_teacher import StubTeacher
+
+    with ServerThread(StubTeacher()) as server:
+        yield server
+
+
+@dataclass
+class RunningGateway:
+    server: ServerThread
+    settings: Settings
+    key: str
+    tenant: str
+
+    @property
+    def base_url(self) -> str:
+        return self.server.url + "/v1"
+
+
+def records_of(
+    nats_url: str, tenant: str, expect: int, seconds: float = 30
+) -> list[CallRecord | UnreadableRecord]:
+    """:func:`wait_for_records` for synchronous tests."""
+    return asyncio.run(wait_for_records(nats_url, tenant, expect, seconds))
+
+
+async def wait_for_records(
+    nats_url: str, tenant: str, expect: int, seconds: float = 30
+) -> list[CallRecord | UnreadableRecord]:
+    """The tenant's records once ``expect`` of them are in the call log (fails after ``seconds``).
+
+    It waits a moment more and reads again, so a test also sees records beyond ``expect``.
+    """
+
+    async def read() -> list[CallRecord | UnreadableRecord]:
+        try:
+            return [r async for r in read_records(nats_url, subject=subject_filter(tenant))]
+        except StreamMissingError:
+            return []
+
+    found: list[CallRecord | UnreadableRecord] = []
+    for _ in range(int(seconds * 10)):
+        found = await read()
+        if len(found) >= expect:
+            await asyncio.sleep(0.3)
+            return await read()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"expected {expect} records for tenant {tenant}, found {len(found)}")
+
+
+@pytest.fixture
+def start_gateway(
+    nats_server: NatsServer, stub_teacher: ServerThread, tmp_path: Path
+) -> Iterator[Callable[..., RunningGateway]]:
+    """Start gateways with ``start_gateway(app=..., teacher_url=..., **settings)``; stopped after the test."""
+    from protege.serving.gateway.app import create_app
+    from protege.serving.gateway.auth import hash_key, new_key
+    from protege.serving.server import ServerThread
+
+    started: list[ServerThread] = []
+
+    def start(app: str = "default", teacher_url: str | None = None, **overrides: Any) -> RunningGateway:
+        key, tenant = new_key(), f"t{uuid.uuid4().hex[:12]}"
+        settings = load_settings(
+            home=tmp_path / f"gateway{len(started)}",
+            nats_url=overrides.pop("nats_url", nats_server.url),
+            teacher={"url": teacher_url or stub_teacher.url + "/v1", "model": "stub-teacher"}
+            | overrides.pop("teacher", {}),
+            gateway={"api_keys": [ApiKey(sha256=hash_key(key), tenant=tenant, app=app)]}
+            | overrides.pop("gateway", {}),
+            **overrides,
+        )
+        server = ServerThread(create_app(settings)).start()
+        started.append(server)
+        return RunningGateway(server, settings, key, tenant)
+
+    yield start
+    for server in started:
+        server.stop()

@@ -15,13 +15,14 @@ it adds as little as possible of its own.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-import time
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
 MODEL = "stub-teacher"
+CREATED = 1_767_225_600  # fixed, like the id: the same request always gets the same bytes
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -101,6 +102,7 @@ class StubTeacher:
                 break
         self.calls += 1
         request = json.loads(raw)
+        completion_id = "chatcmpl-" + hashlib.sha256(raw).hexdigest()[:24]
         text = _last_user_text(request.get("messages") or [])
         if (status := _command(text, "!status")) is not None:
             error = {"message": f"stub error {status}", "type": "server_error", "param": None, "code": None}
@@ -110,13 +112,13 @@ class StubTeacher:
             await asyncio.sleep(float(delay))
         content, tool_calls = answer(request)
         if request.get("stream"):
-            await self._stream(send, request, content, tool_calls, error="!stream-error" in text)
+            await self._stream(send, request, completion_id, content, tool_calls, "!stream-error" in text)
             return
         finish = "tool_calls" if tool_calls else "stop"
         body: dict[str, Any] = {
-            "id": f"chatcmpl-stub-{self.calls}",
+            "id": completion_id,
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": CREATED,
             "model": request.get("model", MODEL),
             "choices": [
                 {
@@ -134,6 +136,7 @@ class StubTeacher:
         self,
         send: Send,
         request: dict[str, Any],
+        completion_id: str,
         content: str | None,
         tool_calls: list[dict[str, Any]] | None,
         error: bool,
@@ -146,9 +149,9 @@ class StubTeacher:
             }
         )
         base = {
-            "id": f"chatcmpl-stub-{self.calls}",
+            "id": completion_id,
             "object": "chat.completion.chunk",
-            "created": int(time.time()),
+            "created": CREATED,
             "model": request.get("model", MODEL),
         }
         deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]

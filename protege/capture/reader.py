@@ -63,7 +63,7 @@ async def read_records(
             ack_policy=AckPolicy.NONE, inactive_threshold=60, mem_storage=True, filter_subject=subject
         )
         if since is not None:
-            config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, since.isoformat()
+            config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, since
         elif last is not None:
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = max(info.state.first_seq, info.state.last_seq - last + 1)
