@@ -169,6 +169,7 @@ class CallLogPublisher:
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.close()
+        self.spool.close()
 
     async def _on_error(self, error: Exception) -> None:
         name = type(error).__name__

@@ -10,6 +10,7 @@ been delivered, so replay keeps the original order.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -29,6 +30,10 @@ class SpoolFullError(Exception):
     """The spool reached its byte limit; the record was not stored."""
 
 
+class SpoolInUseError(RuntimeError):
+    """Another process (or publisher) already owns this spool directory."""
+
+
 @dataclass(frozen=True)
 class SpooledBatch:
     segment: Path
@@ -45,6 +50,20 @@ class DiskSpool:
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
         self._current: Path | None = None
+        # One owner per directory: two writers would interleave segments and replay twice.
+        self._owner = (self.directory / "owner.lock").open("a")
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._owner.close()
+            raise SpoolInUseError(
+                f"spool {self.directory} is in use by another process; give each gateway or "
+                "publisher its own spool directory (call_log.spool_dir)"
+            ) from None
+
+    def close(self) -> None:
+        """Release the directory (records stay, for the next owner to replay)."""
+        self._owner.close()
 
     def _segments(self) -> list[Path]:
         return sorted(self.directory.glob(f"*{_SUFFIX}"))

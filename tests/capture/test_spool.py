@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from protege.capture.spool import DiskSpool, SpoolFullError
+from protege.capture.spool import DiskSpool, SpoolFullError, SpoolInUseError
 
 
 def drain(spool: DiskSpool) -> list[bytes]:
@@ -11,6 +11,12 @@ def drain(spool: DiskSpool) -> list[bytes]:
         out.extend(batch.payloads)
         spool.done(batch)
     return out
+
+
+def reopened(spool: DiskSpool) -> DiskSpool:
+    """The same directory after a restart."""
+    spool.close()
+    return DiskSpool(spool.directory)
 
 
 def test_records_come_back_in_order_across_segments(tmp_path: Path) -> None:
@@ -24,8 +30,17 @@ def test_records_come_back_in_order_across_segments(tmp_path: Path) -> None:
 
 
 def test_reopened_spool_keeps_its_records(tmp_path: Path) -> None:
-    DiskSpool(tmp_path).append([b"a", b"b"])
-    assert drain(DiskSpool(tmp_path)) == [b"a", b"b"]
+    spool = DiskSpool(tmp_path)
+    spool.append([b"a", b"b"])
+    assert drain(reopened(spool)) == [b"a", b"b"]
+
+
+def test_a_second_owner_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path)
+    with pytest.raises(SpoolInUseError, match="give each gateway or publisher its own spool directory"):
+        DiskSpool(tmp_path)
+    spool.close()
+    DiskSpool(tmp_path).close()
 
 
 def test_torn_write_at_the_end_is_dropped_not_misread(tmp_path: Path) -> None:
@@ -34,7 +49,7 @@ def test_torn_write_at_the_end_is_dropped_not_misread(tmp_path: Path) -> None:
     segment = next(tmp_path.glob("*.spool"))
     with segment.open("ab") as handle:  # a crash in the middle of the next append
         handle.write(b"\x40\x00\x00\x00\x00\x00\x00\x00partial")
-    assert drain(DiskSpool(tmp_path)) == [b"complete-1", b"complete-2"]
+    assert drain(reopened(spool)) == [b"complete-1", b"complete-2"]
 
 
 def test_bit_flip_stops_the_segment_at_the_damage(tmp_path: Path) -> None:
@@ -44,7 +59,7 @@ def test_bit_flip_stops_the_segment_at_the_damage(tmp_path: Path) -> None:
     data = bytearray(segment.read_bytes())
     data[-1] ^= 0xFF
     segment.write_bytes(bytes(data))
-    assert drain(DiskSpool(tmp_path)) == [b"first"]
+    assert drain(reopened(spool)) == [b"first"]
 
 
 def test_full_spool_refuses_the_whole_batch(tmp_path: Path) -> None:

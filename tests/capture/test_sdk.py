@@ -1,0 +1,119 @@
+"""The listener SDK around the real openai client, talking to a real upstream, logging to real NATS."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from protege.api.calls import CallRecord, CallStatus
+from protege.capture import BackgroundPublisher, CallLogPublisher, capture_openai
+from protege.services.nats import NatsServer
+from protege.services.process import free_port
+from protege.serving.server import ServerThread
+from protege.testing import records_of, wait_for_records
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def publisher(nats_server: NatsServer, tmp_path: Path) -> Iterator[BackgroundPublisher]:
+    with BackgroundPublisher(nats_server.url, tmp_path / "spool") as background:
+        yield background
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"sdk{uuid.uuid4().hex[:10]}"
+
+
+def messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "You are terse."}, {"role": "user", "content": text}]
+
+
+def test_sync_client_calls_are_unchanged_and_logged(
+    stub_teacher: ServerThread, publisher: BackgroundPublisher, nats_server: NatsServer, tenant: str
+) -> None:
+    plain = openai.OpenAI(base_url=stub_teacher.url + "/v1", api_key="teacher-key")
+    client = capture_openai(plain, publisher, tenant=tenant, app="agent")
+    answer = client.chat.completions.create(model="stub-teacher", messages=messages("hello"))
+    assert answer == plain.chat.completions.create(model="stub-teacher", messages=messages("hello"))
+    streamed = client.chat.completions.create(
+        model="stub-teacher", messages=messages("stream it"), stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == "echo: stream it"
+    client.models.list()  # not a chat completion: passed through, not logged
+    records = records_of(nats_server.url, tenant, 2)
+    assert len(records) == 2 and all(isinstance(r, CallRecord) for r in records)
+    by_text = {r.request.messages[1].content: r for r in records if isinstance(r, CallRecord)}
+    assert by_text["hello"].response is not None and by_text["hello"].response.content == "echo: hello"
+    assert by_text["stream it"].response is not None and by_text["stream it"].response.content == text
+    assert [(r.source, r.app, r.status, r.error) for r in by_text.values()] == [
+        ("sdk", "agent", CallStatus.OK, None)
+    ] * 2
+    assert by_text["stream it"].latency.ttft_ms is not None
+
+
+async def test_async_client_with_a_publisher_in_the_same_loop(
+    stub_teacher: ServerThread, nats_server: NatsServer, tmp_path: Path, tenant: str
+) -> None:
+    log = CallLogPublisher(nats_server.url, tmp_path / "spool")
+    await log.start()
+    client = capture_openai(
+        openai.AsyncOpenAI(base_url=stub_teacher.url + "/v1", api_key="k"), log, tenant=tenant
+    )
+    answer = await client.chat.completions.create(model="stub-teacher", messages=messages("async"))
+    assert answer.choices[0].message.content == "echo: async"
+    stream = await client.chat.completions.create(
+        model="stub-teacher", messages=messages("a b c"), stream=True
+    )
+    assert [c async for c in stream][-1].choices[0].finish_reason == "stop"
+    await log.close()
+    records = await wait_for_records(nats_server.url, tenant, 2)
+    assert sorted(r.response.content for r in records if isinstance(r, CallRecord) and r.response) == [
+        "echo: a b c",
+        "echo: async",
+    ]
+
+
+def test_stream_closed_early_and_connection_errors_are_recorded_and_raised_as_usual(
+    stub_teacher: ServerThread, publisher: BackgroundPublisher, nats_server: NatsServer, tenant: str
+) -> None:
+    client = capture_openai(
+        openai.OpenAI(base_url=stub_teacher.url + "/v1", api_key="k"), publisher, tenant=tenant
+    )
+    stream = client.chat.completions.create(
+        model="stub-teacher", messages=messages("one two three"), stream=True
+    )
+    next(iter(stream))
+    stream.close()  # the agent stops reading
+    nowhere = openai.OpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="k", max_retries=0)
+    with pytest.raises(openai.APIConnectionError):
+        capture_openai(nowhere, publisher, tenant=tenant).chat.completions.create(
+            model="stub-teacher", messages=messages("anyone?")
+        )
+    records = [r for r in records_of(nats_server.url, tenant, 2) if isinstance(r, CallRecord)]
+    assert sorted(r.status.value for r in records) == ["client_disconnected", "upstream_error"]
+
+
+def test_a_broken_sink_never_fails_the_call(stub_teacher: ServerThread, tenant: str) -> None:
+    class Broken:
+        def submit(self, record: CallRecord) -> None:
+            raise OSError("disk on fire")
+
+    client = capture_openai(
+        openai.OpenAI(base_url=stub_teacher.url + "/v1", api_key="k"), Broken(), tenant=tenant
+    )
+    answer = client.chat.completions.create(model="stub-teacher", messages=messages("still fine"))
+    assert answer.choices[0].message.content == "echo: still fine"
+
+
+def test_bad_tenant_and_client_type_are_refused_up_front(publisher: BackgroundPublisher) -> None:
+    with pytest.raises(ValueError, match=r"may only hold 1-64 letters"):
+        capture_openai(openai.OpenAI(api_key="k"), publisher, tenant="acme corp")
+    with pytest.raises(TypeError, match=r"openai\.OpenAI or openai\.AsyncOpenAI"):
+        capture_openai(object(), publisher, tenant="acme")  # type: ignore[type-var]
