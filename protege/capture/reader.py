@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import nats
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
@@ -49,7 +50,19 @@ async def read_records(
     ``since`` starts at a time, ``last`` at the last N messages of the whole stream;
     the default is the beginning. Reading acknowledges nothing and changes nothing.
     """
-    client = await nats.connect(nats_url.split(","), connect_timeout=2, max_reconnect_attempts=3)
+
+    async def quiet(error: Exception) -> None:  # the failure is raised below, once, with its fix
+        pass
+
+    try:
+        client = await nats.connect(
+            nats_url.split(","), connect_timeout=2, max_reconnect_attempts=3, error_cb=quiet
+        )
+    except (OSError, NatsError) as error:
+        raise ConnectionError(
+            f"cannot reach NATS at {nats_url} ({type(error).__name__}); is it running? "
+            "(`protege services up` starts one locally; PROTEGE_NATS_URL points elsewhere)"
+        ) from None
     try:
         js = client.jetstream()
         try:

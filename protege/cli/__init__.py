@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from protege import __version__
-from protege.cli import crds, models, services, settings
+from protege.cli import calls, crds, gateway, models, services, settings
 
 
 def _version(value: bool) -> None:
@@ -23,6 +23,8 @@ app = typer.Typer(
 app.add_typer(services.app, name="services")
 app.add_typer(models.app, name="models")
 app.add_typer(settings.app, name="config")
+app.add_typer(gateway.app, name="gateway")
+app.add_typer(calls.app, name="calls")
 app.command("crds")(crds.crds)
 
 
