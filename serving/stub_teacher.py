@@ -206,3 +206,6 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+app = StubTeacher()  # `uvicorn protege.serving.stub_teacher:app`, for benchmarks in their own process

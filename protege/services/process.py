@@ -111,6 +111,10 @@ class ServiceProcess:
     def prepare(self) -> None:
         """Write config files before the first start."""
 
+    def environment(self) -> dict[str, str] | None:
+        """The child's environment; None inherits ours."""
+        return None
+
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
@@ -141,6 +145,7 @@ class ServiceProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=self.detach,
                 cwd=self.data_dir,
+                env=self.environment(),
             )
         self.wait_ready()
         return self

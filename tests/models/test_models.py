@@ -9,16 +9,6 @@ from protege.models.catalogue import CATALOGUE, UnknownModelError, lookup
 from protege.models.pull import MARKER, ModelUnavailableError, pull, resolve_model, verify_model_dir
 
 
-@pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="session")
-def smollm2(model_store: Path) -> Path:
-    return pull("smollm2-135m", model_store)
-
-
 @pytest.mark.slow
 def test_pulled_smollm2_answers_a_chat_prompt_greedily(smollm2: Path) -> None:
     import torch

@@ -1,0 +1,165 @@
+"""How many call records per second the capture path puts into JetStream.
+
+Baseline, measured in the same run on the same NATS server: nats-py's own pipelined
+JetStream publish (``publish_async``) of the same records already serialized — the most
+the client library can do. Protégé's publisher is measured end to end from ``submit()``
+of CallRecord objects (serialization, batching, de-duplication ids, acks) until JetStream
+has acknowledged every record, and the stream is checked to hold exactly N.
+
+    .venv/bin/python bench/capture_throughput.py [--records 50000]
+
+Target (issue #3): >= 20,000 records/s on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+from rich.console import Console
+from rich.table import Table
+
+from protege.api.calls import CallRecord, ChatRequest, ChatResponse, Latency, Usage
+from protege.capture import CallLogPublisher, StreamSettings, ensure_stream
+from protege.services.nats import NatsServer
+
+TARGET = 20_000
+
+
+def make_records(count: int) -> list[CallRecord]:
+    """Realistic agent calls: a system prompt, a user turn, a tool schema, a short answer (~1.5 KB)."""
+    system = (
+        "You turn questions about orders into SQL over the tables orders(id, customer, total, placed_at)."
+    )
+    tools = [{"type": "function", "function": {"name": "run_sql", "parameters": {"type": "object"}}}]
+    return [
+        CallRecord(
+            tenant="bench",
+            app=f"agent{i % 4}",
+            request=ChatRequest.model_validate(
+                {
+                    "model": "teacher",
+                    "messages": [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": f"How much did customer {i} spend last month, in total?"},
+                    ],
+                    "tools": tools,
+                    "temperature": 0,
+                }
+            ),
+            response=ChatResponse.model_validate(
+                {
+                    "id": f"chatcmpl-{i}",
+                    "model": "teacher",
+                    "choices": [
+                        {
+                            "message": {"content": f"SELECT SUM(total) FROM orders WHERE customer = {i};"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            ),
+            usage=Usage(prompt_tokens=60, completion_tokens=14, total_tokens=74),
+            latency=Latency(total_ms=420.0),
+        )
+        for i in range(count)
+    ]
+
+
+async def stream_count(url: str, name: str) -> int:
+    client = await nats.connect(url)
+    try:
+        return (await client.jetstream().stream_info(name)).state.messages
+    finally:
+        await client.close()
+
+
+async def reset_stream(url: str, settings: StreamSettings) -> None:
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(settings.name)
+        await ensure_stream(js, settings)
+    finally:
+        await client.close()
+
+
+async def baseline(url: str, records: list[CallRecord], settings: StreamSettings) -> float:
+    """nats-py publish_async of pre-serialized payloads, acks awaited per window of 512."""
+    await reset_stream(url, settings)
+    payloads = [(r.subject, r.id, r.to_json()) for r in records]
+    client = await nats.connect(url)
+    js = client.jetstream()
+    started = time.perf_counter()
+    for start in range(0, len(payloads), 512):
+        acks = [
+            await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id})
+            for subject, msg_id, data in payloads[start : start + 512]
+        ]
+        await asyncio.gather(*acks)
+    elapsed = time.perf_counter() - started
+    await client.close()
+    assert await stream_count(url, settings.name) == len(records)
+    return len(records) / elapsed
+
+
+async def protege_publisher(
+    url: str, records: list[CallRecord], settings: StreamSettings, spool: Path
+) -> float:
+    await reset_stream(url, settings)
+    publisher = CallLogPublisher(url, spool, stream=settings, queue_size=len(records) + 1)
+    await publisher.start()
+    await asyncio.sleep(0.5)  # connected, so we time publishing rather than connecting
+    started = time.perf_counter()
+    for record in records:
+        publisher.submit(record)
+    while publisher.stats.published + publisher.stats.spooled < len(records):  # noqa: ASYNC110 - polling a counter
+        await asyncio.sleep(0.001)
+    elapsed = time.perf_counter() - started
+    spooled = publisher.stats.spooled
+    await publisher.close()
+    assert spooled == 0, f"{spooled} records were spooled: NATS could not keep up"
+    assert await stream_count(url, settings.name) == len(records)
+    return len(records) / elapsed
+
+
+async def main(count: int) -> None:
+    console = Console()
+    records = make_records(count)
+    size = sum(len(r.to_json()) for r in records[:100]) / 100
+    settings = StreamSettings(name="BENCH_CALLS")
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
+        console.print(f"{count} records of ~{size:.0f} bytes into JetStream (file storage) on {server.url}")
+        rounds = []
+        for _ in range(3):  # interleaved rounds: both see the same machine noise
+            rounds.append(
+                (
+                    await baseline(server.url, records, settings),
+                    await protege_publisher(server.url, records, settings, Path(tmp) / "spool"),
+                )
+            )
+    base = max(r[0] for r in rounds)
+    ours = max(r[1] for r in rounds)
+    table = Table(title="capture throughput (best of 3 interleaved rounds)")
+    table.add_column("path")
+    table.add_column("records/s", justify="right")
+    table.add_row("baseline: nats-py publish_async, pre-serialized", f"{base:,.0f}")
+    table.add_row("Protégé CallLogPublisher (submit → acked)", f"{ours:,.0f}")
+    console.print(table)
+    console.print(f"ratio Protégé / baseline: {ours / base:.2f}")
+    verdict = "met" if ours >= TARGET else "NOT met"
+    console.print(f"target ≥ {TARGET:,} records/s: {verdict} ({ours:,.0f})")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=50_000)
+    asyncio.run(main(parser.parse_args().records))

