@@ -73,7 +73,9 @@ def process(name: str, command: list[str], env: dict[str, str], health: str, log
                 if httpx.get(health, timeout=1).status_code < 500:
                     break
             if child.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start; see {log_dir / f'{name}.log'}")
+                log.flush()
+                tail = (log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} did not start:\n{tail}")
             time.sleep(0.2)
         yield
     finally:
@@ -129,6 +131,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name, NatsServer(Path(tmp_name) / "nats") as nats:
         tmp = Path(tmp_name)
         key = new_key()
+        litellm_key = "sk-" + key  # LiteLLM's proxy refuses to start without a master key
         (tmp / "keys.json").write_text(
             json.dumps([{"sha256": hash_key(key), "tenant": "bench", "app": "bench"}])
         )
@@ -192,26 +195,34 @@ def main() -> None:
                     "--port",
                     str(ports["litellm"]),
                 ]
-                env = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}
+                env = {
+                    "LITELLM_LOG": "ERROR",
+                    "LITELLM_TELEMETRY": "False",
+                    "NO_DOCS": "True",
+                    "LITELLM_MASTER_KEY": litellm_key,
+                }
                 health = f"http://127.0.0.1:{ports['litellm']}/health/liveliness"
                 stack.enter_context(process("litellm", command, env, health, tmp))
             else:
                 del targets["litellm"]
-            headers = {"Authorization": f"Bearer {key}"}
+            headers = {name: {"Authorization": f"Bearer {key}"} for name in targets}
+            if "litellm" in headers:
+                headers["litellm"] = {"Authorization": f"Bearer {litellm_key}"}
             results = run_rounds(targets, headers, args)
     report(results, args)
 
 
 def run_rounds(
-    targets: dict[str, str], headers: dict[str, str], args: argparse.Namespace
+    targets: dict[str, str], headers: dict[str, dict[str, str]], args: argparse.Namespace
 ) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {name: {"latency": [], "rps": []} for name in targets}
     for round_number in range(args.rounds):
         for name, url in targets.items():
             console.print(f"round {round_number + 1}: {name} ...")
-            asyncio.run(latencies(url, headers, 100))  # warm-up
-            results[name]["latency"] += asyncio.run(latencies(url, headers, args.calls))
-            results[name]["rps"].append(asyncio.run(throughput(url, headers, args.seconds, args.concurrency)))
+            auth = headers[name]
+            asyncio.run(latencies(url, auth, 100))  # warm-up
+            results[name]["latency"] += asyncio.run(latencies(url, auth, args.calls))
+            results[name]["rps"].append(asyncio.run(throughput(url, auth, args.seconds, args.concurrency)))
     return results
 
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import uuid
+
+# Random bits need not be secret, only unique: one generator seeded from the OS per process
+# (a urandom call per id costs a system call on every logged call).
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))  # a child never repeats us
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -28,10 +34,10 @@ def uuid7(now_ns: int | None = None) -> uuid.UUID:
                 ms += 1
                 _last_counter = 0
         else:
-            _last_counter = int.from_bytes(os.urandom(2), "big") & 0x7FF  # leave headroom
+            _last_counter = _random.getrandbits(11)  # leave headroom
         _last_ms = ms
         counter = _last_counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        rand_b = _random.getrandbits(62)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
     return uuid.UUID(int=value)
 

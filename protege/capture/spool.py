@@ -38,6 +38,7 @@ class SpoolInUseError(RuntimeError):
 class SpooledBatch:
     segment: Path
     payloads: list[bytes]
+    size: int  # bytes on disk
 
 
 class DiskSpool:
@@ -60,6 +61,8 @@ class DiskSpool:
                 f"spool {self.directory} is in use by another process; give each gateway or "
                 "publisher its own spool directory (call_log.spool_dir)"
             ) from None
+        # The owner is the only writer, so the size is kept here rather than listed per call.
+        self._size = sum(p.stat().st_size for p in self._segments())
 
     def close(self) -> None:
         """Release the directory (records stay, for the next owner to replay)."""
@@ -69,10 +72,10 @@ class DiskSpool:
         return sorted(self.directory.glob(f"*{_SUFFIX}"))
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self._segments())
+        return self._size
 
     def is_empty(self) -> bool:
-        return not any(p.stat().st_size for p in self._segments())
+        return self._size == 0
 
     def append(self, payloads: list[bytes]) -> None:
         """Store ``payloads`` durably (fsync) in order, or raise SpoolFullError storing none."""
@@ -92,6 +95,7 @@ class DiskSpool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            self._size += len(frames)
 
     def _writable_segment(self) -> Path:
         current = self._current
@@ -115,10 +119,12 @@ class DiskSpool:
                 if segment == self._current:
                     self._current = None  # new appends go to a fresh segment from now on
                 data = segment.read_bytes()
-            yield SpooledBatch(segment, list(_frames(data, segment)))
+            yield SpooledBatch(segment, list(_frames(data, segment)), len(data))
 
     def done(self, batch: SpooledBatch) -> None:
-        batch.segment.unlink(missing_ok=True)
+        with self._lock:
+            batch.segment.unlink(missing_ok=True)
+            self._size -= batch.size
 
 
 def _frames(data: bytes, segment: Path) -> Iterator[bytes]:

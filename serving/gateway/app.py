@@ -51,18 +51,28 @@ async def _until_disconnect(receive: Receive) -> None:
 
 async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
     """Await ``work``, cancelling it and raising ClientDisconnected if the caller leaves first."""
-    task = asyncio.ensure_future(work)
+    current = asyncio.current_task()
+    assert current is not None
     watcher = asyncio.ensure_future(_until_disconnect(receive))
+    left = False
+
+    def on_disconnect(task: asyncio.Future[None]) -> None:
+        nonlocal left
+        if not task.cancelled():
+            left = True
+            current.cancel()
+
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if left:
+            current.uncancel()
+            raise ClientDisconnected from None
+        raise
     finally:
+        watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise ClientDisconnected
-    return task.result()
 
 
 class Gateway:
