@@ -112,7 +112,10 @@ class StubTeacher:
             await asyncio.sleep(float(delay))
         content, tool_calls = answer(request)
         if request.get("stream"):
-            await self._stream(send, request, completion_id, content, tool_calls, "!stream-error" in text)
+            broken = "!stream-error" in text
+            await self._stream(
+                send, request, completion_id, content=content, tool_calls=tool_calls, error=broken
+            )
             return
         finish = "tool_calls" if tool_calls else "stop"
         body: dict[str, Any] = {
@@ -137,6 +140,7 @@ class StubTeacher:
         send: Send,
         request: dict[str, Any],
         completion_id: str,
+        *,
         content: str | None,
         tool_calls: list[dict[str, Any]] | None,
         error: bool,
