@@ -57,6 +57,18 @@ class _Capture:
         except Exception:  # the agent's call must never fail because logging did
             log.exception("protege capture: could not hand a call record over; it is lost")
 
+    def relayed(
+        self,
+        observer: CallObserver,
+        response: httpx2.Response,
+        stream: httpx2.SyncByteStream | httpx2.AsyncByteStream,
+    ) -> httpx2.Response:
+        """The response as the client will read it, its body passing through ``stream``."""
+        observer.on_status(response.status_code)
+        return httpx2.Response(
+            response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+        )
+
     def failed(self, observer: CallObserver, error: Exception) -> None:
         timeout = isinstance(error, httpx2.TimeoutException)
         status = CallStatus.TIMEOUT if timeout else CallStatus.UPSTREAM_ERROR
@@ -159,11 +171,9 @@ class CapturingTransport(httpx2.BaseTransport):
         except httpx2.TransportError as error:
             self.capture.failed(observer, error)
             raise
-        observer.on_status(response.status_code)
         assert isinstance(response.stream, httpx2.SyncByteStream)
-        stream = _SyncStream(response.stream, _Relay(self.capture, observer))
-        return httpx2.Response(
-            response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+        return self.capture.relayed(
+            observer, response, _SyncStream(response.stream, _Relay(self.capture, observer))
         )
 
     def close(self) -> None:
@@ -193,11 +203,9 @@ class AsyncCapturingTransport(httpx2.AsyncBaseTransport):
         except httpx2.TransportError as error:
             self.capture.failed(observer, error)
             raise
-        observer.on_status(response.status_code)
         assert isinstance(response.stream, httpx2.AsyncByteStream)
-        stream = _AsyncStream(response.stream, _Relay(self.capture, observer))
-        return httpx2.Response(
-            response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+        return self.capture.relayed(
+            observer, response, _AsyncStream(response.stream, _Relay(self.capture, observer))
         )
 
     async def aclose(self) -> None:

@@ -31,7 +31,7 @@ from protege.config import Settings
 from protege.serving.gateway.auth import KeyRing, Principal, load_keys_file
 from protege.serving.gateway.errors import GatewayError, error_body
 from protege.serving.gateway.metrics import GatewayMetrics
-from protege.serving.gateway.teacher import TeacherClient, chunks
+from protege.serving.gateway.teacher import TeacherClient, UpstreamReply, chunks
 from protege.serving.gateway.validation import parse_chat_request
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,12 @@ class Gateway:
             return await self._stream(body, observer, request)
         return await self._complete(body, observer, request)
 
-    async def _complete(self, body: bytes, observer: CallObserver, request: Request) -> Response:
+    async def _reach_teacher(
+        self, work: Awaitable[T], observer: CallObserver, request: Request
+    ) -> T | Response:
+        """The teacher's reply, or the error response (already logged) when none came."""
         try:
-            reply = await unless_disconnected(self.teacher.complete(body), request.receive)
+            return await unless_disconnected(work, request.receive)
         except ClientDisconnected:
             self._log(
                 observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
@@ -145,43 +148,33 @@ class Gateway:
             return self._upstream_failed(
                 observer, CallStatus.UPSTREAM_ERROR, 502, "connect_error", _connect_message(error)
             )
+
+    def _relay_whole(self, observer: CallObserver, reply: UpstreamReply) -> Response:
+        """The teacher's reply as it came; the call is logged once the caller has it."""
         observer.on_status(reply.status)
         observer.on_bytes(reply.body)
-        record = observer.completed()
         return Response(
             reply.body,
             reply.status,
             media_type=reply.content_type or "application/json",
-            background=BackgroundTask(self._log, record, reply.status),
+            background=BackgroundTask(self._log, observer.completed(), reply.status),
         )
 
+    async def _complete(self, body: bytes, observer: CallObserver, request: Request) -> Response:
+        reply = await self._reach_teacher(self.teacher.complete(body), observer, request)
+        if isinstance(reply, Response):
+            return reply
+        return self._relay_whole(observer, reply)
+
     async def _stream(self, body: bytes, observer: CallObserver, request: Request) -> Response:
-        try:
-            upstream = await unless_disconnected(self.teacher.open_stream(body), request.receive)
-        except ClientDisconnected:
-            self._log(
-                observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
-            )
-            return Response(status_code=499)
-        except TimeoutError:
-            return self._upstream_failed(
-                observer, CallStatus.TIMEOUT, 504, "timeout", self._timeout_message()
-            )
-        except aiohttp.ClientError as error:
-            return self._upstream_failed(
-                observer, CallStatus.UPSTREAM_ERROR, 502, "connect_error", _connect_message(error)
-            )
-        observer.on_status(upstream.status)
+        upstream = await self._reach_teacher(self.teacher.open_stream(body), observer, request)
+        if isinstance(upstream, Response):
+            return upstream
         if upstream.status != 200:  # refused before streaming began: pass the error through as is
             async with upstream:
                 content = await upstream.read()
-            observer.on_bytes(content)
-            return Response(
-                content,
-                upstream.status,
-                media_type=upstream.content_type or "application/json",
-                background=BackgroundTask(self._log, observer.completed(), upstream.status),
-            )
+            return self._relay_whole(observer, UpstreamReply(upstream.status, upstream.content_type, content))
+        observer.on_status(upstream.status)
         return RelayResponse(self, upstream, observer)
 
     def _upstream_failed(
