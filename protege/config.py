@@ -77,6 +77,9 @@ class CallLogSettings(BaseModel):
     )
     queue_size: int = Field(default=50_000, gt=0, description="In-memory records before spilling to disk.")
     batch_size: int = Field(default=512, gt=0, description="Records per JetStream publish batch.")
+    linger_ms: float = Field(
+        default=20, ge=0, description="How long a batch may wait to fill before it is published."
+    )
 
 
 class GatewaySettings(BaseModel):

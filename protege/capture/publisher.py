@@ -158,6 +158,7 @@ class CallLogPublisher:
         ack_timeout: float = 2.0,
         retry_seconds: float = 1.0,
         spool_max_bytes: int = 1 << 30,
+        linger_seconds: float = 0.02,
     ) -> None:
         self.nats_url = nats_url
         self.stream = stream or StreamSettings()
@@ -166,6 +167,9 @@ class CallLogPublisher:
         self.batch_size = batch_size
         self.ack_timeout = ack_timeout
         self.retry_seconds = retry_seconds
+        # Wait this long for a batch to fill: the publishing work then runs in few bursts
+        # rather than right after every call, where it would delay the next one.
+        self.linger_seconds = linger_seconds
         self._queue: asyncio.Queue[CallRecord] = asyncio.Queue(maxsize=queue_size)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -189,6 +193,7 @@ class CallLogPublisher:
             stream=stream,
             queue_size=log_settings.queue_size,
             batch_size=log_settings.batch_size,
+            linger_seconds=log_settings.linger_ms / 1000,
             spool_max_bytes=log_settings.spool_max_bytes,
         )
 
@@ -281,6 +286,8 @@ class CallLogPublisher:
                 records = [await asyncio.wait_for(self._queue.get(), self.retry_seconds)]
             except TimeoutError:
                 return []
+        if self.linger_seconds and self._queue.qsize() < self.batch_size - 1:
+            await asyncio.sleep(self.linger_seconds)
         while len(records) < self.batch_size:
             try:
                 records.append(self._queue.get_nowait())
