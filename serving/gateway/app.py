@@ -28,7 +28,7 @@ from protege.api.calls import CallRecord, CallStatus, Upstream, UpstreamKind
 from protege.capture.publisher import CallLogPublisher
 from protege.capture.recorder import CallObserver, RecordSink
 from protege.config import Settings
-from protege.serving.gateway.auth import KeyRing, Principal, load_keys_file
+from protege.serving.gateway.auth import KeyRing, load_keys_file
 from protege.serving.gateway.errors import GatewayError, error_body
 from protege.serving.gateway.metrics import GatewayMetrics
 from protege.serving.gateway.teacher import TeacherClient, UpstreamReply, chunks
@@ -91,7 +91,7 @@ class Gateway:
         self.metrics = metrics
 
     # --- helpers -----------------------------------------------------------------------
-    def _log(self, record: CallRecord, status_code: int) -> None:
+    def log_call(self, record: CallRecord, status_code: int) -> None:
         self.metrics.observe(record, status_code)
         if self.sink is not None:
             self.sink.submit(record)
@@ -136,14 +136,12 @@ class Gateway:
         try:
             return await unless_disconnected(work, request.receive)
         except ClientDisconnected:
-            self._log(
+            self.log_call(
                 observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
             )
             return Response(status_code=499)
         except TimeoutError:
-            return self._upstream_failed(
-                observer, CallStatus.TIMEOUT, 504, "timeout", self._timeout_message()
-            )
+            return self._upstream_failed(observer, CallStatus.TIMEOUT, 504, "timeout", self.timeout_message())
         except aiohttp.ClientError as error:
             return self._upstream_failed(
                 observer, CallStatus.UPSTREAM_ERROR, 502, "connect_error", _connect_message(error)
@@ -157,7 +155,7 @@ class Gateway:
             reply.body,
             reply.status,
             media_type=reply.content_type or "application/json",
-            background=BackgroundTask(self._log, observer.completed(), reply.status),
+            background=BackgroundTask(self.log_call, observer.completed(), reply.status),
         )
 
     async def _complete(self, body: bytes, observer: CallObserver, request: Request) -> Response:
@@ -180,12 +178,12 @@ class Gateway:
     def _upstream_failed(
         self, observer: CallObserver, status: CallStatus, code: int, kind: str, message: str
     ) -> Response:
-        self._log(observer.failed(status, kind, message), code)
+        self.log_call(observer.failed(status, kind, message), code)
         return Response(
             error_body(message, type="upstream_error", code=kind), code, media_type="application/json"
         )
 
-    def _timeout_message(self) -> str:
+    def timeout_message(self) -> str:
         return (
             f"The teacher did not answer within {self.settings.teacher.timeout_seconds:g} s "
             "(teacher.timeout_seconds)."
@@ -216,7 +214,7 @@ class RelayResponse(Response):
         if not relay.done():  # the caller left: stop reading the upstream
             relay.cancel()
         record, status_code = await relay
-        self.gateway._log(record, status_code)
+        self.gateway.log_call(record, status_code)
 
     async def _relay(self, send: Send) -> tuple[CallRecord, int]:
         observer = self.observer
@@ -233,7 +231,7 @@ class RelayResponse(Response):
             return observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", str(error)), 499
         except (TimeoutError, aiohttp.ClientError) as error:
             timeout = isinstance(error, TimeoutError)
-            message = self.gateway._timeout_message() if timeout else _connect_message(error)
+            message = self.gateway.timeout_message() if timeout else _connect_message(error)
             kind = "timeout" if timeout else "upstream_stream_error"
             event = b"data: " + error_body(message, type="upstream_error", code=kind) + b"\n\n"
             with contextlib.suppress(Exception):
@@ -367,4 +365,4 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
     return app
 
 
-__all__ = ["Gateway", "Principal", "create_app"]
+__all__ = ["ChatCompletionsRoute", "Gateway", "create_app"]
