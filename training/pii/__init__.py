@@ -1,0 +1,15 @@
+"""PII removal before anything is stored: offline detectors and consistent placeholders."""
+
+from protege.training.pii.detectors import DETECTORS, Finding, PiiType, detect
+from protege.training.pii.redactor import PiiBackend, RecordRedaction, builtin_backend, presidio_backend
+
+__all__ = [
+    "DETECTORS",
+    "Finding",
+    "PiiBackend",
+    "PiiType",
+    "RecordRedaction",
+    "builtin_backend",
+    "detect",
+    "presidio_backend",
+]
