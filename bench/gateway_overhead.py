@@ -35,6 +35,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -64,7 +65,7 @@ def ensure_litellm() -> Path:
 
 
 @contextlib.contextmanager
-def process(name: str, command: list[str], env: dict[str, str], health: str, log_dir: Path) -> Iterator[None]:
+def process(name: str, command: list[str], env: dict[str, str], health: str, log_dir: Path) -> Iterator[int]:
     log = (log_dir / f"{name}.log").open("w")
     child = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -78,7 +79,7 @@ def process(name: str, command: list[str], env: dict[str, str], health: str, log
                 tail = (log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{name} did not start:\n{tail}")
             time.sleep(0.2)
-        yield
+        yield child.pid
     finally:
         terminate_pid(child.pid)
         log.close()
@@ -96,7 +97,9 @@ async def latencies(url: str, headers: dict[str, str], calls: int) -> list[float
     return times
 
 
-async def throughput(url: str, headers: dict[str, str], seconds: float, concurrency: int) -> float:
+async def throughput(
+    url: str, headers: dict[str, str], seconds: float, concurrency: int
+) -> tuple[float, int]:
     done = 0
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -114,7 +117,12 @@ async def throughput(url: str, headers: dict[str, str], seconds: float, concurre
 
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return done / (time.perf_counter() - started)
+        return done / (time.perf_counter() - started), done
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def main() -> None:
@@ -155,8 +163,9 @@ def main() -> None:
             "PROTEGE_GATEWAY__API_KEYS_FILE": str(tmp / "keys.json"),
         }
         gateway = [sys.executable, "-m", "protege.cli", "gateway", "--log-level", "warning", "--port"]
+        pids = {"nats": nats.pid or 0}
         with contextlib.ExitStack() as stack:
-            stack.enter_context(
+            pids["direct"] = stack.enter_context(
                 process(
                     "stub",
                     [*uvicorn, "--port", str(ports["direct"]), "protege.serving.stub_teacher:app"],
@@ -172,7 +181,9 @@ def main() -> None:
                     "PROTEGE_CALL_LOG__ENABLED": logging_on,
                 }
                 health = f"http://127.0.0.1:{ports[name]}/readyz"
-                stack.enter_context(process(name, [*gateway, str(ports[name])], env, health, tmp))
+                pids[name] = stack.enter_context(
+                    process(name, [*gateway, str(ports[name])], env, health, tmp)
+                )
             targets = {name: f"http://127.0.0.1:{ports[name]}/v1/chat/completions" for name in ports}
             if litellm is not None:
                 config = {
@@ -203,27 +214,37 @@ def main() -> None:
                     "LITELLM_MASTER_KEY": litellm_key,
                 }
                 health = f"http://127.0.0.1:{ports['litellm']}/health/liveliness"
-                stack.enter_context(process("litellm", command, env, health, tmp))
+                pids["litellm"] = stack.enter_context(process("litellm", command, env, health, tmp))
             else:
                 del targets["litellm"]
             headers = {name: {"Authorization": f"Bearer {key}"} for name in targets}
             if "litellm" in headers:
                 headers["litellm"] = {"Authorization": f"Bearer {litellm_key}"}
-            results = run_rounds(targets, headers, args)
+            results = run_rounds(targets, headers, pids, args)
     report(results, args)
 
 
 def run_rounds(
-    targets: dict[str, str], headers: dict[str, dict[str, str]], args: argparse.Namespace
+    targets: dict[str, str],
+    headers: dict[str, dict[str, str]],
+    pids: dict[str, int],
+    args: argparse.Namespace,
 ) -> dict[str, dict[str, list[float]]]:
-    results: dict[str, dict[str, list[float]]] = {name: {"latency": [], "rps": []} for name in targets}
+    """Per target: latencies, req/s per round, and CPU µs per call of the target and of NATS."""
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"latency": [], "rps": [], "cpu_us": [], "nats_us": []} for name in targets
+    }
     for round_number in range(args.rounds):
         for name, url in targets.items():
             console.print(f"round {round_number + 1}: {name} ...")
             auth = headers[name]
             asyncio.run(latencies(url, auth, 100))  # warm-up
             results[name]["latency"] += asyncio.run(latencies(url, auth, args.calls))
-            results[name]["rps"].append(asyncio.run(throughput(url, auth, args.seconds, args.concurrency)))
+            before = cpu_seconds(pids[name]), cpu_seconds(pids["nats"])
+            rps, calls = asyncio.run(throughput(url, auth, args.seconds, args.concurrency))
+            results[name]["rps"].append(rps)
+            results[name]["cpu_us"].append((cpu_seconds(pids[name]) - before[0]) / calls * 1e6)
+            results[name]["nats_us"].append((cpu_seconds(pids["nats"]) - before[1]) / calls * 1e6)
     return results
 
 
@@ -232,16 +253,20 @@ def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace)
     for name, data in results.items():
         ordered = sorted(data["latency"])
         summary[name] = (percentile(ordered, 50), percentile(ordered, 99), statistics.median(data["rps"]))
+    cpu = {name: statistics.median(data["cpu_us"]) for name, data in results.items()}
+    nats_cpu = {name: statistics.median(data["nats_us"]) for name, data in results.items()}
     direct_p50, direct_p99, _ = summary["direct"]
     table = Table(
         title=f"gateway overhead ({args.rounds} rounds × {args.calls} sequential calls; "
         f"{args.concurrency} callers for {args.seconds:g} s; req/s: median of rounds)"
     )
-    for column in ("target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "req/s"):
+    columns = ("target", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "req/s", "CPU µs/call", "NATS µs/call")
+    for column in columns:
         table.add_column(column, justify="left" if column == "target" else "right")
     for name, (p50, p99, rps) in summary.items():
         added = ("-", "-") if name == "direct" else (f"{p50 - direct_p50:.2f}", f"{p99 - direct_p99:.2f}")
-        table.add_row(name, f"{p50:.2f}", f"{p99:.2f}", *added, f"{rps:,.0f}")
+        row = [f"{p50:.2f}", f"{p99:.2f}", *added, f"{rps:,.0f}", f"{cpu[name]:.0f}", f"{nats_cpu[name]:.0f}"]
+        table.add_row(name, *row)
     console.print(table)
     ours_p50 = summary["protege"][0] - direct_p50
     ours_p99 = summary["protege"][1] - direct_p99
@@ -257,6 +282,12 @@ def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace)
     console.print(
         f"logging on vs off: {cost:+.1%} throughput, median of rounds [{rounds}] "
         f"(target ≤ 5%): {'met' if cost <= 0.05 else 'NOT met'}"
+    )
+    gateway_share = cpu["protege"] / cpu["protege-nolog"] - 1
+    console.print(
+        f"logging's CPU per call: gateway {cpu['protege'] - cpu['protege-nolog']:.0f} µs "
+        f"({gateway_share:+.1%} of the gateway's own), nats-server {nats_cpu['protege']:.0f} µs "
+        "(on this machine both share the same 2 cores with the load generator and the upstream)"
     )
     if "litellm" in summary:
         lite_p50 = summary["litellm"][0] - direct_p50
