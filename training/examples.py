@@ -1,0 +1,119 @@
+"""A curated example: one logged call, cleaned of PII, in chat format, ready for a dataset.
+
+Built from a :class:`CallRecord` the teacher answered successfully. Everything a person
+wrote or the model answered — messages, tool-call arguments — goes through one
+:class:`RecordRedaction`, so placeholders stay consistent across the whole example.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protege.api.calls import CallRecord
+from protege.training.pii import RecordRedaction
+
+_SQL = re.compile(r"^\s*(?:SELECT|WITH|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP)\b", re.I)
+
+
+class OutputKind(StrEnum):
+    TOOL_CALL = "tool_call"
+    JSON = "json"
+    SQL = "sql"
+    LABEL = "label"
+    PROSE = "prose"
+
+
+def output_kind(answer: dict[str, Any]) -> OutputKind:
+    """What kind of output an assistant message is (pure; decides the task's metric later)."""
+    if answer.get("tool_calls"):
+        return OutputKind.TOOL_CALL
+    content = answer.get("content") or ""
+    if not isinstance(content, str):
+        return OutputKind.PROSE
+    text = (
+        content.strip().removeprefix("```json").removeprefix("```sql").removeprefix("```").removesuffix("```")
+    )
+    try:
+        if isinstance(json.loads(text), dict | list):
+            return OutputKind.JSON
+    except ValueError:
+        pass
+    if _SQL.match(text):
+        return OutputKind.SQL
+    if 0 < len(text.split()) <= 4 and not re.search(r"[.!?]\s", text):
+        return OutputKind.LABEL
+    return OutputKind.PROSE
+
+
+class Example(BaseModel):
+    """One training example: the conversation up to the answer, and the answer to learn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The call record's id (UUIDv7): lineage back to the call log.")
+    tenant: str = Field(description="Tenant the call came from.")
+    app: str = Field(description="App tag of the call.")
+    messages: list[dict[str, Any]] = Field(description="The request's messages, redacted.")
+    tools: list[dict[str, Any]] | None = Field(default=None, description="Tool schemas offered.")
+    response_format: dict[str, Any] | None = Field(default=None, description="Requested output format.")
+    answer: dict[str, Any] = Field(description="The teacher's assistant message, redacted.")
+    output_kind: OutputKind = Field(description="What the answer is: tool call, JSON, SQL, label or prose.")
+    redactions: dict[str, int] = Field(default_factory=dict, description="PII replaced, by type.")
+
+    @property
+    def system_prompt(self) -> str:
+        return next(
+            (str(m.get("content") or "") for m in self.messages if m.get("role") in ("system", "developer")),
+            "",
+        )
+
+    @property
+    def user_text(self) -> str:
+        """The last user turn: what varies from call to call within a task."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):
+                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+                return str(content or "")
+        return ""
+
+    def chat(self) -> list[dict[str, Any]]:
+        """The example as one chat: the conversation, then the answer to learn."""
+        return [*self.messages, self.answer]
+
+
+def example_from_record(record: CallRecord, redaction: RecordRedaction | None = None) -> Example:
+    """The redacted example of a successful call (callers filter failures first)."""
+    if record.response is None or not record.response.choices:
+        raise ValueError(f"record {record.id} has no answer to learn from")
+    redaction = redaction or RecordRedaction()
+    messages = []
+    for message in record.request.messages:
+        data = message.model_dump(exclude_none=True)
+        data["content"] = redaction.value(data.get("content"))
+        for call in data.get("tool_calls") or []:
+            call["function"]["arguments"] = redaction.json_text(call["function"]["arguments"])
+        messages.append(data)
+    answer = record.response.choices[0].message.model_dump(exclude_none=True)
+    answer.pop("refusal", None)
+    if answer.get("content") is not None:
+        answer["content"] = redaction.text(answer["content"])
+    for call in answer.get("tool_calls") or []:
+        call["function"]["arguments"] = redaction.json_text(call["function"]["arguments"])
+    return Example(
+        id=record.id,
+        tenant=record.tenant,
+        app=record.app,
+        messages=messages,
+        tools=record.request.tools,
+        response_format=record.request.response_format,
+        answer=answer,
+        output_kind=output_kind(answer),
+        redactions=dict(redaction.counts),
+    )
