@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, HttpUrl, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from protege.api.calls import check_subject_token
@@ -82,6 +91,40 @@ class CallLogSettings(BaseModel):
     )
 
 
+class CurationPolicy(BaseModel):
+    max_chars: int = Field(default=32_000, gt=0, description="Longer examples (prompt + answer) are dropped.")
+    drop_truncated: bool = Field(default=True, description="Drop answers cut off at the token limit.")
+    near_duplicate_jaccard: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Drop an example this similar to one already kept; 1 turns it off.",
+    )
+    redact_pii: bool = Field(default=True, description="Replace PII with placeholders before storing.")
+
+
+class CurationSettings(BaseModel):
+    """The default policy and per-tenant overrides (only the fields a tenant changes)."""
+
+    default: CurationPolicy = Field(default_factory=CurationPolicy, description="Policy for every tenant.")
+    tenants: dict[str, dict[str, object]] = Field(default_factory=dict, description="Per-tenant overrides.")
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> CurationSettings:
+        for tenant in self.tenants:
+            try:
+                self.for_tenant(tenant)
+            except ValidationError as error:
+                raise ValueError(f"curation.tenants.{tenant}: {error.errors()[0]['msg']}") from None
+        return self
+
+    def for_tenant(self, tenant: str) -> CurationPolicy:
+        overrides = self.tenants.get(tenant)
+        if not overrides:
+            return self.default
+        return CurationPolicy.model_validate(self.default.model_dump() | overrides)
+
+
 class GatewaySettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port the gateway listens on.")
@@ -118,6 +161,9 @@ class Settings(BaseSettings):
     teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="The big model.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The OpenAI gateway.")
     call_log: CallLogSettings = Field(default_factory=CallLogSettings, description="The JetStream call log.")
+    curation: CurationSettings = Field(
+        default_factory=CurationSettings, description="What curation keeps, per tenant."
+    )
 
     @field_validator("nats_url")
     @classmethod
@@ -206,4 +252,13 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
-__all__ = ["ApiKey", "CallLogSettings", "ConfigError", "GatewaySettings", "Settings", "load_settings"]
+__all__ = [
+    "ApiKey",
+    "CallLogSettings",
+    "ConfigError",
+    "CurationPolicy",
+    "CurationSettings",
+    "GatewaySettings",
+    "Settings",
+    "load_settings",
+]

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from protege.api.calls import CallRecord
+from protege.api.specialist import OutputKind
 from protege.training.pii import RecordRedaction
 
 _SQL = re.compile(r"^\s*(?:SELECT|WITH|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP)\b", re.I)
-
-
-class OutputKind(StrEnum):
-    TOOL_CALL = "tool_call"
-    JSON = "json"
-    SQL = "sql"
-    LABEL = "label"
-    PROSE = "prose"
 
 
 def output_kind(answer: dict[str, Any]) -> OutputKind:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from protege import __version__
-from protege.cli import calls, crds, gateway, models, services, settings
+from protege.cli import calls, crds, gateway, models, services, settings, tasks
 
 
 def _version(value: bool) -> None:
@@ -25,6 +25,9 @@ app.add_typer(models.app, name="models")
 app.add_typer(settings.app, name="config")
 app.add_typer(gateway.app, name="gateway")
 app.add_typer(calls.app, name="calls")
+app.add_typer(tasks.tasks_app, name="tasks")
+app.add_typer(tasks.datasets_app, name="datasets")
+app.command("curate")(tasks.curate)
 app.command("crds")(crds.crds)
 
 

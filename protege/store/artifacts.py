@@ -207,6 +207,32 @@ class ArtifactStore:
             return []
         return sorted("sha256:" + PurePosixPath(p).name for p in self.fs.find(base) if "/.tmp-" not in p)
 
+    # --- keyed objects -----------------------------------------------------------------
+    # Small objects under a caller-chosen key in an area (curated examples, registries):
+    # writing the same key again replaces the object atomically, so a writer that derives
+    # keys from content is idempotent by construction.
+    def _object_path(self, area: str, key: str) -> str:
+        _check(_KIND, area, "area", "examples")
+        _check(_NAME, key, "key", "acme.3f2a9c")
+        return self._path("objects", area, key)
+
+    def put_object(self, area: str, key: str, data: bytes) -> None:
+        self._write_bytes(self._object_path(area, key), data)
+
+    def get_object(self, area: str, key: str) -> bytes:
+        return self._read(self._object_path(area, key), f"object {area}/{key}")
+
+    def has_object(self, area: str, key: str) -> bool:
+        return bool(self.fs.exists(self._object_path(area, key)))
+
+    def list_objects(self, area: str, prefix: str = "") -> list[str]:
+        """Keys in ``area`` starting with ``prefix``, sorted."""
+        base = self._path("objects", _check(_KIND, area, "area", "examples"))
+        if not self.fs.exists(base):
+            return []
+        names = (PurePosixPath(p).name for p in self.fs.ls(base, detail=False))
+        return sorted(n for n in names if n.startswith(prefix) and not n.startswith(".tmp-"))
+
     def _read(self, path: str, what: str) -> bytes:
         try:
             return bytes(self.fs.cat_file(path))

@@ -9,8 +9,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from protege.api.ids import uuid7
+from protege.api.specialist import OutputKind
 from protege.training.discovery import MiniLM, TaskRegistry, discover
-from protege.training.examples import Example, OutputKind, example_from_record, output_kind
+from protege.training.examples import Example, example_from_record, output_kind
 from protege.workload import generate
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from protege.training.examples import Example, OutputKind
+from protege.api.specialist import OutputKind
+from protege.training.examples import Example
 
 
 class Fingerprint(BaseModel):

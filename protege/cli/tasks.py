@@ -1,0 +1,200 @@
+"""`protege curate`, `protege tasks ...` and `protege datasets build`: from the call log to datasets."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import typer
+import yaml
+from rich.table import Table
+
+from protege.api.meta import API_VERSION
+from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidation, SpecialistSpec
+from protege.cli.common import console, fail, settings
+from protege.store.artifacts import ArtifactStore
+from protege.training.datasets import load_registry
+from protege.training.discovery.tasks import TaskRegistry
+
+tasks_app = typer.Typer(help="Recurring tasks found in the curated calls.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Versioned per-task datasets.", no_args_is_help=True)
+
+METRIC = {
+    OutputKind.LABEL: EvaluationMetric.EXACT_MATCH,
+    OutputKind.JSON: EvaluationMetric.JSON_FIELDS,
+    OutputKind.TOOL_CALL: EvaluationMetric.TOOL_CALL,
+    OutputKind.SQL: EvaluationMetric.SQL_EXECUTION,
+    OutputKind.PROSE: EvaluationMetric.SIMILARITY,
+}
+VALIDATION = {
+    OutputKind.JSON: OutputValidation.JSON,
+    OutputKind.TOOL_CALL: OutputValidation.TOOL_CALL,
+    OutputKind.SQL: OutputValidation.SQL,
+}
+
+
+def _store() -> ArtifactStore:
+    return ArtifactStore.from_settings(settings())
+
+
+def curate(
+    until_idle: bool = typer.Option(False, "--until-idle", help="Stop once no new call came for a while."),
+    idle_seconds: float = typer.Option(2.0, help="How long 'a while' is."),
+) -> None:
+    """Curate the call log into examples: filter, redact PII, de-duplicate (runs until stopped)."""
+    from protege.training.curation import Curator
+
+    current = settings()
+    curator = Curator(
+        current.nats_url,
+        ArtifactStore.from_settings(current),
+        current.curation,
+        stream=current.call_log.stream,
+    )
+    try:
+        stats = asyncio.run(curator.run(until_idle=until_idle, idle_seconds=idle_seconds))
+    except KeyboardInterrupt:
+        stats = curator.stats
+    rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(stats.rejected.items())) or "none"
+    console.print(
+        f"curated {stats.seen} calls: kept {stats.kept}, duplicates {stats.duplicates}, near duplicates "
+        f"{stats.near_duplicates}, rejected ({rejected}), dead-lettered {stats.dead_lettered}; "
+        f"PII replaced: {dict(stats.redactions) or 'none'}",
+        highlight=False,
+    )
+
+
+@tasks_app.command("discover")
+def discover_tasks(
+    tenant: str | None = typer.Option(None, help="Only this tenant's examples."),
+    min_task_size: int = typer.Option(10, help="Fewer examples than this is not a task yet."),
+) -> None:
+    """Cluster the curated examples into tasks (task ids stay stable across runs)."""
+    from protege.training.curation import ExampleStore
+    from protege.training.datasets import save_registry
+    from protege.training.discovery import DiscoverySettings, MiniLM, discover
+
+    store = _store()
+    examples = ExampleStore(store).load(tenant)
+    if not examples:
+        fail("no curated examples yet: send calls through the gateway, then run `protege curate`", code=3)
+    with console.status(f"embedding and clustering {len(examples)} examples ..."):
+        registry = discover(
+            examples, MiniLM(), load_registry(store), DiscoverySettings(min_task_size=min_task_size)
+        )
+    save_registry(store, registry)
+    _print_tasks(registry)
+    if registry.unassigned:
+        console.print(
+            f"{len(registry.unassigned)} examples are in groups smaller than {min_task_size}: not tasks yet"
+        )
+
+
+def _print_tasks(registry: TaskRegistry) -> None:
+    table = Table()
+    table.add_column("task", no_wrap=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("size", justify="right")
+    table.add_column("output")
+    table.add_column("example prompt")
+    for task in registry.tasks:
+        example = " ".join(task.exemplars[0].user_text.split())[:60] if task.exemplars else ""
+        table.add_row(task.id, task.name, str(task.size), task.output_kind.value, example)
+    console.print(table)
+
+
+def _registry() -> TaskRegistry:
+    registry = load_registry(_store())
+    if registry is None:
+        fail("no tasks discovered yet: run `protege tasks discover`", code=3)
+    return registry
+
+
+@tasks_app.command("list")
+def list_tasks() -> None:
+    """The tasks of the last discovery run."""
+    _print_tasks(_registry())
+
+
+@tasks_app.command("show")
+def show_task(task_id: str = typer.Argument(..., help="Task id or name.")) -> None:
+    """One task: its structure, router profile and exemplars."""
+    registry = _registry()
+    try:
+        task = registry.get(task_id)
+    except KeyError as error:
+        fail(str(error.args[0]))
+    data = task.model_dump(mode="json", exclude={"example_ids"})
+    data["router"]["centroids"] = f"{len(task.router.centroids)} × {len(task.router.centroids[0])} floats"
+    console.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), highlight=False)
+
+
+@tasks_app.command("suggest")
+def suggest(
+    pool: str = typer.Option("smollm2-pool", help="SpecialistPool that would serve them."),
+    min_size: int = typer.Option(100, help="Only tasks with at least this many examples."),
+) -> None:
+    """Print ready-to-apply Specialist manifests for the tasks big enough to learn."""
+    registry = _registry()
+    documents = []
+    for task in registry.tasks:
+        if task.size < min_size:
+            continue
+        fingerprint = task.router.fingerprint
+        spec = SpecialistSpec.model_validate(
+            {
+                "pool": pool,
+                "task": {
+                    "id": task.id,
+                    "tenant": fingerprint.tenant,
+                    "match": {
+                        "systemPromptHash": fingerprint.system_hash,
+                        "tools": list(fingerprint.tools),
+                        "outputKind": task.output_kind.value,
+                    },
+                },
+                "evaluation": {"metric": METRIC[task.output_kind].value},
+                "fallback": {"validateOutput": VALIDATION.get(task.output_kind, OutputValidation.NONE).value},
+            }
+        )
+        name = re.sub(r"[^a-z0-9-]+", "-", task.name.lower()).strip("-")[:63] or task.id
+        documents.append(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "Specialist",
+                "metadata": {"name": name},
+                "spec": spec.to_kube(),
+            }
+        )
+    if not documents:
+        fail(f"no task has {min_size} examples yet (`protege tasks list`); lower --min-size or wait", code=3)
+    console.print(yaml.safe_dump_all(documents, sort_keys=False), highlight=False, end="")
+
+
+@datasets_app.command("build")
+def build(
+    task_id: str = typer.Argument(..., help="Task id or name."),
+    min_examples: int = typer.Option(20, help="Refuse to build from fewer examples."),
+) -> None:
+    """Store a new dataset version of a task (train/validation/test; test frozen after the first)."""
+    from protege.training.curation import ExampleStore
+    from protege.training.datasets import DatasetError, build_dataset
+
+    registry = _registry()
+    try:
+        task = registry.get(task_id)
+    except KeyError as error:
+        fail(str(error.args[0]))
+    store = _store()
+    try:
+        manifest = build_dataset(
+            store, task, ExampleStore(store).load(task.router.fingerprint.tenant), min_examples=min_examples
+        )
+    except DatasetError as error:
+        fail(str(error))
+    counts = manifest.metadata["counts"]
+    console.print(
+        f"dataset {task.id} {manifest.version}: train {counts['train']}, validation {counts['validation']}, "
+        f"test {counts['test']} → {store.uri('dataset', task.id, manifest.version)}",
+        highlight=False,
+    )

@@ -1,0 +1,170 @@
+"""Curation: filters (pure), then the JetStream consumer against a real nats-server and store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nats
+import pytest
+
+from protege.api.calls import CallRecord, CallStatus, ErrorInfo
+from protege.config import ConfigError, CurationPolicy, CurationSettings, load_settings
+from protege.services.nats import NatsServer
+from protege.store.artifacts import ArtifactStore
+from protege.training.curation import (
+    DEAD_LETTER_STREAM,
+    Curator,
+    ExampleStore,
+    NearDuplicateIndex,
+    reject_reason,
+)
+from protege.workload import generate
+
+LONG_EMAIL = (
+    "Hello team, I am writing about the order I placed last week for the office. We need {n} desk lamps, "
+    "two of them with the warm light option, delivered to the Lyon office before the end of the month "
+    "because the new hires start on the first. Please confirm the delivery window, the invoice address "
+    "and whether the lamps come with the standard two year warranty that was mentioned on the website, "
+    "since our procurement rules require it for every electrical item we buy for the staff. {tail}"
+)
+
+
+def record(text: str, answer: str = "ok", tenant: str = "acme", **changes: object) -> CallRecord:
+    base = CallRecord.model_validate(
+        {
+            "tenant": tenant,
+            "request": {"model": "m", "messages": [{"role": "user", "content": text}]},
+            "response": {"choices": [{"message": {"content": answer}, "finish_reason": "stop"}]},
+            "latency": {"total_ms": 1},
+        }
+    )
+    return base.model_copy(update=changes)
+
+
+def test_reject_reasons_and_tenant_policies() -> None:
+    policy = CurationPolicy()
+    assert reject_reason(record("hi"), policy) is None
+    failed = record(
+        "hi", status=CallStatus.UPSTREAM_ERROR, response=None, error=ErrorInfo(type="x", message="y")
+    )
+    assert reject_reason(failed, policy) == "failed"
+    assert reject_reason(record("hi", answer="  "), policy) == "empty"
+    truncated = record("hi")
+    truncated.response.choices[0].finish_reason = "length"  # type: ignore[union-attr]
+    assert reject_reason(truncated, policy) == "truncated"
+    assert reject_reason(truncated, policy.model_copy(update={"drop_truncated": False})) is None
+    assert reject_reason(record("x" * 40_000), policy) == "too_long"
+    settings = CurationSettings(tenants={"bigco": {"max_chars": 100_000}})
+    assert (
+        settings.for_tenant("bigco").max_chars == 100_000 and settings.for_tenant("acme").max_chars == 32_000
+    )
+    with pytest.raises(ConfigError, match=r"curation\.tenants\.bigco"):
+        load_settings(curation={"tenants": {"bigco": {"max_chars": -5}}})
+
+
+def test_near_duplicates_are_found_and_different_texts_are_not() -> None:
+    index = NearDuplicateIndex(threshold=0.9)
+    assert index.add("a", LONG_EMAIL.format(n=4, tail="Thanks, Anna")) is None
+    assert index.add("b", LONG_EMAIL.format(n=4, tail="Thanks, Ann")) == "a"
+    assert index.add("c", "How many orders were placed in Paris last month?") is None
+    assert index.add("d", "How many orders were placed in Berlin last month?") is None
+    assert len(index) == 3
+
+
+async def publish(url: str, records: list[CallRecord], raw: list[tuple[str, bytes]] = ()) -> None:  # type: ignore[assignment]
+    client = await nats.connect(url)
+    js = client.jetstream()
+    await js.add_stream(name="PROTEGE_CALLS", subjects=["protege.calls.>"])
+    for item in records:
+        await js.publish(item.subject, item.to_json())
+    for subject, data in raw:
+        await js.publish(subject, data)
+    await client.close()
+
+
+@pytest.mark.slow
+async def test_curator_keeps_clean_unique_examples_and_parks_bad_messages(tmp_path: Path) -> None:
+    calls = generate(300, seed=21)
+    good = [call.to_record("acme") for call in calls]
+    extra = [
+        record("my email is jane.doe@example.com, call me at (415) 555-0132", "Noted, Jane."),
+        record(
+            "hi", status=CallStatus.TIMEOUT, response=None, error=ErrorInfo(type="timeout", message="slow")
+        ),
+        record("hi", answer=""),
+        record(LONG_EMAIL.format(n=4, tail="Thanks, Anna"), "Confirmed."),
+        record(LONG_EMAIL.format(n=4, tail="Thanks, Ann"), "Confirmed."),  # near duplicate
+        good[0].model_copy(update={"id": record("x").id}),  # exact duplicate of a call, new id
+    ]
+    bad = [
+        ("protege.calls.acme.agent", b"{not json"),
+        (
+            "protege.calls.acme.agent",
+            json.dumps({**json.loads(good[1].to_json()), "schema_version": 99}).encode(),
+        ),
+        ("protege.calls.acme.agent", json.dumps({"tenant": "acme"}).encode()),
+    ]
+    with NatsServer(tmp_path / "nats") as server:
+        await publish(server.url, good + extra, bad)
+        store = ArtifactStore((tmp_path / "store").as_uri())
+        stats = await Curator(server.url, store, batch=64).run(until_idle=True, idle_seconds=1)
+        distinct = {
+            (c.request["messages"][-1]["content"], json.dumps(c.answer, sort_keys=True)) for c in calls
+        }
+        assert stats.seen == len(good) + len(extra) + len(bad)
+        accounted = stats.kept + stats.duplicates + stats.near_duplicates + sum(stats.rejected.values())
+        assert accounted + stats.dead_lettered == stats.seen
+        assert stats.rejected == {"failed": 1, "empty": 1} and stats.dead_lettered == 3
+        # Calls that differ only in punctuation or one value in a long text are near duplicates.
+        assert 0.8 * len(distinct) <= stats.kept <= len(distinct) + 2
+        assert stats.redactions == {"EMAIL": 1, "PHONE": 1}
+        examples = ExampleStore(store).load("acme")
+        assert len(examples) == stats.kept
+        texts = [e.user_text for e in examples]
+        assert texts.count(LONG_EMAIL.format(n=4, tail="Thanks, Anna")) == 1
+        assert LONG_EMAIL.format(n=4, tail="Thanks, Ann") not in texts
+        assert texts.count(str(good[0].request.messages[-1].content)) == 1
+        dumped = "".join(e.model_dump_json() for e in examples)
+        assert "jane.doe@example.com" not in dumped and "555-0132" not in dumped
+
+        client = await nats.connect(server.url)
+        parked = await client.jetstream().pull_subscribe("protege.deadletter.>", stream=DEAD_LETTER_STREAM)
+        messages = await parked.fetch(3, timeout=5)
+        assert [m.data for m in messages] == [data for _, data in bad]
+        assert "schema version 99" in messages[1].headers["Protege-Error"]  # type: ignore[index]
+        await client.close()
+
+        # A restarted curator (same durable) has nothing left; a second one re-reading the
+        # whole log (another durable) writes nothing new: writes are idempotent.
+        again = await Curator(server.url, store, batch=64).run(until_idle=True, idle_seconds=1)
+        assert again.seen == 0
+        reread = await Curator(server.url, store, durable="second-reader").run(
+            until_idle=True, idle_seconds=1
+        )
+        assert reread.kept == 0 and len(ExampleStore(store).keys("acme")) == stats.kept
+
+
+class _Message:
+    """Just enough of a JetStream message for a batch that never reaches NATS."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.acked = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+
+async def test_a_failed_write_acknowledges_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the store write fails, no message of the batch is acknowledged: JetStream redelivers them."""
+    curator = Curator("nats://127.0.0.1:1", ArtifactStore((tmp_path / "store").as_uri()))
+
+    def broken(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(curator, "_write", broken)
+    messages = [_Message(record(f"hello {i}").to_json()) for i in range(3)]
+    with pytest.raises(OSError, match="disk full"):
+        await curator._curate_batch(None, messages)  # type: ignore[arg-type]
+    assert not any(m.acked for m in messages)

@@ -1,0 +1,23 @@
+"""Curation (S2): from the call log to filtered, de-duplicated, PII-free examples."""
+
+from protege.config import CurationPolicy, CurationSettings
+from protege.training.curation.consumer import (
+    DEAD_LETTER_STREAM,
+    DEAD_LETTER_SUBJECT,
+    CurationStats,
+    Curator,
+    ExampleStore,
+)
+from protege.training.curation.filters import NearDuplicateIndex, reject_reason
+
+__all__ = [
+    "DEAD_LETTER_STREAM",
+    "DEAD_LETTER_SUBJECT",
+    "CurationPolicy",
+    "CurationSettings",
+    "CurationStats",
+    "Curator",
+    "ExampleStore",
+    "NearDuplicateIndex",
+    "reject_reason",
+]

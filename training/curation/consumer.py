@@ -1,0 +1,227 @@
+"""The curation consumer (S2): call log → filtered, de-duplicated, PII-free examples in the store.
+
+A durable JetStream pull consumer reads call records in batches. Each record is checked
+(failed, empty, truncated, over-long calls are dropped), redacted, and de-duplicated; the
+kept examples are written to the artifact store under a key made from their content, and
+only then is the batch acknowledged. So a crash at any point is harmless: unacknowledged
+records come back, and writing an example again writes the same object under the same
+key. Messages that are not readable call records (bad JSON, unknown schema version,
+missing fields) are counted, logged and parked on the dead-letter subject, then
+acknowledged: they never stop the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import nats
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+
+from protege.api.calls import SUBJECT_PREFIX, CallRecord
+from protege.config import CurationSettings
+from protege.store.artifacts import ArtifactStore
+from protege.training.curation.filters import (
+    NearDuplicateIndex,
+    dedup_text,
+    exact_key,
+    reject_reason,
+)
+from protege.training.examples import Example, example_from_record
+from protege.training.pii import Finding, RecordRedaction
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_AREA = "examples"
+DEAD_LETTER_STREAM = "PROTEGE_DEADLETTER"
+DEAD_LETTER_SUBJECT = "protege.deadletter.calls"
+
+
+def tenant_prefix(tenant: str) -> str:
+    """Object-key prefix of a tenant's examples (keys are lower-case; tenants need not be)."""
+    return f"{tenant.lower()}-{zlib.crc32(tenant.encode()) & 0xFFFF:04x}."
+
+
+def _no_pii(text: str) -> list[Finding]:
+    return []
+
+
+class ExampleStore:
+    """Curated examples in the artifact store, one object per distinct example."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def key(example: Example) -> str:
+        text = dedup_text(example.user_text, json.dumps(example.answer, sort_keys=True))
+        return tenant_prefix(example.tenant) + exact_key(example.system_prompt + "\n" + text)
+
+    def has(self, key: str) -> bool:
+        return self.store.has_object(EXAMPLES_AREA, key)
+
+    def put(self, key: str, example: Example) -> None:
+        self.store.put_object(EXAMPLES_AREA, key, example.model_dump_json().encode())
+
+    def keys(self, tenant: str | None = None) -> list[str]:
+        return self.store.list_objects(EXAMPLES_AREA, tenant_prefix(tenant) if tenant else "")
+
+    def load(self, tenant: str | None = None) -> list[Example]:
+        return [
+            Example.model_validate_json(self.store.get_object(EXAMPLES_AREA, key))
+            for key in self.keys(tenant)
+        ]
+
+
+@dataclass
+class CurationStats:
+    seen: int = 0
+    kept: int = 0
+    duplicates: int = 0
+    near_duplicates: int = 0
+    dead_lettered: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    redactions: Counter[str] = field(default_factory=Counter)
+
+
+class Curator:
+    def __init__(
+        self,
+        nats_url: str,
+        store: ArtifactStore,
+        settings: CurationSettings | None = None,
+        *,
+        stream: str = "PROTEGE_CALLS",
+        durable: str = "protege-curator",
+        batch: int = 256,
+    ) -> None:
+        self.nats_url = nats_url
+        self.examples = ExampleStore(store)
+        self.settings = settings or CurationSettings()
+        self.stream = stream
+        self.durable = durable
+        self.batch = batch
+        self.stats = CurationStats()
+        self._near: dict[str, NearDuplicateIndex] = {}
+
+    def _near_index(self, tenant: str) -> NearDuplicateIndex:
+        if tenant not in self._near:
+            index = NearDuplicateIndex(self.settings.for_tenant(tenant).near_duplicate_jaccard)
+            for example in self.examples.load(tenant):  # after a restart: what is already kept
+                index.add(self.examples.key(example), _near_text(example))
+            self._near[tenant] = index
+        return self._near[tenant]
+
+    async def run(
+        self, *, until_idle: bool = False, idle_seconds: float = 2.0, stop: asyncio.Event | None = None
+    ) -> CurationStats:
+        """Curate until ``stop`` is set, or (``until_idle``) until no record came for ``idle_seconds``."""
+        client = await nats.connect(
+            self.nats_url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5
+        )
+        try:
+            js = client.jetstream()
+            await _ensure_dead_letter_stream(js)
+            subscription = await js.pull_subscribe(
+                f"{SUBJECT_PREFIX}.>",
+                durable=self.durable,
+                stream=self.stream,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT, ack_wait=120, max_ack_pending=self.batch * 4
+                ),
+            )
+            while stop is None or not stop.is_set():
+                try:
+                    messages = await subscription.fetch(self.batch, timeout=idle_seconds)
+                except TimeoutError:
+                    if until_idle:
+                        break
+                    continue
+                await self._curate_batch(js, messages)
+        finally:
+            await client.close()
+        return self.stats
+
+    async def _curate_batch(self, js: JetStreamContext, messages: list[Msg]) -> None:
+        to_write: dict[str, Example] = {}
+        for message in messages:
+            self.stats.seen += 1
+            try:
+                record = CallRecord.from_json(message.data)
+            except (ValidationError, ValueError) as error:
+                await self._dead_letter(js, message, error)
+                continue
+            policy = self.settings.for_tenant(record.tenant)
+            reason = reject_reason(record, policy)
+            if reason is not None:
+                self.stats.rejected[reason] += 1
+                continue
+            redaction = RecordRedaction() if policy.redact_pii else RecordRedaction(_no_pii)
+            example = example_from_record(record, redaction)
+            key = self.examples.key(example)
+            if key in to_write or await asyncio.to_thread(self.examples.has, key):
+                self.stats.duplicates += 1
+                continue
+            if self._near_index(record.tenant).add(key, _near_text(example)) is not None:
+                self.stats.near_duplicates += 1
+                continue
+            to_write[key] = example
+        await asyncio.to_thread(self._write, to_write)  # durable before any ack
+        for example in to_write.values():
+            self.stats.redactions.update(example.redactions)
+        self.stats.kept += len(to_write)
+        for message in messages:
+            await message.ack()
+
+    def _write(self, examples: dict[str, Example]) -> None:
+        for key, example in examples.items():
+            self.examples.put(key, example)
+
+    async def _dead_letter(self, js: JetStreamContext, message: Msg, error: Exception) -> None:
+        if isinstance(error, ValidationError):
+            first = error.errors()[0]
+            reason = f"{'.'.join(str(p) for p in first['loc']) or 'record'}: {first['msg']}"
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        reason = reason.replace("\n", " ")[:300]
+        sequence = message.metadata.sequence.stream
+        log.warning(
+            "curation: unreadable record #%d on %s parked on %s: %s",
+            sequence,
+            message.subject,
+            DEAD_LETTER_SUBJECT,
+            reason,
+        )
+        headers = {
+            "Protege-Error": reason,
+            "Protege-Subject": message.subject,
+            "Protege-Sequence": str(sequence),
+        }
+        await js.publish(DEAD_LETTER_SUBJECT, message.data, headers=headers, stream=DEAD_LETTER_STREAM)
+        self.stats.dead_lettered += 1
+
+
+def _near_text(example: Example) -> str:
+    return dedup_text(example.user_text, json.dumps(example.answer, sort_keys=True))
+
+
+async def _ensure_dead_letter_stream(js: JetStreamContext) -> None:
+    try:
+        await js.stream_info(DEAD_LETTER_STREAM)
+    except NotFoundError:
+        await js.add_stream(
+            StreamConfig(
+                name=DEAD_LETTER_STREAM,
+                subjects=["protege.deadletter.>"],
+                storage=StorageType.FILE,
+                max_age=30 * 86400,
+            )
+        )

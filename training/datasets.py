@@ -1,0 +1,131 @@
+"""Versioned per-task datasets with train/validation/test splits, the test split frozen (pure + store).
+
+Each example lands in a split by a hash of its id, so the same example always lands in
+the same split. Once a task has a dataset, its test split is frozen: later versions keep
+exactly the earlier test examples (those still present) and put every new example in
+train or validation, so evaluations of successive specialists stay comparable. Files are
+JSONL in chat format; the manifest carries the lineage (record ids per split), counts,
+redaction counts and the hash of the source examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable
+from typing import Literal
+
+from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore, Manifest
+from protege.training.discovery.tasks import Task, TaskRegistry
+from protege.training.examples import Example
+
+DATASET_KIND = "dataset"
+REGISTRY_KIND = "tasks"
+REGISTRY_NAME = "registry"
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be built; the message says why and what to do."""
+
+
+def split_of(example_id: str, validation: float = 0.1, test: float = 0.1) -> Split:
+    bucket = int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if bucket < test:
+        return "test"
+    return "validation" if bucket < test + validation else "train"
+
+
+def assign_splits(
+    examples: Iterable[Example], frozen_test: set[str] | None, validation: float = 0.1, test: float = 0.1
+) -> dict[Split, list[Example]]:
+    """The examples by split; with ``frozen_test``, the test split is exactly those ids."""
+    splits: dict[Split, list[Example]] = {name: [] for name in SPLITS}
+    for example in sorted(examples, key=lambda e: e.id):
+        if frozen_test is None:
+            splits[split_of(example.id, validation, test)].append(example)
+        elif example.id in frozen_test:
+            splits["test"].append(example)
+        else:
+            # Never into test once it is frozen: renormalize validation's share among the rest.
+            splits[
+                "validation" if split_of(example.id, validation / (1 - test), 0) == "validation" else "train"
+            ].append(example)
+    return splits
+
+
+def _line(example: Example) -> str:
+    row = {
+        "id": example.id,
+        "messages": example.chat(),
+        "tools": example.tools,
+        "response_format": example.response_format,
+    }
+    return json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False, sort_keys=True)
+
+
+def load_registry(store: ArtifactStore) -> TaskRegistry | None:
+    try:
+        latest = store.latest(REGISTRY_KIND, REGISTRY_NAME)
+    except ArtifactNotFoundError:
+        return None
+    return TaskRegistry.model_validate_json(
+        store.read_file(REGISTRY_KIND, REGISTRY_NAME, latest.version, "registry.json")
+    )
+
+
+def save_registry(store: ArtifactStore, registry: TaskRegistry) -> Manifest:
+    return store.put_artifact(
+        REGISTRY_KIND,
+        REGISTRY_NAME,
+        {"registry.json": registry.model_dump_json(indent=1).encode()},
+        {"tasks": len(registry.tasks), "examples": registry.examples},
+    )
+
+
+def build_dataset(
+    store: ArtifactStore,
+    task: Task,
+    examples: Iterable[Example],
+    *,
+    min_examples: int = 20,
+    validation: float = 0.1,
+    test: float = 0.1,
+) -> Manifest:
+    """Store a new dataset version for ``task`` (or return the existing one if nothing changed)."""
+    members = {e.id: e for e in examples if e.id in set(task.example_ids)}
+    if len(members) < min_examples:
+        raise DatasetError(
+            f"task {task.id} ({task.name}) has {len(members)} curated examples; a dataset needs at least "
+            f"{min_examples}. Let more traffic through the gateway, then run `protege curate` and "
+            "`protege tasks discover` again"
+        )
+    try:
+        previous: Manifest | None = store.latest(DATASET_KIND, task.id)
+    except ArtifactNotFoundError:
+        previous = None
+    frozen = set(previous.metadata["splits"]["test"]) if previous else None
+    splits = assign_splits(members.values(), frozen, validation, test)
+    if not splits["test"] or not splits["train"]:
+        raise DatasetError(
+            f"task {task.id} has {len(members)} examples but no {'test' if not splits['test'] else 'train'} "
+            "examples after splitting; it needs more examples"
+        )
+    files = {
+        f"{name}.jsonl": "".join(_line(e) + "\n" for e in rows).encode() for name, rows in splits.items()
+    }
+    redactions: Counter[str] = Counter()
+    for example in members.values():
+        redactions.update(example.redactions)
+    metadata = {
+        "task": {"id": task.id, "name": task.name, "output_kind": task.output_kind.value},
+        "counts": {name: len(rows) for name, rows in splits.items()},
+        "splits": {name: [e.id for e in rows] for name, rows in splits.items()},
+        "redactions": dict(redactions),
+        "source_hash": hashlib.sha256("\n".join(sorted(members)).encode()).hexdigest(),
+        "test_frozen_from": previous.version if previous else None,
+        "format": "jsonl; a chat per line: {id, messages (the last is the answer), tools?, response_format?}",
+    }
+    return store.put_artifact(DATASET_KIND, task.id, files, metadata)
