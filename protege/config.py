@@ -108,6 +108,12 @@ class CurationSettings(BaseModel):
 
     default: CurationPolicy = Field(default_factory=CurationPolicy, description="Policy for every tenant.")
     tenants: dict[str, dict[str, object]] = Field(default_factory=dict, description="Per-tenant overrides.")
+    ack_wait_seconds: float = Field(
+        default=30,
+        gt=0,
+        description="Unacknowledged calls are handed out again after this long (a curator died); "
+        "must exceed the time to curate one batch.",
+    )
 
     @model_validator(mode="after")
     def _overrides_valid(self) -> CurationSettings:

@@ -44,15 +44,11 @@ def assign_splits(
     """The examples by split; with ``frozen_test``, the test split is exactly those ids."""
     splits: dict[Split, list[Example]] = {name: [] for name in SPLITS}
     for example in sorted(examples, key=lambda e: e.id):
-        if frozen_test is None:
-            splits[split_of(example.id, validation, test)].append(example)
-        elif example.id in frozen_test:
-            splits["test"].append(example)
-        else:
-            # Never into test once it is frozen: renormalize validation's share among the rest.
-            splits[
-                "validation" if split_of(example.id, validation / (1 - test), 0) == "validation" else "train"
-            ].append(example)
+        split = split_of(example.id, validation, test)
+        if frozen_test is not None:
+            # Frozen: exactly the earlier test examples; a new one that would hash to test trains.
+            split = "test" if example.id in frozen_test else ("train" if split == "test" else split)
+        splits[split].append(example)
     return splits
 
 

@@ -116,7 +116,7 @@ class Curator:
         if tenant not in self._near:
             index = NearDuplicateIndex(self.settings.for_tenant(tenant).near_duplicate_jaccard)
             for example in self.examples.load(tenant):  # after a restart: what is already kept
-                index.add(self.examples.key(example), _near_text(example))
+                index.add(self.examples.key(example), near_text(example))
             self._near[tenant] = index
         return self._near[tenant]
 
@@ -130,20 +130,24 @@ class Curator:
         try:
             js = client.jetstream()
             await _ensure_dead_letter_stream(js)
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.settings.ack_wait_seconds,
+                max_ack_pending=self.batch * 4,
+            )
             subscription = await js.pull_subscribe(
-                f"{SUBJECT_PREFIX}.>",
-                durable=self.durable,
-                stream=self.stream,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT, ack_wait=120, max_ack_pending=self.batch * 4
-                ),
+                f"{SUBJECT_PREFIX}.>", durable=self.durable, stream=self.stream, config=config
             )
             while stop is None or not stop.is_set():
                 try:
                     messages = await subscription.fetch(self.batch, timeout=idle_seconds)
                 except TimeoutError:
                     if until_idle:
-                        break
+                        # Idle means nothing left, also nothing that a crashed reader took and
+                        # never acknowledged (JetStream hands it out again after ack_wait).
+                        info = await subscription.consumer_info()
+                        if info.num_pending == 0 and info.num_ack_pending == 0:
+                            break
                     continue
                 await self._curate_batch(js, messages)
         finally:
@@ -170,7 +174,7 @@ class Curator:
             if key in to_write or await asyncio.to_thread(self.examples.has, key):
                 self.stats.duplicates += 1
                 continue
-            if self._near_index(record.tenant).add(key, _near_text(example)) is not None:
+            if self._near_index(record.tenant).add(key, near_text(example)) is not None:
                 self.stats.near_duplicates += 1
                 continue
             to_write[key] = example
@@ -209,7 +213,7 @@ class Curator:
         self.stats.dead_lettered += 1
 
 
-def _near_text(example: Example) -> str:
+def near_text(example: Example) -> str:
     return dedup_text(example.user_text, json.dumps(example.answer, sort_keys=True))
 
 

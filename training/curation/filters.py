@@ -78,18 +78,29 @@ class NearDuplicateIndex:
         signature: NDArray[np.uint64] = values.min(axis=0)
         return signature
 
-    def add(self, key: str, text: str) -> str | None:
-        """Index ``text`` under ``key`` unless a near duplicate is there; then return its key."""
-        signature = self.signature(text)
-        bands = [
+    def _bands(self, signature: NDArray[np.uint64]) -> list[tuple[int, bytes]]:
+        return [
             (band, signature[band * self.rows : (band + 1) * self.rows].tobytes())
             for band in range(self.bands)
         ]
-        candidates = {other for band in bands for other in self._buckets.get(band, ())}
+
+    def find(self, text: str) -> str | None:
+        """The key of an indexed near duplicate of ``text``, if there is one."""
+        return self._find(self.signature(text))
+
+    def _find(self, signature: NDArray[np.uint64]) -> str | None:
+        candidates = {other for band in self._bands(signature) for other in self._buckets.get(band, ())}
         for other in sorted(candidates):
             if float(np.mean(self._signatures[other] == signature)) >= self.threshold:
                 return other
+        return None
+
+    def add(self, key: str, text: str) -> str | None:
+        """Index ``text`` under ``key`` unless a near duplicate is there; then return its key."""
+        signature = self.signature(text)
+        if (other := self._find(signature)) is not None:
+            return other
         self._signatures[key] = signature
-        for band in bands:
+        for band in self._bands(signature):
             self._buckets[band].append(key)
         return None

@@ -1,0 +1,110 @@
+"""From call log to dataset with the CLI, the curator SIGKILLed mid-run and restarted on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from protege.cli import app
+from protege.services.nats import NatsServer
+from protege.store.artifacts import ArtifactStore
+from protege.training.curation import Curator, ExampleStore, NearDuplicateIndex
+from protege.training.curation.consumer import near_text
+from protege.training.examples import example_from_record
+from protege.workload import generate
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+async def publish_workload(url: str, count: int) -> None:
+    client = await nats.connect(url)
+    js = client.jetstream()
+    await js.add_stream(name="PROTEGE_CALLS", subjects=["protege.calls.>"])
+    for call in generate(count, seed=41):
+        record = call.to_record("acme")
+        await js.publish(record.subject, record.to_json())
+    await client.close()
+
+
+def test_curate_killed_mid_run_then_discover_suggest_and_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with NatsServer(tmp_path / "nats") as server:
+        asyncio.run(publish_workload(server.url, 1200))
+        env = {
+            **os.environ,
+            "PROTEGE_HOME": str(tmp_path / "home"),
+            "PROTEGE_NATS_URL": server.url,
+            "PROTEGE_ARTIFACT_STORE": (tmp_path / "store").as_uri(),
+        }
+        for name, value in env.items():
+            if name.startswith("PROTEGE_"):
+                monkeypatch.setenv(name, value)
+        store = ArtifactStore((tmp_path / "store").as_uri())
+        examples = ExampleStore(store)
+        curator = subprocess.Popen(
+            [sys.executable, "-m", "protege.cli", "curate"], env=env, stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 120
+        while len(examples.keys()) < 50:  # killed once it has written some, not all
+            assert curator.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(curator.pid, signal.SIGKILL)
+        curator.wait()
+        written_before_restart = len(examples.keys())
+
+        restarted = runner.invoke(app, ["curate", "--until-idle", "--idle-seconds", "1"])
+        assert restarted.exit_code == 0, restarted.output
+        assert "curated" in restarted.stdout
+
+        # Exactly once: no two stored examples are duplicates or near duplicates of each other,
+        # and every curatable call of the log is stored or has its (near) duplicate stored.
+        stored = examples.load("acme")
+        index = NearDuplicateIndex()
+        assert all(index.add(examples.key(e), near_text(e)) is None for e in stored)
+        for call in generate(1200, seed=41):
+            example = example_from_record(call.to_record("acme"))
+            assert examples.key(example) in set(examples.keys()) or index.find(near_text(example)) is not None
+        assert written_before_restart < len(stored)
+        # And it keeps as many as one uninterrupted run does (near-duplicate choices may differ).
+        reference = ArtifactStore((tmp_path / "reference").as_uri())
+        asyncio.run(Curator(server.url, reference, durable="reference").run(until_idle=True, idle_seconds=1))
+        assert abs(len(ExampleStore(reference).keys()) - len(stored)) <= 0.02 * len(stored)
+
+    discovered = runner.invoke(app, ["tasks", "discover"])
+    assert discovered.exit_code == 0, discovered.output
+    listed = runner.invoke(app, ["tasks", "list"])
+    assert listed.exit_code == 0 and "search-flights" in listed.stdout
+    shown = runner.invoke(app, ["tasks", "show", "search-flights"])
+    assert shown.exit_code == 0 and "output_kind: tool_call" in shown.stdout and "threshold:" in shown.stdout
+
+    suggested = runner.invoke(app, ["tasks", "suggest", "--min-size", "20", "--pool", "demo-pool"])
+    assert suggested.exit_code == 0, suggested.output
+    documents = list(yaml.safe_load_all(suggested.stdout))
+    assert len(documents) == len(runner.invoke(app, ["tasks", "list"]).stdout.split("task-")) - 1
+    assert {d["kind"] for d in documents} == {"Specialist"} and {d["spec"]["pool"] for d in documents} == {
+        "demo-pool"
+    }
+    metrics = {d["spec"]["task"]["match"]["outputKind"]: d["spec"]["evaluation"]["metric"] for d in documents}
+    assert metrics == {
+        "label": "exact_match",
+        "json": "json_fields",
+        "tool_call": "tool_call",
+        "sql": "sql_execution",
+    }
+
+    built = runner.invoke(app, ["datasets", "build", "search-flights"])
+    assert built.exit_code == 0 and "train" in built.stdout and "test" in built.stdout
+    missing = runner.invoke(app, ["datasets", "build", "no-such-task"])
+    assert missing.exit_code == 1 and "known tasks" in missing.stderr
