@@ -72,8 +72,8 @@ def main() -> None:
 
     rows = []
     for name, chosen in (
-        ("baseline (embedding disabled)", NoEmbedding()),
-        ("full (MiniLM embeddings)", embedder),
+        ("baseline: no embedding", NoEmbedding()),
+        ("full: MiniLM", embedder),
     ):
         examples, curate_seconds = curate(records, policy)
         started = time.perf_counter()

@@ -21,18 +21,10 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from protege.api.calls import last_user_text
+
 MODEL = "stub-teacher"
 CREATED = 1_767_225_600  # fixed, like the id: the same request always gets the same bytes
-
-
-def _last_user_text(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            return str(content or "")
-    return ""
 
 
 def _command(text: str, name: str) -> str | None:
@@ -44,7 +36,7 @@ def _command(text: str, name: str) -> str | None:
 
 def answer(request: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]] | None]:
     """The stub's deterministic answer: (content, tool_calls)."""
-    text = _last_user_text(request.get("messages") or [])
+    text = last_user_text(request.get("messages") or [])
     tools = request.get("tools") or []
     if tools and request.get("tool_choice") != "none":
         choice = request.get("tool_choice")
@@ -103,7 +95,7 @@ class StubTeacher:
         self.calls += 1
         request = json.loads(raw)
         completion_id = "chatcmpl-" + hashlib.sha256(raw).hexdigest()[:24]
-        text = _last_user_text(request.get("messages") or [])
+        text = last_user_text(request.get("messages") or [])
         if (status := _command(text, "!status")) is not None:
             error = {"message": f"stub error {status}", "type": "server_error", "param": None, "code": None}
             await _send_json(send, int(status), {"error": error})

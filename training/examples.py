@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from protege.api.calls import CallRecord
+from protege.api.calls import CallRecord, last_user_text
 from protege.api.specialist import OutputKind
 from protege.training.pii import RecordRedaction
 
@@ -67,13 +67,7 @@ class Example(BaseModel):
     @property
     def user_text(self) -> str:
         """The last user turn: what varies from call to call within a task."""
-        for message in reversed(self.messages):
-            if message.get("role") == "user":
-                content = message.get("content")
-                if isinstance(content, list):
-                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-                return str(content or "")
-        return ""
+        return last_user_text(self.messages)
 
     def chat(self) -> list[dict[str, Any]]:
         """The example as one chat: the conversation, then the answer to learn."""

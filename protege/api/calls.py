@@ -300,5 +300,16 @@ class CallRecord(BaseModel):
         return cls.model_validate_json(data)
 
 
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user turn of OpenAI-style messages (content parts joined)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
+
+
 def call_subject(tenant: str, app: str, prefix: str = SUBJECT_PREFIX) -> str:
     return f"{prefix}.{check_subject_token(tenant, 'tenant')}.{check_subject_token(app, 'app')}"
