@@ -10,8 +10,9 @@ import yaml
 from rich.table import Table
 
 from protege.api.meta import API_VERSION
-from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidation, SpecialistSpec
+from protege.api.specialist import OutputKind, OutputValidation, SpecialistSpec
 from protege.cli.common import console, fail, settings
+from protege.evaluation import METRIC_FOR_KIND
 from protege.store.artifacts import ArtifactStore
 from protege.training.datasets import load_registry
 from protege.training.discovery.tasks import TaskRegistry
@@ -19,13 +20,6 @@ from protege.training.discovery.tasks import TaskRegistry
 tasks_app = typer.Typer(help="Recurring tasks found in the curated calls.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Versioned per-task datasets.", no_args_is_help=True)
 
-METRIC = {
-    OutputKind.LABEL: EvaluationMetric.EXACT_MATCH,
-    OutputKind.JSON: EvaluationMetric.JSON_FIELDS,
-    OutputKind.TOOL_CALL: EvaluationMetric.TOOL_CALL,
-    OutputKind.SQL: EvaluationMetric.SQL_EXECUTION,
-    OutputKind.PROSE: EvaluationMetric.SIMILARITY,
-}
 VALIDATION = {
     OutputKind.JSON: OutputValidation.JSON,
     OutputKind.TOOL_CALL: OutputValidation.TOOL_CALL,
@@ -153,7 +147,7 @@ def suggest(
                         "outputKind": task.output_kind.value,
                     },
                 },
-                "evaluation": {"metric": METRIC[task.output_kind].value},
+                "evaluation": {"metric": METRIC_FOR_KIND[task.output_kind].value},
                 "fallback": {"validateOutput": VALIDATION.get(task.output_kind, OutputValidation.NONE).value},
             }
         )
