@@ -1,0 +1,128 @@
+"""Dataset rows → token ids and labels for supervised fine-tuning, loss on the answer only.
+
+A row is a chat (``messages``, the last one the teacher's answer), with the ``tools`` the
+call offered. It is rendered with the base model's own chat template; the labels mask
+everything up to the answer with -100, so the model learns the answer (and the end of
+its turn), never to imitate the prompt.
+
+Chat templates that know nothing of tools (SmolLM2's, for one) would silently drop tool
+calls. For those, tools and tool calls are written in the Hermes format that vLLM's
+``hermes`` tool parser reads back at serving time: the tool schemas in ``<tools>`` in the
+system prompt, each call as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def template_knows_tools(tokenizer: Any) -> bool:
+    template = tokenizer.chat_template or ""
+    return "tools" in template and "tool_calls" in template
+
+
+def hermes_messages(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """Tools and tool calls as plain text, in the Hermes format vLLM's parser reads."""
+    out = []
+    for original in messages:
+        message = dict(original)
+        if message.get("tool_calls"):
+            calls = [_hermes_call(call.get("function", {})) for call in message.pop("tool_calls")]
+            message["content"] = "\n".join(filter(None, [message.get("content"), *calls]))
+        if message.get("role") == "tool":
+            message = {
+                "role": "user",
+                "content": f"<tool_response>\n{message.get('content')}\n</tool_response>",
+            }
+        message["content"] = message.get("content") or ""
+        out.append(message)
+    if tools:
+        schemas = "\n".join(json.dumps(tool.get("function", tool)) for tool in tools)
+        preamble = (
+            "You may call one or more functions. Function signatures are within <tools></tools>:\n"
+            f"<tools>\n{schemas}\n</tools>\nFor each call, return a JSON object with the function name and "
+            'arguments within <tool_call></tool_call> tags: {"name": <name>, "arguments": <arguments>}'
+        )
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{preamble}"}
+        else:
+            out.insert(0, {"role": "system", "content": preamble})
+    return out
+
+
+def _hermes_call(function: dict[str, Any]) -> str:
+    try:
+        arguments: Any = json.loads(function.get("arguments") or "{}")
+    except ValueError:
+        arguments = function.get("arguments")
+    return f"<tool_call>\n{json.dumps({'name': function.get('name'), 'arguments': arguments})}\n</tool_call>"
+
+
+def prompt_messages(
+    row: dict[str, Any], tokenizer: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The row's messages and tools as the template will see them."""
+    messages, tools = row["messages"], row.get("tools")
+    if template_knows_tools(tokenizer):
+        return messages, tools
+    return hermes_messages(messages, tools), None
+
+
+def tokenize_row(row: dict[str, Any], tokenizer: Any, max_len: int) -> Tokenized | None:
+    """Ids and labels of one row (answer tokens only); None if it does not fit ``max_len``."""
+    messages, tools = prompt_messages(row, tokenizer)
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError(f"row {row.get('id')}: the last message must be the assistant's answer to learn")
+    extra = {"tools": tools} if tools else {}
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True, **extra)
+    full = tokenizer.apply_chat_template(messages, tokenize=False, **extra)
+    if not full.startswith(prompt):
+        raise ValueError(
+            f"row {row.get('id')}: the chat template renders the prompt differently with the answer; "
+            "cannot tell the answer's tokens apart"
+        )
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    if len(prompt_ids) + len(answer_ids) > max_len:
+        return None
+    return Tokenized(prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids)
+
+
+def tokenize_rows(
+    rows: Iterable[dict[str, Any]], tokenizer: Any, max_len: int
+) -> tuple[list[Tokenized], int]:
+    """All rows that fit, and how many were too long (dropped, never cut: a cut answer teaches wrong)."""
+    kept, dropped = [], 0
+    for row in rows:
+        item = tokenize_row(row, tokenizer, max_len)
+        if item is None:
+            dropped += 1
+        else:
+            kept.append(item)
+    return kept, dropped
+
+
+def pad_batch(items: list[Tokenized], pad_id: int) -> dict[str, list[list[int]]]:
+    """Right-padded input_ids, attention_mask and labels (padding never counts in the loss)."""
+    width = max(len(item) for item in items)
+    return {
+        "input_ids": [item.input_ids + [pad_id] * (width - len(item)) for item in items],
+        "attention_mask": [[1] * len(item) + [0] * (width - len(item)) for item in items],
+        "labels": [item.labels + [IGNORE] * (width - len(item)) for item in items],
+    }
