@@ -1,0 +1,73 @@
+"""The LoRA trainer on the real SmolLM2-135M, on CPU: answer-only labels, a short real training run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protege.api.specialist import TrainingSpec
+from protege.training.examples import example_from_record
+from protege.training.trainer import IGNORE, TrainingError, hermes_messages, tokenize_row, train_lora
+from protege.workload import generate
+
+
+def rows(count: int, family: str, seed: int = 3) -> list[dict]:  # type: ignore[type-arg]
+    examples = [
+        example_from_record(call.to_record()) for call in generate(count, seed=seed, families=(family,))
+    ]
+    return [{"id": e.id, "messages": e.chat(), "tools": e.tools} for e in examples]
+
+
+def test_tool_calls_become_hermes_text_the_serving_parser_reads() -> None:
+    [row] = rows(1, "tool")
+    messages = hermes_messages(row["messages"], row["tools"])
+    assert "<tools>" in messages[0]["content"] and "search_flights" in messages[0]["content"]
+    answer = messages[-1]["content"]
+    assert answer.startswith("<tool_call>\n") and answer.endswith("\n</tool_call>")
+    call = json.loads(answer.removeprefix("<tool_call>\n").removesuffix("\n</tool_call>"))
+    original = row["messages"][-1]["tool_calls"][0]["function"]
+    assert call == {"name": "search_flights", "arguments": json.loads(original["arguments"])}
+
+
+@pytest.mark.slow
+def test_only_the_answer_is_learnt(smollm2: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    [row] = rows(1, "intent")
+    item = tokenize_row(row, tokenizer, 2048)
+    assert item is not None and len(item.input_ids) == len(item.labels)
+    learnt = tokenizer.decode(
+        [token for token, label in zip(item.input_ids, item.labels, strict=True) if label != IGNORE]
+    )
+    assert learnt == row["messages"][-1]["content"] + "<|im_end|>\n"
+    assert tokenize_row(row, tokenizer, 10) is None  # too long: dropped, never cut
+    with pytest.raises(ValueError, match="last message must be the assistant's answer"):
+        tokenize_row({"id": "x", "messages": row["messages"][:-1]}, tokenizer, 2048)
+
+
+@pytest.mark.slow
+def test_a_short_training_run_lowers_the_loss_and_saves_an_adapter(smollm2: Path, tmp_path: Path) -> None:
+    from peft import PeftConfig
+
+    data = rows(40, "intent")
+    spec = TrainingSpec(rank=8, epochs=1, batch_size=8, learning_rate=2e-3, max_seq_len=512)
+    result = train_lora(smollm2, data[:32], data[32:], spec, tmp_path, max_steps=4, eval_every=2)
+    assert result.steps == 4 and result.tokens_seen > 0 and result.resumed_from is None
+    history = json.loads((tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())[
+        "log_history"
+    ]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert losses[-1] < losses[0]
+    assert result.best_eval_loss is not None and result.best_eval_loss < losses[0]
+    config = PeftConfig.from_pretrained(str(result.adapter_dir))
+    assert config.r == 8 and config.lora_alpha == 16
+    assert (result.adapter_dir / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_qlora_is_refused_without_cuda(tmp_path: Path) -> None:
+    spec = TrainingSpec(method="qlora", resources={"gpu": 1})
+    with pytest.raises(TrainingError, match="needs a CUDA GPU"):
+        train_lora(tmp_path / "no-model", [], [], spec, tmp_path)
