@@ -97,8 +97,8 @@ class TransformersGenerator:
         self.model = model.eval()
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        end_of_turn: list[int] = list(self.tokenizer.convert_tokens_to_ids(["<|im_end|>"]))
-        self.stop_ids = [self.tokenizer.eos_token_id, *end_of_turn]
+        end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.stop_ids = [self.tokenizer.eos_token_id, end_of_turn]
 
     def generate(self, rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[float], int]:
         """Texts, per-row latency (ms, a batch's time shared) and generated token count."""
