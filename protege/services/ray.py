@@ -1,0 +1,51 @@
+"""A local Ray head (`ray start --head --block`) with its dashboard, for submitting jobs locally.
+
+The same job entrypoint a KubeRay RayJob runs is submitted here with Ray's job
+submission API, so a laptop runs training exactly as a cluster does.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from protege.services.process import ServiceProcess, free_port, http_ok
+
+
+class LocalRay(ServiceProcess):
+    name = "ray"
+
+    def __init__(self, data_dir: Path, num_cpus: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(data_dir, ready_timeout=120)
+        self.host = host
+        self.num_cpus = num_cpus
+        self.port = free_port(host)
+        self.dashboard_port = free_port(host)
+        # Ray's sockets live under its temp dir, and a Unix socket path has at most 107 bytes.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+
+    @property
+    def address(self) -> str:
+        """The job submission address (the dashboard)."""
+        return f"http://{self.host}:{self.dashboard_port}"
+
+    def command(self) -> Sequence[str]:
+        ray = str(Path(sys.executable).parent / "ray")
+        command = [
+            ray, "start", "--head", "--block",
+            "--node-ip-address", self.host,
+            "--port", str(self.port),
+            "--dashboard-host", self.host,
+            "--dashboard-port", str(self.dashboard_port),
+            "--include-dashboard", "true",
+            "--disable-usage-stats",
+            "--temp-dir", str(self.temp_dir),
+        ]  # fmt: skip
+        if self.num_cpus is not None:
+            command += ["--num-cpus", str(self.num_cpus)]
+        return command
+
+    def is_ready(self) -> bool:
+        return http_ok(f"{self.address}/api/version", accept=lambda status: status == 200)

@@ -1,0 +1,84 @@
+"""The training job: preflight errors before any compute, and the whole job through a local Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protege.store.artifacts import ArtifactStore
+from protege.training.datasets import build_dataset
+from protege.training.discovery import MiniLM, discover
+from protege.training.examples import example_from_record
+from protege.training.job import ADAPTER_KIND, JobError, JobSpec, main, preflight
+from protege.workload import generate
+
+
+@pytest.fixture
+def intent_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ArtifactStore, str]:
+    """A store with the intent task's dataset (200 generated calls), configured for the job."""
+    store_url = (tmp_path / "store").as_uri()
+    monkeypatch.setenv("PROTEGE_ARTIFACT_STORE", store_url)
+    monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
+    store = ArtifactStore(store_url)
+    examples = [example_from_record(call.to_record()) for call in generate(200, seed=8, families=("intent",))]
+    [task] = discover(examples, MiniLM()).tasks
+    build_dataset(store, task, examples)
+    return store, task.id
+
+
+def spec(task: str, smollm2: Path, **changes: object) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "specialist": "intent-router",
+            "task": task,
+            "base_model": smollm2.as_uri(),
+            "training": {"rank": 8, "epochs": 1, "batchSize": 8, "learningRate": 2e-3, "maxSeqLen": 512},
+            "evaluation": {"minRelativeToTeacher": 0.6},
+            "max_steps": 20,
+            "max_new_tokens": 8,
+            **changes,
+        }
+    )
+
+
+@pytest.mark.slow
+def test_preflight_refuses_before_any_compute(
+    intent_dataset: tuple[ArtifactStore, str], smollm2: Path, tmp_path: Path
+) -> None:
+    store, task = intent_dataset
+    with pytest.raises(JobError, match=r"exceeds the pool's engine\.maxLoraRank 16"):
+        preflight(spec(task, smollm2, max_lora_rank=16, training={"rank": 32}), store, tmp_path)
+    with pytest.raises(JobError, match="base model 'gpt-17'"):
+        preflight(spec(task, smollm2, base_model="gpt-17"), store, tmp_path)
+    with pytest.raises(JobError, match="protege datasets build no-such-task"):
+        preflight(spec("no-such-task", smollm2), store, tmp_path)
+    with pytest.raises(JobError, match="a job needs at least 500"):
+        preflight(spec(task, smollm2, min_train_examples=500), store, tmp_path)
+    assert main(["--spec", '{"specialist": "x"}']) == 2  # invalid spec: exit 2, no traceback
+
+
+@pytest.mark.slow
+def test_job_through_local_ray_beats_the_base_model(
+    intent_dataset: tuple[ArtifactStore, str], smollm2: Path, tmp_path: Path
+) -> None:
+    from protege.services.ray import LocalRay
+    from protege.training.submit import run_on_ray
+
+    store, task = intent_dataset
+    with LocalRay(tmp_path / "ray", num_cpus=2) as ray:
+        result = run_on_ray(spec(task, smollm2), ray.address, timeout=900)
+    scores = result["scores"]
+    assert scores["metric"] == "exact_match"
+    assert scores["specialist"] >= scores["baseZeroShot"] + 0.4  # a clear margin over zero-shot
+    assert result["gate"]["passed"], result["gate"]["reasons"]
+    manifest = store.manifest(ADAPTER_KIND, "intent-router", result["adapter_version"])
+    assert manifest.metadata["dataset_version"] == result["dataset_version"]
+    assert manifest.metadata["training"]["tokens_seen"] > 0 and manifest.metadata["training"]["steps"] == 20
+    assert {f.path for f in manifest.files} >= {"adapter_config.json", "adapter_model.safetensors"}
+    report = json.loads(
+        store.read_file("report", "intent-router", result["report_version"], "evaluation.json")
+    )
+    assert report["metrics"]["specialist"]["score"] == scores["specialist"]
+    assert report["metrics"]["base_few_shot"]["examples"] == report["metrics"]["specialist"]["examples"]

@@ -1,0 +1,220 @@
+"""The training job: one entrypoint, run by a KubeRay RayJob on GPU nodes and by `protege up` on a local Ray.
+
+    python -m protege.training.job --spec job.json      (or --spec '{"specialist": ...}')
+
+It reads the task's dataset version from the artifact store, checks everything it can
+before spending compute (dataset size and splits, base model, rank against the pool's
+maxLoraRank), trains the LoRA adapter, evaluates base zero-shot, base few-shot and the
+adapter on the frozen test split against the teacher's answers, applies the
+Specialist's gate, and stores the adapter (content-addressed, with a manifest of its
+lineage) and the evaluation report. Its last line on stdout is the result as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protege import __version__
+from protege.api.specialist import EvaluationMetric, EvaluationSpec, OutputKind, Scores, TrainingSpec
+from protege.config import load_settings
+from protege.evaluation import resolve_metric
+from protege.flywheel.policy import gate
+from protege.models.catalogue import UnknownModelError
+from protege.models.pull import ModelUnavailableError, resolve_model
+from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
+from protege.training.datasets import DATASET_KIND
+
+ADAPTER_KIND = "adapter"
+REPORT_KIND = "report"
+
+
+class JobSpec(BaseModel):
+    """What one training job does (the RayJob's entrypoint argument)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    specialist: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$", description="Specialist the adapter is for."
+    )
+    task: str = Field(description="Task id; its dataset is artifact dataset/<task>.")
+    dataset_version: str | None = Field(default=None, description="Dataset version; the latest when unset.")
+    base_model: str = Field(description="Catalogue id, file:///path or hf://org/name.")
+    max_lora_rank: int = Field(default=64, ge=1, description="The pool's engine.maxLoraRank.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Hyper-parameters.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Metric and gate.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many steps (tests, smoke runs)."
+    )
+    few_shot: int = Field(default=3, ge=0, le=16, description="Examples from train shown to the base model.")
+    max_new_tokens: int = Field(default=256, ge=1, description="Generation limit during evaluation.")
+    min_train_examples: int = Field(default=8, ge=1, description="Refuse smaller training splits.")
+
+
+class JobError(RuntimeError):
+    """The job cannot run as specified; raised before any compute is spent."""
+
+
+def _rows(store: ArtifactStore, task: str, version: str, split: str) -> list[dict[str, Any]]:
+    text = store.read_file(DATASET_KIND, task, version, f"{split}.jsonl").decode()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def preflight(
+    spec: JobSpec, store: ArtifactStore, model_store: Path
+) -> tuple[str, str, dict[str, list[dict[str, Any]]]]:
+    """(resolved base model, dataset version, rows by split), or a JobError saying what to fix."""
+    if spec.training.rank > spec.max_lora_rank:
+        raise JobError(
+            f"training.rank {spec.training.rank} exceeds the pool's engine.maxLoraRank {spec.max_lora_rank}: "
+            "vLLM could not load the adapter. Lower the rank or raise the pool's maxLoraRank"
+        )
+    try:
+        model = resolve_model(spec.base_model, model_store)
+    except (UnknownModelError, ModelUnavailableError) as error:
+        raise JobError(f"base model {spec.base_model!r}: {error}") from None
+    try:
+        manifest = (
+            store.manifest(DATASET_KIND, spec.task, spec.dataset_version)
+            if spec.dataset_version
+            else store.latest(DATASET_KIND, spec.task)
+        )
+    except ArtifactNotFoundError:
+        raise JobError(
+            f"no dataset {spec.task}{'@' + spec.dataset_version if spec.dataset_version else ''} "
+            f"in the store at {store.url}; build one with `protege datasets build {spec.task}`"
+        ) from None
+    rows = {
+        split: _rows(store, spec.task, manifest.version, split) for split in ("train", "validation", "test")
+    }
+    if not any(rows.values()):
+        raise JobError(f"dataset {spec.task}@{manifest.version} is empty; curate more calls and rebuild it")
+    if len(rows["train"]) < spec.min_train_examples or not rows["test"]:
+        raise JobError(
+            f"dataset {spec.task}@{manifest.version} has {len(rows['train'])} training and "
+            f"{len(rows['test'])} test examples; a job needs at least {spec.min_train_examples} and 1. "
+            "Curate more calls and rebuild"
+        )
+    return model, manifest.version, rows
+
+
+def run(spec: JobSpec) -> dict[str, Any]:
+    """Train, evaluate, gate and store; returns the result that is also printed as JSON."""
+    from protege.training.evaluation import TransformersGenerator, evaluate
+    from protege.training.trainer import train_lora
+    from protege.workload import build_database
+
+    settings = load_settings()
+    store = ArtifactStore.from_settings(settings)
+    model, dataset_version, rows = preflight(spec, store, settings.model_dir)
+    output_kind = OutputKind(
+        store.manifest(DATASET_KIND, spec.task, dataset_version).metadata["task"]["output_kind"]
+    )
+    metric = resolve_metric(spec.evaluation.metric, output_kind)
+    # SQL tasks are scored by execution on the task's database; the shipped workload's for now.
+    database = build_database() if metric is EvaluationMetric.SQL_EXECUTION else None
+
+    with tempfile.TemporaryDirectory(prefix="protege-train-") as work:
+        started = time.perf_counter()
+        trained = train_lora(
+            Path(model),
+            rows["train"],
+            rows["validation"],
+            spec.training,
+            Path(work),
+            max_steps=spec.max_steps,
+        )
+        training_seconds = time.perf_counter() - started
+        model_path = Path(model)
+
+        def score(adapter: Path | None, shots: list[dict[str, Any]]) -> dict[str, Any]:
+            generator = TransformersGenerator(model_path, adapter, max_new_tokens=spec.max_new_tokens)
+            return evaluate(rows["test"], generator, metric, database=database, shots=shots).as_dict()
+
+        results: dict[str, Any] = {
+            "base_zero_shot": score(None, []),
+            "base_few_shot": score(None, rows["train"][: spec.few_shot]) if spec.few_shot else None,
+            "specialist": score(trained.adapter_dir, []),
+            "teacher": {
+                "score": 1.0,
+                "examples": len(rows["test"]),
+                "note": "the references are the teacher's answers",
+            },
+        }
+        scores = Scores(
+            metric=metric,
+            specialist=results["specialist"]["score"],
+            teacher=1.0,
+            base_zero_shot=results["base_zero_shot"]["score"],
+            relative_to_teacher=results["specialist"]["score"],
+        )
+        verdict = gate(spec.evaluation, scores)
+        metadata = {
+            "specialist": spec.specialist,
+            "task": spec.task,
+            "base_model": spec.base_model,
+            "dataset_version": dataset_version,
+            "hyperparameters": spec.training.to_kube(),
+            "metrics": results,
+            "training": {
+                "steps": trained.steps,
+                "train_loss": trained.train_loss,
+                "best_eval_loss": trained.best_eval_loss,
+                "tokens_seen": trained.tokens_seen,
+                "seconds": training_seconds,
+                "dropped_too_long": trained.dropped_too_long,
+            },
+            "gate": {"passed": verdict.passed, "reasons": list(verdict.reasons)},
+            "code_version": __version__,
+        }
+        adapter = store.put_artifact(ADAPTER_KIND, spec.specialist, trained.adapter_dir, metadata)
+        report = store.put_artifact(
+            REPORT_KIND,
+            spec.specialist,
+            {
+                "evaluation.json": json.dumps(
+                    {**metadata, "adapter_version": adapter.version}, indent=2
+                ).encode()
+            },
+        )
+        shutil.rmtree(trained.adapter_dir, ignore_errors=True)
+    return {
+        "adapter_version": adapter.version,
+        "adapter_uri": store.uri(ADAPTER_KIND, spec.specialist, adapter.version),
+        "report_version": report.version,
+        "dataset_version": dataset_version,
+        "scores": scores.to_kube(),
+        "gate": {"passed": verdict.passed, "reasons": list(verdict.reasons)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m protege.training.job", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--spec", required=True, help="The JobSpec as JSON, or @path to a JSON file.")
+    args = parser.parse_args(argv)
+    text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
+    try:
+        spec = JobSpec.model_validate_json(text)
+        result = run(spec)
+    except ValidationError as error:
+        print(f"error: invalid job spec: {error}", file=sys.stderr)
+        return 2
+    except JobError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
