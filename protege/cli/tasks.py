@@ -192,3 +192,53 @@ def build(
         f"test {counts['test']} → {store.uri('dataset', task.id, manifest.version)}",
         highlight=False,
     )
+
+
+def train(
+    task_id: str = typer.Argument(..., help="Task id or name; its latest dataset is used."),
+    *,
+    specialist: str = typer.Option(..., help="Name of the specialist the adapter is for."),
+    base_model: str = typer.Option("smollm2-135m", help="Catalogue id, file:///path or hf://org/name."),
+    rank: int = typer.Option(16, help="LoRA rank."),
+    epochs: float = typer.Option(2, help="Passes over the training split."),
+    max_steps: int | None = typer.Option(None, help="Stop after this many steps."),
+    ray_address: str | None = typer.Option(
+        None, help="Submit to this Ray (job API address); without it the job runs here, in this process."
+    ),
+) -> None:
+    """Train, evaluate and gate a LoRA specialist for a task (the same job a RayJob runs)."""
+    from protege.training.job import JobError, JobSpec, run
+
+    try:
+        task = _registry().get(task_id)
+    except KeyError as error:
+        fail(str(error.args[0]))
+    spec = JobSpec.model_validate(
+        {
+            "specialist": specialist,
+            "task": task.id,
+            "base_model": base_model,
+            "training": {"rank": rank, "epochs": epochs},
+            "max_steps": max_steps,
+        }
+    )
+    try:
+        if ray_address:
+            from protege.training.submit import JobFailedError, run_on_ray
+
+            try:
+                result = run_on_ray(spec, ray_address)
+            except JobFailedError as error:
+                fail(str(error))
+        else:
+            result = run(spec)
+    except JobError as error:
+        fail(str(error), code=2)
+    scores = result["scores"]
+    verdict = "passed" if result["gate"]["passed"] else "FAILED"
+    console.print(
+        f"adapter {specialist}@{result['adapter_version']}: {scores['metric']} {scores['specialist']:.3f} "
+        f"(base zero-shot {scores['baseZeroShot']:.3f}); "
+        f"gate {verdict}: {'; '.join(result['gate']['reasons'])}",
+        highlight=False,
+    )

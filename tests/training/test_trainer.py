@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +77,42 @@ def test_qlora_is_refused_without_cuda(tmp_path: Path) -> None:
     spec = TrainingSpec(method="qlora", resources={"gpu": 1})
     with pytest.raises(TrainingError, match="needs a CUDA GPU"):
         train_lora(tmp_path / "no-model", [], [], spec, tmp_path)
+
+
+TRAIN_SCRIPT = """
+import json, sys
+from pathlib import Path
+from protege.api.specialist import TrainingSpec
+from protege.training.trainer import train_lora
+rows = json.loads(Path(sys.argv[3]).read_text())
+spec = TrainingSpec(rank=4, epochs=1, batch_size=4, learning_rate=1e-3, max_seq_len=256, seed=7)
+train_lora(Path(sys.argv[1]), rows, [], spec, Path(sys.argv[2]), max_steps=6, eval_every=2)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_adapter(smollm2: Path, tmp_path: Path) -> None:
+    data = rows(24, "intent", seed=9)
+    (tmp_path / "rows.json").write_text(json.dumps(data))
+    spec = TrainingSpec(rank=4, epochs=1, batch_size=4, learning_rate=1e-3, max_seq_len=256, seed=7)
+    uninterrupted = train_lora(smollm2, data, [], spec, tmp_path / "a", max_steps=6, eval_every=2)
+
+    run = tmp_path / "b"
+    process = subprocess.Popen(
+        [sys.executable, "-c", TRAIN_SCRIPT, str(smollm2), str(run), str(tmp_path / "rows.json")]
+    )
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # after a checkpoint, before the end
+    process.wait()
+    assert not (run / "adapter").exists()
+    resumed = train_lora(smollm2, data, [], spec, run, max_steps=6, eval_every=2)
+
+    assert resumed.resumed_from is not None and resumed.steps == 6
+
+    def digest(result_dir: Path) -> str:
+        return hashlib.sha256((result_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+    assert digest(resumed.adapter_dir) == digest(uninterrupted.adapter_dir)
