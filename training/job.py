@@ -63,7 +63,7 @@ class JobError(RuntimeError):
     """The job cannot run as specified; raised before any compute is spent."""
 
 
-def _rows(store: ArtifactStore, task: str, version: str, split: str) -> list[dict[str, Any]]:
+def read_rows(store: ArtifactStore, task: str, version: str, split: str) -> list[dict[str, Any]]:
     text = store.read_file(DATASET_KIND, task, version, f"{split}.jsonl").decode()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -93,7 +93,8 @@ def preflight(
             f"in the store at {store.url}; build one with `protege datasets build {spec.task}`"
         ) from None
     rows = {
-        split: _rows(store, spec.task, manifest.version, split) for split in ("train", "validation", "test")
+        split: read_rows(store, spec.task, manifest.version, split)
+        for split in ("train", "validation", "test")
     }
     if not any(rows.values()):
         raise JobError(f"dataset {spec.task}@{manifest.version} is empty; curate more calls and rebuild it")

@@ -29,6 +29,7 @@ app.add_typer(tasks.tasks_app, name="tasks")
 app.add_typer(tasks.datasets_app, name="datasets")
 app.command("curate")(tasks.curate)
 app.command("train")(tasks.train)
+app.command("select")(tasks.select_model)
 app.command("crds")(crds.crds)
 
 

@@ -10,7 +10,7 @@ import yaml
 from rich.table import Table
 
 from protege.api.meta import API_VERSION
-from protege.api.specialist import OutputKind, OutputValidation, SpecialistSpec
+from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidation, SpecialistSpec
 from protege.cli.common import console, fail, settings
 from protege.evaluation import METRIC_FOR_KIND
 from protege.store.artifacts import ArtifactStore
@@ -242,3 +242,53 @@ def train(
         f"gate {verdict}: {'; '.join(result['gate']['reasons'])}",
         highlight=False,
     )
+
+
+def select_model(
+    task_id: str = typer.Argument(..., help="Task id or name; its latest dataset is probed."),
+    *,
+    candidates: str | None = typer.Option(
+        None, help="Comma-separated catalogue ids; the whole catalogue by default."
+    ),
+    max_memory_gib: float = typer.Option(8.0, help="Budget for the weights (bf16), per replica."),
+    licences: str | None = typer.Option(None, help="Comma-separated allowed licences, e.g. Apache-2.0,MIT."),
+    sample: int = typer.Option(16, help="Validation examples per probe."),
+) -> None:
+    """Choose a base model for a task: budget filters, a few-shot probe, best score per GiB."""
+    from protege.evaluation import resolve_metric
+    from protege.store.artifacts import ArtifactNotFoundError
+    from protege.training.datasets import DATASET_KIND
+    from protege.training.job import read_rows
+    from protege.training.selection import Budget, few_shot_probe, select
+
+    try:
+        task = _registry().get(task_id)
+    except KeyError as error:
+        fail(str(error.args[0]))
+    store = _store()
+    try:
+        version = store.latest(DATASET_KIND, task.id).version
+    except ArtifactNotFoundError:
+        fail(f"no dataset for {task.id} yet; run `protege datasets build {task.id}`", code=3)
+    train, validation = (
+        read_rows(store, task.id, version, "train"),
+        read_rows(store, task.id, version, "validation"),
+    )
+    metric = resolve_metric(EvaluationMetric.AUTO, task.output_kind)
+    probe = few_shot_probe((validation or train)[:sample], train[:3], metric)
+    budget = Budget(
+        max_memory_gib=max_memory_gib,
+        licences=frozenset(licences.split(",")) if licences else None,
+    )
+    with console.status("probing candidates ..."):
+        result = select(
+            train + validation,
+            probe,
+            settings().model_dir,
+            budget,
+            candidates.split(",") if candidates else None,
+        )
+    for line in result.reasoning:
+        console.print(line, highlight=False)
+    if result.chosen is None:
+        raise typer.Exit(1)

@@ -108,3 +108,8 @@ def test_curate_killed_mid_run_then_discover_suggest_and_build(
     assert built.exit_code == 0 and "train" in built.stdout and "test" in built.stdout
     missing = runner.invoke(app, ["datasets", "build", "no-such-task"])
     assert missing.exit_code == 1 and "known tasks" in missing.stderr
+    choice = runner.invoke(
+        app, ["select", "search-flights", "--candidates", "smollm2-135m,phi3.5-mini", "--max-memory-gib", "2"]
+    )
+    assert choice.exit_code == 1 and "no candidate fits the budget" in choice.stdout
+    assert "protege models pull smollm2-135m" in choice.stdout and "phi3.5-mini: excluded" in choice.stdout
