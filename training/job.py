@@ -110,6 +110,7 @@ def preflight(
 def run(spec: JobSpec) -> dict[str, Any]:
     """Train, evaluate, gate and store; returns the result that is also printed as JSON."""
     from protege.training.evaluation import TransformersGenerator, evaluate
+    from protege.training.report import chart, markdown
     from protege.training.trainer import train_lora
     from protege.workload import build_database
 
@@ -177,13 +178,19 @@ def run(spec: JobSpec) -> dict[str, Any]:
             "code_version": __version__,
         }
         adapter = store.put_artifact(ADAPTER_KIND, spec.specialist, trained.adapter_dir, metadata)
+        document = {
+            **metadata,
+            "adapter_version": adapter.version,
+            "metric": metric.value,
+            "min_relative_to_teacher": spec.evaluation.min_relative_to_teacher,
+        }
         report = store.put_artifact(
             REPORT_KIND,
             spec.specialist,
             {
-                "evaluation.json": json.dumps(
-                    {**metadata, "adapter_version": adapter.version}, indent=2
-                ).encode()
+                "evaluation.json": json.dumps(document, indent=2).encode(),
+                "evaluation.md": markdown(document).encode(),
+                "evaluation.png": chart(document),
             },
         )
         shutil.rmtree(trained.adapter_dir, ignore_errors=True)

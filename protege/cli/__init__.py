@@ -30,6 +30,7 @@ app.add_typer(tasks.datasets_app, name="datasets")
 app.command("curate")(tasks.curate)
 app.command("train")(tasks.train)
 app.command("select")(tasks.select_model)
+app.command("eval")(tasks.evaluate_adapter)
 app.command("crds")(crds.crds)
 
 

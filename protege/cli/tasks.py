@@ -292,3 +292,50 @@ def select_model(
         console.print(line, highlight=False)
     if result.chosen is None:
         raise typer.Exit(1)
+
+
+def evaluate_adapter(
+    specialist: str = typer.Argument(..., help="Specialist whose adapter to evaluate."),
+    *,
+    version: str | None = typer.Option(None, help="Adapter version; the latest by default."),
+    baseline: bool = typer.Option(True, help="Also score the base model zero-shot, for comparison."),
+    max_new_tokens: int = typer.Option(256, help="Generation limit per answer."),
+) -> None:
+    """Score an adapter again on its dataset's frozen test split (and the base model beside it)."""
+    import tempfile
+    from pathlib import Path
+
+    from protege.evaluation import resolve_metric
+    from protege.models.pull import resolve_model
+    from protege.store.artifacts import ArtifactNotFoundError
+    from protege.training.datasets import DATASET_KIND
+    from protege.training.evaluation import TransformersGenerator, evaluate
+    from protege.training.job import ADAPTER_KIND, read_rows
+
+    store = _store()
+    try:
+        manifest = (
+            store.manifest(ADAPTER_KIND, specialist, version)
+            if version
+            else store.latest(ADAPTER_KIND, specialist)
+        )
+    except ArtifactNotFoundError as error:
+        fail(f"{error}; train one with `protege train TASK --specialist {specialist}`")
+    meta = manifest.metadata
+    dataset = store.manifest(DATASET_KIND, meta["task"], meta["dataset_version"])
+    metric = resolve_metric(EvaluationMetric.AUTO, OutputKind(dataset.metadata["task"]["output_kind"]))
+    rows = read_rows(store, meta["task"], meta["dataset_version"], "test")
+    model = Path(resolve_model(meta["base_model"], settings().model_dir))
+    table = Table(title=f"{specialist}@{manifest.version} on {meta['task']} test split ({len(rows)} calls)")
+    for column in ("model", metric.value, "p50 ms/call"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    with tempfile.TemporaryDirectory() as work, console.status("generating answers ..."):
+        adapter = Path(work)
+        store.download(ADAPTER_KIND, specialist, manifest.version, adapter)
+        variants = [("specialist (LoRA)", adapter)] + ([("base model, zero-shot", None)] if baseline else [])
+        for label, adapter_dir in variants:
+            result = evaluate(
+                rows, TransformersGenerator(model, adapter_dir, max_new_tokens=max_new_tokens), metric
+            )
+            table.add_row(label, f"{result.score:.3f}", f"{result.latency_ms_p50:.0f}")
+    console.print(table)

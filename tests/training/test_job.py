@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from protege.cli import app
 from protege.store.artifacts import ArtifactStore
 from protege.training.datasets import build_dataset
 from protege.training.discovery import MiniLM, discover
@@ -82,3 +84,11 @@ def test_job_through_local_ray_beats_the_base_model(
     )
     assert report["metrics"]["specialist"]["score"] == scores["specialist"]
     assert report["metrics"]["base_few_shot"]["examples"] == report["metrics"]["specialist"]["examples"]
+    table = store.read_file("report", "intent-router", result["report_version"], "evaluation.md").decode()
+    assert "| specialist (LoRA) |" in table and "Gate: passed." in table
+    png = store.read_file("report", "intent-router", result["report_version"], "evaluation.png")
+    assert png.startswith(b"\x89PNG")
+
+    again = CliRunner().invoke(app, ["eval", "intent-router", "--no-baseline", "--max-new-tokens", "8"])
+    assert again.exit_code == 0, again.output
+    assert f"{scores['specialist']:.3f}" in again.stdout  # greedy decoding: the same score again

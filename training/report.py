@@ -1,0 +1,65 @@
+"""The evaluation report as people read it: a Markdown table and a bar chart (PNG)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+VARIANTS = (
+    ("teacher", "teacher (reference)"),
+    ("specialist", "specialist (LoRA)"),
+    ("base_few_shot", "base model, few-shot"),
+    ("base_zero_shot", "base model, zero-shot"),
+)
+
+
+def rows(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(label, metrics[key]) for key, label in VARIANTS if metrics.get(key)]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    metric = report.get("metric", "score")
+    lines = [
+        f"# {report['specialist']} on task {report['task']} (dataset {report['dataset_version']})",
+        "",
+        f"| model | {metric} | p50 latency ms | generated tokens |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, values in rows(report["metrics"]):
+        latency = values.get("latency_ms_p50")
+        tokens = values.get("generated_tokens")
+        lines.append(
+            f"| {label} | {values['score']:.3f} | {'' if latency is None else f'{latency:.0f}'} | "
+            f"{'' if tokens is None else tokens} |"
+        )
+    gate = report.get("gate", {})
+    lines += ["", f"Gate: {'passed' if gate.get('passed') else 'failed'}."]
+    lines += [f"- {reason}" for reason in gate.get("reasons", [])]
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labelled = rows(report["metrics"])
+    figure, axes = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    colours = ["#8c8c8c", "#2b8a3e", "#f59f00", "#c92a2a"][: len(labelled)]
+    axes.barh([label for label, _ in labelled], [values["score"] for _, values in labelled], color=colours)
+    for index, (_, values) in enumerate(labelled):
+        axes.text(min(values["score"] + 0.01, 0.92), index, f"{values['score']:.2f}", va="center")
+    threshold = report.get("min_relative_to_teacher")
+    if threshold is not None:
+        axes.axvline(threshold, color="#1c7ed6", linestyle="--", linewidth=1, label="gate")
+        axes.legend(loc="lower right")
+    axes.set_xlim(0, 1)
+    axes.invert_yaxis()
+    axes.set_xlabel(f"{report.get('metric', 'score')} on the frozen test split")
+    axes.set_title(f"{report['specialist']}: specialist vs teacher and base model")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
