@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ class _AckWindow:
         batch = self.batches.get(token)
         if batch is None:
             return  # a late ack of a batch that timed out (and was spooled): JetStream de-duplicates
-        if (msg.headers and msg.headers.get("Status")) or b'"error"' in msg.data:
+        if (msg.headers and msg.headers.get("Status")) or (b'"error"' in msg.data and _is_error(msg.data)):
             batch.failure = (
                 batch.failure or msg.data.decode(errors="replace") or "no JetStream stream answered"
             )
@@ -136,6 +137,14 @@ class _AckWindow:
             del self.batches[token]
         if batch.failure:
             raise RuntimeError(f"JetStream refused a record: {batch.failure[:300]}")
+        return True
+
+
+def _is_error(data: bytes) -> bool:
+    """A JetStream API error reply (parsed only when the bytes hint at one: acks are many)."""
+    try:
+        return "error" in json.loads(data)
+    except ValueError:
         return True
 
 
