@@ -280,6 +280,9 @@ class CallLogPublisher:
                     self.stats.published += len(messages)
                 else:
                     self._spool(messages)
+            except asyncio.CancelledError:  # closing while a batch is in flight: keep it on disk
+                self._spool(messages)  # (if it did reach JetStream, the replay is de-duplicated)
+                raise
             except Exception:  # the worker must outlive any surprise; records go to disk
                 log.exception("call log: unexpected publish failure; spooling %d records", len(messages))
                 self._spool(messages)
