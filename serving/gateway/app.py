@@ -239,6 +239,9 @@ class RelayResponse(Response):
             return observer.failed(
                 CallStatus.TIMEOUT if timeout else CallStatus.UPSTREAM_ERROR, kind, message
             ), 200
+        except Exception as error:  # a bug of ours: the call is still logged, once
+            log.exception("gateway: relaying a stream failed")
+            return observer.failed(CallStatus.UPSTREAM_ERROR, "gateway_error", repr(error)), 500
         finally:
             self.upstream.release()
 
