@@ -231,7 +231,8 @@ def train(
             except JobFailedError as error:
                 fail(str(error))
         else:
-            result = run(spec)
+            with console.status(f"training and evaluating {specialist} on {task.id} ..."):
+                result = run(spec)
     except JobError as error:
         fail(str(error), code=2)
     scores = result["scores"]
