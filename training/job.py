@@ -137,14 +137,15 @@ def run(spec: JobSpec) -> dict[str, Any]:
         training_seconds = time.perf_counter() - started
         model_path = Path(model)
 
-        def score(adapter: Path | None, shots: list[dict[str, Any]]) -> dict[str, Any]:
-            generator = TransformersGenerator(model_path, adapter, max_new_tokens=spec.max_new_tokens)
+        def score(generator: TransformersGenerator, shots: list[dict[str, Any]]) -> dict[str, Any]:
             return evaluate(rows["test"], generator, metric, database=database, shots=shots).as_dict()
 
+        base = TransformersGenerator(model_path, max_new_tokens=spec.max_new_tokens)  # loaded once for both
+        tuned = TransformersGenerator(model_path, trained.adapter_dir, max_new_tokens=spec.max_new_tokens)
         results: dict[str, Any] = {
-            "base_zero_shot": score(None, []),
-            "base_few_shot": score(None, rows["train"][: spec.few_shot]) if spec.few_shot else None,
-            "specialist": score(trained.adapter_dir, []),
+            "base_zero_shot": score(base, []),
+            "base_few_shot": score(base, rows["train"][: spec.few_shot]) if spec.few_shot else None,
+            "specialist": score(tuned, []),
             "teacher": {
                 "score": 1.0,
                 "examples": len(rows["test"]),
