@@ -112,6 +112,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
     from protege.training.evaluation import TransformersGenerator, evaluate
     from protege.training.report import chart, markdown
     from protege.training.trainer import train_lora
+    from protege.training.trainer.distributed import train_lora_distributed
     from protege.workload import build_database
 
     settings = load_settings()
@@ -126,7 +127,8 @@ def run(spec: JobSpec) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="protege-train-") as work:
         started = time.perf_counter()
-        trained = train_lora(
+        train = train_lora_distributed if spec.training.workers > 1 else train_lora
+        trained = train(
             Path(model),
             rows["train"],
             rows["validation"],

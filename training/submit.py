@@ -21,11 +21,22 @@ def entrypoint(spec: JobSpec, python: str = sys.executable) -> str:
     return f"{shlex.quote(python)} -m protege.training.job --spec {shlex.quote(spec.model_dump_json())}"
 
 
-def run_on_ray(spec: JobSpec, address: str, *, timeout: float = 3600, poll: float = 2.0) -> dict[str, Any]:
-    """Submit the job, wait for it, and return the JSON result it printed last."""
+def run_on_ray(
+    spec: JobSpec,
+    address: str,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 3600,
+    poll: float = 2.0,
+) -> dict[str, Any]:
+    """Submit the job, wait for it, and return the JSON result it printed last.
+
+    ``headers`` authenticate to a cluster with token authentication (``Authorization:
+    Bearer <token>``); without them Ray's own token discovery applies.
+    """
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
+    client = JobSubmissionClient(address, headers=headers)
     # The job reads the same settings as this process: pass the PROTEGE_* variables on.
     env = {name: value for name, value in os.environ.items() if name.startswith(("PROTEGE_", "HF_"))}
     job_id = client.submit_job(entrypoint=entrypoint(spec), runtime_env={"env_vars": env})

@@ -6,12 +6,15 @@ submission API, so a laptop runs training exactly as a cluster does.
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from protege.services.process import ServiceProcess, free_port, http_ok
+from protege.services.process import ServiceProcess, free_port
 
 
 class LocalRay(ServiceProcess):
@@ -25,6 +28,9 @@ class LocalRay(ServiceProcess):
         self.dashboard_port = free_port(host)
         # Ray's sockets live under its temp dir, and a Unix socket path has at most 107 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+        # Token authentication on, with a token of its own: the cluster does not depend on
+        # (or clash with) ~/.ray/auth_token, and nothing else on the machine can submit jobs.
+        self.token = secrets.token_hex(32)
 
     @property
     def address(self) -> str:
@@ -47,5 +53,18 @@ class LocalRay(ServiceProcess):
             command += ["--num-cpus", str(self.num_cpus)]
         return command
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a job submission client sends to be let in."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
     def is_ready(self) -> bool:
-        return http_ok(f"{self.address}/api/version", accept=lambda status: status == 200)
+        request = urllib.request.Request(f"{self.address}/api/version", headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=0.5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False

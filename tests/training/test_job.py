@@ -70,7 +70,7 @@ def test_job_through_local_ray_beats_the_base_model(
 
     store, task = intent_dataset
     with LocalRay(tmp_path / "ray", num_cpus=2) as ray:
-        result = run_on_ray(spec(task, smollm2), ray.address, timeout=900)
+        result = run_on_ray(spec(task, smollm2), ray.address, headers=ray.headers, timeout=900)
     scores = result["scores"]
     assert scores["metric"] == "exact_match"
     assert scores["specialist"] >= scores["baseZeroShot"] + 0.4  # a clear margin over zero-shot

@@ -116,3 +116,26 @@ def test_a_killed_run_resumes_to_the_same_adapter(smollm2: Path, tmp_path: Path)
         return hashlib.sha256((result_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
 
     assert digest(resumed.adapter_dir) == digest(uninterrupted.adapter_dir)
+
+
+@pytest.mark.slow
+def test_two_workers_train_data_parallel_through_ray_train(smollm2: Path, tmp_path: Path) -> None:
+    import ray
+
+    from protege.training.trainer.distributed import train_lora_distributed
+
+    data = rows(32, "intent", seed=2)
+    spec = TrainingSpec(
+        rank=4, epochs=1, batch_size=8, max_seq_len=256, workers=2, resources={"gpu": 0, "cpu": 1}
+    )
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        result = train_lora_distributed(
+            smollm2, data, [], spec, tmp_path / "run", max_steps=2, eval_every=1000
+        )
+    finally:
+        ray.shutdown()
+    assert result.steps == 2 and (result.adapter_dir / "adapter_model.safetensors").exists()
+    # Two ranks ran distributed data parallel: each saved its own RNG state in the checkpoint.
+    states = sorted(p.name for p in (tmp_path / "run" / "checkpoints").rglob("rng_state_*.pth"))
+    assert states == ["rng_state_0.pth", "rng_state_1.pth"]

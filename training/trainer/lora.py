@@ -191,8 +191,9 @@ def train_lora(
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     adapter_dir = output_dir / "adapter"
-    model.save_pretrained(str(adapter_dir))  # the PEFT wrapper: adapter weights and config only
-    tokenizer.save_pretrained(adapter_dir)
+    if trainer.is_world_process_zero():  # data parallel: one writer
+        model.save_pretrained(str(adapter_dir))  # the PEFT wrapper: adapter weights and config only
+        tokenizer.save_pretrained(adapter_dir)
     return TrainResult(
         adapter_dir=adapter_dir,
         steps=trainer.state.global_step,
