@@ -35,14 +35,6 @@ class _ChoiceParts:
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
-class StreamError(ValueError):
-    """The upstream sent an error event inside the stream."""
-
-    def __init__(self, error: dict[str, Any]) -> None:
-        self.error = error
-        super().__init__(str(error.get("message") or error))
-
-
 class StreamAssembler:
     """Feed raw SSE bytes with :meth:`feed`; read :meth:`response` and :attr:`usage` at the end."""
 

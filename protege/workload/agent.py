@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -355,8 +355,3 @@ def generate(
         )
     rng.shuffle(calls)
     return calls
-
-
-def iter_records(calls: list[WorkloadCall], tenant: str = "demo") -> Iterator[CallRecord]:
-    for call in calls:
-        yield call.to_record(tenant)
