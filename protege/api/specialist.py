@@ -94,6 +94,11 @@ class TrainingSpec(KubeModel):
         default=8, ge=1, le=4096, description="Examples per optimizer step (all workers)."
     )
     max_seq_len: int = Field(default=2048, ge=64, description="Longer examples are dropped, not cut.")
+    packing: bool = Field(
+        default=False,
+        description="Concatenate each step's examples into one row without padding, attention kept "
+        "within each example (fastest with flash-attention on GPUs); false pads length-bucketed batches.",
+    )
     seed: int = Field(default=0, ge=0, description="Seed for data order and initialisation.")
     workers: int = Field(default=1, ge=1, le=256, description="Ray Train workers (data parallel).")
     resources: ComputeResources = Field(

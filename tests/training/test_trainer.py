@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from protege.api.specialist import TrainingSpec
 from protege.training.examples import example_from_record
 from protege.training.trainer import IGNORE, TrainingError, hermes_messages, tokenize_row, train_lora
+from protege.training.trainer.data import keep_answer_logits, pack_batch, pad_batch, tokenize_rows
+from protege.training.trainer.lora import answer_loss
 from protege.workload import generate
 
 
@@ -52,6 +55,39 @@ def test_only_the_answer_is_learnt(smollm2: Path) -> None:
     assert tokenize_row(row, tokenizer, 10) is None  # too long: dropped, never cut
     with pytest.raises(ValueError, match="last message must be the assistant's answer"):
         tokenize_row({"id": "x", "messages": row["messages"][:-1]}, tokenizer, 2048)
+
+
+@pytest.mark.slow
+def test_a_packed_row_has_the_loss_of_the_padded_batch(smollm2: Path) -> None:
+    """Packing is exact: attention stays inside each example, so the loss does not move."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    items, _ = tokenize_rows(rows(3, "intent") + rows(3, "extract"), tokenizer, 2048)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    model.config.use_cache = False
+
+    def loss(batch: dict[str, Any]) -> float:
+        inputs = {key: torch.tensor(value) for key, value in batch.items()}
+        with torch.no_grad():
+            if "logits_to_keep" not in inputs:
+                return float(model(**inputs).loss)
+            labels = inputs.pop("labels")
+            return float(answer_loss(model(**inputs), labels))
+
+    padded = pad_batch(items, tokenizer.pad_token_id)
+    packed = pack_batch(items)
+    assert len(packed["input_ids"]) == 1 and len(packed["input_ids"][0]) == sum(len(i) for i in items)
+    answer_tokens = sum(label != IGNORE for item in items for label in item.labels)
+    kept = keep_answer_logits(packed)
+    assert len(kept["logits_to_keep"]) == answer_tokens  # logits only where an answer token is predicted
+    reference = loss(padded)  # transformers' own loss over every logit
+    assert loss(kept) == pytest.approx(reference, abs=1e-4)
+    assert loss(keep_answer_logits(padded)) == pytest.approx(reference, abs=1e-4)
+    # the same row without its position ids attends across examples: a different loss
+    crossed = {key: value for key, value in kept.items() if key != "position_ids"}
+    assert abs(loss(crossed) - reference) > 0.05
 
 
 @pytest.mark.slow

@@ -118,6 +118,22 @@ def tokenize_rows(
     return kept, dropped
 
 
+def pack_batch(items: list[Tokenized]) -> dict[str, list[list[int]]]:
+    """The examples of one step concatenated into a single row, without padding.
+
+    Position ids restart at 0 for each example; transformers reads that as packed
+    sequences and keeps attention inside each example (block-diagonal causal masks, or
+    flash-attention's variable-length kernels), so the loss equals the padded batch's.
+    The first token of each example is a prompt token (label -100), so no example learns
+    to predict the next one.
+    """
+    return {
+        "input_ids": [[token for item in items for token in item.input_ids]],
+        "position_ids": [[position for item in items for position in range(len(item))]],
+        "labels": [[label for item in items for label in item.labels]],
+    }
+
+
 def pad_batch(items: list[Tokenized], pad_id: int) -> dict[str, list[list[int]]]:
     """Right-padded input_ids, attention_mask and labels (padding never counts in the loss)."""
     width = max(len(item) for item in items)
@@ -125,4 +141,22 @@ def pad_batch(items: list[Tokenized], pad_id: int) -> dict[str, list[list[int]]]
         "input_ids": [item.input_ids + [pad_id] * (width - len(item)) for item in items],
         "attention_mask": [[1] * len(item) + [0] * (width - len(item)) for item in items],
         "labels": [item.labels + [IGNORE] * (width - len(item)) for item in items],
+    }
+
+
+def keep_answer_logits(batch: dict[str, Any]) -> dict[str, Any]:
+    """Logits only at the positions that predict an answer token, in some row of the batch.
+
+    The vocabulary projection (and the softmax over it) of every prompt token would be
+    computed only to be ignored; ``logits_to_keep`` tells the model which positions to
+    project. ``labels`` become those positions' targets, after one -100 that stands for
+    the shift, so the Trainer's count of answer tokens stays exact (see ``answer_loss``).
+    """
+    labels = batch["labels"]
+    width = len(labels[0])
+    keep = [t for t in range(width - 1) if any(row[t + 1] != IGNORE for row in labels)]
+    return {
+        **batch,
+        "logits_to_keep": keep,
+        "labels": [[IGNORE] + [row[t + 1] for t in keep] for row in labels],
     }

@@ -2,8 +2,9 @@
 
 Why not TRL's SFTTrainer: it is not a dependency here, and what a specialist needs —
 answer-only loss through the base model's own chat template, tool calls rendered the way
-the serving parser reads them, length bucketing, early stopping on validation loss,
-checkpoint and resume — is a data collator and a few arguments on the plain Trainer.
+the serving parser reads them, length bucketing or packing, logits only where an answer
+token is predicted, early stopping on validation loss, checkpoint and resume — is a data
+collator, a loss function and a few arguments on the plain Trainer.
 
 bf16 on GPUs that support it, fp32 elsewhere (CPU runs are then bit-for-bit repeatable);
 QLoRA (4-bit) only on CUDA with bitsandbytes, refused clearly otherwise.
@@ -11,6 +12,7 @@ QLoRA (4-bit) only on CUDA with bitsandbytes, refused clearly otherwise.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Sequence
@@ -19,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from protege.api.specialist import TrainingMethod, TrainingSpec
-from protege.training.trainer.data import Tokenized, pad_batch, tokenize_rows
+from protege.training.trainer.data import (
+    IGNORE,
+    Tokenized,
+    keep_answer_logits,
+    pack_batch,
+    pad_batch,
+    tokenize_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +64,41 @@ class _Rows:
 
 
 class _Collator:
-    def __init__(self, pad_id: int) -> None:
+    """One packed row per batch (``packing``), or right-padded rows with an attention mask."""
+
+    def __init__(self, pad_id: int, packing: bool) -> None:
         self.pad_id = pad_id
+        self.packing = packing
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
-        batch = pad_batch([Tokenized(f["input_ids"], f["labels"]) for f in features], self.pad_id)
+        items = [Tokenized(f["input_ids"], f["labels"]) for f in features]
+        batch = keep_answer_logits(pack_batch(items) if self.packing else pad_batch(items, self.pad_id))
         return {key: torch.tensor(value) for key, value in batch.items()}
+
+
+def answer_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy of the kept logits against their targets (see ``keep_answer_logits``).
+
+    Summed and divided by the step's answer tokens across workers when the Trainer counts
+    them (its count skips the leading -100), a plain mean otherwise (evaluation).
+    """
+    from torch.nn import functional
+
+    logits = outputs.logits.float()
+    targets = labels[..., 1:].to(logits.device)
+    total = functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else targets.ne(IGNORE).sum()
+    return total / count
 
 
 def check_method(spec: TrainingSpec) -> None:
     """QLoRA needs CUDA and bitsandbytes; say so before loading anything."""
     if spec.method is not TrainingMethod.QLORA:
         return
-    import importlib.util
-
     import torch
 
     if not torch.cuda.is_available():
@@ -131,7 +159,10 @@ def train_lora(
         model_options["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
+    if spec.packing and bf16 and importlib.util.find_spec("flash_attn") is not None:
+        model_options["attn_implementation"] = "flash_attention_2"  # packed rows as variable-length batches
     base = AutoModelForCausalLM.from_pretrained(model_dir, **model_options)
+    base.config.use_cache = False  # a cache in training turns off packed-sequence attention
     targets: str | list[str] = "all-linear" if spec.target_modules == ["all-linear"] else spec.target_modules
     model = get_peft_model(
         base,
@@ -170,21 +201,25 @@ def train_lora(
         greater_is_better=False,
         seed=spec.seed,
         data_seed=spec.seed,
-        train_sampling_strategy="group_by_length",  # length bucketing: little padding
+        # packed rows have no padding; without packing, length bucketing keeps it small
+        train_sampling_strategy="random" if spec.packing else "group_by_length",
         bf16=bf16,
         use_cpu=not cuda,
-        include_num_input_tokens_seen="non_padding",
+        # a packed row is all real tokens; padded rows are counted through their attention mask
+        include_num_input_tokens_seen="all" if spec.packing else "non_padding",
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        prediction_loss_only=True,  # evaluation needs the loss, not every logit kept in memory
     )
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=_Rows(train),
         eval_dataset=_Rows(validation) if has_validation else None,
-        data_collator=_Collator(pad_id),
+        data_collator=_Collator(pad_id, spec.packing),
+        compute_loss_func=answer_loss,
         callbacks=[EarlyStoppingCallback(early_stopping_patience)] if has_validation else [],
     )
     resume = last_checkpoint(output_dir / "checkpoints")
