@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import closing
+from pathlib import Path
 from typing import Literal
 
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore, Manifest
@@ -81,6 +84,21 @@ def save_registry(store: ArtifactStore, registry: TaskRegistry) -> Manifest:
     )
 
 
+SQL_DATABASE = "database.sqlite"
+
+
+def _sqlite_bytes(path: Path) -> bytes:
+    """The file's bytes if it is a SQLite database with at least one table; a DatasetError otherwise."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    except sqlite3.Error as error:
+        raise DatasetError(f"--sql-database {path}: not a readable SQLite database ({error})") from None
+    if not tables:
+        raise DatasetError(f"--sql-database {path}: the database has no tables for queries to run on")
+    return path.read_bytes()
+
+
 def build_dataset(
     store: ArtifactStore,
     task: Task,
@@ -89,8 +107,13 @@ def build_dataset(
     min_examples: int = 20,
     validation: float = 0.1,
     test: float = 0.1,
+    sql_database: Path | None = None,
 ) -> Manifest:
-    """Store a new dataset version for ``task`` (or return the existing one if nothing changed)."""
+    """Store a new dataset version for ``task`` (or return the existing one if nothing changed).
+
+    ``sql_database``: the SQLite file the task's queries run against; stored with the
+    dataset as ``SQL_DATABASE`` so evaluation scores SQL by execution on it.
+    """
     members = {e.id: e for e in examples if e.id in set(task.example_ids)}
     if len(members) < min_examples:
         raise DatasetError(
@@ -112,6 +135,8 @@ def build_dataset(
     files = {
         f"{name}.jsonl": "".join(_line(e) + "\n" for e in rows).encode() for name, rows in splits.items()
     }
+    if sql_database is not None:
+        files[SQL_DATABASE] = _sqlite_bytes(sql_database)
     redactions: Counter[str] = Counter()
     for example in members.values():
         redactions.update(example.redactions)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -31,7 +32,7 @@ from protege.flywheel.policy import gate
 from protege.models.catalogue import UnknownModelError
 from protege.models.pull import ModelUnavailableError, resolve_model
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
-from protege.training.datasets import DATASET_KIND
+from protege.training.datasets import DATASET_KIND, SQL_DATABASE
 
 ADAPTER_KIND = "adapter"
 REPORT_KIND = "report"
@@ -66,6 +67,16 @@ class JobError(RuntimeError):
 def read_rows(store: ArtifactStore, task: str, version: str, split: str) -> list[dict[str, Any]]:
     text = store.read_file(DATASET_KIND, task, version, f"{split}.jsonl").decode()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def task_database(store: ArtifactStore, task: str, version: str) -> sqlite3.Connection | None:
+    """The SQLite database stored with the dataset (in memory), or None: SQL is then compared as text."""
+    manifest = store.manifest(DATASET_KIND, task, version)
+    if not any(entry.path == SQL_DATABASE for entry in manifest.files):
+        return None
+    database = sqlite3.connect(":memory:")
+    database.deserialize(store.read_file(DATASET_KIND, task, version, SQL_DATABASE))
+    return database
 
 
 def preflight(
@@ -113,7 +124,6 @@ def run(spec: JobSpec) -> dict[str, Any]:
     from protege.training.report import chart, markdown
     from protege.training.trainer import train_lora
     from protege.training.trainer.distributed import train_lora_distributed
-    from protege.workload import build_database
 
     settings = load_settings()
     store = ArtifactStore.from_settings(settings)
@@ -122,8 +132,9 @@ def run(spec: JobSpec) -> dict[str, Any]:
         store.manifest(DATASET_KIND, spec.task, dataset_version).metadata["task"]["output_kind"]
     )
     metric = resolve_metric(spec.evaluation.metric, output_kind)
-    # SQL tasks are scored by execution on the task's database; the shipped workload's for now.
-    database = build_database() if metric is EvaluationMetric.SQL_EXECUTION else None
+    database = (
+        task_database(store, spec.task, dataset_version) if metric is EvaluationMetric.SQL_EXECUTION else None
+    )
 
     with tempfile.TemporaryDirectory(prefix="protege-train-") as work:
         started = time.perf_counter()

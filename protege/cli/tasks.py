@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import typer
 import yaml
@@ -169,6 +170,9 @@ def suggest(
 def build(
     task_id: str = typer.Argument(..., help="Task id or name."),
     min_examples: int = typer.Option(20, help="Refuse to build from fewer examples."),
+    sql_database: Path | None = typer.Option(
+        None, help="SQLite file the task's queries run on; SQL is then scored by execution on it."
+    ),
 ) -> None:
     """Store a new dataset version of a task (train/validation/test; test frozen after the first)."""
     from protege.training.curation import ExampleStore
@@ -182,7 +186,11 @@ def build(
     store = _store()
     try:
         manifest = build_dataset(
-            store, task, ExampleStore(store).load(task.router.fingerprint.tenant), min_examples=min_examples
+            store,
+            task,
+            ExampleStore(store).load(task.router.fingerprint.tenant),
+            min_examples=min_examples,
+            sql_database=sql_database,
         )
     except DatasetError as error:
         fail(str(error))
@@ -304,14 +312,13 @@ def evaluate_adapter(
 ) -> None:
     """Score an adapter again on its dataset's frozen test split (and the base model beside it)."""
     import tempfile
-    from pathlib import Path
 
     from protege.evaluation import resolve_metric
     from protege.models.pull import resolve_model
     from protege.store.artifacts import ArtifactNotFoundError
     from protege.training.datasets import DATASET_KIND
     from protege.training.evaluation import TransformersGenerator, evaluate
-    from protege.training.job import ADAPTER_KIND, read_rows
+    from protege.training.job import ADAPTER_KIND, read_rows, task_database
 
     store = _store()
     try:
@@ -326,6 +333,11 @@ def evaluate_adapter(
     dataset = store.manifest(DATASET_KIND, meta["task"], meta["dataset_version"])
     metric = resolve_metric(EvaluationMetric.AUTO, OutputKind(dataset.metadata["task"]["output_kind"]))
     rows = read_rows(store, meta["task"], meta["dataset_version"], "test")
+    database = (
+        task_database(store, meta["task"], meta["dataset_version"])
+        if metric is EvaluationMetric.SQL_EXECUTION
+        else None
+    )
     model = Path(resolve_model(meta["base_model"], settings().model_dir))
     table = Table(title=f"{specialist}@{manifest.version} on {meta['task']} test split ({len(rows)} calls)")
     for column in ("model", metric.value, "p50 ms/call"):
@@ -335,8 +347,7 @@ def evaluate_adapter(
         store.download(ADAPTER_KIND, specialist, manifest.version, adapter)
         variants = [("specialist (LoRA)", adapter)] + ([("base model, zero-shot", None)] if baseline else [])
         for label, adapter_dir in variants:
-            result = evaluate(
-                rows, TransformersGenerator(model, adapter_dir, max_new_tokens=max_new_tokens), metric
-            )
+            generator = TransformersGenerator(model, adapter_dir, max_new_tokens=max_new_tokens)
+            result = evaluate(rows, generator, metric, database=database)
             table.add_row(label, f"{result.score:.3f}", f"{result.latency_ms_p50:.0f}")
     console.print(table)

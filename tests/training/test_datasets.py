@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from protege.evaluation.metrics import run_query
 from protege.store.artifacts import ArtifactStore
 from protege.training.datasets import (
     DatasetError,
@@ -19,8 +21,9 @@ from protege.training.datasets import (
 )
 from protege.training.discovery import MiniLM, discover
 from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, fingerprint
-from protege.training.examples import example_from_record
-from protege.workload import generate
+from protege.training.examples import Example, example_from_record
+from protege.training.job import task_database
+from protege.workload import build_database, generate
 
 
 def test_split_is_a_pure_function_of_the_id() -> None:
@@ -65,9 +68,8 @@ def test_dataset_versions_keep_the_test_split_frozen(tmp_path: Path) -> None:
     assert sum(second.metadata["counts"].values()) == grown_task.size
 
 
-def test_too_small_a_task_is_refused_with_the_way_out(tmp_path: Path) -> None:
-    store = ArtifactStore((tmp_path / "store").as_uri())
-    examples = [example_from_record(call.to_record()) for call in generate(30, seed=2, families=("intent",))]
+def small_task(family: str, count: int) -> tuple[Task, list[Example]]:
+    examples = [example_from_record(call.to_record()) for call in generate(count, seed=2, families=(family,))]
     task = Task(
         id="task-small",
         name="label-small",
@@ -80,7 +82,35 @@ def test_too_small_a_task_is_refused_with_the_way_out(tmp_path: Path) -> None:
         ),
         first_seen=datetime.now(UTC),
     )
+    return task, examples
+
+
+def test_too_small_a_task_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    task, examples = small_task("intent", 30)
     with pytest.raises(DatasetError, match=r"needs at least 50.*protege curate"):
         build_dataset(store, task, examples, min_examples=50)
     splits = assign_splits(examples, frozen_test={examples[0].id})
     assert [e.id for e in splits["test"]] == [examples[0].id]
+
+
+def test_a_sql_task_carries_its_database_for_execution_scoring(tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    task, examples = small_task("sql", 40)
+    build_database(tmp_path / "shop.sqlite").close()
+    manifest = build_dataset(store, task, examples, sql_database=tmp_path / "shop.sqlite")
+    database = task_database(store, task.id, manifest.version)
+    assert database is not None
+    [row] = json.loads(store.read_file("dataset", task.id, manifest.version, "test.jsonl").splitlines()[0])[
+        "messages"
+    ][-1:]
+    assert run_query(database, row["content"])  # the teacher's query runs on the stored database
+    without = build_dataset(ArtifactStore((tmp_path / "other").as_uri()), task, examples)
+    assert task_database(ArtifactStore((tmp_path / "other").as_uri()), task.id, without.version) is None
+
+    (tmp_path / "notes.txt").write_text("not a database")
+    with pytest.raises(DatasetError, match="not a readable SQLite database"):
+        build_dataset(store, task, examples, sql_database=tmp_path / "notes.txt")
+    sqlite3.connect(tmp_path / "empty.sqlite").close()
+    with pytest.raises(DatasetError, match="no tables"):
+        build_dataset(store, task, examples, sql_database=tmp_path / "empty.sqlite")
