@@ -149,6 +149,34 @@ class GatewaySettings(BaseModel):
     upstream_connections: int = Field(default=512, gt=0, description="Pooled connections to the teacher.")
 
 
+class RouterSettings(BaseModel):
+    """Routing in the gateway: calls of a task with an active specialist go to the pool's engine."""
+
+    enabled: bool = Field(
+        default=False, description="Route calls to specialists; off: all go to the teacher."
+    )
+    engine_url: str | None = Field(
+        default=None, description="The pool's OpenAI-compatible engine (vLLM with LoRA enabled), without /v1."
+    )
+    table: Path | None = Field(
+        default=None,
+        description="Routing table (JSON) written by the flywheel driver; re-read when it changes.",
+    )
+    base_model: str = Field(default="smollm2-135m", description="The pool's base model (catalogue id).")
+    max_loras: int = Field(default=8, ge=1, description="Adapters resident in the engine at once (LRU).")
+    max_lora_rank: int = Field(default=64, ge=1, description="The engine's --max-lora-rank.")
+    timeout_seconds: float = Field(
+        default=30, gt=0, description="Specialist answer deadline; past it the teacher answers."
+    )
+    refresh_seconds: float = Field(default=2, gt=0, description="How often the table and tasks are re-read.")
+
+    @model_validator(mode="after")
+    def _engine(self) -> RouterSettings:
+        if self.enabled and not self.engine_url:
+            raise ValueError("router.enabled needs router.engine_url (PROTEGE_ROUTER__ENGINE_URL)")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PROTEGE_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -167,6 +195,7 @@ class Settings(BaseSettings):
     teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="The big model.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The OpenAI gateway.")
     call_log: CallLogSettings = Field(default_factory=CallLogSettings, description="The JetStream call log.")
+    router: RouterSettings = Field(default_factory=RouterSettings, description="Routing to specialists.")
     curation: CurationSettings = Field(
         default_factory=CurationSettings, description="What curation keeps, per tenant."
     )

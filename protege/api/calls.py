@@ -214,6 +214,9 @@ class AlternateAnswer(BaseModel):
     latency: Latency | None = Field(default=None, description="Its latency.")
     error: ErrorInfo | None = Field(default=None, description="Why it failed, if it did.")
     rejection: str | None = Field(default=None, description="Why the router rejected it, on fallback.")
+    agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Task score of a shadow answer against the returned one."
+    )
 
 
 def _now() -> datetime:

@@ -9,20 +9,23 @@ record of what happened is always produced.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
 from protege.api.calls import (
+    AlternateAnswer,
     CallRecord,
     CallStatus,
     ChatRequest,
     ChatResponse,
     ErrorInfo,
     Latency,
+    RouteDecision,
     Upstream,
     Usage,
 )
@@ -82,6 +85,9 @@ class CallObserver:
         self.first_chunk_at: float | None = None
         self.status_code: int | None = None
         self.stream = StreamAssembler() if request.stream else None
+        self.route: RouteDecision | None = None  # set by the router
+        self.alternate: AlternateAnswer | None = None
+        self.shadow: asyncio.Future[Any] | None = None  # a shadow answer the record waits for
         self._body: list[bytes] = []
 
     def on_status(self, status_code: int) -> None:
@@ -123,6 +129,8 @@ class CallObserver:
             status=status,
             error=error,
             upstream=self.upstream,
+            alternate=self.alternate,
+            **({"route": self.route} if self.route is not None else {}),
         )
 
     def completed(self) -> CallRecord:

@@ -33,6 +33,8 @@ class VllmServer(ServiceProcess):
         max_model_len: int = 2048,
         cpu_kv_cache_gib: int = 1,
         tool_call_parser: str | None = "hermes",
+        max_loras: int | None = None,
+        max_lora_rank: int = 16,
         extra_args: Sequence[str] = (),
     ) -> None:
         # First start compiles and warms up the model: minutes on a small CPU.
@@ -44,6 +46,8 @@ class VllmServer(ServiceProcess):
         self.max_model_len = max_model_len
         self.cpu_kv_cache_gib = cpu_kv_cache_gib
         self.tool_call_parser = tool_call_parser
+        self.max_loras = max_loras
+        self.max_lora_rank = max_lora_rank
         self.extra_args = list(extra_args)
 
     @property
@@ -64,11 +68,23 @@ class VllmServer(ServiceProcess):
         if self.tool_call_parser:
             # Tool calls (named tool_choice too) need a parser; hermes fits ChatML models.
             command += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
+        if self.max_loras:
+            # Multi-LoRA: adapters are loaded and unloaded at run time by the router's AdapterManager.
+            command += [
+                "--enable-lora",
+                "--max-loras",
+                str(self.max_loras),
+                "--max-lora-rank",
+                str(self.max_lora_rank),
+            ]
         return command + self.extra_args
 
     def environment(self) -> dict[str, str]:
         # vLLM's CPU backend sizes its KV cache from this (GiB); the GPU build ignores it.
-        return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib)}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib)}
+        if self.max_loras:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter and unload
+        return env
 
     def is_ready(self) -> bool:
         return http_ok(f"http://{self.host}:{self.port}/health", accept=lambda status: status == 200)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -24,15 +25,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from protege.api.calls import CallRecord, CallStatus, Upstream, UpstreamKind
+from protege.api.calls import CallRecord, CallStatus, ChatRequest, RouteReason, Upstream, UpstreamKind
 from protege.capture.publisher import CallLogPublisher
 from protege.capture.recorder import CallObserver, RecordSink
 from protege.config import Settings
 from protege.serving.gateway.auth import KeyRing, load_keys_file
 from protege.serving.gateway.errors import GatewayError, error_body
 from protege.serving.gateway.metrics import GatewayMetrics
+from protege.serving.gateway.routing import alternate, caller_body, specialist_upstream
 from protege.serving.gateway.teacher import TeacherClient, UpstreamReply, chunks
 from protege.serving.gateway.validation import parse_chat_request
+from protege.serving.router.router import Plan, Router, SpecialistAnswer
+from protege.serving.router.table import UnknownAdapterError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,12 +93,46 @@ class Gateway:
         self.teacher = TeacherClient(settings.teacher, settings.gateway.upstream_connections)
         self.sink = sink
         self.metrics = metrics
+        self.router = Router(settings) if settings.router.enabled else None
+        if self.router is not None:
+            metrics.register_adapters(self.router.adapters)
+        self._pending: set[asyncio.Task[None]] = set()
 
     # --- helpers -----------------------------------------------------------------------
     def log_call(self, record: CallRecord, status_code: int) -> None:
         self.metrics.observe(record, status_code)
         if self.sink is not None:
             self.sink.submit(record)
+
+    def finish(self, observer: CallObserver, record: CallRecord, status_code: int) -> None:
+        """Log the call; with a shadow answer pending, once it is in (the caller never waits for it)."""
+        shadow = observer.shadow
+        if shadow is None:
+            self.log_call(record, status_code)
+            return
+        task = asyncio.ensure_future(self._log_with_shadow(shadow, record, status_code))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _log_with_shadow(
+        self, shadow: asyncio.Future[SpecialistAnswer], record: CallRecord, status_code: int
+    ) -> None:
+        try:
+            answer = await shadow
+            returned = (
+                record.response.choices[0].message.model_dump()
+                if record.response and record.response.choices
+                else None
+            )
+            agreement = (
+                self.router.agreement(record.route.task_id, answer.message, returned)
+                if self.router is not None and returned is not None and answer.body is not None
+                else None
+            )
+            record = record.model_copy(update={"alternate": alternate(answer, agreement=agreement)})
+        except Exception:  # the shadow is best effort; the call is logged regardless
+            log.exception("gateway: shadow answer failed")
+        self.log_call(record, status_code)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.gateway.max_body_bytes
@@ -114,8 +152,15 @@ class Gateway:
             principal = self.keys.authenticate(request.headers)
             body = await self._read_body(request)
             chat = parse_chat_request(
-                body, models=self.models, extra_fields=self.settings.gateway.extra_request_fields
+                body,
+                models=self.models,
+                extra_fields=self.settings.gateway.extra_request_fields,
+                is_specialist=self.router.is_specialist_name if self.router is not None else None,
             )
+            plan = self.router.plan(principal.tenant, chat) if self.router is not None else None
+        except UnknownAdapterError as error:
+            self.metrics.rejected.labels("404").inc()
+            return GatewayError(404, str(error), code="model_not_found", param="model").response()
         except GatewayError as error:
             self.metrics.rejected.labels(str(error.status_code)).inc()
             return error.response()
@@ -125,9 +170,62 @@ class Gateway:
             app=principal.app,
             upstream=Upstream(kind=UpstreamKind.TEACHER, model=chat.model),
         )
+        if plan is not None:
+            answered = await self._route(plan, body, chat, observer, request)
+            if answered is not None:
+                return answered
         if chat.stream:
             return await self._stream(body, observer, request)
         return await self._complete(body, observer, request)
+
+    async def _route(
+        self, plan: Plan, body: bytes, chat: ChatRequest, observer: CallObserver, request: Request
+    ) -> Response | None:
+        """The specialist's response, or None when the teacher answers (the decision is recorded)."""
+        assert self.router is not None
+        data = json.loads(body)
+        route, choice = plan.route, plan.choice
+        if route is not None and choice.shadow is not None:
+            observer.shadow = asyncio.ensure_future(self.router.ask(data, route, choice.shadow))
+        if route is None or choice.version is None:
+            observer.route = plan.decision(UpstreamKind.TEACHER)
+            return None
+        try:
+            answer = await unless_disconnected(self.router.ask(data, route, choice.version), request.receive)
+        except ClientDisconnected:
+            self.finish(
+                observer,
+                observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE),
+                499,
+            )
+            return Response(status_code=499)
+        self.metrics.specialist_latency.labels(route.specialist, choice.version).observe(answer.seconds)
+        problem = self.router.verdict(route, answer, chat.tools)
+        if problem is not None and answer.body is not None and plan.pinned:
+            problem = None  # the caller asked for this specialist by name: its answer, unchecked
+        if problem is None and answer.body is not None:
+            observer.upstream = specialist_upstream(answer)
+            observer.route = plan.decision(UpstreamKind.SPECIALIST, confidence=answer.confidence)
+            model = chat.model if not plan.pinned else observer.upstream.model
+            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+            content = caller_body(answer.body, model, chat.stream, include_usage)
+            observer.on_status(200)
+            observer.on_bytes(content)
+            return Response(
+                content,
+                200,
+                media_type="text/event-stream" if chat.stream else "application/json",
+                headers={"x-protege-upstream": observer.upstream.model},
+                background=BackgroundTask(self.finish, observer, observer.completed(), 200),
+            )
+        if plan.pinned:  # nobody else can answer for a named specialist
+            return self._upstream_failed(
+                observer, CallStatus.UPSTREAM_ERROR, 502, "specialist_error", answer.error or ""
+            )
+        reason, detail = problem or (RouteReason.FALLBACK_SPECIALIST_ERROR, "no answer")
+        observer.alternate = alternate(answer, rejection=detail)
+        observer.route = plan.decision(UpstreamKind.TEACHER, reason, confidence=answer.confidence)
+        return None
 
     async def _reach_teacher(
         self, work: Awaitable[T], observer: CallObserver, request: Request
@@ -136,8 +234,10 @@ class Gateway:
         try:
             return await unless_disconnected(work, request.receive)
         except ClientDisconnected:
-            self.log_call(
-                observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
+            self.finish(
+                observer,
+                observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE),
+                499,
             )
             return Response(status_code=499)
         except TimeoutError:
@@ -155,7 +255,7 @@ class Gateway:
             reply.body,
             reply.status,
             media_type=reply.content_type or "application/json",
-            background=BackgroundTask(self.log_call, observer.completed(), reply.status),
+            background=BackgroundTask(self.finish, observer, observer.completed(), reply.status),
         )
 
     async def _complete(self, body: bytes, observer: CallObserver, request: Request) -> Response:
@@ -178,7 +278,7 @@ class Gateway:
     def _upstream_failed(
         self, observer: CallObserver, status: CallStatus, code: int, kind: str, message: str
     ) -> Response:
-        self.log_call(observer.failed(status, kind, message), code)
+        self.finish(observer, observer.failed(status, kind, message), code)
         return Response(
             error_body(message, type="upstream_error", code=kind), code, media_type="application/json"
         )
@@ -214,7 +314,7 @@ class RelayResponse(Response):
         if not relay.done():  # the caller left: stop reading the upstream
             relay.cancel()
         record, status_code = await relay
-        self.gateway.log_call(record, status_code)
+        self.gateway.finish(self.observer, record, status_code)
 
     async def _relay(self, send: Send) -> tuple[CallRecord, int]:
         observer = self.observer
@@ -305,6 +405,8 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
             yield
         finally:
             await gateway.teacher.close()
+            if gateway.router is not None:
+                await gateway.router.close()
             if publisher is not None:
                 await publisher.close()
 

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from protege.api.calls import CallRecord
 from protege.capture.publisher import CallLogPublisher
+from protege.serving.adapters import AdapterManager
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -49,6 +50,27 @@ class GatewayMetrics:
             ["tenant", "app", "kind"],
             registry=self.registry,
         )
+        self.routes = Counter(
+            "protege_router_calls",
+            "Calls by route decision: where they went (target), specialist, version and reason "
+            "(specialist, canary, shadow, pinned, no_task_match, no_active_specialist, fallback_*).",
+            ["target", "specialist", "version", "reason"],
+            registry=self.registry,
+        )
+        self.specialist_latency = Histogram(
+            "protege_router_specialist_duration_seconds",
+            "Time for a specialist version's answer (adapter load included), accepted or not.",
+            ["specialist", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_agreement = Histogram(
+            "protege_router_shadow_agreement",
+            "Task score of shadow answers against the answers returned.",
+            ["specialist", "version"],
+            buckets=(0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0),
+            registry=self.registry,
+        )
         if publisher is not None:
             self.registry.register(_PublisherCollector(publisher))
 
@@ -61,6 +83,45 @@ class GatewayMetrics:
         if record.usage is not None:
             self.tokens.labels(record.tenant, record.app, "prompt").inc(record.usage.prompt_tokens)
             self.tokens.labels(record.tenant, record.app, "completion").inc(record.usage.completion_tokens)
+        route = record.route
+        self.routes.labels(
+            route.target.value, route.specialist or "", route.version or "", route.reason.value
+        ).inc()
+        alternate = record.alternate
+        if alternate is not None and alternate.agreement is not None:
+            self.shadow_agreement.labels(route.specialist or "", route.version or "").observe(
+                alternate.agreement
+            )
+
+    def register_adapters(self, adapters: AdapterManager) -> None:
+        self.registry.register(_AdapterCollector(adapters))
+
+
+class _AdapterCollector(Collector):
+    """Adapter loads, failures and evictions of the router's engine, read at scrape time."""
+
+    def __init__(self, adapters: AdapterManager) -> None:
+        self.adapters = adapters
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        adapters = self.adapters
+        yield GaugeMetricFamily(
+            "protege_adapters_resident", "Adapter versions loaded in the engine.", value=len(adapters.loaded)
+        )
+        yield CounterMetricFamily(
+            "protege_adapter_evictions", "Adapters unloaded to make room (LRU).", value=adapters.evictions
+        )
+        yield GaugeMetricFamily(
+            "protege_adapters_failed", "Adapter versions that failed to load.", value=len(adapters.failed)
+        )
+        seconds = GaugeMetricFamily(
+            "protege_adapter_load_seconds",
+            "Time the engine took to load each resident adapter.",
+            labels=["adapter"],
+        )
+        for name, took in adapters.loaded.items():
+            seconds.add_metric([name], took)
+        yield seconds
 
 
 class _PublisherCollector(Collector):

