@@ -162,6 +162,11 @@ class RouterSettings(BaseModel):
         default=None,
         description="Routing table (JSON) written by the flywheel driver; re-read when it changes.",
     )
+    manage_adapters: bool = Field(
+        default=True,
+        description="Load adapters into the engine from the gateway (a bare vLLM engine); false when "
+        "the engine is a pool's Ray Serve app, whose replicas load them.",
+    )
     base_model: str = Field(default="smollm2-135m", description="The pool's base model (catalogue id).")
     max_loras: int = Field(default=8, ge=1, description="Adapters resident in the engine at once (LRU).")
     max_lora_rank: int = Field(default=64, ge=1, description="The engine's --max-lora-rank.")

@@ -159,3 +159,18 @@ def start_gateway(
     yield start
     for server in started:
         server.stop()
+
+
+def make_lora_adapter(base: Path, out: Path, rank: int, seed: int) -> Path:
+    """A LoRA adapter for ``base`` made by PEFT with random (non-zero) weights, saved in ``out``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+    )
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), config)
+    model.save_pretrained(str(out))
+    return out

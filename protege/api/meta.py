@@ -33,6 +33,22 @@ def check_quantity(value: str | int, field: str) -> str | int:
     raise ValueError(f"{field} {value!r} is not a Kubernetes quantity; write e.g. 4, '500m' or '16Gi'")
 
 
+_SUFFIXES = {
+    "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def quantity_value(value: str | int) -> float:
+    """A Kubernetes quantity as a number: '500m' → 0.5, '16Gi' → 17179869184."""
+    if isinstance(value, int):
+        return float(value)
+    match = re.fullmatch(r"([0-9.]+(?:[eE][-+]?[0-9]+)?)([a-zA-Z]*)", value)
+    if match is None or match[2] not in ("", *_SUFFIXES):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    return float(match[1]) * _SUFFIXES.get(match[2], 1.0)
+
+
 class KubeModel(BaseModel):
     """A part of a custom resource: camelCase on the wire, unknown fields rejected."""
 

@@ -182,8 +182,12 @@ class Router:
         def failed(message: str) -> SpecialistAnswer:
             return SpecialistAnswer(route.specialist, version, None, time.perf_counter() - started, message)
 
+        name = adapter_name(route.specialist, version)
         try:
-            name = await self.adapters.ensure(route.specialist, version)
+            if self.settings.manage_adapters:
+                await self.adapters.ensure(route.specialist, version)
+            elif name in self.adapters.failed:
+                raise AdapterLoadError(self.adapters.failed[name])
         except AdapterLoadError as error:
             return failed(str(error))
         wants_confidence = route.fallback.min_confidence is not None
@@ -195,6 +199,8 @@ class Router:
             async with self.session.post(
                 f"{str(self.settings.engine_url).rstrip('/')}/v1/chat/completions",
                 json=request,
+                # Ray Serve's model multiplexing: the call goes to a pool replica holding the adapter
+                headers={"serve_multiplexed_model_id": name},
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
             ) as response:
                 text = await response.text()
@@ -202,6 +208,8 @@ class Router:
         except (TimeoutError, aiohttp.ClientError) as error:
             return failed(f"engine unreachable or too slow: {error!r}")
         if status != 200:
+            if status == 422 and "adapter_unavailable" in text:  # the pool could not load it: stop asking
+                self.adapters.failed[name] = text[:500]
             return failed(f"engine answered {status}: {text[:300]}")
         answer = json.loads(text)
         choice = (answer.get("choices") or [{}])[0]

@@ -23,7 +23,7 @@ from protege.services.nats import NatsServer
 from protege.services.vllm import VllmServer
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 from protege.store.artifacts import ArtifactStore
-from protege.testing import RunningGateway, records_of
+from protege.testing import RunningGateway, make_lora_adapter, records_of
 from protege.training.datasets import save_registry
 from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, TaskRegistry, fingerprint
 from protege.training.examples import example_from_record
@@ -32,27 +32,11 @@ from protege.workload import generate
 pytestmark = pytest.mark.slow
 
 
-def make_adapter(base: Path, out: Path, rank: int, seed: int) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-        LoraConfig(
-            r=rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
-        ),
-    )
-    model.save_pretrained(str(out))
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapters(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
     made = {
-        name: make_adapter(smollm2, root / name, rank, seed)
+        name: make_lora_adapter(smollm2, root / name, rank, seed)
         for name, rank, seed in [("a", 8, 1), ("b", 8, 2), ("wide", 32, 3)]
     }
     broken = root / "broken"

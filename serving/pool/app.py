@@ -1,0 +1,169 @@
+"""The pool's Ray Serve application: a vLLM engine with LoRA per replica, adapters multiplexed.
+
+Why not ``ray.serve.llm``: its LoRA loader reads adapters from ``<dynamic path>/<name>``,
+whereas Protégé's versions are content-addressed artifacts checked before loading (base
+model, rank, sha256), under names of the form ``<specialist>@<version>``; and ``ray[llm]``
+pins the CUDA vLLM, which cannot be installed next to the CPU build used locally. What it
+would give — sticky adapter routing and LRU residency — comes from Ray Serve's own model
+multiplexing, used here: the router sends ``serve_multiplexed_model_id:
+<specialist>@<version>``, Serve routes the call to a replica that has the adapter
+resident when there is one, and each replica keeps at most ``engine.maxLoras`` adapters,
+unloading the least recently used.
+
+Each replica runs vLLM's OpenAI server (CUDA build in Ray's LLM images, CPU build
+locally) as a child process on a loopback port, and relays calls to it. Autoscaling
+(min/max replicas, target ongoing requests) and resources come from the pool's spec
+(:mod:`protege.serving.pool.config`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from ray import serve
+from ray.serve import Application
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from protege.api.pool import SpecialistPoolSpec
+from protege.config import load_settings
+from protege.models.pull import resolve_model
+from protege.services.vllm import VllmServer
+from protege.serving.adapters import AdapterLoadError, AdapterManager
+from protege.serving.pool.config import deployment_options, engine_args
+from protege.serving.router.table import UnknownAdapterError, parse_adapter_name
+from protege.store.artifacts import ArtifactStore
+
+
+class _Resident:
+    """An adapter as Serve's multiplexing cache holds it; evicting it unloads it from vLLM."""
+
+    def __init__(self, adapters: AdapterManager, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.adapters, self.name, self.loop = adapters, name, loop
+        self.unloaded = False
+
+    def __del__(self) -> None:  # Serve calls it on eviction (in a thread); GC may call it again
+        if self.unloaded or self.loop.is_closed():
+            return
+        self.unloaded = True
+        self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.adapters.unload(self.name)))
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status
+    )
+
+
+class PoolEngine:
+    def __init__(self, pool: str, spec: dict[str, Any]) -> None:
+        self.pool = pool
+        self.spec = SpecialistPoolSpec.model_validate(spec)
+        settings = load_settings()
+        model = resolve_model(self.spec.base_model.source, settings.model_dir)
+        work = Path(tempfile.mkdtemp(prefix=f"protege-pool-{pool}-"))
+        self.engine = VllmServer(
+            work / "vllm",
+            Path(model),
+            self.spec.base_model.source,
+            max_model_len=self.spec.engine.max_model_len,
+            max_loras=self.spec.engine.max_loras,
+            max_lora_rank=self.spec.engine.max_lora_rank,
+            extra_args=engine_args(self.spec),
+        ).start()
+        self.engine_url = f"http://{self.engine.host}:{self.engine.port}"
+        self.adapters = AdapterManager(
+            self.engine_url,
+            ArtifactStore.from_settings(settings),
+            work / "adapters",
+            base_model=self.spec.base_model.source,
+            max_loras=self.spec.engine.max_loras,
+            max_lora_rank=self.spec.engine.max_lora_rank,
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def load_adapter(self, model_id: str) -> _Resident:  # multiplexed in build()
+        raise NotImplementedError
+
+    async def _load(self, model_id: str) -> _Resident:
+        specialist, version = parse_adapter_name(model_id)
+        if version is None:
+            raise UnknownAdapterError(f"{model_id!r}: a replica loads versions, <specialist>@<version>")
+        name = await self.adapters.ensure(specialist, version)
+        return _Resident(self.adapters, name, asyncio.get_running_loop())
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=600))
+        return self._session
+
+    def check_health(self) -> None:
+        if not self.engine.is_ready():
+            raise RuntimeError(f"pool {self.pool}: the vLLM engine does not answer /health")
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
+        if path in ("/health", "/-/healthz"):
+            return Response("ok")
+        if path == "/v1/models" and request.method == "GET":
+            async with self.session.get(f"{self.engine_url}/v1/models") as reply:
+                return Response(await reply.read(), reply.status, media_type="application/json")
+        if path not in ("/v1/chat/completions", "/v1/completions") or request.method != "POST":
+            return _error(404, f"{request.method} {path}: the pool serves /v1/chat/completions", "not_found")
+        body = await request.body()
+        model_id = serve.get_multiplexed_model_id() or _adapter_in_body(body)
+        if model_id:
+            try:
+                await self.load_adapter(model_id)
+            except UnknownAdapterError as error:
+                return _error(404, str(error), "model_not_found")
+            except AdapterLoadError as error:
+                return _error(422, str(error), "adapter_unavailable")
+        reply = await self.session.post(
+            f"{self.engine_url}{path}", data=body, headers={"Content-Type": "application/json"}
+        )
+        if reply.content_type == "text/event-stream":
+            return StreamingResponse(_relay(reply), reply.status, media_type="text/event-stream")
+        async with reply:
+            return Response(await reply.read(), reply.status, media_type=reply.content_type)
+
+    def __del__(self) -> None:
+        self.engine.stop()
+
+
+def _adapter_in_body(body: bytes) -> str | None:
+    """A direct caller may name the adapter as the model instead of sending Serve's header."""
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return None
+    return model if isinstance(model, str) and "@" in model else None
+
+
+async def _relay(reply: aiohttp.ClientResponse) -> Any:
+    async with reply:
+        async for data in reply.content.iter_any():
+            yield data
+
+
+def build(args: dict[str, Any]) -> Application:
+    """The Serve application of one pool (``import_path: protege.serving.pool.app:build``)."""
+    spec = SpecialistPoolSpec.model_validate(args["spec"])
+
+    class Engine(PoolEngine):
+        # Serve's multiplexing cache is sized where the method is decorated: here, per pool.
+        @serve.multiplexed(max_num_models_per_replica=spec.engine.max_loras)  # type: ignore[untyped-decorator]
+        async def load_adapter(self, model_id: str) -> _Resident:
+            return await self._load(model_id)
+
+    deployment = serve.deployment(name="PoolEngine", health_check_period_s=10)(Engine)
+    application: Application = deployment.options(**deployment_options(spec)).bind(
+        args["pool"], spec.to_kube()
+    )
+    return application
