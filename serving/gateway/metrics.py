@@ -10,7 +10,6 @@ from prometheus_client.registry import Collector
 
 from protege.api.calls import CallRecord
 from protege.capture.publisher import CallLogPublisher
-from protege.serving.adapters import AdapterManager
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -92,36 +91,6 @@ class GatewayMetrics:
             self.shadow_agreement.labels(route.specialist or "", route.version or "").observe(
                 alternate.agreement
             )
-
-    def register_adapters(self, adapters: AdapterManager) -> None:
-        self.registry.register(_AdapterCollector(adapters))
-
-
-class _AdapterCollector(Collector):
-    """Adapter loads, failures and evictions of the router's engine, read at scrape time."""
-
-    def __init__(self, adapters: AdapterManager) -> None:
-        self.adapters = adapters
-
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        adapters = self.adapters
-        yield GaugeMetricFamily(
-            "protege_adapters_resident", "Adapter versions loaded in the engine.", value=len(adapters.loaded)
-        )
-        yield CounterMetricFamily(
-            "protege_adapter_evictions", "Adapters unloaded to make room (LRU).", value=adapters.evictions
-        )
-        yield GaugeMetricFamily(
-            "protege_adapters_failed", "Adapter versions that failed to load.", value=len(adapters.failed)
-        )
-        seconds = GaugeMetricFamily(
-            "protege_adapter_load_seconds",
-            "Time the engine took to load each resident adapter.",
-            labels=["adapter"],
-        )
-        for name, took in adapters.loaded.items():
-            seconds.add_metric([name], took)
-        yield seconds
 
 
 class _PublisherCollector(Collector):

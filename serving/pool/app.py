@@ -54,6 +54,28 @@ class _Resident:
         self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.adapters.unload(self.name)))
 
 
+def _pool_metrics() -> dict[str, Any]:
+    """Adapter metrics of a replica, exported by Ray's metrics agent (prefixed ``ray_``)."""
+    from ray.util import metrics
+
+    return {
+        "loads": metrics.Counter(
+            "protege_adapter_loads",
+            description="Adapter versions a pool replica loaded, by outcome (loaded, failed).",
+            tag_keys=("pool", "outcome"),
+        ),
+        "load_seconds": metrics.Histogram(
+            "protege_adapter_load_seconds",
+            description="Time from load request to the adapter being servable.",
+            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
+            tag_keys=("pool",),
+        ),
+        "resident": metrics.Gauge(
+            "protege_adapters_resident", description="Adapters resident on a replica.", tag_keys=("pool",)
+        ),
+    }
+
+
 def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status
@@ -86,6 +108,7 @@ class PoolEngine:
             max_lora_rank=self.spec.engine.max_lora_rank,
         )
         self._session: aiohttp.ClientSession | None = None
+        self.metrics = _pool_metrics()
 
     async def load_adapter(self, model_id: str) -> _Resident:  # multiplexed in build()
         raise NotImplementedError
@@ -94,7 +117,15 @@ class PoolEngine:
         specialist, version = parse_adapter_name(model_id)
         if version is None:
             raise UnknownAdapterError(f"{model_id!r}: a replica loads versions, <specialist>@<version>")
-        name = await self.adapters.ensure(specialist, version)
+        tags = {"pool": self.pool}
+        try:
+            name = await self.adapters.ensure(specialist, version)
+        except AdapterLoadError:
+            self.metrics["loads"].inc(tags={**tags, "outcome": "failed"})
+            raise
+        self.metrics["loads"].inc(tags={**tags, "outcome": "loaded"})
+        self.metrics["load_seconds"].observe(self.adapters.loaded[name], tags=tags)
+        self.metrics["resident"].set(len(self.adapters.loaded), tags=tags)
         return _Resident(self.adapters, name, asyncio.get_running_loop())
 
     @property

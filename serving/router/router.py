@@ -3,8 +3,9 @@
 State it reads: the routing table (a JSON file the flywheel driver or operator writes)
 and the task registry (router profiles from task discovery, in the artifact store); both
 are re-read every ``router.refresh_seconds`` when they changed. The engine is the pool's
-OpenAI-compatible vLLM with LoRA enabled; adapters are loaded there on demand by the
-:class:`~protege.serving.adapters.AdapterManager`.
+Ray Serve application (:mod:`protege.serving.pool.app`): the router names the adapter
+version, and a pool replica loads it on demand. A version the pool refuses is remembered
+as failed and not asked for again by this gateway.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from protege.api.calls import ChatRequest, RouteDecision, RouteReason, UpstreamK
 from protege.api.specialist import OutputKind
 from protege.config import RouterSettings, Settings
 from protege.evaluation.metrics import METRIC_FOR_KIND, scorer
-from protege.serving.adapters import AdapterLoadError, AdapterManager
 from protege.serving.router.checks import confidence, rejection
 from protege.serving.router.classify import TaskClassifier, TaskMatch
 from protege.serving.router.table import (
@@ -81,17 +81,10 @@ class SpecialistAnswer:
 
 
 class Router:
-    def __init__(self, settings: Settings, adapters: AdapterManager | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings: RouterSettings = settings.router
         self.store = ArtifactStore.from_settings(settings)
-        self.adapters = adapters or AdapterManager(
-            str(self.settings.engine_url),
-            self.store,
-            settings.home / "adapters",
-            base_model=self.settings.base_model,
-            max_loras=self.settings.max_loras,
-            max_lora_rank=self.settings.max_lora_rank,
-        )
+        self.failed: dict[str, str] = {}  # adapter name → why the pool could not serve it
         self.table = RoutingTable()
         self.tasks: dict[str, Task] = {}
         self.classifier = TaskClassifier([])
@@ -157,9 +150,7 @@ class Router:
             return Plan(None, Choice(None, RouteReason.NO_ACTIVE_SPECIALIST), match)
         route = found
         failed = set(route.failed) | {
-            version
-            for version in route.versions
-            if adapter_name(route.specialist, version) in self.adapters.failed
+            version for version in route.versions if adapter_name(route.specialist, version) in self.failed
         }
         if failed:
             route = route.model_copy(update={"failed": sorted(failed)})
@@ -183,13 +174,8 @@ class Router:
             return SpecialistAnswer(route.specialist, version, None, time.perf_counter() - started, message)
 
         name = adapter_name(route.specialist, version)
-        try:
-            if self.settings.manage_adapters:
-                await self.adapters.ensure(route.specialist, version)
-            elif name in self.adapters.failed:
-                raise AdapterLoadError(self.adapters.failed[name])
-        except AdapterLoadError as error:
-            return failed(str(error))
+        if name in self.failed:
+            return failed(self.failed[name])
         wants_confidence = route.fallback.min_confidence is not None
         request = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
         request["model"] = name
@@ -209,7 +195,7 @@ class Router:
             return failed(f"engine unreachable or too slow: {error!r}")
         if status != 200:
             if status == 422 and "adapter_unavailable" in text:  # the pool could not load it: stop asking
-                self.adapters.failed[name] = text[:500]
+                self.failed[name] = text[:500]
             return failed(f"engine answered {status}: {text[:300]}")
         answer = json.loads(text)
         choice = (answer.get("choices") or [{}])[0]
@@ -247,6 +233,5 @@ class Router:
         return scorer(METRIC_FOR_KIND[OutputKind(task.output_kind)])(shadow, returned)
 
     async def close(self) -> None:
-        await self.adapters.close()
         if self._session is not None:
             await self._session.close()

