@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from protege import __version__
-from protege.cli import calls, crds, gateway, models, services, settings, tasks
+from protege.cli import calls, crds, gateway, models, render, services, settings, tasks
 
 
 def _version(value: bool) -> None:
@@ -32,6 +32,7 @@ app.command("train")(tasks.train)
 app.command("select")(tasks.select_model)
 app.command("eval")(tasks.evaluate_adapter)
 app.command("crds")(crds.crds)
+app.command("render")(render.render)
 
 
 @app.callback()

@@ -1,0 +1,335 @@
+"""Pure renderers: every object the operator creates, as a plain manifest (no API calls here).
+
+Handlers only adopt, apply and patch status; `protege render` prints these same manifests
+for review in GitOps pull requests. Names are deterministic, so a restarted operator
+finds what it created instead of creating it again.
+
+- a SpecialistPool → a KubeRay ``RayService`` running the pool's Serve application
+  (:mod:`protege.serving.pool`), a ``ConfigMap`` with the pool's routing table, and the
+  gateway ``Deployment`` + ``Service`` in front of it (teacher key by secret reference);
+- a Specialist's training run → a KubeRay ``RayJob`` running ``python -m
+  protege.training.job`` on GPU workers, named after the hash of its job spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from protege import __version__
+from protege.api.meta import ComputeResources
+from protege.api.pool import SpecialistPoolSpec
+from protege.serving.pool.config import serve_application
+from protege.serving.router.table import RoutingTable
+from protege.training.job import JobSpec
+
+API_GROUP = "protege.dev"
+RAY_VERSION = "2.60.0"
+SERVE_PORT = 8000
+GATEWAY_PORT = 8080
+ROUTES_KEY = "routes.json"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the operator knows of its installation (its Helm values, through its settings)."""
+
+    serving_image: str = f"ghcr.io/protege-dev/protege-serving:{__version__}"
+    training_image: str = f"ghcr.io/protege-dev/protege-training:{__version__}"
+    gateway_image: str = f"ghcr.io/protege-dev/protege:{__version__}"
+    artifact_store: str = "s3://protege/artifacts"
+    s3_endpoint: str | None = None
+    s3_secret: str | None = "protege-s3"  # a Secret with keys accessKeyId and secretAccessKey
+    nats_url: str = "nats://protege-nats:4222"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource children belong to (garbage collected with it)."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{API_GROUP}/v1alpha1",
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def _metadata(name: str, owner: Owner, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {
+            "app.kubernetes.io/name": "protege",
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": "protege-operator",
+            f"{API_GROUP}/{owner.kind.lower()}": owner.name,
+        },
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def _plain(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy with no shared parts (YAML would print them as anchors and aliases)."""
+    copy: dict[str, Any] = json.loads(json.dumps(manifest))
+    return copy
+
+
+def _store_env(platform: Platform) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "PROTEGE_ARTIFACT_STORE", "value": platform.artifact_store}]
+    if platform.s3_endpoint:
+        env.append({"name": "PROTEGE_S3__ENDPOINT_URL", "value": platform.s3_endpoint})
+    if platform.s3_secret:
+        for variable, key in (("ACCESS_KEY_ID", "accessKeyId"), ("SECRET_ACCESS_KEY", "secretAccessKey")):
+            ref = {"secretKeyRef": {"name": platform.s3_secret, "key": key}}
+            env.append({"name": f"PROTEGE_S3__{variable}", "valueFrom": ref})
+    return env
+
+
+def _resources(resources: ComputeResources, gpus: int | None = None) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": str(resources.cpu), "memory": str(resources.memory)}
+    count = resources.gpu if gpus is None else gpus
+    if count:
+        amounts["nvidia.com/gpu"] = str(count)
+    return {"requests": amounts, "limits": dict(amounts)}
+
+
+def _head(image: str, env: list[dict[str, Any]]) -> dict[str, Any]:
+    """A head that runs no replicas or training itself (num-cpus 0): workers do the work."""
+    return {
+        "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+        "template": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "ray-head",
+                        "image": image,
+                        "env": env,
+                        "ports": [
+                            {"containerPort": 6379, "name": "gcs"},
+                            {"containerPort": 8265, "name": "dashboard"},
+                            {"containerPort": SERVE_PORT, "name": "serve"},
+                        ],
+                        "resources": {
+                            "requests": {"cpu": "1", "memory": "4Gi"},
+                            "limits": {"cpu": "2", "memory": "4Gi"},
+                        },
+                    }
+                ]
+            }
+        },
+    }
+
+
+def _worker_template(
+    image: str, env: list[dict[str, Any]], resources: dict[str, Any], spec: SpecialistPoolSpec
+) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "containers": [{"name": "ray-worker", "image": image, "env": env, "resources": resources}]
+    }
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [t.to_kube() for t in spec.tolerations]
+    return {"spec": pod}
+
+
+def ray_service_name(pool: str) -> str:
+    return f"{pool}-serve"
+
+
+def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -> dict[str, Any]:
+    """The pool's RayService: its Serve app, autoscaled between replicas.min and replicas.max."""
+    image = spec.image or platform.serving_image
+    env = _store_env(platform)
+    gpus = spec.resources.gpu * spec.engine.tensor_parallel_size
+    workers = {
+        "groupName": "gpu" if gpus else "cpu",
+        "replicas": spec.replicas.min,
+        "minReplicas": spec.replicas.min,
+        "maxReplicas": spec.replicas.max,
+        "rayStartParams": {},
+        "template": _worker_template(image, env, _resources(spec.resources, gpus), spec),
+    }
+    serve_config = {"applications": [serve_application(owner.name, spec)]}
+    return _plain(
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayService",
+            "metadata": _metadata(ray_service_name(owner.name), owner, "pool"),
+            "spec": {
+                "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
+                "rayClusterConfig": {
+                    "rayVersion": RAY_VERSION,
+                    "enableInTreeAutoscaling": True,
+                    "headGroupSpec": _head(image, env),
+                    "workerGroupSpecs": [workers],
+                },
+            },
+        }
+    )
+
+
+def routes_config_map_name(pool: str) -> str:
+    return f"{pool}-routes"
+
+
+def render_routes(owner: Owner, table: RoutingTable) -> dict[str, Any]:
+    """The pool's routing table, mounted into its gateway (re-read when it changes)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(routes_config_map_name(owner.name), owner, "routes"),
+        "data": {ROUTES_KEY: table.model_dump_json(indent=1)},
+    }
+
+
+def gateway_name(pool: str) -> str:
+    return f"{pool}-gateway"
+
+
+def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -> list[dict[str, Any]]:
+    """The pool's gateway Deployment and Service: capture, routing, the teacher as fallback."""
+    name = gateway_name(owner.name)
+    teacher = spec.teacher
+    env: list[dict[str, Any]] = [
+        {"name": "PROTEGE_NATS_URL", "value": platform.nats_url},
+        {"name": "PROTEGE_TEACHER__URL", "value": str(teacher.url)},
+        {"name": "PROTEGE_TEACHER__MODEL", "value": teacher.model},
+        {"name": "PROTEGE_TEACHER__TIMEOUT_SECONDS", "value": str(teacher.timeout_seconds)},
+        {"name": "PROTEGE_GATEWAY__HOST", "value": "0.0.0.0"},
+        {"name": "PROTEGE_GATEWAY__PORT", "value": str(GATEWAY_PORT)},
+        {"name": "PROTEGE_GATEWAY__API_KEYS_FILE", "value": "/etc/protege/keys/keys.yaml"},
+        {"name": "PROTEGE_ROUTER__ENABLED", "value": "true"},
+        {
+            "name": "PROTEGE_ROUTER__ENGINE_URL",
+            "value": f"http://{ray_service_name(owner.name)}-serve-svc.{owner.namespace}.svc:{SERVE_PORT}",
+        },
+        {"name": "PROTEGE_ROUTER__TABLE", "value": f"/etc/protege/routes/{ROUTES_KEY}"},
+        {"name": "PROTEGE_HOME", "value": "/var/lib/protege"},  # the call-log spool
+        *_store_env(platform),
+    ]
+    if teacher.api_key_secret_ref is not None:
+        ref = teacher.api_key_secret_ref
+        env.append(
+            {
+                "name": "PROTEGE_TEACHER__API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    labels = {
+        "app.kubernetes.io/name": "protege",
+        "app.kubernetes.io/component": "gateway",
+        f"{API_GROUP}/pool": owner.name,
+    }
+    container = {
+        "name": "gateway",
+        "image": platform.gateway_image,
+        "args": ["gateway"],
+        "env": env,
+        "ports": [{"containerPort": GATEWAY_PORT, "name": "http"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "keys", "mountPath": "/etc/protege/keys", "readOnly": True},
+            {"name": "routes", "mountPath": "/etc/protege/routes", "readOnly": True},
+            {"name": "spool", "mountPath": "/var/lib/protege"},
+        ],
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, owner, "gateway"),
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {**container, "env": [*env, {"name": "PROTEGE_HOME", "value": "/var/lib/protege"}]}
+                    ],
+                    "volumes": [
+                        {"name": "keys", "secret": {"secretName": f"{owner.name}-gateway-keys"}},
+                        {"name": "routes", "configMap": {"name": routes_config_map_name(owner.name)}},
+                        {"name": "spool", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, owner, "gateway"),
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    return [_plain(deployment), _plain(service)]
+
+
+def training_job_name(specialist: str, job: JobSpec) -> str:
+    """Deterministic: the same job spec always gets the same name (no duplicate RayJob)."""
+    digest = hashlib.sha256(job.model_dump_json().encode()).hexdigest()[:10]
+    return f"{specialist[:40]}-train-{digest}"
+
+
+def render_training_job(
+    owner: Owner, job: JobSpec, pool: SpecialistPoolSpec, platform: Platform
+) -> dict[str, Any]:
+    """A RayJob running the training entrypoint on ``training.workers`` GPU workers."""
+    image = platform.training_image
+    env = _store_env(platform)
+    training = job.training
+    workers = {
+        "groupName": "train",
+        "replicas": training.workers,
+        "minReplicas": training.workers,
+        "maxReplicas": training.workers,
+        "rayStartParams": {},
+        "template": _worker_template(image, env, _resources(training.resources), pool),
+    }
+    spec_json = json.dumps(
+        job.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
+    )
+    return _plain(
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayJob",
+            "metadata": _metadata(training_job_name(owner.name, job), owner, "training"),
+            "spec": {
+                "entrypoint": f"python -m protege.training.job --spec {shlex.quote(spec_json)}",
+                "entrypointNumCpus": 1,
+                # one worker trains in the entrypoint itself; with more, Ray Train's workers take the GPUs
+                "entrypointNumGpus": training.resources.gpu if training.workers == 1 else 0,
+                "shutdownAfterJobFinishes": True,
+                "ttlSecondsAfterFinished": 3600,
+                "backoffLimit": 0,
+                "submissionMode": "K8sJobMode",
+                "rayClusterSpec": {
+                    "rayVersion": RAY_VERSION,
+                    "headGroupSpec": _head(image, env),
+                    "workerGroupSpecs": [workers],
+                },
+            },
+        }
+    )

@@ -1,0 +1,88 @@
+"""`protege render`: the exact child manifests the operator would create, for review in Git."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from protege.api.pool import SpecialistPoolSpec
+from protege.api.specialist import SpecialistSpec
+from protege.cli.common import console, fail
+
+
+def render(
+    files: list[Path] = typer.Option(
+        ..., "-f", "--filename", help="SpecialistPool and Specialist manifests."
+    ),
+    namespace: str = typer.Option("default", "-n", "--namespace", help="Namespace of resources without one."),
+    dataset_version: str = typer.Option(
+        "latest", help="Dataset version a Specialist's training RayJob would train on."
+    ),
+) -> None:
+    """Print the RayService, gateway, routing ConfigMap and training RayJob the operator would apply."""
+    from protege.operator.render import (
+        Owner,
+        Platform,
+        render_gateway,
+        render_ray_service,
+        render_routes,
+        render_training_job,
+    )
+    from protege.serving.router.table import RoutingTable
+    from protege.training.job import JobSpec
+
+    documents: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            documents += [d for d in yaml.safe_load_all(path.read_text()) if d]
+        except (OSError, yaml.YAMLError) as error:
+            fail(f"{path}: {error}")
+    platform = Platform()
+    pools: dict[str, SpecialistPoolSpec] = {}
+    out: list[dict[str, Any]] = []
+
+    def owner(document: dict[str, Any]) -> Owner:
+        meta = document.get("metadata") or {}
+        uid = meta.get("uid", "00000000-0000-0000-0000-000000000000")  # set by the API server on apply
+        return Owner(document["kind"], meta.get("name", ""), meta.get("namespace", namespace), uid)
+
+    def spec_of(document: dict[str, Any], model: Any) -> Any:
+        try:
+            return model.model_validate(document.get("spec") or {})
+        except ValidationError as error:
+            fail(f"{document['kind']} {document.get('metadata', {}).get('name')}: {error}")
+
+    for document in documents:
+        if document.get("kind") == "SpecialistPool":
+            spec = spec_of(document, SpecialistPoolSpec)
+            pools[document["metadata"]["name"]] = spec
+            parent = owner(document)
+            out += [render_ray_service(parent, spec, platform), render_routes(parent, RoutingTable())]
+            out += render_gateway(parent, spec, platform)
+    for document in documents:
+        if document.get("kind") != "Specialist":
+            continue
+        specialist = spec_of(document, SpecialistSpec)
+        pool = pools.get(specialist.pool)
+        if pool is None:
+            fail(
+                f"Specialist {document['metadata']['name']}: its pool {specialist.pool!r} is not among "
+                "the files; pass the pool's manifest with another -f"
+            )
+        job = JobSpec(
+            specialist=document["metadata"]["name"],
+            task=specialist.task.id or document["metadata"]["name"],
+            dataset_version=None if dataset_version == "latest" else dataset_version,
+            base_model=pool.base_model.source,
+            max_lora_rank=pool.engine.max_lora_rank,
+            training=specialist.training,
+            evaluation=specialist.evaluation,
+        )
+        out.append(render_training_job(owner(document), job, pool, platform))
+    if not out:
+        fail("no SpecialistPool or Specialist in the files")
+    console.print(yaml.safe_dump_all(out, sort_keys=False), highlight=False, end="", soft_wrap=True)

@@ -1,0 +1,162 @@
+"""The operator's renderers: golden manifests, valid against KubeRay's real CRDs and Kubernetes' schemas."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from protege.api.pool import SpecialistPoolSpec
+from protege.api.specialist import SpecialistSpec
+from protege.crds.validate import CrdCatalogue
+from protege.flywheel.policy import RolloutStage
+from protege.operator.render import (
+    Owner,
+    Platform,
+    render_gateway,
+    render_ray_service,
+    render_routes,
+    render_training_job,
+    training_job_name,
+)
+from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
+from protege.training.job import JobSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+KUBERAY = ROOT.parent / "shared" / "kuberay-crds"
+PLATFORM = Platform(
+    serving_image="registry.example/protege-serving:1.0",
+    training_image="registry.example/protege-training:1.0",
+    gateway_image="registry.example/protege:1.0",
+    artifact_store="s3://protege/artifacts",
+    s3_endpoint="http://minio.storage:9000",
+)
+POOL_OWNER = Owner("SpecialistPool", "smollm2-pool", "agents", "2b1f5a3e-0000-4000-8000-000000000001")
+SPECIALIST_OWNER = Owner("Specialist", "sql-writer", "agents", "2b1f5a3e-0000-4000-8000-000000000002")
+
+
+def example(name: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())["spec"])
+
+
+def rendered() -> dict[str, Any]:
+    pool = SpecialistPoolSpec.model_validate(example("pool"))
+    specialist = SpecialistSpec.model_validate(example("specialist"))
+    job = JobSpec(
+        specialist="sql-writer",
+        task=specialist.task.id or "",
+        dataset_version="v0123456789abcdef",
+        base_model=pool.base_model.source,
+        max_lora_rank=pool.engine.max_lora_rank,
+        training=specialist.training,
+        evaluation=specialist.evaluation,
+    )
+    table = RoutingTable(
+        routes=[
+            SpecialistRoute(
+                specialist="sql-writer",
+                tenant="acme",
+                task_id=job.task,
+                active="v1111111111111111",
+                candidate=Candidate(
+                    version="v2222222222222222", stage=RolloutStage.CANARY, traffic_percent=10
+                ),
+                fallback=specialist.fallback,
+            )
+        ]
+    )
+    deployment, service = render_gateway(POOL_OWNER, pool, PLATFORM)
+    return {
+        "rayservice": render_ray_service(POOL_OWNER, pool, PLATFORM),
+        "rayjob": render_training_job(SPECIALIST_OWNER, job, pool, PLATFORM),
+        "routes-configmap": render_routes(POOL_OWNER, table),
+        "gateway-deployment": deployment,
+        "gateway-service": service,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(rendered()))
+def test_renders_match_their_golden_files(name: str) -> None:
+    """UPDATE_GOLDEN=1 rewrites them; review the diff like any other change."""
+    text = yaml.safe_dump(rendered()[name], sort_keys=False)
+    path = GOLDEN / f"{name}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_kuberay_objects_validate_against_kuberays_crds() -> None:
+    catalogue = CrdCatalogue.from_paths(sorted(KUBERAY.glob("*.yaml")))
+    objects = rendered()
+    for name in ("rayservice", "rayjob"):
+        assert catalogue.errors(objects[name]) == [], name
+    broken = objects["rayjob"] | {"spec": {**objects["rayjob"]["spec"], "backoffLimit": "zero"}}
+    assert catalogue.errors(broken)  # the check can fail
+
+
+def test_core_objects_validate_against_kubernetes_schemas() -> None:
+    objects = rendered()
+    for name in ("routes-configmap", "gateway-deployment", "gateway-service"):
+        kubernetes_validate.validate(objects[name], "1.31", strict=True)
+
+
+def test_children_are_owned_and_secrets_only_referenced() -> None:
+    objects = rendered()
+    for obj in objects.values():
+        [reference] = obj["metadata"]["ownerReferences"]
+        assert reference["controller"] is True and reference["apiVersion"] == "protege.dev/v1alpha1"
+    text = yaml.safe_dump(objects)
+    assert "apiKey" in text and "secretKeyRef" in text  # the teacher key and S3 keys by reference
+    env = objects["gateway-deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    teacher_key = next(e for e in env if e["name"] == "PROTEGE_TEACHER__API_KEY")
+    assert teacher_key == {
+        "name": "PROTEGE_TEACHER__API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "teacher", "key": "apiKey"}},
+    }
+
+
+def test_the_pool_spec_reaches_the_serve_app_and_the_gpu_workers() -> None:
+    service = rendered()["rayservice"]
+    serve = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    assert serve["import_path"] == "protege.serving.pool.app:build"
+    assert serve["deployments"][0]["autoscaling_config"]["max_replicas"] == 8
+    [workers] = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 8)
+    pod = workers["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_training_job_names_are_deterministic() -> None:
+    job = JobSpec(specialist="sql-writer", task="t", base_model="smollm2-135m")
+    assert training_job_name("sql-writer", job) == training_job_name("sql-writer", job.model_copy())
+    other = job.model_copy(update={"dataset_version": "v9"})
+    assert training_job_name("sql-writer", job) != training_job_name("sql-writer", other)
+    entrypoint = rendered()["rayjob"]["spec"]["entrypoint"]
+    assert entrypoint.startswith("python -m protege.training.job --spec '{")
+
+
+def test_protege_render_prints_what_the_operator_would_apply(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from protege.cli import app
+
+    pool, specialist = str(ROOT / "examples" / "pool.yaml"), str(ROOT / "examples" / "specialist.yaml")
+    result = CliRunner().invoke(app, ["render", "-f", pool, "-f", specialist, "-n", "agents"])
+    assert result.exit_code == 0, result.output
+    documents = list(yaml.safe_load_all(result.output))
+    assert [d["kind"] for d in documents] == ["RayService", "ConfigMap", "Deployment", "Service", "RayJob"]
+    catalogue = CrdCatalogue.from_paths(sorted(KUBERAY.glob("*.yaml")))
+    assert all(catalogue.errors(d) == [] for d in documents if d["apiVersion"] == "ray.io/v1")
+
+    alone = CliRunner().invoke(app, ["render", "-f", specialist])
+    assert alone.exit_code != 0 and "its pool 'smollm2-pool' is not among the files" in alone.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(pool).read_text().replace("maxLoraRank: 32", "maxLoraRank: 33"))
+    refused = CliRunner().invoke(app, ["render", "-f", str(bad)])
+    assert refused.exit_code != 0 and "maxLoraRank 33 is not a rank vLLM supports" in refused.output
