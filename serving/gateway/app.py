@@ -399,6 +399,8 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if publisher is not None:
             await publisher.start()
+        if gateway.router is not None:
+            await gateway.router.start()
         try:
             yield
         finally:

@@ -2,7 +2,8 @@
 
 State it reads: the routing table (a JSON file the flywheel driver or operator writes)
 and the task registry (router profiles from task discovery, in the artifact store); both
-are re-read every ``router.refresh_seconds`` when they changed. The engine is the pool's
+are re-read every ``router.refresh_seconds`` when they changed, by a background task off
+the event loop (the store may be S3), never in a call's path. The engine is the pool's
 Ray Serve application (:mod:`protege.serving.pool.app`): the router names the adapter
 version, and a pool replica loads it on demand. A version the pool refuses is remembered
 as failed and not asked for again by this gateway.
@@ -10,12 +11,12 @@ as failed and not asked for again by this gateway.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -90,17 +91,26 @@ class Router:
         self.classifier = TaskClassifier([])
         self._table_text: str | None = None
         self._registry_version: str | None = None
-        self._refreshed_at = 0.0
+        self._refresher: asyncio.Task[None] | None = None
         self._random = random.Random()
         self._session: aiohttp.ClientSession | None = None
 
     # --- state ---------------------------------------------------------------------------
-    def refresh(self, force: bool = False) -> None:
+    async def start(self) -> None:
+        """Read the table and the tasks once, then keep them fresh in the background."""
+        await asyncio.to_thread(self.refresh)
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.refresh_seconds)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:  # a store hiccup must not stop routing on the last good state
+                log.exception("router: refreshing the routing table or tasks failed")
+
+    def refresh(self) -> None:
         """Re-read the routing table and the task registry if they changed (cheap when not)."""
-        now = time.monotonic()
-        if not force and now - self._refreshed_at < self.settings.refresh_seconds:
-            return
-        self._refreshed_at = now
         path = self.settings.table
         text = path.read_text() if path is not None and path.exists() else None
         if text is not None and text != self._table_text:  # small file; mtimes can be too coarse
@@ -126,19 +136,9 @@ class Router:
                 classifier = TaskClassifier(registry.tasks, MiniLM())
             self.classifier = classifier
 
-    def write_table(self, table: RoutingTable, path: Path | None = None) -> None:
-        """Atomically replace the routing table file (what the flywheel driver calls)."""
-        target = path or self.settings.table
-        if target is None:
-            raise ValueError("router.table is not set")
-        temporary = target.with_suffix(".tmp")
-        temporary.write_text(table.model_dump_json(indent=2))
-        temporary.replace(target)
-
     # --- per call ------------------------------------------------------------------------
     def plan(self, tenant: str, request: ChatRequest) -> Plan:
         """Route for one call; raises UnknownAdapterError for a named specialist that is not served."""
-        self.refresh()
         if self.is_specialist_name(request.model):
             route, version = self.table.pinned(request.model, tenant)
             return Plan(route, Choice(version, RouteReason.PINNED), None, pinned=True)
@@ -157,7 +157,6 @@ class Router:
         return Plan(route, choose(route, self._random.random()), match)
 
     def is_specialist_name(self, model: str) -> bool:
-        self.refresh()
         return self.table.for_specialist(model.split("@", 1)[0]) is not None
 
     @property
@@ -233,5 +232,7 @@ class Router:
         return scorer(METRIC_FOR_KIND[OutputKind(task.output_kind)])(shadow, returned)
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
         if self._session is not None:
             await self._session.close()
