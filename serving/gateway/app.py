@@ -112,6 +112,16 @@ class Gateway:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def finish_after_response(
+        self, observer: CallObserver, record: CallRecord, status_code: int
+    ) -> None:
+        """:meth:`finish` as a response's background task: on the event loop, not in a thread."""
+        self.finish(observer, record, status_code)
+
+    async def drain(self) -> None:
+        """Wait for the records still waiting on shadow answers (at shutdown: none is lost)."""
+        await asyncio.gather(*self._pending, return_exceptions=True)
+
     async def _log_with_shadow(
         self, shadow: asyncio.Future[SpecialistAnswer], record: CallRecord, status_code: int
     ) -> None:
@@ -214,7 +224,7 @@ class Gateway:
                 200,
                 media_type="text/event-stream" if chat.stream else "application/json",
                 headers={"x-protege-upstream": observer.upstream.model},
-                background=BackgroundTask(self.finish, observer, observer.completed(), 200),
+                background=BackgroundTask(self.finish_after_response, observer, observer.completed(), 200),
             )
         if plan.pinned:  # nobody else can answer for a named specialist
             return self._upstream_failed(
@@ -253,7 +263,9 @@ class Gateway:
             reply.body,
             reply.status,
             media_type=reply.content_type or "application/json",
-            background=BackgroundTask(self.finish, observer, observer.completed(), reply.status),
+            background=BackgroundTask(
+                self.finish_after_response, observer, observer.completed(), reply.status
+            ),
         )
 
     async def _complete(self, body: bytes, observer: CallObserver, request: Request) -> Response:
@@ -404,6 +416,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
         try:
             yield
         finally:
+            await gateway.drain()
             await gateway.teacher.close()
             if gateway.router is not None:
                 await gateway.router.close()

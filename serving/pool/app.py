@@ -41,17 +41,29 @@ from protege.store.artifacts import ArtifactStore
 
 
 class _Resident:
-    """An adapter as Serve's multiplexing cache holds it; evicting it unloads it from vLLM."""
+    """An adapter as Serve's multiplexing cache holds it; evicting it unloads it from vLLM.
 
-    def __init__(self, adapters: AdapterManager, name: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.adapters, self.name, self.loop = adapters, name, loop
-        self.unloaded = False
+    Serve's cache is the one LRU of a replica. Its eviction runs ``__del__`` in a thread and
+    moves on, so the unload is scheduled on the replica's loop, and skipped if Serve has
+    loaded the same adapter again meanwhile (a newer holder owns it then).
+    """
+
+    def __init__(self, holders: dict[str, _Resident], adapters: AdapterManager, name: str) -> None:
+        self.holders, self.adapters, self.name = holders, adapters, name
+        self.loop = asyncio.get_running_loop()
+        self.released = False
+        holders[name] = self
 
     def __del__(self) -> None:  # Serve calls it on eviction (in a thread); GC may call it again
-        if self.unloaded or self.loop.is_closed():
+        if self.released or self.loop.is_closed():
             return
-        self.unloaded = True
-        self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.adapters.unload(self.name)))
+        self.released = True
+        self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._unload()))
+
+    async def _unload(self) -> None:
+        if self.holders.get(self.name) is self:
+            del self.holders[self.name]
+            await self.adapters.unload(self.name)
 
 
 def _pool_metrics() -> dict[str, Any]:
@@ -104,9 +116,11 @@ class PoolEngine:
             ArtifactStore.from_settings(settings),
             work / "adapters",
             base_model=self.spec.base_model.source,
-            max_loras=self.spec.engine.max_loras,
+            # Serve's cache evicts; one spare slot covers an unload still on its way
+            max_loras=self.spec.engine.max_loras + 1,
             max_lora_rank=self.spec.engine.max_lora_rank,
         )
+        self.holders: dict[str, _Resident] = {}
         self._session: aiohttp.ClientSession | None = None
         self.metrics = _pool_metrics()
 
@@ -126,7 +140,7 @@ class PoolEngine:
         self.metrics["loads"].inc(tags={**tags, "outcome": "loaded"})
         self.metrics["load_seconds"].observe(self.adapters.loaded[name], tags=tags)
         self.metrics["resident"].set(len(self.adapters.loaded), tags=tags)
-        return _Resident(self.adapters, name, asyncio.get_running_loop())
+        return _Resident(self.holders, self.adapters, name)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -152,6 +166,8 @@ class PoolEngine:
         if model_id:
             try:
                 await self.load_adapter(model_id)
+                if model_id in self.adapters.loaded:  # keep the spare-slot LRU in Serve's order
+                    self.adapters.loaded.move_to_end(model_id)
             except UnknownAdapterError as error:
                 return _error(404, str(error), "model_not_found")
             except AdapterLoadError as error:

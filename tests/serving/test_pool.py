@@ -233,6 +233,12 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     hot = call(request_of("intent", seed=15))
     assert hot.headers["x-protege-upstream"] == f"intent-spec@{v_new}"
 
+    # 5b. the old version in shadow: answered alongside, scored against the returned answer, not returned
+    shadow = Candidate(version=v_intent, stage=RolloutStage.SHADOW)
+    write([intent.model_copy(update={"active": v_new, "candidate": shadow}), extract])
+    shadowed = call(request_of("intent", seed=19))
+    assert shadowed.headers["x-protege-upstream"] == f"intent-spec@{v_new}"
+
     # 6. unfit adapters: too wide a rank, another base model → teacher, never loaded
     write(
         [
@@ -258,8 +264,8 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     pinned = call({**request_of("intent", seed=18), "model": "extract-spec"})
     assert pinned.headers["x-protege-upstream"] == f"extract-spec@{v_extract}"
 
-    records = [r for r in records_of(nats_server.url, tenant, expect=9) if isinstance(r, CallRecord)]
-    assert len(records) == 9  # the refused 404 is no call
+    records = [r for r in records_of(nats_server.url, tenant, expect=10) if isinstance(r, CallRecord)]
+    assert len(records) == 10  # the refused 404 is no call
     by_reason: dict[RouteReason, list[CallRecord]] = {}
     for record in records:
         by_reason.setdefault(record.route.reason, []).append(record)
@@ -269,6 +275,10 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
         f"intent-spec@{v_new}",
         f"extract-spec@{v_extract}",
     }
+    [with_shadow] = [r for r in records if r.alternate and r.alternate.upstream.version == v_intent]
+    assert with_shadow.upstream is not None and with_shadow.upstream.version == v_new
+    assert with_shadow.alternate is not None and with_shadow.alternate.agreement is not None
+    assert with_shadow.alternate.response is not None and with_shadow.alternate.rejection is None
     [invalid] = by_reason[RouteReason.FALLBACK_INVALID_OUTPUT]
     assert (
         invalid.upstream is not None
