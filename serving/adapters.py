@@ -50,7 +50,6 @@ class AdapterManager:
         self.max_lora_rank = max_lora_rank
         self.loaded: OrderedDict[str, float] = OrderedDict()  # name → seconds its load took
         self.failed: dict[str, str] = {}
-        self.evictions = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -131,7 +130,6 @@ class AdapterManager:
             return
         async with self.session.post(f"{self.engine_url}/v1/unload_lora_adapter", json={"lora_name": name}):
             pass
-        self.evictions += 1
 
     async def close(self) -> None:
         if self._session is not None:
