@@ -28,7 +28,7 @@ from protege.training.job import JobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
-KUBERAY = ROOT.parent / "shared" / "kuberay-crds"
+KUBERAY = Path(__file__).parent / "kuberay-crds"  # KubeRay v1.7.0, vendored
 PLATFORM = Platform(
     serving_image="registry.example/protege-serving:1.0",
     training_image="registry.example/protege-training:1.0",
