@@ -63,8 +63,8 @@ async def test_a_pool_gets_its_children_and_becomes_ready(
         kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "broken"] = broken
         service = await until(lambda: stored(kmock, "ray.io/v1/rayservices", "smollm2-pool-serve"))
         assert service["metadata"]["ownerReferences"][0]["uid"] == "u-1"
-        assert stored(kmock, "apps/v1/deployments", "smollm2-pool-gateway") is not None
-        assert stored(kmock, "v1/configmaps", "smollm2-pool-routes") is not None
+        await until(lambda: stored(kmock, "apps/v1/deployments", "smollm2-pool-gateway"))  # applied in turn
+        await until(lambda: stored(kmock, "v1/configmaps", "smollm2-pool-routes"))
 
         def pool_status(name: str) -> dict[str, Any]:
             return dict(stored(kmock, "protege.dev/v1alpha1/specialistpools", name) or {}).get("status") or {}
