@@ -201,12 +201,7 @@ class Gateway:
         try:
             answer = await unless_disconnected(self.router.ask(data, route, choice.version), request.receive)
         except ClientDisconnected:
-            self.finish(
-                observer,
-                observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE),
-                499,
-            )
-            return Response(status_code=499)
+            return self._caller_left(observer)
         self.metrics.specialist_latency.labels(route.specialist, choice.version).observe(answer.seconds)
         problem = self.router.verdict(route, answer, chat.tools)
         if problem is not None and answer.body is not None and plan.pinned:
@@ -235,6 +230,13 @@ class Gateway:
         observer.route = plan.decision(UpstreamKind.TEACHER, reason, confidence=answer.confidence)
         return None
 
+    def _caller_left(self, observer: CallObserver) -> Response:
+        """The caller closed the connection before any answer: logged once, 499."""
+        self.finish(
+            observer, observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
+        )
+        return Response(status_code=499)
+
     async def _reach_teacher(
         self, work: Awaitable[T], observer: CallObserver, request: Request
     ) -> T | Response:
@@ -242,12 +244,7 @@ class Gateway:
         try:
             return await unless_disconnected(work, request.receive)
         except ClientDisconnected:
-            self.finish(
-                observer,
-                observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE),
-                499,
-            )
-            return Response(status_code=499)
+            return self._caller_left(observer)
         except TimeoutError:
             return self._upstream_failed(observer, CallStatus.TIMEOUT, 504, "timeout", self.timeout_message())
         except aiohttp.ClientError as error:
