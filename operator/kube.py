@@ -81,6 +81,17 @@ class KubeClient:
             found: dict[str, Any] = await response.json()
             return found
 
+    async def list(
+        self, api_version: str, kind: str, namespace: str, labels: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        url = self.connection.server + object_path(api_version, kind, namespace)
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        async with self.session.get(url, params={"labelSelector": selector}) as response:
+            response.raise_for_status()
+            found: list[dict[str, Any]] = (await response.json()).get("items") or []
+        # the selector is applied here too: not every API server (emulators) filters
+        return [o for o in found if labels.items() <= (o.get("metadata", {}).get("labels") or {}).items()]
+
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create the object, or merge-patch its labels, owner references, spec and data."""
         meta = manifest["metadata"]

@@ -2,20 +2,30 @@
 
 Handlers adopt, apply and patch status; every child comes from :mod:`protege.operator.render`.
 A SpecialistPool gets its RayService, routing ConfigMap and gateway; its status follows
-the RayService (Ready once KubeRay reports the Serve application running).
+the RayService (Ready once KubeRay reports the Serve application running). A Specialist
+is driven by the flywheel step shared with the local driver
+(:func:`protege.flywheel.specialist.reconcile`): RayJobs to train, its pool's routing
+table to roll out, events for every transition, a finalizer to clean up its artifacts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from pydantic import ValidationError
 
-from protege.api.meta import ConditionStatus, set_condition
+from protege.api.meta import ConditionStatus, KubeModel, set_condition
 from protege.api.pool import PoolPhase, SpecialistPoolSpec, SpecialistPoolStatus
+from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistStatus
+from protege.config import load_settings
+from protege.flywheel.data import StoreData
+from protege.flywheel.specialist import TRIGGER_ANNOTATION, PoolFacts, reconcile
+from protege.operator.flywheel_io import KubeFlywheelIO, RouteBook
 from protege.operator.kube import Connection, KubeClient
 from protege.operator.render import (
     Owner,
@@ -26,9 +36,13 @@ from protege.operator.render import (
     render_routes,
 )
 from protege.serving.router.table import RoutingTable
+from protege.store.artifacts import ArtifactStore
+from protege.training.job import ADAPTER_KIND, REPORT_KIND, RESULTS_AREA
 
 GROUP, VERSION = "protege.dev", "v1alpha1"
 STATUS_INTERVAL = float(os.environ.get("PROTEGE_OPERATOR_STATUS_INTERVAL", "30"))
+SPECIALIST_INTERVAL = float(os.environ.get("PROTEGE_OPERATOR_SPECIALIST_INTERVAL", "30"))
+SpecT = TypeVar("SpecT", bound=KubeModel)
 
 
 @kopf.on.startup()
@@ -42,6 +56,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             for field in Platform.__dataclass_fields__
             if f"PROTEGE_OPERATOR_{field.upper()}" in os.environ
         }
+    )
+    memo.store = _store(memo.platform)
+    memo.data = StoreData(memo.store, ttl_seconds=min(10.0, SPECIALIST_INTERVAL))
+    memo.routes = RouteBook(memo.kube)
+
+
+def _store(platform: Platform) -> ArtifactStore:
+    """The platform's artifact store, with the operator's own S3 credentials (PROTEGE_S3__*)."""
+    settings = load_settings()
+    s3 = settings.s3.model_copy(update={"endpoint_url": platform.s3_endpoint or settings.s3.endpoint_url})
+    return ArtifactStore.from_settings(
+        settings.model_copy(update={"artifact_store": platform.artifact_store, "s3": s3})
     )
 
 
@@ -58,12 +84,13 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_via_client(**kwargs)
 
 
-def _pool_spec(spec: kopf.Spec) -> SpecialistPoolSpec:
+def _validated(model: type[SpecT], spec: Mapping[str, Any], kind: str) -> SpecT:
+    """The spec as its model, or a PermanentError naming every wrong field and how to fix it."""
     try:
-        return SpecialistPoolSpec.model_validate(dict(spec))
+        return model.model_validate(dict(spec))
     except ValidationError as error:
         problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise kopf.PermanentError(f"invalid SpecialistPool: {problems}") from None
+        raise kopf.PermanentError(f"invalid {kind}: {problems}") from None
 
 
 def _owner(body: kopf.Body) -> Owner:
@@ -105,7 +132,7 @@ async def reconcile_pool(
     memo: kopf.Memo, logger: kopf.Logger, **_: Any,
 ) -> None:  # fmt: skip
     try:
-        pool = _pool_spec(spec)
+        pool = _validated(SpecialistPoolSpec, spec, "SpecialistPool")
     except kopf.PermanentError as error:
         patch.status.update(
             _status(status, meta, PoolPhase.FAILED, ready=False, reason="InvalidSpec", message=str(error))
@@ -166,3 +193,99 @@ async def follow_pool(
     if phase != new["phase"]:
         kopf.info(body, reason=new["conditions"][-1]["reason"], message=new["conditions"][-1]["message"])
     patch.status.update(new)
+
+
+@kopf.on.resume(GROUP, VERSION, "specialists")
+@kopf.on.create(GROUP, VERSION, "specialists")
+@kopf.on.update(GROUP, VERSION, "specialists", field="spec")
+async def check_specialist(
+    *, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, **_: Any
+) -> None:
+    """Reject an invalid spec at once, naming the field; the flywheel timer does the rest."""
+    try:
+        _validated(SpecialistSpec, spec, "Specialist")
+    except kopf.PermanentError as error:
+        current = SpecialistStatus.model_validate(dict(status)) if status else SpecialistStatus()
+        current.phase, current.observed_generation = SpecialistPhase.FAILED, meta.get("generation")
+        current.conditions = set_condition(
+            current.conditions,
+            "Ready",
+            ConditionStatus.FALSE,
+            "InvalidSpec",
+            message=str(error),
+            observed_generation=current.observed_generation,
+        )
+        patch.status.update(current.to_merge_patch())
+        raise
+
+
+@kopf.timer(GROUP, VERSION, "specialists", interval=SPECIALIST_INTERVAL, initial_delay=0.5)
+async def run_specialist(
+    *,
+    body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
+    memo: kopf.Memo, **_: Any,
+) -> None:  # fmt: skip
+    """One flywheel pass (:func:`protege.flywheel.specialist.reconcile`) with Kubernetes I/O."""
+    try:
+        specialist = _validated(SpecialistSpec, spec, "Specialist")
+    except kopf.PermanentError:
+        return  # check_specialist reported it; a fixed spec is picked up on the next tick
+    namespace, generation = meta["namespace"], meta.get("generation")
+    current = SpecialistStatus.model_validate(dict(status)) if status else SpecialistStatus()
+    current.observed_generation = generation
+    pool_body = await memo.kube.get(f"{GROUP}/{VERSION}", "SpecialistPool", namespace, specialist.pool)
+    if pool_body is None:
+        current.phase = SpecialistPhase.PENDING
+        current.conditions = set_condition(
+            current.conditions,
+            "Ready",
+            ConditionStatus.FALSE,
+            "PoolNotFound",
+            message=f"no SpecialistPool {specialist.pool!r} in {namespace}; create it or fix spec.pool",
+            observed_generation=generation,
+        )
+        patch.status.update(current.to_merge_patch())
+        return
+    pool_spec = _validated(SpecialistPoolSpec, pool_body["spec"], "SpecialistPool")
+    io = KubeFlywheelIO(
+        memo.data,
+        memo.kube,
+        memo.routes,
+        memo.platform,
+        owner=_owner(body),
+        pool=_owner(pool_body),
+        pool_spec=pool_spec,
+    )
+    outcome = await reconcile(
+        meta["name"],
+        specialist,
+        PoolFacts(pool_spec.base_model.source, pool_spec.engine.max_lora_rank),
+        current,
+        io,
+        now=datetime.now(UTC).replace(microsecond=0),
+        trigger=(meta.get("annotations") or {}).get(TRIGGER_ANNOTATION),
+    )
+    for event in outcome.events:
+        (kopf.warn if event.warning else kopf.info)(body, reason=event.reason, message=event.message)
+    patch.status.update(outcome.status.to_merge_patch())
+
+
+@kopf.on.delete(GROUP, VERSION, "specialists")
+async def delete_specialist(*, spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    """Take the Specialist out of its pool's routes, then delete its adapters, reports and results.
+
+    The RayJobs go with it by owner reference; the finalizer holds the deletion until this ran.
+    """
+    name, namespace = meta["name"], meta["namespace"]
+    pool_name = spec.get("pool")
+    pool_body = (
+        await memo.kube.get(f"{GROUP}/{VERSION}", "SpecialistPool", namespace, pool_name)
+        if pool_name
+        else None
+    )
+    if pool_body is not None:
+        await memo.routes.update(_owner(pool_body), None, name)
+    store: ArtifactStore = memo.store
+    for kind in (ADAPTER_KIND, REPORT_KIND):
+        await asyncio.to_thread(store.delete, kind, name)
+    await asyncio.to_thread(store.delete_objects, RESULTS_AREA, f"{name}.")

@@ -13,7 +13,6 @@ finds what it created instead of creating it again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from protege.api.meta import ComputeResources
 from protege.api.pool import SpecialistPoolSpec
 from protege.serving.pool.config import serve_application
 from protege.serving.router.table import RoutingTable
-from protege.training.job import JobSpec
+from protege.training.job import JobSpec, job_id
 
 API_GROUP = "protege.dev"
 RAY_VERSION = "2.60.0"
@@ -289,8 +288,7 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
 
 def training_job_name(specialist: str, job: JobSpec) -> str:
     """Deterministic: the same job spec always gets the same name (no duplicate RayJob)."""
-    digest = hashlib.sha256(job.model_dump_json().encode()).hexdigest()[:10]
-    return f"{specialist[:40]}-train-{digest}"
+    return f"{specialist[:40]}-train-{job_id(job)}"
 
 
 def render_training_job(

@@ -226,3 +226,40 @@ def make_lora_adapter(base: Path, out: Path, rank: int, seed: int) -> Path:
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), config)
     model.save_pretrained(str(out))
     return out
+
+
+def seed_task(
+    store: ArtifactStore, family: str, count: int, *, task_id: str, tenant: str = "acme", seed: int = 3
+) -> None:
+    """Curated examples of one workload family and a registry with them as task ``task_id``.
+
+    Discovery without its embedding step (the fingerprint alone): for tests of what comes
+    after discovery. Seeding again with another ``count`` or ``seed`` grows the task.
+    """
+    from datetime import UTC, datetime
+
+    from protege.training.curation.consumer import ExampleStore
+    from protege.training.datasets import save_registry
+    from protege.training.discovery.tasks import RouterProfile, Task, TaskRegistry, fingerprint
+    from protege.training.examples import example_from_record
+    from protege.workload import generate
+
+    calls = [c for c in generate(count, seed=seed, families=(family,)) if not c.heldout]
+    curated = ExampleStore(store)
+    for call in calls:
+        example = example_from_record(call.to_record(tenant=tenant))
+        if not curated.has(key := ExampleStore.key(example)):  # as curation: the first copy stays
+            curated.put(key, example)
+    examples = curated.load(tenant)  # with those seeded before
+    shape = fingerprint(examples[0])
+    task = Task(
+        id=task_id,
+        name=family,
+        size=len(examples),
+        output_kind=shape.output_kind,
+        example_ids=[e.id for e in examples],
+        exemplars=[],
+        router=RouterProfile(fingerprint=shape, centroids=[[1.0]], threshold=0.5, embedding_model="none"),
+        first_seen=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+    save_registry(store, TaskRegistry(examples=len(examples), tasks=[task]))

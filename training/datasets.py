@@ -112,7 +112,8 @@ def build_dataset(
     """Store a new dataset version for ``task`` (or return the existing one if nothing changed).
 
     ``sql_database``: the SQLite file the task's queries run against; stored with the
-    dataset as ``SQL_DATABASE`` so evaluation scores SQL by execution on it.
+    dataset as ``SQL_DATABASE`` so evaluation scores SQL by execution on it. Without one,
+    the previous version's database is carried forward.
     """
     members = {e.id: e for e in examples if e.id in set(task.example_ids)}
     if len(members) < min_examples:
@@ -137,6 +138,8 @@ def build_dataset(
     }
     if sql_database is not None:
         files[SQL_DATABASE] = _sqlite_bytes(sql_database)
+    elif previous is not None and any(entry.path == SQL_DATABASE for entry in previous.files):
+        files[SQL_DATABASE] = store.read_file(DATASET_KIND, task.id, previous.version, SQL_DATABASE)
     redactions: Counter[str] = Counter()
     for example in members.values():
         redactions.update(example.redactions)

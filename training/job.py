@@ -13,6 +13,7 @@ lineage) and the evaluation report. Its last line on stdout is the result as JSO
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -36,6 +37,7 @@ from protege.training.datasets import DATASET_KIND, SQL_DATABASE
 
 ADAPTER_KIND = "adapter"
 REPORT_KIND = "report"
+RESULTS_AREA = "job-results"  # one object per job: what the operator and the local driver read back
 
 
 class JobSpec(BaseModel):
@@ -58,6 +60,24 @@ class JobSpec(BaseModel):
     few_shot: int = Field(default=3, ge=0, le=16, description="Examples from train shown to the base model.")
     max_new_tokens: int = Field(default=256, ge=1, description="Generation limit during evaluation.")
     min_train_examples: int = Field(default=8, ge=1, description="Refuse smaller training splits.")
+
+
+def job_id(spec: JobSpec) -> str:
+    """Deterministic: the same spec always has the same id (the RayJob's name ends with it)."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:10]
+
+
+def result_key(spec: JobSpec) -> str:
+    return f"{spec.specialist}.{job_id(spec)}"
+
+
+def read_result(store: ArtifactStore, specialist: str, id_: str) -> dict[str, Any] | None:
+    """A finished job's result (``{"error": ...}`` when it refused to run); None while there is none."""
+    key = f"{specialist}.{id_}"
+    if not store.has_object(RESULTS_AREA, key):
+        return None
+    result: dict[str, Any] = json.loads(store.get_object(RESULTS_AREA, key))
+    return result
 
 
 class JobError(RuntimeError):
@@ -208,7 +228,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
             },
         )
         shutil.rmtree(trained.adapter_dir, ignore_errors=True)
-    return {
+    result = {
         "adapter_version": adapter.version,
         "adapter_uri": store.uri(ADAPTER_KIND, spec.specialist, adapter.version),
         "report_version": report.version,
@@ -216,6 +236,8 @@ def run(spec: JobSpec) -> dict[str, Any]:
         "scores": scores.to_kube(),
         "gate": {"passed": verdict.passed, "reasons": list(verdict.reasons)},
     }
+    store.put_object(RESULTS_AREA, result_key(spec), json.dumps(result).encode())
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except JobError as error:
         print(f"error: {error}", file=sys.stderr)
+        try:  # so whoever started the job can say why without reading its logs
+            store = ArtifactStore.from_settings(load_settings())
+            store.put_object(RESULTS_AREA, result_key(spec), json.dumps({"error": str(error)}).encode())
+        except Exception as unrecorded:  # noqa: BLE001 - the exit status still says it failed
+            print(f"error: could not record the failure: {unrecorded}", file=sys.stderr)
         return 2
     print(json.dumps(result), flush=True)
     return 0

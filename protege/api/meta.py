@@ -60,6 +60,15 @@ class KubeModel(BaseModel):
         """The object as the Kubernetes API stores it (camelCase, unset optionals left out)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    def to_merge_patch(self) -> dict[str, Any]:
+        """``to_kube`` with unset top-level fields as null, so a JSON merge patch removes them."""
+        unset = {
+            (field.alias or name): None
+            for name, field in type(self).model_fields.items()
+            if getattr(self, name) is None
+        }
+        return unset | self.to_kube()
+
 
 # Conditions are a list keyed by type, as in every built-in Kubernetes status.
 CONDITIONS_LIST_MAP: dict[str, Any] = {

@@ -259,11 +259,14 @@ class Scores(KubeModel):
 
 
 class SpecialistVersion(KubeModel):
-    version: str = Field(description="Content-addressed adapter version.")
+    version: str | None = Field(
+        default=None, description="Content-addressed adapter version; unset until its job stored it."
+    )
     state: VersionState = Field(description="Where the version is in its life.")
     dataset_version: str | None = Field(default=None, description="Dataset version it was trained on.")
     adapter_uri: str | None = Field(default=None, description="Where the adapter is stored.")
     job_name: str | None = Field(default=None, description="The RayJob (or local job) that trained it.")
+    examples: int | None = Field(default=None, ge=0, description="Curated examples when training started.")
     scores: Scores | None = Field(default=None, description="Evaluation result.")
     created_at: AwareDatetime | None = Field(default=None, description="When training started.")
     message: str = Field(default="", description="Why it is in its state.")
@@ -287,4 +290,8 @@ class SpecialistStatus(KubeModel):
     score_vs_teacher: float | None = Field(default=None, description="Active version's score / teacher's.")
     versions: list[SpecialistVersion] = Field(
         default_factory=list, description="Recent versions, newest last."
+    )
+    task_id: str | None = Field(default=None, description="The discovered task the selector resolved to.")
+    handled_trigger: str | None = Field(
+        default=None, description="Value of the protege.dev/train annotation last acted on."
     )

@@ -35,10 +35,14 @@ def observe(
     policy: RolloutSpec,
     since: datetime | None = None,
 ) -> RolloutObservation | None:
-    """The candidate's calls (since its stage began) and agreement; None without a candidate."""
+    """The candidate's calls (since its stage began) and agreement; None without a candidate.
+
+    ``since`` defaults to when the candidate entered its stage or step (``Candidate.since``).
+    """
     candidate = route.candidate
     if candidate is None:
         return None
+    since = since or candidate.since
     step = 0
     if candidate.stage is RolloutStage.CANARY and candidate.traffic_percent in policy.canary_steps:
         step = policy.canary_steps.index(candidate.traffic_percent)
@@ -59,8 +63,8 @@ def observe(
     return RolloutObservation(stage=candidate.stage, step_index=step, calls=len(scores), agreement=agreement)
 
 
-def apply(route: SpecialistRoute, move: RolloutMove) -> SpecialistRoute:
-    """The route after ``move``: the candidate advanced, promoted to active, or withdrawn."""
+def apply(route: SpecialistRoute, move: RolloutMove, now: datetime | None = None) -> SpecialistRoute:
+    """The route after ``move``: the candidate advanced (from ``now``), promoted, or withdrawn."""
     candidate = route.candidate
     if candidate is None or move.action is RolloutAction.WAIT:
         return route
@@ -68,5 +72,7 @@ def apply(route: SpecialistRoute, move: RolloutMove) -> SpecialistRoute:
         return route.model_copy(update={"active": candidate.version, "candidate": None})
     if move.action is RolloutAction.ROLLBACK:
         return route.model_copy(update={"candidate": None})
-    advanced = Candidate(version=candidate.version, stage=move.stage, traffic_percent=move.traffic_percent)
+    advanced = Candidate(
+        version=candidate.version, stage=move.stage, traffic_percent=move.traffic_percent, since=now
+    )
     return route.model_copy(update={"candidate": advanced})

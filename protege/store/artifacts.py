@@ -233,6 +233,13 @@ class ArtifactStore:
         names = (PurePosixPath(p).name for p in self.fs.ls(base, detail=False))
         return sorted(n for n in names if n.startswith(prefix) and not n.startswith(".tmp-"))
 
+    def delete_objects(self, area: str, prefix: str) -> int:
+        """Remove the objects of ``area`` whose keys start with ``prefix``; returns how many."""
+        keys = self.list_objects(area, prefix)
+        for key in keys:
+            self.fs.rm(self._object_path(area, key))
+        return len(keys)
+
     def _read(self, path: str, what: str) -> bytes:
         try:
             return bytes(self.fs.cat_file(path))
@@ -322,6 +329,17 @@ class ArtifactStore:
             if manifest is not None:
                 found.append(manifest)
         return sorted(found, key=lambda m: (m.created_at, m.version))
+
+    def delete(self, kind: str, name: str) -> int:
+        """Remove every version of ``kind/name`` (a deleted Specialist's adapters); idempotent.
+
+        Returns how many versions there were.
+        """
+        count = len(self.versions(kind, name))
+        base = self._path(_check(_KIND, kind, "kind", "adapter"), _check(_NAME, name, "name", "x"))
+        if self.fs.exists(base):
+            self.fs.rm(base, recursive=True)
+        return count
 
     def names(self, kind: str) -> list[str]:
         base = self._path(_check(_KIND, kind, "kind", "adapter"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,6 +50,9 @@ class Candidate(BaseModel):
     version: str = Field(description="The candidate version being rolled out.")
     stage: RolloutStage = Field(description="shadow: answers compared only; canary: a traffic share.")
     traffic_percent: int = Field(default=0, ge=0, le=100, description="Share of calls it answers in canary.")
+    since: datetime | None = Field(
+        default=None, description="When it entered this stage or step: calls before do not count."
+    )
 
 
 class SpecialistRoute(BaseModel):

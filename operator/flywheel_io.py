@@ -1,0 +1,135 @@
+"""The flywheel's I/O on Kubernetes: RayJobs for training, the pool's ConfigMap for routes.
+
+Data facts (tasks, example counts, datasets, job results) come from the artifact store
+like everywhere else (:class:`protege.flywheel.data.StoreData`); rollout observations
+from the call log in NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from protege.api.calls import CallRecord
+from protege.api.pool import SpecialistPoolSpec
+from protege.api.specialist import TaskSelector
+from protege.capture.reader import StreamMissingError, read_records, subject_filter
+from protege.flywheel.data import StoreData
+from protege.flywheel.specialist import Dataset, JobPhase, JobState, TaskData
+from protege.operator.kube import KubeClient
+from protege.operator.render import (
+    API_GROUP,
+    ROUTES_KEY,
+    Owner,
+    Platform,
+    render_routes,
+    render_training_job,
+    routes_config_map_name,
+    training_job_name,
+)
+from protege.serving.router.table import RoutingTable, SpecialistRoute
+from protege.training.job import JobSpec
+
+_SUCCEEDED, _FAILED = {"SUCCEEDED"}, {"FAILED", "STOPPED"}
+
+
+def job_state(ray_job: dict[str, Any] | None) -> JobState:
+    """A RayJob's status (KubeRay v1) as the flywheel sees it."""
+    if ray_job is None:
+        return JobState(JobPhase.MISSING, "the RayJob is gone")
+    status = ray_job.get("status") or {}
+    job_status = status.get("jobStatus")
+    message = status.get("message") or ""
+    if job_status in _SUCCEEDED:
+        return JobState(JobPhase.SUCCEEDED, message)
+    if job_status in _FAILED or status.get("jobDeploymentStatus") == "Failed":
+        return JobState(JobPhase.FAILED, message or f"RayJob {job_status or 'deployment failed'}")
+    return JobState(JobPhase.RUNNING, message)
+
+
+class RouteBook:
+    """Read-modify-write of each pool's routing ConfigMap, one writer per pool at a time."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def table(self, namespace: str, pool: str) -> RoutingTable:
+        found = await self.kube.get("v1", "ConfigMap", namespace, routes_config_map_name(pool))
+        text = ((found or {}).get("data") or {}).get(ROUTES_KEY)
+        return RoutingTable.model_validate_json(text) if text else RoutingTable()
+
+    async def update(self, owner: Owner, route: SpecialistRoute | None, specialist: str) -> None:
+        """Put ``route`` in the pool's table (``owner`` is the pool), or take ``specialist`` out."""
+        lock = self._locks.setdefault((owner.namespace, owner.name), asyncio.Lock())
+        async with lock:
+            table = await self.table(owner.namespace, owner.name)
+            routes = [r for r in table.routes if r.specialist != specialist]
+            if route is not None:
+                routes.append(route)
+            updated = RoutingTable(routes=sorted(routes, key=lambda r: r.specialist))
+            if updated != table:
+                await self.kube.apply(render_routes(owner, updated))
+
+
+class KubeFlywheelIO:
+    """One Specialist's view: its namespace, its pool, its RayJobs; data from the shared store."""
+
+    def __init__(
+        self,
+        data: StoreData,
+        kube: KubeClient,
+        routes: RouteBook,
+        platform: Platform,
+        *,
+        owner: Owner,
+        pool: Owner,
+        pool_spec: SpecialistPoolSpec,
+    ) -> None:
+        self.data, self.kube, self.routes, self.platform = data, kube, routes, platform
+        self.owner, self.pool, self.pool_spec = owner, pool, pool_spec
+
+    async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
+        return await self.data.resolve_task(selector)
+
+    async def build_dataset(self, task_id: str) -> Dataset:
+        return await self.data.build_dataset(task_id)
+
+    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
+        return await self.data.job_result(specialist, name)
+
+    async def start_job(self, job: JobSpec) -> str:
+        manifest = render_training_job(self.owner, job, self.pool_spec, self.platform)
+        name = training_job_name(self.owner.name, job)
+        if await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name) is None:
+            await self.kube.apply(manifest)
+        return name
+
+    async def job_state(self, name: str) -> JobState:
+        return job_state(await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name))
+
+    async def running_jobs(self, specialist: str) -> list[str]:
+        jobs = await self.kube.list(
+            "ray.io/v1", "RayJob", self.owner.namespace, {f"{API_GROUP}/specialist": specialist}
+        )
+        return sorted(j["metadata"]["name"] for j in jobs if job_state(j).phase is JobPhase.RUNNING)
+
+    async def read_route(self, specialist: str) -> SpecialistRoute | None:
+        return (await self.routes.table(self.pool.namespace, self.pool.name)).for_specialist(specialist)
+
+    async def write_route(self, route: SpecialistRoute) -> None:
+        await self.routes.update(self.pool, route, route.specialist)
+
+    async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
+        found: list[CallRecord] = []
+        try:
+            async for record in read_records(
+                self.platform.nats_url, subject=subject_filter(tenant), since=since
+            ):
+                if isinstance(record, CallRecord):
+                    found.append(record)
+        except StreamMissingError:
+            pass  # no call logged yet
+        return found

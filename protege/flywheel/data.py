@@ -1,0 +1,77 @@
+"""The flywheel's data facts from the artifact store: tasks, example counts, datasets, job results.
+
+The same for the operator and the local driver: curation writes examples and discovery
+writes the task registry to the store; this reads them (cached for ``ttl_seconds``, so a
+thousand Specialists do not each list the store) and builds dataset versions on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from protege.api.specialist import TaskSelector
+from protege.flywheel.specialist import Dataset, TaskData
+from protege.store.artifacts import ArtifactStore
+from protege.training.curation.consumer import ExampleStore
+from protege.training.datasets import build_dataset, load_registry
+from protege.training.discovery.tasks import Task, TaskRegistry
+from protege.training.job import read_result
+
+
+def match_task(registry: TaskRegistry, selector: TaskSelector) -> Task | None:
+    """The registry's task a selector names: by id (or proposed name), else by its structure."""
+    tasks = [t for t in registry.tasks if t.router.fingerprint.tenant == selector.tenant]
+    if selector.id is not None:
+        return next((t for t in tasks if selector.id in (t.id, t.name)), None)
+    match = selector.match
+
+    def fits(task: Task) -> bool:
+        shape = task.router.fingerprint
+        return (
+            (match.system_prompt_hash is None or shape.system_hash.startswith(match.system_prompt_hash))
+            and (not match.tools or sorted(match.tools) == list(shape.tools))
+            and (match.output_kind is None or match.output_kind is task.output_kind)
+        )
+
+    return next((t for t in tasks if fits(t)), None)  # the registry lists the largest first
+
+
+class StoreData:
+    def __init__(self, store: ArtifactStore, *, ttl_seconds: float = 10.0, min_examples: int = 20) -> None:
+        self.store = store
+        self.ttl_seconds = ttl_seconds
+        self.min_examples = min_examples
+        self._registry: TaskRegistry | None = None
+        self._read_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def registry(self) -> TaskRegistry | None:
+        async with self._lock:
+            if time.monotonic() - self._read_at > self.ttl_seconds:
+                self._registry = await asyncio.to_thread(load_registry, self.store)
+                self._read_at = time.monotonic()
+            return self._registry
+
+    async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
+        registry = await self.registry()
+        task = match_task(registry, selector) if registry else None
+        return TaskData(task.id, task.size) if task else None
+
+    async def build_dataset(self, task_id: str) -> Dataset:
+        registry = await self.registry()
+        if registry is None:
+            raise LookupError("no task registry in the store yet; discovery has not run")
+        task = registry.get(task_id)
+
+        def build() -> Dataset:
+            examples = ExampleStore(self.store).load(task.router.fingerprint.tenant)
+            manifest = build_dataset(self.store, task, examples, min_examples=self.min_examples)
+            return Dataset(manifest.version, sum(manifest.metadata["counts"].values()))
+
+        return await asyncio.to_thread(build)
+
+    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
+        """Job names end with the job's id (``<specialist>-train-<id>``)."""
+        return await asyncio.to_thread(read_result, self.store, specialist, name.rsplit("-", 1)[-1])

@@ -1,0 +1,412 @@
+"""One step of a Specialist's flywheel: data → training job → gate → shadow → canary → serving.
+
+Shared by the kopf operator (RayJobs, the pool's routing ConfigMap) and the local driver of
+`protege up` (jobs on a local Ray, a routing file): each gives a :class:`FlywheelIO`, and
+:func:`reconcile` decides with the pure policy (:mod:`protege.flywheel.policy`), acts
+through the I/O, and returns the new status with an event for every transition.
+
+Every action is safe to repeat after a crash: job names are a hash of their spec (starting
+the same job twice finds the first), a job's result is read back from the store, and the
+route is rewritten whole from the status and the table it read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from croniter import croniter
+
+from protege.api.calls import CallRecord
+from protege.api.meta import ConditionStatus, set_condition
+from protege.api.specialist import (
+    Scores,
+    SpecialistPhase,
+    SpecialistSpec,
+    SpecialistStatus,
+    SpecialistVersion,
+    TaskSelector,
+    VersionState,
+)
+from protege.flywheel.policy import RolloutAction, RolloutStage, gate, next_rollout_move, should_train
+from protege.flywheel.rollout import apply, observe
+from protege.serving.router.table import Candidate, SpecialistRoute
+from protege.training.job import JobSpec
+
+KEEP_VERSIONS = 10
+TRIGGER_ANNOTATION = "protege.dev/train"
+
+
+class JobPhase(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    MISSING = "missing"  # deleted, or never created
+
+
+@dataclass(frozen=True)
+class JobState:
+    phase: JobPhase
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The discovered task a Specialist's selector resolved to, and its curated examples."""
+
+    id: str
+    examples: int
+
+
+@dataclass(frozen=True)
+class Dataset:
+    version: str
+    examples: int
+
+
+@dataclass(frozen=True)
+class PoolFacts:
+    """What a Specialist's jobs take from its pool."""
+
+    base_model: str
+    max_lora_rank: int
+
+
+class FlywheelIO(Protocol):
+    """Where the flywheel's facts come from and its actions go (operator or local driver)."""
+
+    async def resolve_task(self, selector: TaskSelector) -> TaskData | None: ...
+
+    async def build_dataset(self, task_id: str) -> Dataset: ...
+
+    async def start_job(self, job: JobSpec) -> str:
+        """Start the job (or find it started) and return its deterministic name."""
+        ...
+
+    async def job_state(self, name: str) -> JobState: ...
+
+    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None: ...
+
+    async def running_jobs(self, specialist: str) -> list[str]: ...
+
+    async def read_route(self, specialist: str) -> SpecialistRoute | None: ...
+
+    async def write_route(self, route: SpecialistRoute) -> None: ...
+
+    async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass
+class Outcome:
+    status: SpecialistStatus
+    events: list[Event] = field(default_factory=list)
+
+
+def schedule_due(schedule: str | None, last: datetime | None, now: datetime) -> bool:
+    """Whether the cron ``schedule`` fired since the last training started."""
+    if schedule is None or last is None:
+        return False
+    fired: datetime = croniter(schedule, last).get_next(datetime)
+    return fired <= now
+
+
+async def reconcile(
+    name: str,
+    spec: SpecialistSpec,
+    pool: PoolFacts,
+    status: SpecialistStatus,
+    io: FlywheelIO,
+    *,
+    now: datetime,
+    trigger: str | None = None,
+    job_options: dict[str, Any] | None = None,
+) -> Outcome:
+    """One pass over a Specialist; ``trigger`` is the value of its ``protege.dev/train`` annotation.
+
+    ``job_options``: further JobSpec fields for its jobs (``max_steps`` for smoke runs).
+    """
+    outcome = Outcome(status.model_copy(deep=True))
+    current = outcome.status
+    if spec.suspend:
+        return _summarize(outcome, spec, now, suspended=True)
+    task = await io.resolve_task(spec.task)
+    if task is None:
+        current.task_id, current.examples = None, 0
+        return _summarize(outcome, spec, now)
+    current.task_id, current.examples = task.id, task.examples
+
+    stored_route = await io.read_route(name)
+    route = SpecialistRoute(
+        specialist=name,
+        tenant=spec.task.tenant,
+        task_id=task.id,
+        fallback=spec.fallback,
+        active=stored_route.active if stored_route else None,
+        candidate=stored_route.candidate if stored_route else None,
+        failed=stored_route.failed if stored_route else [],
+    )
+    step = _Pass(name, spec, pool, io, now, outcome)
+    route = await step.follow_training(route)
+    route = await step.follow_rollout(route)
+    if route != stored_route:
+        await io.write_route(route)
+    await step.maybe_train(route, task, trigger, job_options or {})
+    current.active_version = route.active
+    current.candidate_version = route.candidate.version if route.candidate else None
+    return _summarize(outcome, spec, now, route=route)
+
+
+def _training(status: SpecialistStatus) -> SpecialistVersion | None:
+    return next((v for v in reversed(status.versions) if v.state is VersionState.TRAINING), None)
+
+
+def _version(status: SpecialistStatus, version: str | None) -> SpecialistVersion | None:
+    return next((v for v in reversed(status.versions) if version and v.version == version), None)
+
+
+@dataclass
+class _Pass:
+    """One reconcile pass over one Specialist: what it acts on, and what it has done."""
+
+    name: str
+    spec: SpecialistSpec
+    pool: PoolFacts
+    io: FlywheelIO
+    now: datetime
+    outcome: Outcome
+
+    async def follow_training(self, route: SpecialistRoute) -> SpecialistRoute:
+        outcome, name, spec, io, now = self.outcome, self.name, self.spec, self.io, self.now
+        status = outcome.status
+        if _training(status) is None:  # adopt a job a crashed predecessor started but did not record
+            known = {v.job_name for v in status.versions}
+            for job_name in await io.running_jobs(name):
+                if job_name not in known:
+                    status.versions.append(
+                        SpecialistVersion(
+                            state=VersionState.TRAINING,
+                            job_name=job_name,
+                            created_at=now,
+                            message="adopted a running job",
+                        )
+                    )
+        version = _training(status)
+        if version is None or version.job_name is None:
+            return route
+        state = await io.job_state(version.job_name)
+        if state.phase is JobPhase.RUNNING:
+            return route
+        result = await io.job_result(name, version.job_name)
+        if result is None or "error" in result:
+            why = (result or {}).get("error") or state.message or f"the job ended {state.phase.value}"
+            version.state, version.message = VersionState.FAILED, f"training failed: {why}"
+            outcome.events.append(Event("TrainingFailed", f"{version.job_name}: {why}", warning=True))
+            return route
+        scores = Scores.model_validate(result["scores"])
+        version.version = result["adapter_version"]
+        version.adapter_uri = result.get("adapter_uri")
+        version.dataset_version = result.get("dataset_version", version.dataset_version)
+        version.scores = scores
+        verdict = gate(spec.evaluation, scores)
+        reasons = "; ".join(verdict.reasons)
+        if not verdict.passed:
+            version.state, version.message = VersionState.REJECTED, f"failed the gate: {reasons}"
+            outcome.events.append(Event("CandidateRejected", f"{version.version}: {reasons}", warning=True))
+            return route
+        if version.version == route.active:
+            version.state, version.message = VersionState.RETIRED, "identical to the active version"
+            return route
+        version.state, version.message = VersionState.SHADOW, f"passed the gate: {reasons}"
+        outcome.events.append(Event("CandidateShadowing", f"{version.version} passed the gate: {reasons}"))
+        return route.model_copy(
+            update={"candidate": Candidate(version=version.version, stage=RolloutStage.SHADOW, since=now)}
+        )
+
+    async def follow_rollout(self, route: SpecialistRoute) -> SpecialistRoute:
+        outcome, spec, io, now = self.outcome, self.spec, self.io, self.now
+        candidate = route.candidate
+        if candidate is None:
+            return route
+        records = await io.records(route.tenant, candidate.since)
+        seen = observe(records, route, spec.rollout)
+        assert seen is not None  # there is a candidate
+        move = next_rollout_move(spec.rollout, seen)
+        entry = _version(outcome.status, candidate.version)
+        if move.action is RolloutAction.WAIT:
+            if entry is not None:
+                entry.message = move.reason
+            return route
+        previous = _version(outcome.status, route.active)
+        moved = apply(route, move, now)
+        if entry is not None:
+            entry.message = move.reason
+            entry.state = {
+                RolloutAction.ADVANCE: VersionState.CANARY,
+                RolloutAction.PROMOTE: VersionState.SERVING,
+                RolloutAction.ROLLBACK: VersionState.ROLLED_BACK,
+            }[move.action]
+        if move.action is RolloutAction.PROMOTE:
+            if previous is not None:
+                previous.state, previous.message = VersionState.RETIRED, f"replaced by {candidate.version}"
+            outcome.events.append(Event("Promoted", f"{candidate.version} serves all calls: {move.reason}"))
+        elif move.action is RolloutAction.ROLLBACK:
+            outcome.events.append(Event("RolledBack", f"{candidate.version}: {move.reason}", warning=True))
+        else:
+            outcome.events.append(
+                Event("CanaryStep", f"{candidate.version} answers {move.traffic_percent}%: {move.reason}")
+            )
+        return moved
+
+    async def maybe_train(
+        self, route: SpecialistRoute, task: TaskData, trigger: str | None, job_options: dict[str, Any]
+    ) -> None:
+        outcome, name, spec, pool, io, now = self.outcome, self.name, self.spec, self.pool, self.io, self.now
+        status = outcome.status
+        newest = status.versions[-1] if status.versions else None
+        baseline = newest.examples if newest is not None and newest.examples is not None else 0
+        status.new_examples = max(0, task.examples - baseline) if newest else task.examples
+        fresh_trigger = trigger if trigger and trigger != status.handled_trigger else None
+        busy = _training(status) is not None or route.candidate is not None
+        decision = should_train(
+            spec.data,
+            spec.training,
+            examples=task.examples,
+            new_examples=status.new_examples,
+            has_version=newest is not None,
+            job_running=busy,
+            manual_trigger=fresh_trigger is not None,
+            schedule_due=schedule_due(spec.training.schedule, newest.created_at if newest else None, now),
+        )
+        if fresh_trigger is not None and not busy:
+            status.handled_trigger = fresh_trigger
+            if not decision.train:
+                outcome.events.append(Event("TriggerIgnored", decision.reason, warning=True))
+        if not decision.train:
+            return
+        dataset = await io.build_dataset(task.id)
+        job = JobSpec(
+            specialist=name,
+            task=task.id,
+            dataset_version=dataset.version,
+            base_model=pool.base_model,
+            max_lora_rank=pool.max_lora_rank,
+            training=spec.training,
+            evaluation=spec.evaluation,
+            **job_options,
+        )
+        job_name = await io.start_job(job)
+        if any(v.job_name == job_name for v in status.versions):
+            return  # this very job ran before: its result is already recorded
+        status.versions.append(
+            SpecialistVersion(
+                state=VersionState.TRAINING,
+                dataset_version=dataset.version,
+                job_name=job_name,
+                examples=task.examples,
+                created_at=now,
+                message=decision.reason,
+            )
+        )
+        status.new_examples = 0
+        outcome.events.append(
+            Event("TrainingStarted", f"{job_name} on {dataset.examples} examples: {decision.reason}")
+        )
+
+
+def _traffic_share(route: SpecialistRoute | None) -> int:
+    if route is None:
+        return 0
+    if route.active is not None:
+        return 100
+    candidate = route.candidate
+    return candidate.traffic_percent if candidate and candidate.stage is RolloutStage.CANARY else 0
+
+
+def _phase(status: SpecialistStatus, route: SpecialistRoute | None, suspended: bool) -> SpecialistPhase:
+    if suspended:
+        return SpecialistPhase.SUSPENDED
+    if _training(status) is not None:
+        return SpecialistPhase.TRAINING
+    if route is not None and route.candidate is not None:
+        return (
+            SpecialistPhase.SHADOW if route.candidate.stage is RolloutStage.SHADOW else SpecialistPhase.CANARY
+        )
+    if route is not None and route.active is not None:
+        return SpecialistPhase.SERVING
+    if status.versions and status.versions[-1].state is VersionState.FAILED:
+        return SpecialistPhase.FAILED
+    return SpecialistPhase.COLLECTING_DATA
+
+
+def _summarize(
+    outcome: Outcome,
+    spec: SpecialistSpec,
+    now: datetime,
+    *,
+    suspended: bool = False,
+    route: SpecialistRoute | None = None,
+) -> Outcome:
+    status = outcome.status
+    status.phase = _phase(status, route, suspended)
+    status.traffic_share = _traffic_share(route)
+    active = _version(status, status.active_version)
+    status.score_vs_teacher = active.scores.relative_to_teacher if active and active.scores else None
+    keep = {status.active_version, status.candidate_version}
+    overflow = len(status.versions) - KEEP_VERSIONS
+    if overflow > 0:  # drop the oldest, never the active or candidate version
+        dropped = [v for v in status.versions if v.version not in keep][:overflow]
+        status.versions = [v for v in status.versions if v not in dropped]
+
+    def condition(kind: str, ok: bool, reason: str, message: str) -> None:
+        state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
+        status.conditions = set_condition(
+            status.conditions,
+            kind,
+            state,
+            reason,
+            message=message,
+            observed_generation=status.observed_generation,
+            now=now,
+        )
+
+    if status.task_id is None and not suspended:
+        selector = spec.task.id or "the selector's match"
+        condition(
+            "DataReady",
+            False,
+            "TaskNotFound",
+            f"no discovered task matches {selector} for tenant {spec.task.tenant}; "
+            "`protege tasks list` shows the tasks (discovery runs as calls are curated)",
+        )
+    elif not suspended:
+        enough = status.examples >= spec.data.min_examples
+        condition(
+            "DataReady",
+            enough,
+            "EnoughExamples" if enough else "CollectingData",
+            f"{status.examples}/{spec.data.min_examples} curated examples of task {status.task_id}",
+        )
+    newest = status.versions[-1] if status.versions else None
+    if newest is not None:
+        trained = newest.state not in (VersionState.TRAINING, VersionState.FAILED)
+        condition("Trained", trained, newest.state.value, newest.message)
+    serving = status.active_version is not None
+    condition(
+        "Ready",
+        serving,
+        "Serving" if serving else status.phase.value,
+        f"{status.active_version} serves {status.traffic_share}% of the task's calls"
+        if serving
+        else (newest.message if newest else "no version trained yet"),
+    )
+    return outcome

@@ -1,0 +1,235 @@
+"""A Specialist's whole life through the shared reconcile step, with I/O held in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from protege.api.calls import (
+    AlternateAnswer,
+    CallRecord,
+    ChatRequest,
+    ChatResponse,
+    Latency,
+    RouteDecision,
+    RouteReason,
+    Upstream,
+    UpstreamKind,
+)
+from protege.api.specialist import (
+    SpecialistPhase,
+    SpecialistSpec,
+    SpecialistStatus,
+    TaskSelector,
+    VersionState,
+)
+from protege.flywheel.specialist import (
+    Dataset,
+    JobPhase,
+    JobState,
+    PoolFacts,
+    TaskData,
+    reconcile,
+    schedule_due,
+)
+from protege.serving.router.table import SpecialistRoute
+from protege.training.job import JobSpec, job_id
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+POOL = PoolFacts(base_model="smollm2-135m", max_lora_rank=16)
+SPEC = SpecialistSpec.model_validate(
+    {
+        "pool": "p",
+        "task": {"id": "task-1", "tenant": "acme"},
+        "data": {"minExamples": 50},
+        "training": {"rank": 8, "retrainAfterNewExamples": 40, "resources": {"gpu": 0}},
+        "evaluation": {"minRelativeToTeacher": 0.8},
+        "rollout": {"shadowCalls": 2, "canarySteps": [50, 100], "minCallsPerStep": 2, "minAgreement": 0.75},
+    }
+)
+REQUEST = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+
+
+class MemoryIO:
+    def __init__(self) -> None:
+        self.examples = 0
+        self.jobs: dict[str, JobState] = {}
+        self.started: list[JobSpec] = []
+        self.results: dict[str, dict[str, Any]] = {}
+        self.route: SpecialistRoute | None = None
+        self.calls: list[CallRecord] = []
+
+    async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
+        return TaskData("task-1", self.examples) if selector.id == "task-1" and self.examples else None
+
+    async def build_dataset(self, task_id: str) -> Dataset:
+        return Dataset(f"d{self.examples}", self.examples)
+
+    async def start_job(self, job: JobSpec) -> str:
+        name = f"{job.specialist}-train-{job_id(job)}"
+        if name not in self.jobs:
+            self.started.append(job)
+            self.jobs[name] = JobState(JobPhase.RUNNING)
+        return name
+
+    async def job_state(self, name: str) -> JobState:
+        return self.jobs.get(name, JobState(JobPhase.MISSING))
+
+    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
+        return self.results.get(name)
+
+    async def running_jobs(self, specialist: str) -> list[str]:
+        return [name for name, state in self.jobs.items() if state.phase is JobPhase.RUNNING]
+
+    async def read_route(self, specialist: str) -> SpecialistRoute | None:
+        return self.route
+
+    async def write_route(self, route: SpecialistRoute) -> None:
+        self.route = route
+
+    async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
+        return [r for r in self.calls if since is None or r.timestamp >= since]
+
+    def finish(self, name: str, version: str, score: float) -> None:
+        self.jobs[name] = JobState(JobPhase.SUCCEEDED)
+        scores = {"metric": "exact_match", "specialist": score, "teacher": 1.0, "relativeToTeacher": score}
+        self.results[name] = {"adapter_version": version, "dataset_version": "d", "scores": scores}
+
+    def call(self, at: datetime, served: str | None, shadow: tuple[str, float] | None = None) -> None:
+        alternate = None
+        if shadow is not None:
+            upstream = Upstream(kind=UpstreamKind.SPECIALIST, model="s", specialist="s", version=shadow[0])
+            alternate = AlternateAnswer(upstream=upstream, agreement=shadow[1])
+        route = RouteDecision(
+            target=UpstreamKind.SPECIALIST if served else UpstreamKind.TEACHER,
+            reason=RouteReason.SPECIALIST if served else RouteReason.SHADOW,
+            specialist="s",
+            version=served,
+        )
+        self.calls.append(
+            CallRecord(
+                tenant="acme",
+                timestamp=at,
+                request=REQUEST,
+                response=ChatResponse.model_validate({"choices": [{"message": {"content": "x"}}]}),
+                latency=Latency(total_ms=1),
+                route=route,
+                alternate=alternate,
+            )
+        )
+
+
+async def step(
+    io: MemoryIO, status: SpecialistStatus, at: datetime, **kwargs: Any
+) -> tuple[SpecialistStatus, list[str]]:
+    outcome = await reconcile("s", SPEC, POOL, status, io, now=at, **kwargs)
+    return outcome.status, [event.reason for event in outcome.events]
+
+
+async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
+    io, status = MemoryIO(), SpecialistStatus()
+    status, events = await step(io, status, T0)
+    assert status.phase is SpecialistPhase.COLLECTING_DATA and events == []
+    assert {c.type: c.reason for c in status.conditions}["DataReady"] == "TaskNotFound"
+
+    io.examples = 30
+    status, _ = await step(io, status, T0)
+    assert status.phase is SpecialistPhase.COLLECTING_DATA and status.examples == 30
+    assert io.route is not None and io.route.task_id == "task-1" and io.route.active is None  # registered
+
+    io.examples = 60
+    status, events = await step(io, status, T0)
+    assert events == ["TrainingStarted"] and status.phase is SpecialistPhase.TRAINING
+    [job] = io.started
+    assert (job.dataset_version, job.base_model, job.max_lora_rank) == ("d60", "smollm2-135m", 16)
+    status, events = await step(io, status, T0)  # still running: nothing new, no second job
+    assert events == [] and len(io.started) == 1
+
+    io.finish(status.versions[-1].job_name or "", "v1", 0.9)
+    status, events = await step(io, status, T0 + timedelta(minutes=1))
+    assert events == ["CandidateShadowing"] and status.phase is SpecialistPhase.SHADOW
+    assert io.route.candidate is not None and io.route.candidate.version == "v1"
+
+    for _ in range(2):  # shadowed calls, teacher answered, the candidate agreed
+        io.call(T0 + timedelta(minutes=2), None, ("v1", 1.0))
+    status, events = await step(io, status, T0 + timedelta(minutes=3))
+    assert events == ["CanaryStep"] and status.phase is SpecialistPhase.CANARY and status.traffic_share == 50
+    status, events = await step(io, status, T0 + timedelta(minutes=4))
+    assert events == []  # the canary step starts empty: old shadow calls do not count
+
+    for _ in range(2):
+        io.call(T0 + timedelta(minutes=5), "v1")
+    status, events = await step(io, status, T0 + timedelta(minutes=6))
+    assert events == ["Promoted"] and status.phase is SpecialistPhase.SERVING
+    assert (status.active_version, status.traffic_share, status.score_vs_teacher) == ("v1", 100, 0.9)
+    ready = {c.type: c for c in status.conditions}["Ready"]
+    assert ready.status.value == "True" and ready.reason == "Serving"
+    assert status.versions[-1].state is VersionState.SERVING
+
+
+async def test_a_rejected_candidate_and_a_rollback_leave_the_active_version() -> None:
+    io = MemoryIO()
+    io.examples = 60
+    io.route = SpecialistRoute(specialist="s", tenant="acme", task_id="task-1")
+    status, _ = await step(io, SpecialistStatus(), T0)
+    io.finish(status.versions[-1].job_name or "", "v1", 0.5)  # below 0.8 of the teacher
+    status, events = await step(io, status, T0)
+    assert events == ["CandidateRejected"] and status.versions[-1].state is VersionState.REJECTED
+    assert "minRelativeToTeacher" in status.versions[-1].message and io.route.candidate is None
+    assert status.phase is SpecialistPhase.COLLECTING_DATA
+
+    io.examples = 100  # 40 new examples: retrain
+    status, events = await step(io, status, T0)
+    assert events == ["TrainingStarted"] and "40 new examples" in status.versions[-1].message
+    io.finish(status.versions[-1].job_name or "", "v2", 0.95)
+    status, _ = await step(io, status, T0)
+    io.call(T0 + timedelta(seconds=1), None, ("v2", 0.0))
+    io.call(T0 + timedelta(seconds=1), None, ("v2", 0.5))
+    status, events = await step(io, status, T0 + timedelta(seconds=2))
+    assert events == ["RolledBack"] and status.versions[-1].state is VersionState.ROLLED_BACK
+    assert "agreement 0.250 < rollout.minAgreement" in status.versions[-1].message
+    assert io.route.candidate is None and io.route.active is None
+
+
+async def test_a_failed_job_says_why_and_a_trigger_retrains_once() -> None:
+    io = MemoryIO()
+    io.examples = 60
+    status, _ = await step(io, SpecialistStatus(), T0)
+    name = status.versions[-1].job_name or ""
+    io.jobs[name] = JobState(JobPhase.FAILED)
+    io.results[name] = {"error": "training.rank 32 exceeds the pool's engine.maxLoraRank 16"}
+    status, events = await step(io, status, T0)
+    assert events == ["TrainingFailed"] and status.phase is SpecialistPhase.FAILED
+    assert "maxLoraRank" in status.versions[-1].message
+    status, events = await step(io, status, T0)
+    assert events == [] and len(io.started) == 1  # no retry loop without new data
+
+    io.examples = 61  # a new dataset, so a new job spec
+    status, events = await step(io, status, T0, trigger="2026-12-01T10:00")
+    assert events == ["TrainingStarted"] and status.handled_trigger == "2026-12-01T10:00"
+    io.jobs[status.versions[-1].job_name or ""] = JobState(JobPhase.FAILED)
+    status, _ = await step(io, status, T0, trigger="2026-12-01T10:00")
+    status, events = await step(io, status, T0, trigger="2026-12-01T10:00")
+    assert events == [] and len(io.started) == 2  # the same trigger value acts once
+
+
+async def test_a_job_started_but_not_recorded_is_adopted_not_duplicated() -> None:
+    io = MemoryIO()
+    io.examples = 60
+    await step(io, SpecialistStatus(), T0)  # started a job; its status update is lost
+    io.examples = 70  # new data would make a different job spec
+    status, _ = await step(io, SpecialistStatus(), T0)
+    assert len(io.started) == 1 and status.phase is SpecialistPhase.TRAINING
+    assert status.versions[-1].message == "adopted a running job"
+
+
+async def test_suspended_and_schedule() -> None:
+    io = MemoryIO()
+    io.examples = 60
+    suspended = SPEC.model_copy(update={"suspend": True})
+    outcome = await reconcile("s", suspended, POOL, SpecialistStatus(), io, now=T0)
+    assert outcome.status.phase is SpecialistPhase.SUSPENDED and io.started == []
+    assert schedule_due("@daily", T0, T0 + timedelta(hours=25))
+    assert not schedule_due("@daily", T0 + timedelta(hours=1), T0 + timedelta(hours=20))
+    assert not schedule_due(None, T0, T0 + timedelta(days=9))
