@@ -27,10 +27,9 @@ from protege.operator.render import (
     render_routes,
     render_training_job,
     routes_config_map_name,
-    training_job_name,
 )
 from protege.serving.router.table import RoutingTable, SpecialistRoute
-from protege.training.job import JobSpec
+from protege.training.job import JobSpec, job_name
 
 _SUCCEEDED, _FAILED = {"SUCCEEDED"}, {"FAILED", "STOPPED"}
 
@@ -102,7 +101,7 @@ class KubeFlywheelIO:
 
     async def start_job(self, job: JobSpec) -> str:
         manifest = render_training_job(self.owner, job, self.pool_spec, self.platform)
-        name = training_job_name(self.owner.name, job)
+        name = job_name(job)
         if await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name) is None:
             await self.kube.apply(manifest)
         return name

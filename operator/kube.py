@@ -92,6 +92,18 @@ class KubeClient:
         # the selector is applied here too: not every API server (emulators) filters
         return [o for o in found if labels.items() <= (o.get("metadata", {}).get("labels") or {}).items()]
 
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        """Create the object unless it exists (then leave it as it is); whether it was created."""
+        meta = manifest["metadata"]
+        url = self.connection.server + object_path(
+            manifest["apiVersion"], manifest["kind"], meta["namespace"]
+        )
+        async with self.session.post(url, json=manifest) as response:
+            if response.status == 409:
+                return False
+            response.raise_for_status()
+            return True
+
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create the object, or merge-patch its labels, owner references, spec and data."""
         meta = manifest["metadata"]

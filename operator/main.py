@@ -25,8 +25,10 @@ from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistSt
 from protege.config import load_settings
 from protege.flywheel.data import StoreData
 from protege.flywheel.specialist import TRIGGER_ANNOTATION, PoolFacts, reconcile
+from protege.operator import metrics
 from protege.operator.flywheel_io import KubeFlywheelIO, RouteBook
 from protege.operator.kube import Connection, KubeClient
+from protege.operator.metrics import PhaseBook
 from protege.operator.render import (
     Owner,
     Platform,
@@ -34,6 +36,7 @@ from protege.operator.render import (
     render_gateway,
     render_ray_service,
     render_routes,
+    routes_config_map_name,
 )
 from protege.serving.router.table import RoutingTable
 from protege.store.artifacts import ArtifactStore
@@ -60,6 +63,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.store = _store(memo.platform)
     memo.data = StoreData(memo.store, ttl_seconds=min(10.0, SPECIALIST_INTERVAL))
     memo.routes = RouteBook(memo.kube)
+    memo.phases = PhaseBook()
+    metrics.serve(int(os.environ.get("PROTEGE_OPERATOR_METRICS_PORT", "9090")))
 
 
 def _store(platform: Platform) -> ArtifactStore:
@@ -140,11 +145,12 @@ async def reconcile_pool(
         raise
     owner = _owner(body)
     children = [render_ray_service(owner, pool, memo.platform), *render_gateway(owner, pool, memo.platform)]
-    if await memo.kube.get("v1", "ConfigMap", owner.namespace, f"{owner.name}-routes") is None:
-        children.append(render_routes(owner, RoutingTable()))  # the table itself is the specialists' to fill
     for child in children:
         await memo.kube.apply(child)
         logger.info(f"applied {child['kind']} {child['metadata']['name']}")
+    # Created empty if missing, never overwritten: the table is the Specialists' to fill.
+    if await memo.kube.create(render_routes(owner, RoutingTable())):
+        logger.info(f"created ConfigMap {routes_config_map_name(owner.name)}")
     patch.status.update(
         _status(
             status,
@@ -231,8 +237,8 @@ async def run_specialist(
     except kopf.PermanentError:
         return  # check_specialist reported it; a fixed spec is picked up on the next tick
     namespace, generation = meta["namespace"], meta.get("generation")
-    current = SpecialistStatus.model_validate(dict(status)) if status else SpecialistStatus()
-    current.observed_generation = generation
+    before = SpecialistStatus.model_validate(dict(status)) if status else SpecialistStatus()
+    current = before.model_copy(update={"observed_generation": generation})
     pool_body = await memo.kube.get(f"{GROUP}/{VERSION}", "SpecialistPool", namespace, specialist.pool)
     if pool_body is None:
         current.phase = SpecialistPhase.PENDING
@@ -256,18 +262,27 @@ async def run_specialist(
         pool=_owner(pool_body),
         pool_spec=pool_spec,
     )
-    outcome = await reconcile(
-        meta["name"],
-        specialist,
-        PoolFacts(pool_spec.base_model.source, pool_spec.engine.max_lora_rank),
-        current,
-        io,
-        now=datetime.now(UTC).replace(microsecond=0),
-        trigger=(meta.get("annotations") or {}).get(TRIGGER_ANNOTATION),
-    )
+    with metrics.PASS_SECONDS.time():
+        try:
+            outcome = await reconcile(
+                meta["name"],
+                specialist,
+                PoolFacts(pool_spec.base_model.source, pool_spec.engine.max_lora_rank),
+                current,
+                io,
+                now=datetime.now(UTC).replace(microsecond=0),
+                trigger=(meta.get("annotations") or {}).get(TRIGGER_ANNOTATION),
+            )
+        except Exception:
+            metrics.PASSES.labels(result="error").inc()
+            raise  # kopf retries with backoff and logs it
+    metrics.PASSES.labels(result="ok").inc()
+    memo.phases.set(namespace, meta["name"], outcome.status.phase.value)
     for event in outcome.events:
+        metrics.EVENTS.labels(reason=event.reason).inc()
         (kopf.warn if event.warning else kopf.info)(body, reason=event.reason, message=event.message)
-    patch.status.update(outcome.status.to_merge_patch())
+    if outcome.status != before:  # an unchanged status is not written (no watch event for nothing)
+        patch.status.update(outcome.status.to_merge_patch())
 
 
 @kopf.on.delete(GROUP, VERSION, "specialists")
@@ -277,6 +292,7 @@ async def delete_specialist(*, spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo
     The RayJobs go with it by owner reference; the finalizer holds the deletion until this ran.
     """
     name, namespace = meta["name"], meta["namespace"]
+    memo.phases.set(namespace, name, None)
     pool_name = spec.get("pool")
     pool_body = (
         await memo.kube.get(f"{GROUP}/{VERSION}", "SpecialistPool", namespace, pool_name)

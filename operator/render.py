@@ -25,7 +25,7 @@ from protege.api.meta import ComputeResources
 from protege.api.pool import SpecialistPoolSpec
 from protege.serving.pool.config import serve_application
 from protege.serving.router.table import RoutingTable
-from protege.training.job import JobSpec, job_id
+from protege.training.job import JobSpec, job_name
 
 API_GROUP = "protege.dev"
 RAY_VERSION = "2.60.0"
@@ -40,7 +40,7 @@ class Platform:
 
     serving_image: str = f"ghcr.io/protege-dev/protege-serving:{__version__}"
     training_image: str = f"ghcr.io/protege-dev/protege-training:{__version__}"
-    gateway_image: str = f"ghcr.io/protege-dev/protege:{__version__}"
+    gateway_image: str = f"ghcr.io/protege-dev/protege-gateway:{__version__}"
     artifact_store: str = "s3://protege/artifacts"
     s3_endpoint: str | None = None
     s3_secret: str | None = "protege-s3"  # a Secret with keys accessKeyId and secretAccessKey
@@ -286,11 +286,6 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
     return [_plain(deployment), _plain(service)]
 
 
-def training_job_name(specialist: str, job: JobSpec) -> str:
-    """Deterministic: the same job spec always gets the same name (no duplicate RayJob)."""
-    return f"{specialist[:40]}-train-{job_id(job)}"
-
-
 def render_training_job(
     owner: Owner, job: JobSpec, pool: SpecialistPoolSpec, platform: Platform
 ) -> dict[str, Any]:
@@ -313,7 +308,7 @@ def render_training_job(
         {
             "apiVersion": "ray.io/v1",
             "kind": "RayJob",
-            "metadata": _metadata(training_job_name(owner.name, job), owner, "training"),
+            "metadata": _metadata(job_name(job), owner, "training"),
             "spec": {
                 "entrypoint": f"python -m protege.training.job --spec {shlex.quote(spec_json)}",
                 "entrypointNumCpus": 1,

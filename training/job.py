@@ -67,6 +67,11 @@ def job_id(spec: JobSpec) -> str:
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:10]
 
 
+def job_name(spec: JobSpec) -> str:
+    """The job's name on Ray and Kubernetes (a RayJob's name): ``<specialist>-train-<id>``."""
+    return f"{spec.specialist[:40]}-train-{job_id(spec)}"
+
+
 def result_key(spec: JobSpec) -> str:
     return f"{spec.specialist}.{job_id(spec)}"
 
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         try:  # so whoever started the job can say why without reading its logs
             store = ArtifactStore.from_settings(load_settings())
             store.put_object(RESULTS_AREA, result_key(spec), json.dumps({"error": str(error)}).encode())
-        except Exception as unrecorded:  # noqa: BLE001 - the exit status still says it failed
+        except Exception as unrecorded:  # the exit status still says it failed
             print(f"error: could not record the failure: {unrecorded}", file=sys.stderr)
         return 2
     print(json.dumps(result), flush=True)

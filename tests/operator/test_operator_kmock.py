@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ def fast_timers(monkeypatch: pytest.MonkeyPatch) -> None:
     """kopf binds timer intervals when the operator module is first imported, once per process."""
     import sys
 
+    from protege.services.process import free_port
+
+    monkeypatch.setenv("PROTEGE_OPERATOR_METRICS_PORT", str(free_port()))
     for name in ("STATUS_INTERVAL", "SPECIALIST_INTERVAL"):
         monkeypatch.setenv(f"PROTEGE_OPERATOR_{name}", "0.5")
         module = sys.modules.get("protege.operator.main")
@@ -162,6 +166,13 @@ def flywheel_cluster(
     return store, pool, base
 
 
+async def scrape(url: str) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()
+
+
 async def delete(kmock: Any, path: str) -> None:
     import aiohttp
 
@@ -174,6 +185,7 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
 ) -> None:
     from kopf.testing import KopfRunner
 
+    from protege.services.process import free_port
     from protege.testing import seed_task
     from protege.training.job import RESULTS_AREA
 
@@ -208,6 +220,7 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
     # Restarted mid-training (with more data meanwhile): the job is found, not started again.
     seed_task(store, "extract", 120, task_id="t-extract")
     kmock.objects[resource, "agents", "other"] = specialist("other", "s-3")
+    os.environ["PROTEGE_OPERATOR_METRICS_PORT"] = str(free_port())  # the first one's server lives on
     with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
         await asyncio.sleep(2)
         assert children(kmock, "ray.io/v1/rayjobs", "sql-writer-train-") == [job_name]
@@ -229,8 +242,12 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
             lambda: status_of("sql-writer").get("phase") == "Shadow" and status_of("sql-writer")
         )
         assert shadow["candidateVersion"] == "va1" and shadow["versions"][-1]["state"] == "Shadow"
-        assert routes()["sql-writer"]["candidate"]["version"] == "va1"
-        assert routes()["sql-writer"]["candidate"]["stage"] == "shadow"
+        assert routes()["sql-writer"]["candidate"] | {"since": None} == {
+            "version": "va1",
+            "stage": "shadow",
+            "traffic_percent": 0,
+            "since": None,
+        }
 
         # A second specialist whose job fails says why.
         [other_job] = await until(lambda: children(kmock, "ray.io/v1/rayjobs", "other-train-"))
@@ -242,6 +259,12 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
         # kmock's emulator has no generateName, so it keeps only kopf's first Event: read what was posted
         reasons = {r.data.get("reason") for r in list(kmock) if r.resource == "v1/events" and r.data}
         assert {"TrainingStarted", "CandidateShadowing", "TrainingFailed"} <= reasons
+        exposition = await scrape(f"http://127.0.0.1:{os.environ['PROTEGE_OPERATOR_METRICS_PORT']}/metrics")
+        for needle in (
+            'protege_operator_specialists{phase="Failed"} 1.0',
+            'events_total{reason="TrainingFailed"}',
+        ):
+            assert needle in exposition
 
         # Delete: the finalizer takes it out of the routes and deletes its adapters first.
         await delete(kmock, "/apis/protege.dev/v1alpha1/namespaces/agents/specialists/sql-writer")

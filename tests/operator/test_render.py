@@ -21,10 +21,9 @@ from protege.operator.render import (
     render_ray_service,
     render_routes,
     render_training_job,
-    training_job_name,
 )
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
-from protege.training.job import JobSpec
+from protege.training.job import JobSpec, job_name
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -134,9 +133,9 @@ def test_the_pool_spec_reaches_the_serve_app_and_the_gpu_workers() -> None:
 
 def test_training_job_names_are_deterministic() -> None:
     job = JobSpec(specialist="sql-writer", task="t", base_model="smollm2-135m")
-    assert training_job_name("sql-writer", job) == training_job_name("sql-writer", job.model_copy())
+    assert job_name(job) == job_name(job.model_copy()) and job_name(job).startswith("sql-writer-train-")
     other = job.model_copy(update={"dataset_version": "v9"})
-    assert training_job_name("sql-writer", job) != training_job_name("sql-writer", other)
+    assert job_name(job) != job_name(other)
     entrypoint = rendered()["rayjob"]["spec"]["entrypoint"]
     assert entrypoint.startswith("python -m protege.training.job --spec '{")
 

@@ -1,0 +1,535 @@
+"""The Helm chart charts/protege, rendered by real Helm (v4, embedded in helm-python-sdk).
+
+Rendering goes through ``Config.install(..., dry_run="client")``, the code path of
+``helm template``: dependency check, values schema, templates, manifest sorting, NOTES.txt.
+Helm refuses that path while the declared dependencies (NATS, KubeRay) are missing from
+charts/, even when their conditions are false, and they cannot be fetched here (no
+network). So the tests render a temporary copy of the chart whose Chart.yaml has no
+``dependencies``: every template and value of this chart is still exercised, only the
+subcharts' own objects are absent. ``test_dependencies_are_declared...`` checks the real
+chart's declaration and that Helm asks for ``helm dependency build`` without them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from protege.operator.render import Platform
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "protege"
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+KUBE = "1.31"
+RELEASE, NAMESPACE = "protege", "protege-system"
+# Kinds kubernetes-validate checks against Kubernetes' own OpenAPI schemas.
+BUILTIN_GROUPS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "policy/v1"}
+STANDARD_LABELS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+}
+# A kubeconfig for an address nothing listens on: a client dry run must never reach a cluster.
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+users: [{name: none, user: {token: none}}]
+current-context: none
+"""
+
+
+@dataclass
+class Rendered:
+    objects: list[dict[str, Any]]
+    notes: str
+
+    def kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        [found] = self.kind(kind)
+        return found
+
+    def workload(self) -> dict[str, Any]:
+        [found] = [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet")]
+        return found
+
+    def container(self) -> dict[str, Any]:
+        [container] = self.workload()["spec"]["template"]["spec"]["containers"]
+        return dict(container)
+
+    def env(self) -> dict[str, dict[str, Any]]:
+        return {e["name"]: e for e in self.container()["env"]}
+
+
+class Render(Protocol):
+    def __call__(self, values: dict[str, Any] | None = None, release: str = RELEASE) -> Rendered: ...
+
+
+@pytest.fixture(scope="module")
+def chart_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """charts/protege without its dependencies (see the module docstring), nor fetched subcharts."""
+    target = tmp_path_factory.mktemp("chart") / "protege"
+    shutil.copytree(CHART, target, ignore=shutil.ignore_patterns("charts", "Chart.lock", "*.tgz"))
+    metadata = yaml.safe_load((target / "Chart.yaml").read_text())
+    metadata.pop("dependencies")
+    (target / "Chart.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False))
+    return target
+
+
+@pytest.fixture(scope="module")
+def config() -> Iterator[helm.Config]:
+    with helm.Config(namespace=NAMESPACE, storage_driver="memory", kubeconfig_content=KUBECONFIG) as cfg:
+        yield cfg
+
+
+@pytest.fixture(scope="module")
+def render(chart_copy: Path, config: helm.Config) -> Render:
+    def render(values: dict[str, Any] | None = None, release: str = RELEASE) -> Rendered:
+        release_info = config.install(chart_copy, release, values or {}, dry_run="client")
+        objects = [d for d in yaml.safe_load_all(release_info["manifest"]) if d]
+        return Rendered(objects, release_info.get("notes") or "")
+
+    return render
+
+
+def example(path: Path) -> dict[str, Any]:
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def value_sets() -> list[Any]:
+    return [pytest.param({}, id="defaults")] + [pytest.param(example(p), id=p.stem) for p in EXAMPLES]
+
+
+def schema() -> dict[str, Any]:
+    return dict(json.loads((CHART / "values.schema.json").read_text()))
+
+
+def rules(role: dict[str, Any]) -> list[tuple[str, str, frozenset[str]]]:
+    """(apiGroup, resource, verbs) for every resource of every rule."""
+    return [
+        (group, resource, frozenset(rule["verbs"]))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    ]
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    """crds/ is the source of truth (`protege crds -o crds`); the chart's copies never drift."""
+    generated = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    assert generated == ["specialistpools.protege.dev.yaml", "specialists.protege.dev.yaml"]
+    for name in generated:
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
+            f"charts/protege/crds/{name} drifted: run `protege crds -o charts/protege/crds`"
+        )
+    kopf = ["clusterkopfpeerings.kopf.dev.yaml", "kopfpeerings.kopf.dev.yaml"]
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(generated + kopf)
+
+
+def test_helm_installs_valid_apiextensions_v1_crds(chart_copy: Path) -> None:
+    with helm.Chart.load(chart_copy) as chart:  # the copy: no fetched subcharts' CRDs
+        crds = [yaml.safe_load(c["data"]) for c in chart.crds]
+    names = {}
+    for crd in crds:
+        kubernetes_validate.validate(crd, KUBE, strict=True)
+        names[crd["metadata"]["name"]] = crd["spec"]["scope"]
+    assert names == {
+        "specialistpools.protege.dev": "Namespaced",
+        "specialists.protege.dev": "Namespaced",
+        "clusterkopfpeerings.kopf.dev": "Cluster",
+        "kopfpeerings.kopf.dev": "Namespaced",
+    }
+    broken = copy.deepcopy(crds[0])
+    broken["spec"]["scope"] = 7
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBE, strict=True)
+
+
+def check_service_monitor(monitor: dict[str, Any], services: list[dict[str, Any]]) -> None:
+    """monitoring.coreos.com/v1 has no schema here: check its shape and that it selects our Service."""
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = monitor["spec"]
+    assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
+    [service] = [
+        s for s in services if spec["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert spec["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in spec["endpoints"]:
+        assert endpoint["port"] in ports and endpoint["path"].startswith("/")
+        assert all(isinstance(endpoint[k], str) for k in ("interval", "scrapeTimeout"))
+
+
+@pytest.mark.parametrize("values", value_sets())
+def test_every_rendered_object_is_valid(render: Render, values: dict[str, Any]) -> None:
+    rendered = render(values)
+    for obj in rendered.objects:
+        labels = obj["metadata"]["labels"]
+        assert labels.keys() >= STANDARD_LABELS, obj["kind"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        if obj["apiVersion"] in BUILTIN_GROUPS:
+            kubernetes_validate.validate(obj, KUBE, strict=True)
+        elif obj["apiVersion"] == "kopf.dev/v1":
+            assert set(obj) == {"apiVersion", "kind", "metadata"}
+            assert obj["kind"] in ("ClusterKopfPeering", "KopfPeering")
+        elif obj["apiVersion"] == "monitoring.coreos.com/v1" and obj["kind"] == "ServiceMonitor":
+            check_service_monitor(obj, rendered.kind("Service"))
+        else:
+            pytest.fail(f"unexpected object {obj['apiVersion']} {obj['kind']}")
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    in_watched_namespaces = {"Role", "RoleBinding", "KopfPeering"}
+    for obj in rendered.objects:
+        assert ("namespace" in obj["metadata"]) is (obj["kind"] not in cluster_scoped), obj["kind"]
+        if obj["kind"] not in cluster_scoped | in_watched_namespaces:
+            assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
+    broken = copy.deepcopy(rendered.workload())
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBE, strict=True)
+
+
+def test_defaults_watch_all_namespaces_with_one_cluster_role(render: Render) -> None:
+    rendered = render()
+    args = rendered.container()["args"]
+    assert args[:3] == ["run", "-m", "protege.operator.main"] and rendered.container()["command"] == ["kopf"]
+    assert "--all-namespaces" in args and not any(a.startswith("--namespace") for a in args)
+    assert rendered.kind("Role") == [] and rendered.kind("RoleBinding") == []
+    granted = rules(rendered.one("ClusterRole"))
+    assert ("protege.dev", "specialists", frozenset({"get", "list", "watch", "patch"})) in granted
+    assert ("ray.io", "rayjobs", frozenset({"get", "list", "watch", "create", "patch"})) in granted
+    assert (
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        frozenset({"get", "list", "watch"}),
+    ) in granted
+    assert not any(verbs & {"delete", "deletecollection", "*"} for _, _, verbs in granted)
+    assert not any(resource in ("secrets", "namespaces", "pods") for _, resource, _ in granted)
+    binding = rendered.one("ClusterRoleBinding")
+    account = rendered.one("ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+    ]
+    assert binding["roleRef"]["name"] == rendered.one("ClusterRole")["metadata"]["name"]
+    pod = rendered.workload()["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["name"]
+
+
+def test_namespaced_install_has_a_role_per_namespace_and_only_cluster_reads(render: Render) -> None:
+    rendered = render(example(CHART / "examples" / "namespaced.yaml"))
+    args = rendered.container()["args"]
+    assert "--namespace=agents" in args and "--namespace=research" in args
+    assert "--all-namespaces" not in args
+    roles = {r["metadata"]["namespace"]: r for r in rendered.kind("Role")}
+    assert set(roles) == {"agents", "research"}
+    for namespace, role in roles.items():
+        granted = rules(role)
+        assert ("protege.dev", "specialistpools/status", frozenset({"get", "patch"})) in granted
+        assert ("", "configmaps", frozenset({"get", "list", "create", "patch"})) in granted
+        assert ("apps", "deployments", frozenset({"get", "create", "patch"})) in granted
+        assert ("events.k8s.io", "events", frozenset({"create"})) in granted
+        [binding] = [b for b in rendered.kind("RoleBinding") if b["metadata"]["namespace"] == namespace]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert binding["subjects"][0]["namespace"] == NAMESPACE
+    cluster = rules(rendered.one("ClusterRole"))
+    assert {(group, resource) for group, resource, _ in cluster} == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("", "namespaces"),  # kopf matches --namespace against the cluster's namespaces
+    }
+    assert all(verbs <= {"get", "list", "watch"} for _, _, verbs in cluster)
+
+
+def test_secrets_are_only_referenced(render: Render) -> None:
+    rendered = render()
+    assert rendered.kind("Secret") == []
+    env = rendered.env()
+    for variable, key in (
+        ("PROTEGE_S3__ACCESS_KEY_ID", "accessKeyId"),
+        ("PROTEGE_S3__SECRET_ACCESS_KEY", "secretAccessKey"),
+    ):
+        assert env[variable] == {
+            "name": variable,
+            "valueFrom": {"secretKeyRef": {"name": "protege-s3", "key": key}},
+        }
+    assert env["PROTEGE_OPERATOR_S3_SECRET"]["value"] == "protege-s3"
+    literal = [e for e in env.values() if "value" in e]
+    assert not any("KEY" in e["name"] or "PASSWORD" in e["name"] for e in literal)
+    values_text = (CHART / "values.yaml").read_text() + "".join(p.read_text() for p in EXAMPLES)
+    assert "accessKeyId:" not in values_text and "secretAccessKey:" not in values_text
+
+    without = render({"platform": {"s3": {"secretName": ""}}}).env()
+    assert not any(name.startswith("PROTEGE_S3__") for name in without)
+    assert without["PROTEGE_OPERATOR_S3_SECRET"]["value"] == ""  # the operator passes no keys on
+
+
+def test_one_replica_is_standalone_and_more_are_kopf_peers(render: Render) -> None:
+    single = render()
+    assert single.workload()["kind"] == "Deployment"
+    assert single.workload()["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--standalone" in single.container()["args"]
+    assert not any(a.startswith(("--peering", "--priority")) for a in single.container()["args"])
+    assert single.kind("ClusterKopfPeering") == single.kind("KopfPeering") == []
+    assert not any(group == "kopf.dev" for group, _, _ in rules(single.one("ClusterRole")))
+
+    peers = render({"operator": {"replicas": 2}})
+    workload = peers.workload()
+    assert workload["kind"] == "StatefulSet" and workload["spec"]["replicas"] == 2
+    args = peers.container()["args"]
+    assert "--standalone" not in args
+    assert "--peering=protege" in args and "--priority=$(KOPF_PRIORITY)" in args
+    assert peers.env()["KOPF_PRIORITY"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+    }
+    assert peers.one("ClusterKopfPeering")["metadata"]["name"] == RELEASE
+    assert (
+        "kopf.dev",
+        "clusterkopfpeerings",
+        frozenset({"get", "list", "watch", "patch"}),
+    ) in rules(peers.one("ClusterRole"))
+
+    namespaced = render({"operator": {"replicas": 3, "watchNamespaces": ["agents", "research"]}})
+    assert {p["metadata"]["namespace"] for p in namespaced.kind("KopfPeering")} == {"agents", "research"}
+    assert namespaced.kind("ClusterKopfPeering") == []
+    for role in namespaced.kind("Role"):
+        assert ("kopf.dev", "kopfpeerings", frozenset({"get", "list", "watch", "patch"})) in rules(role)
+
+
+def test_service_monitor_only_when_enabled(render: Render) -> None:
+    assert render().kind("ServiceMonitor") == []
+    rendered = render({"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}})
+    monitor = rendered.one("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    check_service_monitor(monitor, rendered.kind("Service"))
+    service = rendered.one("Service")
+    assert (
+        service["spec"]["selector"].items()
+        <= rendered.workload()["spec"]["template"]["metadata"]["labels"].items()
+    )
+    with pytest.raises(helm.HelmError, match=r"metrics\.serviceMonitor\.enabled needs"):
+        render({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}})
+
+
+def test_the_pod_is_locked_down_and_probed(render: Render) -> None:
+    rendered = render()
+    pod = rendered.workload()["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = rendered.container()
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
+
+
+def test_environment_is_what_the_operator_reads(render: Render) -> None:
+    read = {f"PROTEGE_OPERATOR_{field.upper()}" for field in Platform.__dataclass_fields__}
+    read |= {
+        "PROTEGE_OPERATOR_STATUS_INTERVAL",
+        "PROTEGE_OPERATOR_SPECIALIST_INTERVAL",
+        "PROTEGE_OPERATOR_METRICS_PORT",
+    }
+    read |= {"PROTEGE_S3__ACCESS_KEY_ID", "PROTEGE_S3__SECRET_ACCESS_KEY", "POD_ID"}
+    everything = render(
+        {
+            "operator": {"statusInterval": 12.5, "specialistInterval": 5},
+            "platform": {
+                "servingImage": "r.example/serving:1",
+                "trainingImage": "r.example/training:1",
+                "gatewayImage": "r.example/gateway:1",
+                "s3": {"endpoint": "http://minio.storage:9000", "secretName": "store-keys"},
+            },
+        }
+    ).env()
+    assert set(everything) == read
+    assert everything["PROTEGE_OPERATOR_SERVING_IMAGE"]["value"] == "r.example/serving:1"
+    assert everything["PROTEGE_OPERATOR_S3_ENDPOINT"]["value"] == "http://minio.storage:9000"
+    assert everything["PROTEGE_OPERATOR_STATUS_INTERVAL"]["value"] == "12.5"
+    assert everything["PROTEGE_OPERATOR_SPECIALIST_INTERVAL"]["value"] == "5"
+    assert everything["PROTEGE_S3__SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "store-keys"
+    # Unset images and endpoint are left to the operator's defaults (its own version).
+    assert not {"PROTEGE_OPERATOR_SERVING_IMAGE", "PROTEGE_OPERATOR_S3_ENDPOINT"} & set(render().env())
+
+
+def test_nats_url_follows_the_nats_release_or_the_value(render: Render) -> None:
+    def url(values: dict[str, Any], release: str = RELEASE) -> str:
+        return str(render(values, release).env()["PROTEGE_OPERATOR_NATS_URL"]["value"])
+
+    assert url({}) == f"nats://protege-nats.{NAMESPACE}.svc:4222"
+    assert url({}, release="my-nats") == f"nats://my-nats.{NAMESPACE}.svc:4222"
+    assert url({"nats": {"enabled": True, "fullnameOverride": "log"}}) == f"nats://log.{NAMESPACE}.svc:4222"
+    external = {"nats": {"enabled": False}, "platform": {"natsUrl": "nats://nats.messaging:4222"}}
+    assert url(external) == "nats://nats.messaging:4222"
+    with pytest.raises(helm.HelmError, match=r"platform\.natsUrl is required when nats\.enabled is false"):
+        render({"nats": {"enabled": False}})
+
+
+def test_operator_image_defaults_to_the_app_version_and_skaffold_sets_it(render: Render) -> None:
+    metadata = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert metadata["appVersion"] == project["version"]
+    image = render().container()["image"]
+    assert image == f"ghcr.io/protege-dev/protege-operator:{metadata['appVersion']}"
+    assert (
+        render({"operator": {"image": "localhost:5000/op:dev"}}).container()["image"]
+        == "localhost:5000/op:dev"
+    )
+    skaffold = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    [release] = skaffold["deploy"]["helm"]["releases"]
+    assert release["chartPath"] == "charts/protege"
+    assert set(release["setValueTemplates"]) == {
+        "operator.image",
+        "platform.gatewayImage",
+        "platform.servingImage",
+        "platform.trainingImage",
+    }
+
+
+def test_skaffold_builds_every_image_from_files_that_exist() -> None:
+    skaffold = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    templates = " ".join(skaffold["deploy"]["helm"]["releases"][0]["setValueTemplates"].values())
+    for artifact in skaffold["build"]["artifacts"]:
+        dockerfile = ROOT / artifact["docker"]["dockerfile"]
+        assert dockerfile.is_file(), dockerfile
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY "):
+                sources = [part for part in line.split()[1:-1] if not part.startswith("--")]
+                assert all((ROOT / source).exists() for source in sources), line
+        assert f"IMAGE_FULLY_QUALIFIED_{artifact['image'].replace('-', '_')}" in templates
+
+
+def test_notes_say_what_was_installed_and_what_to_do_next(render: Render) -> None:
+    notes = render().notes
+    for needle in (
+        "protege-operator (1 replica, --standalone)",
+        "watching: all namespaces",
+        f"nats://protege-nats.{NAMESPACE}.svc:4222",
+        "kubectl apply -n <namespace> -f examples/pool.yaml",
+        "kubectl apply -n <namespace> -f examples/specialist.yaml",
+        "kubectl get specialists -n <namespace> -w",
+        "docs/operator.md",
+    ):
+        assert needle in notes, needle
+    assert "watching: agents, research" in render(example(CHART / "examples" / "namespaced.yaml")).notes
+
+
+def test_values_and_examples_satisfy_the_schema() -> None:
+    jsonschema.Draft7Validator.check_schema(schema())
+    validator = jsonschema.Draft7Validator(schema())
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert list(validator.iter_errors(defaults)) == []
+    for path in EXAMPLES:  # an example overrides the defaults, as `helm install -f` merges them
+        errors = [e.message for e in validator.iter_errors(merge(defaults, example(path)))]
+        assert errors == [], path.name
+    assert len(EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"operator": {"replicas": 0}}, "/operator/replicas"),
+        ({"operator": {"replicas": "two"}}, "/operator/replicas"),
+        ({"operator": {"imagee": "x"}}, "/operator"),
+        ({"operator": {"imagePullPolicy": "Sometimes"}}, "/operator/imagePullPolicy"),
+        ({"operator": {"watchNamespaces": ["Agents_1"]}}, "/operator/watchNamespaces/0"),
+        ({"operator": {"statusInterval": 0}}, "/operator/statusInterval"),
+        ({"platform": {"natsUrl": "http://nats:4222"}}, "/platform/natsUrl"),
+        ({"platform": {"s3": {"secretName": 7}}}, "/platform/s3/secretName"),
+        ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "/metrics/serviceMonitor/interval"),
+        ({"nats": {"enabled": "yes"}}, "/nats/enabled"),
+        ({"gateway": {}}, ""),
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
+)
+def test_bad_values_are_rejected_by_the_schema_and_by_helm(
+    render: Render, change: dict[str, Any], path: str
+) -> None:
+    values = merge(yaml.safe_load((CHART / "values.yaml").read_text()), change)
+    errors = list(jsonschema.Draft7Validator(schema()).iter_errors(values))
+    assert errors and {"/" + "/".join(str(p) for p in e.absolute_path) for e in errors} == {path or "/"}
+    with pytest.raises(helm.HelmError, match="don't meet the specifications of the schema") as raised:
+        render(change)
+    assert f"at '{path}'" in str(raised.value)
+
+
+def merge(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in change.items():
+        merged[key] = merge(base[key], value) if isinstance(value, dict) and key in base else value
+    return merged
+
+
+def documented_paths(values: dict[str, Any], node: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Every value's path: the leaves, and the objects whose shape is not this chart's own."""
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        child = node.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and "properties" in child:
+            yield from documented_paths(value, child, f"{path}.")
+        else:
+            yield path
+
+
+def test_the_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [p for p in documented_paths(values, schema()) if f"`{p}`" not in readme]
+    assert missing == []
+    assert "helm dependency build charts/protege" in readme
+
+
+def test_helm_lint_is_clean(chart_copy: Path) -> None:
+    for values in [{}, *(example(p) for p in EXAMPLES)]:
+        report = helm.lint(chart_copy, values, strict=True, namespace=NAMESPACE)
+        problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        assert problems == []
+    report = helm.lint(chart_copy, {"operator": {"replicas": 0}}, strict=True, namespace=NAMESPACE)
+    assert any("/operator/replicas" in error for error in report["errors"])  # lint can fail
+
+
+def test_dependencies_are_declared_and_helm_wants_them_built(config: helm.Config) -> None:
+    metadata = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    declared = {d["name"]: d for d in metadata["dependencies"]}
+    assert declared["nats"]["repository"] == "https://nats-io.github.io/k8s/helm/charts/"
+    assert declared["nats"]["condition"] == "nats.enabled"
+    assert declared["kuberay-operator"]["repository"] == "https://ray-project.github.io/kuberay-helm/"
+    assert declared["kuberay-operator"]["condition"] == "kuberay-operator.enabled"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["nats"]["enabled"] is True and values["nats"]["config"]["jetstream"]["enabled"] is True
+    assert values["kuberay-operator"]["enabled"] is False
+
+    statuses = {d["name"]: d["status"] for d in helm.dependency_list(CHART)}
+    assert set(statuses) == {"nats", "kuberay-operator"}
+    if "missing" in statuses.values():  # a clean checkout: Helm refuses until they are built
+        disabled = {"nats": {"enabled": False}, "platform": {"natsUrl": "nats://n:4222"}}
+        with pytest.raises(helm.HelmError, match="missing in charts/ directory"):
+            config.install(CHART, RELEASE, disabled, dry_run="client")
