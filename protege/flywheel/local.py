@@ -1,0 +1,239 @@
+"""The flywheel on one machine: the operator's decisions with local I/O.
+
+The same step as the operator (:func:`protege.flywheel.specialist.reconcile`), with:
+
+- training jobs submitted to a local Ray through its job submission API, with the job's
+  deterministic name as the submission id (submitting it again finds the first);
+- the routing table in a JSON file the gateway's router re-reads (``router.table``),
+  replaced atomically;
+- each Specialist's status in ``<state>/status/<name>.json`` (written atomically after
+  every pass), so a restarted driver carries on where it stopped;
+- Specialists as manifests (``kind: Specialist``) in ``<state>/specialists/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from protege.api.calls import CallRecord
+from protege.api.specialist import SpecialistSpec, SpecialistStatus, TaskSelector
+from protege.capture.reader import StreamMissingError, read_records, subject_filter
+from protege.flywheel.data import StoreData
+from protege.flywheel.specialist import (
+    Dataset,
+    Event,
+    JobPhase,
+    JobState,
+    PoolFacts,
+    TaskData,
+    reconcile,
+)
+from protege.serving.router.table import RoutingTable, SpecialistRoute
+from protege.training.job import JobSpec, job_name
+from protege.training.submit import entrypoint
+
+_RAY_PHASES = {
+    "PENDING": JobPhase.RUNNING,
+    "RUNNING": JobPhase.RUNNING,
+    "SUCCEEDED": JobPhase.SUCCEEDED,
+    "FAILED": JobPhase.FAILED,
+    "STOPPED": JobPhase.FAILED,
+}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    os.replace(temporary, path)
+
+
+class RayJobs:
+    """Training jobs on a (local) Ray cluster, named by the job's spec hash."""
+
+    def __init__(self, address: str, headers: dict[str, str] | None = None) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        self.client = JobSubmissionClient(address, headers=headers)
+
+    def start(self, job: JobSpec) -> str:
+        name = job_name(job)
+        if self.state(name).phase is JobPhase.MISSING:
+            env = {k: v for k, v in os.environ.items() if k.startswith(("PROTEGE_", "HF_"))}
+            self.client.submit_job(
+                entrypoint=entrypoint(job), submission_id=name, runtime_env={"env_vars": env}
+            )
+        return name
+
+    def state(self, name: str) -> JobState:
+        try:
+            info = self.client.get_job_info(name)
+        except RuntimeError:  # the client's way of saying 404
+            return JobState(JobPhase.MISSING, f"no Ray job {name}")
+        return JobState(_RAY_PHASES.get(str(info.status.value), JobPhase.RUNNING), info.message or "")
+
+    def running(self, specialist: str) -> list[str]:
+        prefix = f"{specialist[:40]}-train-"
+        return sorted(
+            job.submission_id
+            for job in self.client.list_jobs()
+            if job.submission_id
+            and job.submission_id.startswith(prefix)
+            and _RAY_PHASES.get(str(job.status.value)) is JobPhase.RUNNING
+        )
+
+
+class RouteFile:
+    """The routing table as a file; each write replaces it whole (the router never sees half)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    def read(self) -> RoutingTable:
+        if not self.path.exists():
+            return RoutingTable()
+        return RoutingTable.model_validate_json(self.path.read_text())
+
+    async def update(self, route: SpecialistRoute | None, specialist: str) -> None:
+        async with self._lock:
+            table = self.read()
+            routes = [r for r in table.routes if r.specialist != specialist]
+            if route is not None:
+                routes.append(route)
+            write_atomically(
+                self.path,
+                RoutingTable(routes=sorted(routes, key=lambda r: r.specialist)).model_dump_json(indent=1),
+            )
+
+
+class LocalFlywheelIO:
+    def __init__(self, data: StoreData, jobs: RayJobs, routes: RouteFile, nats_url: str) -> None:
+        self.data, self.jobs, self.routes, self.nats_url = data, jobs, routes, nats_url
+
+    async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
+        return await self.data.resolve_task(selector)
+
+    async def build_dataset(self, task_id: str) -> Dataset:
+        return await self.data.build_dataset(task_id)
+
+    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
+        return await self.data.job_result(specialist, name)
+
+    async def start_job(self, job: JobSpec) -> str:
+        return await asyncio.to_thread(self.jobs.start, job)
+
+    async def job_state(self, name: str) -> JobState:
+        return await asyncio.to_thread(self.jobs.state, name)
+
+    async def running_jobs(self, specialist: str) -> list[str]:
+        return await asyncio.to_thread(self.jobs.running, specialist)
+
+    async def read_route(self, specialist: str) -> SpecialistRoute | None:
+        return self.routes.read().for_specialist(specialist)
+
+    async def write_route(self, route: SpecialistRoute) -> None:
+        await self.routes.update(route, route.specialist)
+
+    async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
+        found: list[CallRecord] = []
+        try:
+            async for record in read_records(self.nats_url, subject=subject_filter(tenant), since=since):
+                if isinstance(record, CallRecord):
+                    found.append(record)
+        except StreamMissingError:
+            pass  # no call logged yet
+        return found
+
+
+@dataclass
+class Pass:
+    """What one pass over every Specialist did."""
+
+    statuses: dict[str, SpecialistStatus] = field(default_factory=dict)
+    events: list[tuple[str, Event]] = field(default_factory=list)
+    invalid: dict[str, str] = field(default_factory=dict)
+
+
+class LocalDriver:
+    """Specialists from ``<state>/specialists/*.yaml``, statuses in ``<state>/status/``."""
+
+    def __init__(
+        self, state: Path, io: LocalFlywheelIO, pool: PoolFacts, job_options: dict[str, Any] | None = None
+    ) -> None:
+        self.state, self.io, self.pool, self.job_options = state, io, pool, job_options or {}
+        (state / "specialists").mkdir(parents=True, exist_ok=True)
+        (state / "status").mkdir(parents=True, exist_ok=True)
+
+    def specialists(self) -> dict[str, tuple[SpecialistSpec | None, str]]:
+        """name → (spec, "") or (None, what is wrong with its manifest)."""
+        found: dict[str, tuple[SpecialistSpec | None, str]] = {}
+        for path in sorted((self.state / "specialists").glob("*.yaml")):
+            document = yaml.safe_load(path.read_text()) or {}
+            name = str((document.get("metadata") or {}).get("name") or path.stem)
+            try:
+                found[name] = (SpecialistSpec.model_validate(document.get("spec") or {}), "")
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+                )
+                found[name] = (None, f"{path}: {problems}")
+        return found
+
+    def add(self, name: str, spec: SpecialistSpec) -> Path:
+        """Write a Specialist manifest (as `kubectl apply` would take it)."""
+        path = self.state / "specialists" / f"{name}.yaml"
+        document = {
+            "apiVersion": "protege.dev/v1alpha1",
+            "kind": "Specialist",
+            "metadata": {"name": name},
+            "spec": spec.to_kube(),
+        }
+        write_atomically(path, yaml.safe_dump(document, sort_keys=False))
+        return path
+
+    def status(self, name: str) -> SpecialistStatus:
+        path = self.state / "status" / f"{name}.json"
+        return SpecialistStatus.model_validate_json(path.read_text()) if path.exists() else SpecialistStatus()
+
+    async def step(self, trigger: dict[str, str] | None = None) -> Pass:
+        """One pass over every Specialist; ``trigger`` maps names to manual trigger values."""
+        done = Pass()
+        for name, (spec, problem) in self.specialists().items():
+            if spec is None:
+                done.invalid[name] = problem
+                continue
+            outcome = await reconcile(
+                name,
+                spec,
+                self.pool,
+                self.status(name),
+                self.io,
+                now=datetime.now(UTC).replace(microsecond=0),
+                trigger=(trigger or {}).get(name),
+                job_options=self.job_options,
+            )
+            write_atomically(self.state / "status" / f"{name}.json", outcome.status.model_dump_json(indent=1))
+            done.statuses[name] = outcome.status
+            done.events += [(name, event) for event in outcome.events]
+        return done
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Every Specialist's status, for `protege up`'s live view and the demo's report."""
+        rows = []
+        for name in self.specialists():
+            status = self.status(name)
+            rows.append({"name": name, **json.loads(status.model_dump_json(by_alias=True))})
+        return rows
