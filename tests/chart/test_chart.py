@@ -35,7 +35,7 @@ EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 KUBE = "1.31"
 RELEASE, NAMESPACE = "protege", "protege-system"
 # Kinds kubernetes-validate checks against Kubernetes' own OpenAPI schemas.
-BUILTIN_GROUPS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "policy/v1"}
+BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1", "policy/v1"}
 STANDARD_LABELS = {
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -67,7 +67,13 @@ class Rendered:
         return found
 
     def workload(self) -> dict[str, Any]:
-        [found] = [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet")]
+        """The operator's Deployment or StatefulSet."""
+        [found] = [
+            o
+            for o in self.objects
+            if o["kind"] in ("Deployment", "StatefulSet")
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+        ]
         return found
 
     def container(self) -> dict[str, Any]:
@@ -533,3 +539,21 @@ def test_dependencies_are_declared_and_helm_wants_them_built(config: helm.Config
         disabled = {"nats": {"enabled": False}, "platform": {"natsUrl": "nats://n:4222"}}
         with pytest.raises(helm.HelmError, match="missing in charts/ directory"):
             config.install(CHART, RELEASE, disabled, dry_run="client")
+
+
+def test_the_data_pipeline_curates_and_discovers_with_secrets_by_reference(render: Render) -> None:
+    rendered = render({"platform": {"trainingImage": "registry/train:1"}})
+    [curator] = [d for d in rendered.kind("Deployment") if d["metadata"]["name"].endswith("-curator")]
+    [discovery] = rendered.kind("CronJob")
+    pod = discovery["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    for container in (curator["spec"]["template"]["spec"]["containers"][0], pod["containers"][0]):
+        assert container["image"] == "registry/train:1"
+        env = {e["name"]: e for e in container["env"]}
+        assert env["PROTEGE_NATS_URL"]["value"] == f"nats://protege-nats.{NAMESPACE}.svc:4222"
+        assert env["PROTEGE_S3__SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretAccessKey"
+    assert curator["spec"]["template"]["spec"]["containers"][0]["command"] == ["protege", "curate"]
+    assert pod["containers"][0]["command"][:3] == ["protege", "tasks", "discover"]
+    assert (
+        discovery["spec"]["schedule"] == "*/15 * * * *" and discovery["spec"]["concurrencyPolicy"] == "Forbid"
+    )
+    assert render({"dataPipeline": {"enabled": False}}).kind("CronJob") == []

@@ -84,3 +84,31 @@ fully qualified because gateways and jobs run in the pools' namespaces.
 {{- fail "platform.natsUrl is required when nats.enabled is false (the gateways log calls to NATS JetStream)" }}
 {{- end }}
 {{- end }}
+
+{{/* The curator's and discovery's environment: call log, store, S3 keys by reference. */}}
+{{- define "protege.pipelineEnv" }}
+- name: PROTEGE_NATS_URL
+  value: {{ include "protege.natsUrl" . | quote }}
+- name: PROTEGE_ARTIFACT_STORE
+  value: {{ .Values.platform.artifactStore | quote }}
+- name: PROTEGE_HOME
+  value: /var/lib/protege
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- with .Values.platform.s3.endpoint }}
+- name: PROTEGE_S3__ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.platform.s3.secretName }}
+- name: PROTEGE_S3__ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: accessKeyId
+- name: PROTEGE_S3__SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: secretAccessKey
+{{- end }}
+{{- end }}
