@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -63,11 +64,21 @@ def _usage(
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-class StubTeacher:
-    """The ASGI app. ``chunk_delay`` spaces streamed chunks (to observe pass-through)."""
+Answer = Callable[[dict[str, Any]], tuple[str | None, list[dict[str, Any]] | None]]
 
-    def __init__(self, chunk_delay: float = 0.0) -> None:
+
+class StubTeacher:
+    """The ASGI app. ``chunk_delay`` spaces streamed chunks (to observe pass-through).
+
+    ``answer`` gives (content, tool_calls) for a request; a LookupError from it is a 404
+    saying why (the recorded teacher has no recording for the request).
+    """
+
+    model = MODEL
+
+    def __init__(self, chunk_delay: float = 0.0, answer: Answer = answer) -> None:
         self.chunk_delay = chunk_delay
+        self.answer = answer
         self.calls = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -78,7 +89,7 @@ class StubTeacher:
             return
         path = scope["path"]
         if scope["method"] == "GET" and path.endswith("/models"):
-            models = [{"id": MODEL, "object": "model", "created": 0, "owned_by": "stub"}]
+            models = [{"id": self.model, "object": "model", "created": 0, "owned_by": "protege"}]
             await _send_json(send, 200, {"object": "list", "data": models})
             return
         if scope["method"] != "POST" or not path.endswith("/chat/completions"):
@@ -102,7 +113,17 @@ class StubTeacher:
             return
         if (delay := _command(text, "!sleep")) is not None:
             await asyncio.sleep(float(delay))
-        content, tool_calls = answer(request)
+        try:
+            content, tool_calls = self.answer(request)
+        except LookupError as missing:
+            error = {
+                "message": str(missing),
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "not_found",
+            }
+            await _send_json(send, 404, {"error": error})
+            return
         if request.get("stream"):
             broken = "!stream-error" in text
             await self._stream(
@@ -114,7 +135,7 @@ class StubTeacher:
             "id": completion_id,
             "object": "chat.completion",
             "created": CREATED,
-            "model": request.get("model", MODEL),
+            "model": request.get("model", self.model),
             "choices": [
                 {
                     "index": 0,
@@ -148,7 +169,7 @@ class StubTeacher:
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": CREATED,
-            "model": request.get("model", MODEL),
+            "model": request.get("model", self.model),
         }
         deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
         if tool_calls:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from protege import __version__
-from protege.cli import calls, crds, gateway, models, render, services, settings, tasks
+from protege.cli import calls, crds, gateway, models, render, services, settings, tasks, workload
 
 
 def _version(value: bool) -> None:
@@ -27,6 +27,7 @@ app.add_typer(gateway.app, name="gateway")
 app.add_typer(calls.app, name="calls")
 app.add_typer(tasks.tasks_app, name="tasks")
 app.add_typer(tasks.datasets_app, name="datasets")
+app.add_typer(workload.app, name="workload")
 app.command("curate")(tasks.curate)
 app.command("train")(tasks.train)
 app.command("select")(tasks.select_model)
