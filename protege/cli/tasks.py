@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import typer
@@ -11,21 +10,14 @@ import yaml
 from rich.table import Table
 
 from protege.api.meta import API_VERSION
-from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidation, SpecialistSpec
+from protege.api.specialist import EvaluationMetric, OutputKind
 from protege.cli.common import console, fail, settings
-from protege.evaluation import METRIC_FOR_KIND
 from protege.store.artifacts import ArtifactStore
 from protege.training.datasets import load_registry
 from protege.training.discovery.tasks import TaskRegistry
 
 tasks_app = typer.Typer(help="Recurring tasks found in the curated calls.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Versioned per-task datasets.", no_args_is_help=True)
-
-VALIDATION = {
-    OutputKind.JSON: OutputValidation.JSON,
-    OutputKind.TOOL_CALL: OutputValidation.TOOL_CALL,
-    OutputKind.SQL: OutputValidation.SQL,
-}
 
 
 def _store() -> ArtifactStore:
@@ -130,37 +122,18 @@ def suggest(
     min_size: int = typer.Option(100, help="Only tasks with at least this many examples."),
 ) -> None:
     """Print ready-to-apply Specialist manifests for the tasks big enough to learn."""
-    registry = _registry()
-    documents = []
-    for task in registry.tasks:
-        if task.size < min_size:
-            continue
-        fingerprint = task.router.fingerprint
-        spec = SpecialistSpec.model_validate(
-            {
-                "pool": pool,
-                "task": {
-                    "id": task.id,
-                    "tenant": fingerprint.tenant,
-                    "match": {
-                        "systemPromptHash": fingerprint.system_hash,
-                        "tools": list(fingerprint.tools),
-                        "outputKind": task.output_kind.value,
-                    },
-                },
-                "evaluation": {"metric": METRIC_FOR_KIND[task.output_kind].value},
-                "fallback": {"validateOutput": VALIDATION.get(task.output_kind, OutputValidation.NONE).value},
-            }
-        )
-        name = re.sub(r"[^a-z0-9-]+", "-", task.name.lower()).strip("-")[:63] or task.id
-        documents.append(
-            {
-                "apiVersion": API_VERSION,
-                "kind": "Specialist",
-                "metadata": {"name": name},
-                "spec": spec.to_kube(),
-            }
-        )
+    from protege.flywheel.suggest import specialist_name, suggest_specialist
+
+    documents = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "Specialist",
+            "metadata": {"name": specialist_name(task)},
+            "spec": suggest_specialist(task, pool).to_kube(),
+        }
+        for task in _registry().tasks
+        if task.size >= min_size
+    ]
     if not documents:
         fail(f"no task has {min_size} examples yet (`protege tasks list`); lower --min-size or wait", code=3)
     console.print(yaml.safe_dump_all(documents, sort_keys=False), highlight=False, end="")

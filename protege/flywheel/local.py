@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +64,8 @@ def write_atomically(path: Path, text: str) -> None:
 class RayJobs:
     """Training jobs on a (local) Ray cluster, named by the job's spec hash."""
 
+    submit_attempts = 60
+
     def __init__(self, address: str, headers: dict[str, str] | None = None) -> None:
         from ray.job_submission import JobSubmissionClient
 
@@ -70,11 +73,19 @@ class RayJobs:
 
     def start(self, job: JobSpec) -> str:
         name = job_name(job)
-        if self.state(name).phase is JobPhase.MISSING:
-            env = {k: v for k, v in os.environ.items() if k.startswith(("PROTEGE_", "HF_"))}
-            self.client.submit_job(
-                entrypoint=entrypoint(job), submission_id=name, runtime_env={"env_vars": env}
-            )
+        if self.state(name).phase is not JobPhase.MISSING:
+            return name
+        env = {k: v for k, v in os.environ.items() if k.startswith(("PROTEGE_", "HF_"))}
+        for attempt in range(self.submit_attempts):
+            try:
+                self.client.submit_job(
+                    entrypoint=entrypoint(job), submission_id=name, runtime_env={"env_vars": env}
+                )
+                break
+            except RuntimeError as error:  # a fresh head's job agent comes up after its dashboard
+                if "No available agent" not in str(error) or attempt == self.submit_attempts - 1:
+                    raise
+                time.sleep(1)
         return name
 
     def state(self, name: str) -> JobState:

@@ -48,6 +48,12 @@ class LocalRay(ServiceProcess):
             "--include-dashboard", "true",
             "--disable-usage-stats",
             "--temp-dir", str(self.temp_dir),
+            # Ray's fixed defaults (52365 for the job agent, ...) collide with another local Ray,
+            # or with one still letting go of them: every port of its own, free now.
+            "--dashboard-agent-listen-port", str(free_port(self.host)),
+            "--dashboard-agent-grpc-port", str(free_port(self.host)),
+            "--runtime-env-agent-port", str(free_port(self.host)),
+            "--metrics-export-port", str(free_port(self.host)),
         ]  # fmt: skip
         if self.num_cpus is not None:
             command += ["--num-cpus", str(self.num_cpus)]
