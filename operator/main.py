@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import ValidationError
 
-from protege.api.meta import ConditionStatus, KubeModel, set_condition
+from protege.api.meta import ConditionStatus, KubeModel, set_condition, spec_problems
 from protege.api.pool import PoolPhase, SpecialistPoolSpec, SpecialistPoolStatus
 from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistStatus
 from protege.config import load_settings
@@ -94,8 +94,7 @@ def _validated(model: type[SpecT], spec: Mapping[str, Any], kind: str) -> SpecT:
     try:
         return model.model_validate(dict(spec))
     except ValidationError as error:
-        problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise kopf.PermanentError(f"invalid {kind}: {problems}") from None
+        raise kopf.PermanentError(f"invalid {kind}: {spec_problems(error)}") from None
 
 
 def _owner(body: kopf.Body) -> Owner:

@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "protege.dev"
@@ -68,6 +76,11 @@ class KubeModel(BaseModel):
             if getattr(self, name) is None
         }
         return unset | self.to_kube()
+
+
+def spec_problems(error: ValidationError) -> str:
+    """Every wrong field of a spec, as ``spec.<path>: <what is wrong>`` joined by "; "."""
+    return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
 
 
 # Conditions are a list keyed by type, as in every built-in Kubernetes status.

@@ -9,6 +9,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
+from protege.api.meta import spec_problems
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.specialist import SpecialistSpec
 from protege.cli.common import console, fail
@@ -54,7 +55,7 @@ def render(
         try:
             return model.model_validate(document.get("spec") or {})
         except ValidationError as error:
-            fail(f"{document['kind']} {document.get('metadata', {}).get('name')}: {error}")
+            fail(f"{document['kind']} {document.get('metadata', {}).get('name')}: {spec_problems(error)}")
 
     for document in documents:
         if document.get("kind") == "SpecialistPool":

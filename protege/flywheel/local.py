@@ -28,6 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from protege.api.calls import CallRecord
+from protege.api.meta import spec_problems
 from protege.api.specialist import SpecialistSpec, SpecialistStatus, TaskSelector
 from protege.capture.reader import StreamMissingError, read_records, subject_filter
 from protege.flywheel.data import StoreData
@@ -197,10 +198,7 @@ class LocalDriver:
             try:
                 found[name] = (SpecialistSpec.model_validate(document.get("spec") or {}), "")
             except ValidationError as error:
-                problems = "; ".join(
-                    f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-                )
-                found[name] = (None, f"{path}: {problems}")
+                found[name] = (None, f"{path}: {spec_problems(error)}")
         return found
 
     def add(self, name: str, spec: SpecialistSpec) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,21 +31,24 @@ async def test_calls_become_tasks_specialists_and_one_job_each(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     smollm2: Path,
-    nats_server: Any,
     start_gateway: Callable[..., RunningGateway],
 ) -> None:
+    from protege.services.nats import NatsServer
     from protege.services.ray import LocalRay
 
     store = ArtifactStore((tmp_path / "store").as_uri())
     monkeypatch.setenv("PROTEGE_ARTIFACT_STORE", store.url)
     monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
     calls = [c for c in generate(160, seed=4, families=("intent", "extract")) if not c.heldout]
-    with ServerThread(RecordedTeacher(calls)) as teacher:
-        gateway = start_gateway(teacher_url=teacher.url + "/v1")
+    # A call log of its own: the curator reads every tenant's calls, other tests' too.
+    with (
+        NatsServer(tmp_path / "nats") as nats_server,
+        ServerThread(RecordedTeacher(calls)) as teacher,
+        LocalRay(tmp_path / "ray", num_cpus=2) as ray,
+    ):
+        gateway = start_gateway(teacher_url=teacher.url + "/v1", nats_url=nats_server.url)
         outcomes = await replay(calls, gateway.base_url, gateway.key, model=gateway.settings.teacher.model)
-    assert all(o.error is None for o in outcomes)
-
-    with LocalRay(tmp_path / "ray", num_cpus=2) as ray:
+        assert all(o.error is None for o in outcomes)
         jobs = RayJobs(ray.address, ray.headers)
 
         def flywheel() -> LocalFlywheel:  # a new one each time: a restarted `protege up`
