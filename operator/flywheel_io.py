@@ -15,8 +15,7 @@ from typing import Any
 from protege.api.calls import CallRecord
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.specialist import TaskSelector
-from protege.capture.reader import StreamMissingError, read_records, subject_filter
-from protege.flywheel.data import StoreData
+from protege.flywheel.data import StoreData, call_records
 from protege.flywheel.specialist import Dataset, JobPhase, JobState, TaskData
 from protege.operator.kube import KubeClient
 from protege.operator.render import (
@@ -122,13 +121,4 @@ class KubeFlywheelIO:
         await self.routes.update(self.pool, route, route.specialist)
 
     async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
-        found: list[CallRecord] = []
-        try:
-            async for record in read_records(
-                self.platform.nats_url, subject=subject_filter(tenant), since=since
-            ):
-                if isinstance(record, CallRecord):
-                    found.append(record)
-        except StreamMissingError:
-            pass  # no call logged yet
-        return found
+        return await call_records(self.platform.nats_url, tenant, since)

@@ -1,7 +1,8 @@
-"""The flywheel's decisions, as pure functions of (spec, observed state).
+"""The flywheel: its decisions, as pure functions of (spec, observed state), and their drivers.
 
-Written once and driven twice: by the kopf operator on Kubernetes and by `protege up`
-locally. Nothing here does I/O.
+Written once and driven twice: by the kopf operator on Kubernetes and by the local driver
+(``protege.flywheel.local``, ``.loop``). The policy (``.policy``, ``.rollout``) does no I/O;
+the step that uses it (``.specialist``) acts only through a ``FlywheelIO``.
 """
 
 from protege.flywheel.policy import (

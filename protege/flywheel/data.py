@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from protege.api.calls import CallRecord
 from protege.api.specialist import TaskSelector
+from protege.capture.reader import StreamMissingError, read_records, subject_filter
 from protege.flywheel.specialist import Dataset, TaskData
 from protege.store.artifacts import ArtifactStore
 from protege.training.curation.consumer import ExampleStore
@@ -75,3 +79,23 @@ class StoreData:
     async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
         """Job names end with the job's id (``<specialist>-train-<id>``)."""
         return await asyncio.to_thread(read_result, self.store, specialist, name.rsplit("-", 1)[-1])
+
+
+async def call_records(
+    nats_url: str, tenant: str, since: datetime | None, limit_seconds: float = 20.0
+) -> Sequence[CallRecord]:
+    """A tenant's logged calls since a time (rollout observations); a TimeoutError after ``limit_seconds``
+    seconds, so a slow call log delays one pass instead of holding it (and a deletion) forever."""
+    found: list[CallRecord] = []
+    try:
+        async with asyncio.timeout(limit_seconds):
+            async for record in read_records(nats_url, subject=subject_filter(tenant), since=since):
+                if isinstance(record, CallRecord):
+                    found.append(record)
+    except StreamMissingError:
+        pass  # no call logged yet
+    except TimeoutError:
+        raise TimeoutError(
+            f"reading {tenant}'s calls from {nats_url} took over {limit_seconds:.0f} s"
+        ) from None
+    return found

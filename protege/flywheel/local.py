@@ -14,7 +14,6 @@ The same step as the operator (:func:`protege.flywheel.specialist.reconcile`), w
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tempfile
 import time
@@ -30,8 +29,7 @@ from pydantic import ValidationError
 from protege.api.calls import CallRecord
 from protege.api.meta import spec_problems
 from protege.api.specialist import SpecialistSpec, SpecialistStatus, TaskSelector
-from protege.capture.reader import StreamMissingError, read_records, subject_filter
-from protege.flywheel.data import StoreData
+from protege.flywheel.data import StoreData, call_records
 from protege.flywheel.specialist import (
     Dataset,
     Event,
@@ -119,12 +117,9 @@ class RouteFile:
             return RoutingTable()
         return RoutingTable.model_validate_json(self.path.read_text())
 
-    async def update(self, route: SpecialistRoute | None, specialist: str) -> None:
+    async def update(self, route: SpecialistRoute) -> None:
         async with self._lock:
-            table = self.read()
-            routes = [r for r in table.routes if r.specialist != specialist]
-            if route is not None:
-                routes.append(route)
+            routes = [r for r in self.read().routes if r.specialist != route.specialist] + [route]
             write_atomically(
                 self.path,
                 RoutingTable(routes=sorted(routes, key=lambda r: r.specialist)).model_dump_json(indent=1),
@@ -157,17 +152,10 @@ class LocalFlywheelIO:
         return self.routes.read().for_specialist(specialist)
 
     async def write_route(self, route: SpecialistRoute) -> None:
-        await self.routes.update(route, route.specialist)
+        await self.routes.update(route)
 
     async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
-        found: list[CallRecord] = []
-        try:
-            async for record in read_records(self.nats_url, subject=subject_filter(tenant), since=since):
-                if isinstance(record, CallRecord):
-                    found.append(record)
-        except StreamMissingError:
-            pass  # no call logged yet
-        return found
+        return await call_records(self.nats_url, tenant, since)
 
 
 @dataclass
@@ -238,11 +226,3 @@ class LocalDriver:
             done.statuses[name] = outcome.status
             done.events += [(name, event) for event in outcome.events]
         return done
-
-    def summary(self) -> list[dict[str, Any]]:
-        """Every Specialist's status, for `protege up`'s live view and the demo's report."""
-        rows = []
-        for name in self.specialists():
-            status = self.status(name)
-            rows.append({"name": name, **json.loads(status.model_dump_json(by_alias=True))})
-        return rows

@@ -268,7 +268,7 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
 
         # Delete: the finalizer takes it out of the routes and deletes its adapters first.
         await delete(kmock, "/apis/protege.dev/v1alpha1/namespaces/agents/specialists/sql-writer")
-        await until(lambda: stored(kmock, resource, "sql-writer") is None)
+        await until(lambda: stored(kmock, resource, "sql-writer") is None, seconds=60)
         assert "sql-writer" not in routes() and "other" in routes()
         assert store.versions("adapter", "sql-writer") == []
         assert store.list_objects(RESULTS_AREA, "sql-writer.") == []
