@@ -52,6 +52,9 @@ SpecT = TypeVar("SpecT", bound=KubeModel)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = 20  # events for every transition (INFO and up)
+    # A deleted Specialist's timer may be mid-pass; kopf then checks every `cancellation_polling`
+    # seconds (60 by default) whether it has exited before it releases the finalizer.
+    settings.background.cancellation_polling = 1.0
     memo.kube = KubeClient(Connection.from_environment())
     memo.platform = Platform(
         **{
