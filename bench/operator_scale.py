@@ -36,10 +36,9 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.store.artifacts import ArtifactStore
-from protege.testing import seed_task
+from protege.testing import register_kmock_resources, seed_task
 
 ROOT = Path(__file__).resolve().parents[1]
-VERBS = ["list", "watch", "get", "create", "patch", "update", "delete"]
 NAMESPACE = "agents"
 FAMILIES = ("intent", "extract", "tool", "sql", "sqlfix")
 console = Console()
@@ -52,18 +51,6 @@ class Result:
     cpu_seconds: float  # the operator's own CPU time
     peak_mb: float
     jobs: int
-
-
-def register(kmock: Any) -> None:
-    kmock.resources.load_bundled()
-    for resource, kind in [
-        ("protege.dev/v1alpha1/specialistpools", "SpecialistPool"),
-        ("protege.dev/v1alpha1/specialists", "Specialist"),
-        ("ray.io/v1/rayservices", "RayService"),
-        ("ray.io/v1/rayjobs", "RayJob"),
-    ]:
-        info = kmock.resources[resource]
-        info.kind, info.namespaced, info.verbs, info.subresources = kind, True, VERBS, {"status"}
 
 
 def seed_store(store: ArtifactStore, pools: int) -> None:
@@ -133,7 +120,7 @@ async def run(count: int, pools: int, work: Path) -> Result:
     pool_doc = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text())
     specialist_doc = yaml.safe_load((ROOT / "examples" / "specialist.yaml").read_text())
     async with KubernetesEmulator() as kmock, Server(kmock):
-        register(kmock)
+        register_kmock_resources(kmock)
         trimmer = asyncio.create_task(trim_request_log(kmock))
         for index in range(pools):
             meta = {"name": f"pool-{index}", "namespace": NAMESPACE, "uid": f"p-{index}"}

@@ -8,15 +8,11 @@ from the call log in NATS.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from protege.api.calls import CallRecord
 from protege.api.pool import SpecialistPoolSpec
-from protege.api.specialist import TaskSelector
-from protege.flywheel.data import StoreData, call_records
-from protege.flywheel.specialist import Dataset, JobPhase, JobState, TaskData
+from protege.flywheel.data import StoreData, StoreFacts
+from protege.flywheel.specialist import JobPhase, JobState
 from protege.operator.kube import KubeClient
 from protege.operator.render import (
     API_GROUP,
@@ -64,15 +60,12 @@ class RouteBook:
         lock = self._locks.setdefault((owner.namespace, owner.name), asyncio.Lock())
         async with lock:
             table = await self.table(owner.namespace, owner.name)
-            routes = [r for r in table.routes if r.specialist != specialist]
-            if route is not None:
-                routes.append(route)
-            updated = RoutingTable(routes=sorted(routes, key=lambda r: r.specialist))
+            updated = table.replacing(specialist, route)
             if updated != table:
                 await self.kube.apply(render_routes(owner, updated))
 
 
-class KubeFlywheelIO:
+class KubeFlywheelIO(StoreFacts):
     """One Specialist's view: its namespace, its pool, its RayJobs; data from the shared store."""
 
     def __init__(
@@ -86,17 +79,9 @@ class KubeFlywheelIO:
         pool: Owner,
         pool_spec: SpecialistPoolSpec,
     ) -> None:
-        self.data, self.kube, self.routes, self.platform = data, kube, routes, platform
+        super().__init__(data, platform.nats_url)
+        self.kube, self.routes, self.platform = kube, routes, platform
         self.owner, self.pool, self.pool_spec = owner, pool, pool_spec
-
-    async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
-        return await self.data.resolve_task(selector)
-
-    async def build_dataset(self, task_id: str) -> Dataset:
-        return await self.data.build_dataset(task_id)
-
-    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
-        return await self.data.job_result(specialist, name)
 
     async def start_job(self, job: JobSpec) -> str:
         manifest = render_training_job(self.owner, job, self.pool_spec, self.platform)
@@ -119,6 +104,3 @@ class KubeFlywheelIO:
 
     async def write_route(self, route: SpecialistRoute) -> None:
         await self.routes.update(self.pool, route, route.specialist)
-
-    async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
-        return await call_records(self.platform.nats_url, tenant, since)

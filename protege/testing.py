@@ -263,3 +263,17 @@ def seed_task(
         first_seen=datetime(2026, 12, 1, tzinfo=UTC),
     )
     save_registry(store, TaskRegistry(examples=len(examples), tasks=[task]))
+
+
+def register_kmock_resources(kmock: Any) -> None:
+    """Teach kmock's emulator the kinds the operator reads and writes (namespaced, with status)."""
+    verbs = ["list", "watch", "get", "create", "patch", "update", "delete"]
+    kmock.resources.load_bundled()
+    for resource, kind in [
+        ("protege.dev/v1alpha1/specialistpools", "SpecialistPool"),
+        ("protege.dev/v1alpha1/specialists", "Specialist"),
+        ("ray.io/v1/rayservices", "RayService"),
+        ("ray.io/v1/rayjobs", "RayJob"),
+    ]:
+        info = kmock.resources[resource]
+        info.kind, info.namespaced, info.verbs, info.subresources = kind, True, verbs, {"status"}

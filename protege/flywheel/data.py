@@ -99,3 +99,25 @@ async def call_records(
             f"reading {tenant}'s calls from {nats_url} took over {limit_seconds:.0f} s"
         ) from None
     return found
+
+
+class StoreFacts:
+    """The part of a ``FlywheelIO`` that is the same everywhere: the store's facts, the call log.
+
+    The operator and the local driver add their own jobs and routing table to it.
+    """
+
+    def __init__(self, data: StoreData, nats_url: str) -> None:
+        self.data, self.nats_url = data, nats_url
+
+    async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
+        return await self.data.resolve_task(selector)
+
+    async def build_dataset(self, task_id: str) -> Dataset:
+        return await self.data.build_dataset(task_id)
+
+    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
+        return await self.data.job_result(specialist, name)
+
+    async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
+        return await call_records(self.nats_url, tenant, since)

@@ -17,7 +17,6 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,17 +25,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from protege.api.calls import CallRecord
 from protege.api.meta import spec_problems
-from protege.api.specialist import SpecialistSpec, SpecialistStatus, TaskSelector
-from protege.flywheel.data import StoreData, call_records
+from protege.api.specialist import SpecialistSpec, SpecialistStatus
+from protege.flywheel.data import StoreData, StoreFacts
 from protege.flywheel.specialist import (
-    Dataset,
     Event,
     JobPhase,
     JobState,
     PoolFacts,
-    TaskData,
     reconcile,
 )
 from protege.serving.router.table import RoutingTable, SpecialistRoute
@@ -119,25 +115,14 @@ class RouteFile:
 
     async def update(self, route: SpecialistRoute) -> None:
         async with self._lock:
-            routes = [r for r in self.read().routes if r.specialist != route.specialist] + [route]
-            write_atomically(
-                self.path,
-                RoutingTable(routes=sorted(routes, key=lambda r: r.specialist)).model_dump_json(indent=1),
-            )
+            table = self.read().replacing(route.specialist, route)
+            write_atomically(self.path, table.model_dump_json(indent=1))
 
 
-class LocalFlywheelIO:
+class LocalFlywheelIO(StoreFacts):
     def __init__(self, data: StoreData, jobs: RayJobs, routes: RouteFile, nats_url: str) -> None:
-        self.data, self.jobs, self.routes, self.nats_url = data, jobs, routes, nats_url
-
-    async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
-        return await self.data.resolve_task(selector)
-
-    async def build_dataset(self, task_id: str) -> Dataset:
-        return await self.data.build_dataset(task_id)
-
-    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
-        return await self.data.job_result(specialist, name)
+        super().__init__(data, nats_url)
+        self.jobs, self.routes = jobs, routes
 
     async def start_job(self, job: JobSpec) -> str:
         return await asyncio.to_thread(self.jobs.start, job)
@@ -153,9 +138,6 @@ class LocalFlywheelIO:
 
     async def write_route(self, route: SpecialistRoute) -> None:
         await self.routes.update(route)
-
-    async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
-        return await call_records(self.nats_url, tenant, since)
 
 
 @dataclass

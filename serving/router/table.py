@@ -88,6 +88,11 @@ class RoutingTable(BaseModel):
 
     routes: list[SpecialistRoute] = Field(default_factory=list, description="One entry per specialist.")
 
+    def replacing(self, specialist: str, route: SpecialistRoute | None) -> RoutingTable:
+        """The table with ``specialist``'s route replaced by ``route`` (removed when None), sorted."""
+        routes = [r for r in self.routes if r.specialist != specialist] + ([route] if route else [])
+        return RoutingTable(routes=sorted(routes, key=lambda r: r.specialist))
+
     def for_task(self, tenant: str, task_id: str) -> SpecialistRoute | None:
         return next((r for r in self.routes if r.tenant == tenant and r.task_id == task_id), None)
 

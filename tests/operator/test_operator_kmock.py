@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
+from protege.testing import register_kmock_resources
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-VERBS = ["list", "watch", "get", "create", "patch", "update", "delete"]
 
 
 @pytest.fixture(autouse=True)
@@ -29,18 +30,6 @@ def fast_timers(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(f"PROTEGE_OPERATOR_{name}", "0.5")
         module = sys.modules.get("protege.operator.main")
         assert module is None or getattr(module, name) == 0.5, "imported before with other intervals"
-
-
-def register(kmock: Any) -> None:
-    kmock.resources.load_bundled()
-    for resource, kind in [
-        ("protege.dev/v1alpha1/specialistpools", "SpecialistPool"),
-        ("protege.dev/v1alpha1/specialists", "Specialist"),
-        ("ray.io/v1/rayservices", "RayService"),
-        ("ray.io/v1/rayjobs", "RayJob"),
-    ]:
-        info = kmock.resources[resource]
-        info.kind, info.namespaced, info.verbs, info.subresources = kind, True, VERBS, {"status"}
 
 
 async def until(check: Callable[[], Any], seconds: float = 30) -> Any:
@@ -66,7 +55,7 @@ async def test_a_pool_gets_its_children_and_becomes_ready(
 ) -> None:
     from kopf.testing import KopfRunner
 
-    register(kmock)
+    register_kmock_resources(kmock)
     monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
     pool = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text())
     pool["metadata"] |= {"namespace": "agents", "uid": "u-1", "generation": 1, "resourceVersion": "1"}
@@ -148,7 +137,7 @@ def flywheel_cluster(
     from protege.store.artifacts import ArtifactStore
     from protege.testing import seed_task
 
-    register(kmock)
+    register_kmock_resources(kmock)
     store = ArtifactStore((tmp_path / "store").as_uri())
     seed_task(store, "extract", 80, task_id="t-extract")
     for name, value in {
