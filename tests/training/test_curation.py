@@ -8,7 +8,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from protege.api.calls import CallRecord, CallStatus, ErrorInfo
+from protege.api.calls import CallRecord, CallStatus, ErrorInfo, Upstream, UpstreamKind
 from protege.config import ConfigError, CurationPolicy, CurationSettings, load_settings
 from protege.services.nats import NatsServer
 from protege.store.artifacts import ArtifactStore
@@ -50,6 +50,9 @@ def test_reject_reasons_and_tenant_policies() -> None:
     )
     assert reject_reason(failed, policy) == "failed"
     assert reject_reason(record("hi", answer="  "), policy) == "empty"
+    by_specialist = Upstream(kind=UpstreamKind.SPECIALIST, model="m", specialist="s", version="v1")
+    assert reject_reason(record("hi", upstream=by_specialist), policy) == "not_teacher"
+    assert reject_reason(record("hi", upstream=Upstream(kind=UpstreamKind.TEACHER, model="m")), policy) is None
     truncated = record("hi")
     truncated.response.choices[0].finish_reason = "length"  # type: ignore[union-attr]
     assert reject_reason(truncated, policy) == "truncated"
@@ -168,3 +171,11 @@ async def test_a_failed_write_acknowledges_nothing(tmp_path: Path, monkeypatch: 
     with pytest.raises(OSError, match="disk full"):
         await curator._curate_batch(None, messages)  # type: ignore[arg-type]
     assert not any(m.acked for m in messages)
+
+
+@pytest.mark.slow
+async def test_before_the_first_call_there_is_nothing_to_curate(tmp_path: Path) -> None:
+    """A fresh flywheel ticks before any gateway made the call log: no error, nothing curated."""
+    with NatsServer(tmp_path / "nats") as server:
+        stats = await Curator(server.url, ArtifactStore((tmp_path / "store").as_uri())).run(until_idle=True)
+        assert stats.seen == 0 and stats.kept == 0

@@ -135,9 +135,16 @@ class Curator:
                 ack_wait=self.settings.ack_wait_seconds,
                 max_ack_pending=self.batch * 4,
             )
-            subscription = await js.pull_subscribe(
-                f"{SUBJECT_PREFIX}.>", durable=self.durable, stream=self.stream, config=config
-            )
+            while True:
+                try:
+                    subscription = await js.pull_subscribe(
+                        f"{SUBJECT_PREFIX}.>", durable=self.durable, stream=self.stream, config=config
+                    )
+                    break
+                except NotFoundError:  # no call logged yet: the first gateway publish makes the stream
+                    if until_idle or (stop is not None and stop.is_set()):
+                        return self.stats
+                    await asyncio.sleep(idle_seconds)
             while stop is None or not stop.is_set():
                 try:
                     messages = await subscription.fetch(self.batch, timeout=idle_seconds)

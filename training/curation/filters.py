@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 from numpy.typing import NDArray
 
-from protege.api.calls import CallRecord, CallStatus
+from protege.api.calls import CallRecord, CallStatus, UpstreamKind
 from protege.config import CurationPolicy
 
 
@@ -23,6 +23,8 @@ def reject_reason(record: CallRecord, policy: CurationPolicy) -> str | None:
     """Why a record is not a training example, or None to keep it."""
     if record.status is not CallStatus.OK or record.response is None or not record.response.choices:
         return "failed"
+    if record.upstream is not None and record.upstream.kind is not UpstreamKind.TEACHER:
+        return "not_teacher"  # a specialist's own answer: learning from it would not be distillation
     choice = record.response.choices[0]
     message = choice.message
     if not (message.content and message.content.strip()) and not message.tool_calls:
