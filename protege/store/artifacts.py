@@ -107,7 +107,12 @@ def _relative(path: str) -> str:
 class ArtifactStore:
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
-        self.fs, root = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
+        options = dict(storage_options or {})
+        if self.url.startswith("s3://"):
+            # Other processes write here (the flywheel, jobs, the operator): a cached listing
+            # would hide their new versions from a long-running reader such as the router.
+            options.setdefault("use_listings_cache", False)
+        self.fs, root = fsspec.core.url_to_fs(self.url, **options)
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
         if self._local:

@@ -87,3 +87,17 @@ def test_bad_names_and_paths(store: ArtifactStore) -> None:
         store.put_artifact("dataset", "x", {})
     with pytest.raises(ArtifactNotFoundError, match="no version of dataset/none"):
         store.latest("dataset", "none")
+
+
+@pytest.mark.slow
+def test_a_long_running_reader_sees_what_other_processes_write(s3_artifact_store: ArtifactStore) -> None:
+    """The router reads the task registry for hours while the flywheel writes new versions."""
+    reader = s3_artifact_store
+    with pytest.raises(ArtifactNotFoundError):
+        reader.latest("registry", "tasks")  # lists the (empty) prefix
+    options = {**reader.fs.storage_options, "skip_instance_cache": True}  # another process's client
+    writer = ArtifactStore(reader.url, options)
+    first = writer.put_artifact("registry", "tasks", {"tasks.json": b"{}"})
+    assert reader.latest("registry", "tasks").version == first.version
+    second = writer.put_artifact("registry", "tasks", {"tasks.json": b'{"tasks": []}'})
+    assert reader.latest("registry", "tasks").version == second.version  # no stale listing
