@@ -114,6 +114,9 @@ class SeaweedS3(ServiceProcess):
             "-s3",
             f"-s3.port={self.s3_port}",
             f"-s3.port.grpc={p['s3.grpc']}",
+            # no Iceberg catalog or Lance namespace: their fixed ports (8181, 9101) clash with a second store
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-s3.config={self.data_dir / 's3-identities.json'}",
             f"-s3.localSocket={self.data_dir / 's3.sock'}",
         ]
