@@ -1,7 +1,8 @@
 """Publish call records to JetStream off the request path, spooling to disk when NATS is away.
 
-``submit()`` never blocks on the network and never raises: the record goes into a bounded
-queue; one worker task publishes batches with ``Nats-Msg-Id`` = record id (so JetStream
+``submit()`` never blocks on the network and never raises: the record is written to the
+journal (so a killed process loses none, see :mod:`protege.capture.journal`) and goes into a
+bounded queue; one worker task publishes batches with ``Nats-Msg-Id`` = record id (so JetStream
 drops the duplicates a retry could make). When a publish fails, the batch and everything
 after it goes to the disk spool, in order, until the spool has been replayed into JetStream.
 """
@@ -25,6 +26,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from protege.api.calls import SUBJECT_PREFIX, CallRecord
+from protege.capture.journal import Journal
 from protege.capture.spool import DiskSpool, SpoolFullError
 from protege.config import Settings
 
@@ -179,7 +181,8 @@ class CallLogPublisher:
         # Wait this long for a batch to fill: the publishing work then runs in few bursts
         # rather than right after every call, where it would delay the next one.
         self.linger_seconds = linger_seconds
-        self._queue: asyncio.Queue[CallRecord] = asyncio.Queue(maxsize=queue_size)
+        self.journal = Journal(Path(spool_dir) / "journal")
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=queue_size)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._stream_ready = False
@@ -208,7 +211,15 @@ class CallLogPublisher:
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        """Start publishing; NATS being down now is fine: records spool until it is back."""
+        """Start publishing; NATS being down now is fine: records spool until it is back.
+
+        Records a killed predecessor left in the journal go to the spool first (replayed like
+        any spooled record; JetStream drops those that had arrived).
+        """
+        recovered = self.journal.recover(self.spool.append)
+        if recovered:
+            self.stats.spooled += recovered
+            log.warning("call log: recovered %d journaled records of a stopped publisher", recovered)
         self._connector = asyncio.create_task(self._connect(), name="call-log-connect")
         self._worker = asyncio.create_task(self._run(), name="call-log-publisher")
 
@@ -242,7 +253,11 @@ class CallLogPublisher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        self._spool(self._drain_queue())
+        drained = self._drain_queue()
+        self._spool(drained)
+        for message in drained:
+            self.journal.done(message[1])
+        self.journal.close()
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
             with contextlib.suppress(BaseException):
@@ -261,18 +276,31 @@ class CallLogPublisher:
         """Hand a record over; never blocks on the network, never raises.
 
         Call it from the publisher's event loop (use :class:`BackgroundPublisher` from
-        other threads). Serializing happens in the worker, off the caller's path.
+        other threads).
         """
+        message = _message(record)
+        self.hold_message(message)
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait(message)
         except asyncio.QueueFull:
-            self._spool([_message(record)])  # backpressure goes to disk, not to the caller
+            self._spool([message])  # backpressure goes to disk, not to the caller
+            self.journal.done(record.id)
+
+    def hold(self, record: CallRecord) -> None:
+        """Journal a record that will be submitted later, complete (a shadow answer pending):
+        if the process dies meanwhile, the record as it is now still reaches the log."""
+        self.hold_message(_message(record))
+
+    def hold_message(self, message: Message) -> None:
+        try:
+            self.journal.write(message[1], _frame(message))
+        except OSError as error:  # a full disk must not fail the call: the record is still queued
+            log.error("call log: journal write failed (%s); record %s is in memory only", error, message[1])
 
     # --- the worker --------------------------------------------------------------------
     async def _run(self) -> None:
         while True:
-            records = await self._next_batch()
-            messages = [_message(record) for record in records]
+            messages = await self._next_batch()
             try:
                 if not self.spool.is_empty():
                     await self._replay()
@@ -287,31 +315,32 @@ class CallLogPublisher:
                 log.exception("call log: unexpected publish failure; spooling %d records", len(messages))
                 self._spool(messages)
             finally:
-                for _ in records:
+                for message in messages:
+                    self.journal.done(message[1])
                     self._queue.task_done()
 
-    async def _next_batch(self) -> list[CallRecord]:
+    async def _next_batch(self) -> list[Message]:
         if self.spool.is_empty():
-            records = [await self._queue.get()]
+            messages = [await self._queue.get()]
         else:  # wake up regularly to retry the spool even when no new call comes
             try:
-                records = [await asyncio.wait_for(self._queue.get(), self.retry_seconds)]
+                messages = [await asyncio.wait_for(self._queue.get(), self.retry_seconds)]
             except TimeoutError:
                 return []
         if self.linger_seconds and self._queue.qsize() < self.batch_size - 1:
             await asyncio.sleep(self.linger_seconds)
-        while len(records) < self.batch_size:
+        while len(messages) < self.batch_size:
             try:
-                records.append(self._queue.get_nowait())
+                messages.append(self._queue.get_nowait())
             except asyncio.QueueEmpty:
                 break
-        return records
+        return messages
 
     def _drain_queue(self) -> list[Message]:
         messages = []
         while True:
             try:
-                messages.append(_message(self._queue.get_nowait()))
+                messages.append(self._queue.get_nowait())
                 self._queue.task_done()
             except asyncio.QueueEmpty:
                 return messages

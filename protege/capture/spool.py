@@ -81,7 +81,7 @@ class DiskSpool:
         """Store ``payloads`` durably (fsync) in order, or raise SpoolFullError storing none."""
         if not payloads:
             return
-        frames = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+        frames = pack_frames(payloads)
         with self._lock:
             if self.size_bytes() + len(frames) > self.max_bytes:
                 raise SpoolFullError(
@@ -119,7 +119,7 @@ class DiskSpool:
                 if segment == self._current:
                     self._current = None  # new appends go to a fresh segment from now on
                 data = segment.read_bytes()
-            yield SpooledBatch(segment, list(_frames(data, segment)), len(data))
+            yield SpooledBatch(segment, list(unpack_frames(data, segment)), len(data))
 
     def done(self, batch: SpooledBatch) -> None:
         with self._lock:
@@ -127,7 +127,12 @@ class DiskSpool:
             self._size -= batch.size
 
 
-def _frames(data: bytes, segment: Path) -> Iterator[bytes]:
+def pack_frames(payloads: list[bytes]) -> bytes:
+    return b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+
+
+def unpack_frames(data: bytes, segment: Path) -> Iterator[bytes]:
+    """The whole frames of a segment; a torn one at its end (a crash mid-write) is dropped."""
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, crc = _HEADER.unpack_from(data, offset)

@@ -108,6 +108,8 @@ class Gateway:
         if shadow is None:
             self.log_call(record, status_code)
             return
+        if isinstance(self.sink, CallLogPublisher):
+            self.sink.hold(record)  # journaled now: a crash before the shadow answer loses only that
         task = asyncio.ensure_future(self._log_with_shadow(shadow, record, status_code))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -1,0 +1,86 @@
+"""The publisher's journal: records survive the process that took them, and are forgotten once delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from protege.capture import CallLogPublisher
+from protege.capture.journal import Journal
+from protege.capture.reader import read_records, subject_filter
+from protege.services.nats import NatsServer
+
+
+def test_segments_go_once_all_their_records_are_done(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, segment_records=2)
+    for i in range(5):
+        journal.write(f"r{i}", f"payload {i}".encode())
+    journal.write("r0", b"a later, complete version")  # held first, submitted later: kept once
+    assert len(list(tmp_path.glob("*.journal"))) == 3 and journal.pending() == 5
+    for i in (0, 1, 2):
+        journal.done(f"r{i}")
+    assert len(list(tmp_path.glob("*.journal"))) == 2  # the first segment is gone, the second still holds r3
+    for i in (3, 4):
+        journal.done(f"r{i}")
+    journal.close()
+    assert not list(tmp_path.glob("*.journal"))
+
+
+def test_recovery_hands_over_whole_records_and_keeps_them_if_that_fails(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for i in range(3):
+        journal.write(f"r{i}", f"payload {i}".encode())
+    segment = next(tmp_path.glob("*.journal"))
+    with segment.open("ab") as torn:  # the process died in the middle of a fourth write
+        torn.write(b"\x20\x00\x00\x00\x01")
+
+    def refuse(payloads: list[bytes]) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        Journal(tmp_path).recover(refuse)
+    assert segment.exists()
+    kept: list[bytes] = []
+    assert Journal(tmp_path).recover(kept.extend) == 3
+    assert kept == [b"payload 0", b"payload 1", b"payload 2"] and not segment.exists()
+
+
+KILLED_PUBLISHER = """
+import asyncio, os, signal, sys
+from protege.capture import CallLogPublisher
+sys.path.insert(0, sys.argv[3])
+from test_publisher import make_record
+
+async def main() -> None:
+    publisher = CallLogPublisher(sys.argv[1], sys.argv[2])
+    await publisher.start()
+    for i in range(200):
+        publisher.submit(make_record(i, "journal"))
+    os.kill(os.getpid(), signal.SIGKILL)  # answered, handed over, not yet published: a crash
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_a_killed_publisher_loses_no_record_it_took(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "nats") as nats_server:
+        spool = tmp_path / "spool"
+        here = str(Path(__file__).parent)
+        died = subprocess.run([sys.executable, "-c", KILLED_PUBLISHER, nats_server.url, str(spool), here])
+        assert died.returncode == -9
+        successor = CallLogPublisher(nats_server.url, spool)
+        await successor.start()
+        ids: list[str] = []
+        for _ in range(100):  # the spool is replayed within a second or two
+            await asyncio.sleep(0.2)
+            if successor.spool.is_empty() and successor.stats.replayed:
+                ids = [r.id async for r in read_records(nats_server.url, subject=subject_filter("journal"))]
+                break
+        await successor.close()
+        assert len(ids) == 200 and len(set(ids)) == 200  # every record once: JetStream drops replays
+        assert successor.stats.spooled == 200  # all of them came back from the dead one's journal
