@@ -11,7 +11,7 @@ from rich.table import Table
 
 from protege.capture.stats import percentile
 from protege.cli.common import console, fail
-from protege.workload import FAMILIES, WorkloadCall, generate
+from protege.workload import FAMILIES, WorkloadCall, generate, recorded_workload
 
 app = typer.Typer(
     help="The shipped agent workload: its recorded teacher and a replay client.", no_args_is_help=True
@@ -28,7 +28,9 @@ def _calls(count: int, seed: int, split: str) -> list[WorkloadCall]:
 @app.command("teacher")
 def teacher(
     *,
-    count: int = typer.Option(2000, help="Calls of the workload it has recordings for."),
+    count: int = typer.Option(
+        2000, help="Calls of the workload it has recordings for (and as many of the drifted release)."
+    ),
     seed: int = typer.Option(7, help="The workload's seed (the same as the replay's)."),
     host: str = typer.Option("127.0.0.1", help="Listen address."),
     port: int = typer.Option(8400, help="Listen port."),
@@ -42,7 +44,7 @@ def teacher(
         f"recorded teacher for {count} workload calls (seed {seed}) on http://{host}:{port}/v1 — "
         "it answers only the shipped workload; point teacher.url at a real LLM for anything else"
     )
-    uvicorn.run(RecordedTeacher(generate(count, seed=seed)), host=host, port=port, log_level="warning")
+    uvicorn.run(RecordedTeacher(recorded_workload(count, seed)), host=host, port=port, log_level="warning")
 
 
 @app.command("replay")

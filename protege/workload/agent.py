@@ -163,7 +163,7 @@ EXTRACT_TEMPLATES = [
 FLIGHT_PROMPT = (
     "You are the travel desk of a company. Book travel by calling the tools; never answer in prose."
 )
-FLIGHT_TOOLS = [
+FLIGHT_TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {
@@ -178,6 +178,24 @@ FLIGHT_TOOLS = [
                     "passengers": {"type": "integer"},
                 },
                 "required": ["origin", "destination", "date"],
+            },
+        },
+    }
+]
+# The agent's next release: search_flights also needs the cabin class (a drift in its tools).
+CABINS = ("economy", "premium", "business")
+FLIGHT_TOOLS_V2: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            **FLIGHT_TOOLS[0]["function"],
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    **FLIGHT_TOOLS[0]["function"]["parameters"]["properties"],
+                    "cabin": {"type": "string", "enum": list(CABINS)},
+                },
+                "required": ["origin", "destination", "date", "cabin"],
             },
         },
     }
@@ -273,9 +291,9 @@ def _extract(rng: random.Random, style: str) -> WorkloadCall:
     return WorkloadCall("extract", request, {"role": "assistant", "content": json.dumps(fields)}, meta=fields)
 
 
-def _flight(rng: random.Random, style: str) -> WorkloadCall:
+def _flight(rng: random.Random, style: str, cabin: bool = False) -> WorkloadCall:
     origin, destination = rng.sample(CITIES, 2)
-    arguments = {
+    arguments: dict[str, Any] = {
         "origin": origin,
         "destination": destination,
         "date": _date(rng),
@@ -284,10 +302,13 @@ def _flight(rng: random.Random, style: str) -> WorkloadCall:
     text = rng.choice(FLIGHT_TEMPLATES).format(
         a=origin, b=destination, date=arguments["date"], n=arguments["passengers"]
     )
+    if cabin:
+        arguments["cabin"] = rng.choice(CABINS)
+        text += f", {arguments['cabin']} class"
     request = {
         "model": TEACHER_MODEL,
         "messages": [_system(FLIGHT_PROMPT), {"role": "user", "content": STYLES[style](text)}],
-        "tools": FLIGHT_TOOLS,
+        "tools": FLIGHT_TOOLS_V2 if cabin else FLIGHT_TOOLS,
         "tool_choice": "auto",
     }
     call = {"id": f"call_{rng.randint(0, 1 << 30):x}", "type": "function",
@@ -328,6 +349,10 @@ FAMILIES: dict[str, Callable[[random.Random, str], WorkloadCall]] = {
     "sql": _sql,
     "sqlfix": _sql_fix,
 }
+# What a family's calls look like after the agent's next release (``generate(drifted=True)``).
+DRIFTED: dict[str, Callable[[random.Random, str], WorkloadCall]] = {
+    "tool": lambda rng, style: _flight(rng, style, cabin=True),
+}
 
 
 def generate(
@@ -337,8 +362,13 @@ def generate(
     families: tuple[str, ...] = tuple(FAMILIES),
     styles: tuple[str, ...] = ("plain", "terse"),
     heldout_share: float = 0.2,
+    drifted: bool = False,
 ) -> list[WorkloadCall]:
-    """``count`` calls spread evenly over ``families``; the same arguments give the same calls."""
+    """``count`` calls spread evenly over ``families``; the same arguments give the same calls.
+
+    ``drifted``: the calls of the agent's next release where it changed (``DRIFTED``: the
+    flight tool gains a required ``cabin`` argument).
+    """
     unknown = set(families) - set(FAMILIES) or set(styles) - set(STYLES)
     if unknown:
         raise ValueError(
@@ -348,10 +378,18 @@ def generate(
     rng = random.Random(seed)
     calls = []
     for index in range(count):
-        call = FAMILIES[families[index % len(families)]](rng, rng.choice(styles))
+        family = families[index % len(families)]
+        make = DRIFTED.get(family, FAMILIES[family]) if drifted else FAMILIES[family]
+        call = make(rng, rng.choice(styles))
         heldout = rng.random() < heldout_share
         calls.append(
             WorkloadCall(call.task, call.request, call.answer, heldout, {**call.meta, "style": styles})
         )
     rng.shuffle(calls)
     return calls
+
+
+def recorded_workload(count: int, seed: int = 7) -> list[WorkloadCall]:
+    """Every call a replay of up to ``count`` calls with this seed can make, and the drifted
+    calls of the next release (seed + 1): what the recorded teacher is given."""
+    return generate(count, seed=seed) + generate(count, seed=seed + 1, drifted=True)

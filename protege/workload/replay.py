@@ -28,6 +28,8 @@ class Outcome:
     specialist: str | None  # "<specialist>@<version>" when a specialist answered; None: the teacher
     answer: dict[str, Any] | None  # the assistant message; None when the call failed
     error: str | None = None
+    at: float = 0.0  # when it ended (time.time())
+    tokens: tuple[int, int] = (0, 0)  # prompt and completion tokens, as the answer's usage says
 
 
 def _message(completion: Any) -> dict[str, Any]:
@@ -51,15 +53,21 @@ async def replay(
     model: str | None = None,
     app: str | None = None,
     request_timeout: float = 120,
+    max_retries: int = 0,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
     """Send every call (``rate`` calls per second at most, ``concurrency`` in flight); outcomes in order.
 
     ``model``: the model to ask the gateway for (its teacher's name); the recorded one when unset.
+    ``max_retries``: the SDK's retries of a failed call (connection errors, 5xx), as an agent would.
     """
     headers = {"X-Protege-App": app} if app else None
     client = openai.AsyncOpenAI(
-        base_url=base_url, api_key=api_key, timeout=request_timeout, max_retries=0, default_headers=headers
+        base_url=base_url,
+        api_key=api_key,
+        timeout=request_timeout,
+        max_retries=max_retries,
+        default_headers=headers,
     )
     slots = asyncio.Semaphore(concurrency)
     started = time.monotonic()
@@ -74,13 +82,18 @@ async def replay(
                     **{**call.request, "model": model or call.request["model"]}
                 )
                 completion = raw.parse()
+                usage = completion.usage
                 outcome = Outcome(
-                    call, time.perf_counter() - began, raw.headers.get(UPSTREAM_HEADER), _message(completion)
+                    call,
+                    time.perf_counter() - began,
+                    raw.headers.get(UPSTREAM_HEADER),
+                    _message(completion),
+                    at=time.time(),
+                    tokens=(usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0),
                 )
             except openai.APIError as error:
-                outcome = Outcome(
-                    call, time.perf_counter() - began, None, None, f"{type(error).__name__}: {error}"
-                )
+                error_text = f"{type(error).__name__}: {error}"
+                outcome = Outcome(call, time.perf_counter() - began, None, None, error_text, at=time.time())
         if on_outcome is not None:
             on_outcome(outcome)
         return outcome
