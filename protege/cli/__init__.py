@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from protege import __version__
-from protege.cli import calls, crds, gateway, models, render, services, settings, tasks, workload
+from protege.cli import calls, crds, gateway, models, render, services, settings, stack, tasks, workload
 
 
 def _version(value: bool) -> None:
@@ -28,6 +28,10 @@ app.add_typer(calls.app, name="calls")
 app.add_typer(tasks.tasks_app, name="tasks")
 app.add_typer(tasks.datasets_app, name="datasets")
 app.add_typer(workload.app, name="workload")
+app.add_typer(stack.flywheel_app, name="flywheel")
+app.command("up")(stack.up)
+app.command("down")(stack.down)
+app.command("demo")(stack.demo)
 app.command("curate")(tasks.curate)
 app.command("train")(tasks.train)
 app.command("select")(tasks.select_model)

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from protege.api.meta import spec_problems
+from protege.api.meta import quantity_value, spec_problems
 from protege.api.specialist import SpecialistSpec, SpecialistStatus
 from protege.flywheel.data import StoreData, StoreFacts
 from protege.flywheel.specialist import (
@@ -57,24 +57,44 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 class RayJobs:
-    """Training jobs on a (local) Ray cluster, named by the job's spec hash."""
+    """Training jobs on a (local) Ray cluster, named by the job's spec hash.
+
+    With ``job_cpus`` (what the cluster can give a job), a job reserves the CPUs its
+    Specialist asks for, at most that many: jobs then queue instead of starving each other
+    and the serving replica. Without it, jobs reserve nothing. With ``niceness``, a job runs
+    at that CPU priority: on a machine that also serves (Ray runs its workers, the serving
+    replica among them, at niceness 15), 19 keeps answers ahead of training.
+    """
 
     submit_attempts = 60
 
-    def __init__(self, address: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        headers: dict[str, str] | None = None,
+        job_cpus: float | None = None,
+        niceness: int | None = None,
+    ) -> None:
         from ray.job_submission import JobSubmissionClient
 
         self.client = JobSubmissionClient(address, headers=headers)
+        self.job_cpus, self.niceness = job_cpus, niceness
 
     def start(self, job: JobSpec) -> str:
         name = job_name(job)
         if self.state(name).phase is not JobPhase.MISSING:
             return name
         env = {k: v for k, v in os.environ.items() if k.startswith(("PROTEGE_", "HF_"))}
+        command = entrypoint(job)
+        if self.niceness is not None:
+            command = f"nice -n {self.niceness} {command}"
         for attempt in range(self.submit_attempts):
             try:
                 self.client.submit_job(
-                    entrypoint=entrypoint(job), submission_id=name, runtime_env={"env_vars": env}
+                    entrypoint=command,
+                    submission_id=name,
+                    runtime_env={"env_vars": env},
+                    entrypoint_num_cpus=self._reserved_cpus(job),
                 )
                 break
             except RuntimeError as error:  # a fresh head's job agent comes up after its dashboard
@@ -82,6 +102,11 @@ class RayJobs:
                     raise
                 time.sleep(1)
         return name
+
+    def _reserved_cpus(self, job: JobSpec) -> float | None:
+        if self.job_cpus is None or job.training.workers > 1:  # Ray Train's workers reserve their own
+            return None
+        return min(quantity_value(job.training.resources.cpu), self.job_cpus)
 
     def state(self, name: str) -> JobState:
         try:

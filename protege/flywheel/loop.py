@@ -45,11 +45,13 @@ class LocalFlywheel:
         discover_every: float = 60.0,
         curation: CurationSettings | None = None,
         embedder: Embedder | None = None,
+        curate_seconds: float = 15.0,
     ) -> None:
         self.store, self.nats_url, self.driver = store, nats_url, driver
         self.pool, self.policy = pool, policy or {}
         self.discovery = DiscoverySettings(min_task_size=min_task_size)
         self.discover_every = discover_every
+        self.curate_seconds = curate_seconds
         self.curator = Curator(nats_url, store, curation)
         self.embedder = embedder or MiniLM()
         self._discovered_at = float("-inf")
@@ -58,7 +60,14 @@ class LocalFlywheel:
     async def tick(self) -> Tick:
         done = Tick()
         kept_before = self.curator.stats.kept
-        await self.curator.run(until_idle=True, idle_seconds=0.5)
+        # Under steady traffic the log is never idle: a tick curates for a bounded time and
+        # leaves the rest to the next one (the durable consumer remembers where it stopped).
+        enough = asyncio.Event()
+        timer = asyncio.get_running_loop().call_later(self.curate_seconds, enough.set)
+        try:
+            await self.curator.run(until_idle=True, idle_seconds=0.5, stop=enough)
+        finally:
+            timer.cancel()
         done.curated = self.curator.stats.kept - kept_before
         registry = await asyncio.to_thread(load_registry, self.store)
         due = time.monotonic() - self._discovered_at >= self.discover_every

@@ -20,8 +20,16 @@ from protege.services.process import ServiceProcess, free_port
 class LocalRay(ServiceProcess):
     name = "ray"
 
-    def __init__(self, data_dir: Path, num_cpus: int | None = None, host: str = "127.0.0.1") -> None:
-        super().__init__(data_dir, ready_timeout=120)
+    def __init__(
+        self,
+        data_dir: Path,
+        num_cpus: int | None = None,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        detach: bool = False,
+    ) -> None:
+        super().__init__(data_dir, detach=detach, ready_timeout=120)
+        self.env = env or {}  # for every worker: Serve replicas and job drivers inherit it
         self.host = host
         self.num_cpus = num_cpus
         self.port = free_port(host)
@@ -65,7 +73,7 @@ class LocalRay(ServiceProcess):
         return {"Authorization": f"Bearer {self.token}"}
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        return {**os.environ, **self.env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def is_ready(self) -> bool:
         request = urllib.request.Request(f"{self.address}/api/version", headers=self.headers)

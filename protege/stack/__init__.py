@@ -1,0 +1,1 @@
+"""The whole local loop as one command: `protege up`, `protege down`, `protege demo`."""
