@@ -1,0 +1,396 @@
+"""`protege demo`: the whole loop, end to end, on this machine, with a report of what it saved.
+
+1. start the stack (`protege up`'s parts) with the recorded teacher of the shipped workload;
+2. an agent replays the workload's training calls through the gateway, without end;
+3. the flywheel curates, discovers tasks, trains and evaluates a specialist per task, and
+   shadows, canaries and promotes the ones that pass;
+4. drift: the agent's next release changes a tool (search_flights gains a required cabin
+   class); the specialist's calls fail validation and fall back, the teacher's answers
+   accumulate, it is retrained and the new version rolled out (or back);
+5. the report: on the held-out calls (never trained on) the teacher, the base model
+   zero-shot and each specialist, scored against the teacher's answers; from the call log,
+   latency, tokens, cost per 1,000 calls, traffic share and fallback reasons; versions over time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from protege.api.calls import CallRecord, CallStatus
+from protege.api.specialist import EvaluationMetric, SpecialistPhase, SpecialistStatus
+from protege.evaluation.metrics import scorer
+from protege.flywheel.data import call_records
+from protege.serving.recorded_teacher import RecordedTeacher
+from protege.stack.agent import Agent
+from protege.stack.config import LOCAL_POLICY, StackConfig
+from protege.stack.report import (
+    HeldOutScores,
+    PriceModel,
+    TaskRow,
+    html_report,
+    markdown_table,
+    plots_png,
+    rows_as_dicts,
+    task_rows,
+    traffic_over_time,
+    version_timeline,
+)
+from protege.stack.supervisor import Stack
+from protege.workload import WorkloadCall, build_database, generate
+from protege.workload.replay import Outcome
+
+ROLLING_OUT = (
+    SpecialistPhase.TRAINING,
+    SpecialistPhase.EVALUATING,
+    SpecialistPhase.SHADOW,
+    SpecialistPhase.CANARY,
+)
+
+
+# The local stack, paced for minutes: smaller data thresholds, a shorter evaluation, retraining
+# after a few dozen new teacher answers (fallbacks on invalid answers are how drift shows).
+DEMO_STACK: dict[str, Any] = {
+    "gateway_port": None,
+    "tenant": "demo",
+    "app": "order-desk",
+    "policy": {
+        **LOCAL_POLICY,
+        "data": {"minExamples": 40},
+        # Above what the agent's ~120 distinct calls per task can add after a first training at
+        # 40: before the drift nothing retrains; after it, ~30 fallen-back calls do.
+        "training": {**LOCAL_POLICY["training"], "epochs": 3, "retrainAfterNewExamples": 110},
+    },
+    "flywheel": {
+        "interval_seconds": 3,
+        "discover_every_seconds": 45,
+        "job_options": {"few_shot": 0, "max_new_tokens": 96, "max_steps": 24},
+    },
+}
+
+
+class DemoPlan(BaseModel):
+    """How big the demo is (the CI test runs a small one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    families: list[str] = Field(
+        default_factory=lambda: ["intent", "extract", "tool"],
+        description="Agent tasks replayed (FAMILIES).",
+    )
+    calls: int = Field(default=450, ge=10, description="Workload size; about 20% of it is held out.")
+    seed: int = 7
+    rate: float = Field(default=2.0, gt=0, description="Agent calls per second.")
+    concurrency: int = Field(default=4, ge=1)
+    drift_family: str | None = Field(
+        default="tool", description="The family the agent's next release changes (DRIFTED); none: no drift."
+    )
+    drift_calls: int = Field(default=300, ge=1)
+    heldout_per_task: int = Field(default=20, ge=1, description="Held-out calls scored per task.")
+    min_promoted: int = Field(default=2, ge=1, description="Specialists serving before the drift starts.")
+    learn_minutes: float = Field(default=13, gt=0, description="Most time for the first rollouts.")
+    settle_minutes: float = Field(default=0, ge=0, description="Traffic through the promoted specialists.")
+    drift_minutes: float = Field(default=6, ge=0, description="Most time for retraining after the drift.")
+    stack: StackConfig = Field(default_factory=lambda: StackConfig.model_validate(DEMO_STACK))
+    prices: PriceModel = Field(default_factory=PriceModel)
+
+
+@dataclass
+class DemoResult:
+    rows: list[TaskRow]
+    seconds: float
+    calls: int  # calls the agent made that were answered
+    logged: int  # of those, found in the call log
+    report_dir: Path
+    marks: dict[str, float] = field(default_factory=dict)
+    statuses: dict[str, SpecialistStatus] = field(default_factory=dict)
+    fallbacks: Counter[str] = field(default_factory=Counter)
+
+
+class Demo:
+    def __init__(self, plan: DemoPlan, directory: Path, say: Callable[[str], None] = print) -> None:
+        self.plan, self.dir, self.say = plan, directory, say
+        families = tuple(plan.families)
+        workload = generate(plan.calls, seed=plan.seed, families=families)
+        self.train = [c for c in workload if not c.heldout]
+        self.heldout = [c for c in workload if c.heldout]
+        self.drift: list[WorkloadCall] = []
+        if plan.drift_family:
+            drifted = generate(
+                plan.drift_calls, seed=plan.seed + 1, families=(plan.drift_family,), drifted=True
+            )
+            self.drift = [c for c in drifted if not c.heldout]
+        self.family_of = {_user_text(c.request["messages"]): c.task for c in [*workload, *self.drift]}
+        self.stack = Stack(
+            directory / "stack", plan.stack, teacher=RecordedTeacher([*workload, *self.drift]), say=say
+        )
+        self.started = time.monotonic()
+        self._phases: dict[str, str] = {}
+        self.agent: Agent | None = None
+        self.first_call = time.time()
+        self.marks: dict[str, float] = {}  # seconds since the first call: promotions, the drift
+        self._active: dict[str, str | None] = {}
+
+    # --- watching ---------------------------------------------------------------------
+    def statuses(self) -> dict[str, SpecialistStatus]:
+        found = {}
+        for path in sorted((self.stack.flywheel_state / "status").glob("*.json")):
+            try:
+                found[path.stem] = SpecialistStatus.model_validate_json(path.read_text())
+            except ValueError:  # being replaced this instant
+                continue
+        return found
+
+    def elapsed(self) -> str:
+        seconds = int(time.monotonic() - self.started)
+        return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+    def _report_changes(self, statuses: dict[str, SpecialistStatus]) -> None:
+        for name, status in statuses.items():
+            if status.active_version and status.active_version != self._active.get(name):
+                self.marks[f"{name} {status.active_version[:7]}"] = time.time() - self.first_call
+            self._active[name] = status.active_version
+            detail = f"{status.phase.value}"
+            if status.candidate_version:
+                detail += f" candidate {status.candidate_version} at {status.traffic_share}%"
+            if status.active_version:
+                detail += f", serving {status.active_version}"
+            if self._phases.get(name) != detail:
+                self._phases[name] = detail
+                latest = status.versions[-1].message if status.versions else ""
+                self.say(f"[{self.elapsed()}] {name}: {detail}" + (f" — {latest}" if latest else ""))
+
+    def watch(self, until: Callable[[dict[str, SpecialistStatus]], bool], minutes: float) -> bool:
+        deadline = time.monotonic() + minutes * 60
+        last_traffic = time.monotonic()
+        while time.monotonic() < deadline:
+            for line in self.stack.check():
+                self.say(f"[{self.elapsed()}] {line}")
+            statuses = self.statuses()
+            self._report_changes(statuses)
+            if until(statuses):
+                return True
+            if time.monotonic() - last_traffic > 60:
+                last_traffic = time.monotonic()
+                outcomes = self.agent_outcomes()
+                recent = outcomes[-200:]
+                share = sum(o.specialist is not None for o in recent) / len(recent) if recent else 0
+                failed = sum(o.error is not None for o in outcomes)
+                self.say(
+                    f"[{self.elapsed()}] agent: {len(outcomes)} calls, {failed} failed, "
+                    f"{share:.0%} of the last {len(recent)} answered by specialists"
+                )
+            time.sleep(3)
+        return False
+
+    def specialist_for(self, family: str | None, statuses: dict[str, SpecialistStatus]) -> str | None:
+        """The serving specialist that answers ``family``'s calls (from who answered the agent)."""
+        answered = Counter(
+            o.specialist.partition("@")[0]
+            for o in self.agent_outcomes()
+            if o.call.task == family and o.specialist
+        )
+        for name, _ in answered.most_common():
+            if statuses.get(name) is not None and statuses[name].active_version:
+                return name
+        return None
+
+    def agent_outcomes(self) -> list[Outcome]:
+        return list(self.agent.outcomes) if self.agent is not None else []
+
+    # --- held-out evaluation ---------------------------------------------------------------
+    async def _ask(
+        self, client: httpx.AsyncClient, call: WorkloadCall, model: str, adapter: str | None
+    ) -> dict[str, Any]:
+        headers = {"serve_multiplexed_model_id": adapter} if adapter else {}
+        body = {**call.request, "model": adapter or model, "temperature": 0, "max_tokens": 256}
+        reply = await client.post(f"{self.stack.engine_url}/v1/chat/completions", json=body, headers=headers)
+        if reply.status_code != 200:
+            return {"role": "assistant", "content": ""}
+        message = reply.json()["choices"][0]["message"]
+        answer = {"role": "assistant", "content": message.get("content")}
+        if message.get("tool_calls"):
+            answer["tool_calls"] = message["tool_calls"]
+        return answer
+
+    async def score_heldout(
+        self, specialist_of: dict[str, str], statuses: dict[str, SpecialistStatus]
+    ) -> dict[str, HeldOutScores]:
+        base = self.plan.stack.pool.base_model.source
+        database = build_database()
+        scores: dict[str, HeldOutScores] = {}
+        slots = asyncio.Semaphore(self.plan.concurrency)
+        async with httpx.AsyncClient(timeout=300) as client:
+
+            async def ask(call: WorkloadCall, adapter: str | None) -> dict[str, Any]:
+                async with slots:
+                    return await self._ask(client, call, base, adapter)
+
+            for family, name in sorted(specialist_of.items()):
+                status = statuses.get(name)
+                active = (
+                    next(
+                        (
+                            v
+                            for v in (status.versions if status else [])
+                            if v.version == status.active_version
+                        ),
+                        None,
+                    )
+                    if status
+                    else None
+                )
+                if active is None or active.scores is None:
+                    continue
+                calls = [c for c in self.heldout if c.task == family][: self.plan.heldout_per_task]
+                score = scorer(EvaluationMetric(active.scores.metric), database)
+                adapter = f"{name}@{active.version}"
+                base_answers = await asyncio.gather(*(ask(c, None) for c in calls))
+                specialist_answers = await asyncio.gather(*(ask(c, adapter) for c in calls))
+                scores[family] = HeldOutScores(
+                    metric=active.scores.metric.value,
+                    calls=len(calls),
+                    base_zero_shot=sum(score(a, c.answer) for a, c in zip(base_answers, calls, strict=True))
+                    / len(calls),
+                    specialist=sum(score(a, c.answer) for a, c in zip(specialist_answers, calls, strict=True))
+                    / len(calls),
+                )
+                self.say(
+                    f"[{self.elapsed()}] held-out {family}: base zero-shot "
+                    f"{scores[family].base_zero_shot:.2f}, {adapter} {scores[family].specialist:.2f} "
+                    f"over {len(calls)} calls"
+                )
+        return scores
+
+    # --- the run ----------------------------------------------------------------------------
+    def run(self) -> DemoResult:
+        plan = self.plan
+        self.stack.start()
+        agent = self.agent = Agent(
+            f"{self.stack.gateway_url}/v1", self.stack.agent_key(), self.stack.teacher_model, self.train,
+            rate=plan.rate, concurrency=plan.concurrency,
+        )  # fmt: skip
+        self.first_call = time.time()
+        agent.start()
+        try:
+            self.say(
+                f"[{self.elapsed()}] agent: replaying {len(self.train)} training calls "
+                f"of {', '.join(plan.families)} at {plan.rate}/s"
+            )
+
+            def learned(statuses: dict[str, SpecialistStatus]) -> bool:
+                serving = [s for s in statuses.values() if s.active_version]
+                drifting = self.specialist_for(plan.drift_family, statuses)
+                if plan.drift_family:  # drift starts once its task's specialist serves
+                    return len(serving) >= plan.min_promoted and drifting is not None
+                return len(serving) >= plan.min_promoted and not any(
+                    s.phase in ROLLING_OUT for s in statuses.values()
+                )
+
+            self.watch(learned, plan.learn_minutes)
+            if plan.settle_minutes:
+                self.say(
+                    f"[{self.elapsed()}] serving: the agent keeps calling for {plan.settle_minutes:g} min"
+                )
+                self.watch(lambda _: False, plan.settle_minutes)
+            if plan.drift_family and self.drift:
+                self.marks["drift"] = time.time() - self.first_call
+                others = [c for c in self.train if c.task != plan.drift_family]
+                agent.switch(others + self.drift)
+                self.say(
+                    f"[{self.elapsed()}] drift: {plan.drift_family} calls now come from the agent's next "
+                    "release (protege.workload.DRIFTED: search_flights requires a cabin class)"
+                )
+                drifting = self.specialist_for(plan.drift_family, self.statuses())
+                before = len(self.statuses()[drifting].versions) if drifting else 0
+
+                def retrained(statuses: dict[str, SpecialistStatus]) -> bool:
+                    status = statuses.get(drifting or "")
+                    done = (
+                        status is not None
+                        and len(status.versions) > before
+                        and status.phase not in ROLLING_OUT
+                    )
+                    return done and not any(s.phase in ROLLING_OUT for s in statuses.values())
+
+                self.watch(retrained, plan.drift_minutes)
+        finally:
+            agent.stop()
+        return self.report(agent)
+
+    def report(self, agent: Agent) -> DemoResult:
+        statuses = self.statuses()
+        records = asyncio.run(self._records())
+        by_family: dict[str, list[CallRecord]] = defaultdict(list)
+        considered: dict[str, Counter[str]] = defaultdict(Counter)
+        for record in sorted(records, key=lambda r: r.timestamp):
+            messages = record.request.model_dump(exclude_none=True)["messages"]
+            family = self.family_of.get(_user_text(messages))
+            if family is None:
+                continue
+            by_family[family].append(record)
+            if record.route.specialist:
+                considered[family][record.route.specialist] += 1
+        specialist_of = {family: names.most_common(1)[0][0] for family, names in considered.items()}
+        self.stack.wait_serving(timeout=600)  # a replica restarted late in the run comes back first
+        held_out = asyncio.run(self.score_heldout(specialist_of, statuses))
+        rows = task_rows(by_family, specialist_of, statuses, held_out, prices=self.plan.prices)
+        answered = [o for o in agent.outcomes if o.error is None]
+        result = DemoResult(
+            rows=rows,
+            seconds=time.monotonic() - self.started,
+            calls=len(answered),
+            logged=sum(r.status is CallStatus.OK for r in records),
+            report_dir=self.dir / "report",
+            marks=self.marks,
+            statuses=statuses,
+            fallbacks=Counter(
+                r.route.reason.value for r in records if r.route.reason.value.startswith("fallback_")
+            ),
+        )
+        self.write(result, records)
+        return result
+
+    async def _records(self) -> Sequence[CallRecord]:
+        return await call_records(self.stack.nats.url, self.plan.stack.tenant, None, limit_seconds=300)
+
+    def write(self, result: DemoResult, records: Sequence[CallRecord]) -> None:
+        out = result.report_dir
+        out.mkdir(parents=True, exist_ok=True)
+        png = plots_png(result.rows, traffic_over_time(records), result.marks, self.plan.prices)
+        timeline = version_timeline(result.statuses)
+        summary = {
+            "runtime": f"{result.seconds / 60:.1f} min",
+            "agent calls answered": result.calls,
+            "calls in the call log": result.logged,
+            "fallbacks": dict(result.fallbacks) or "none",
+            "price model": self.plan.prices.describe(),
+            "teacher latency": "the recorded teacher's (a lookup, not a model): compare costs, not speed",
+        }
+        (out / "report.png").write_bytes(png)
+        (out / "report.html").write_text(html_report(result.rows, png, timeline, summary))
+        (out / "report.md").write_text(markdown_table(result.rows) + "\n")
+        (out / "report.json").write_text(
+            json.dumps(
+                {"summary": summary, "tasks": rows_as_dicts(result.rows), "versions": timeline},
+                indent=1,
+                default=str,
+            )
+        )
+
+    def close(self) -> None:
+        self.stack.stop()
+
+
+def _user_text(messages: Sequence[dict[str, Any]]) -> str:
+    """A call's last user message: what tells the workload's calls apart (for the report)."""
+    return str(next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), ""))

@@ -1,0 +1,134 @@
+"""The demo, CI-sized, with real parts: NATS, SeaweedFS, Ray + Serve + vLLM (CPU), PEFT training.
+
+Two tasks of the shipped agent, a few training steps. While the promoted specialist serves,
+each part is killed in turn with SIGKILL — NATS, the flywheel, the gateway and the serving
+replica's vLLM — and the stack (or Ray Serve, for the replica) starts each again. The loop must still
+complete (tasks discovered, a specialist trained, evaluated, promoted and answering routed
+traffic, fallbacks recorded: the dead replica's calls went to the teacher), every call the
+agent got an answer for must be in the call log exactly once, and the specialist must end
+where it was before the kills.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from protege.stack.demo import DEMO_STACK, Demo, DemoPlan
+
+pytestmark = pytest.mark.slow
+
+POLICY: dict[str, Any] = {
+    **DEMO_STACK["policy"],
+    "data": {"minExamples": 20},
+    # no retraining within the test: the end state must be the one the kills interrupted
+    "training": {**DEMO_STACK["policy"]["training"], "rank": 8, "epochs": 1, "retrainAfterNewExamples": None},
+    "evaluation": {"minRelativeToTeacher": 0.0},
+    "rollout": {"shadowCalls": 4, "canarySteps": [50, 100], "minCallsPerStep": 4, "minAgreement": 0.0},
+}
+PLAN = {
+    "families": ["intent", "extract"],
+    "calls": 150,
+    "rate": 6,
+    "drift_family": None,
+    "heldout_per_task": 5,
+    "min_promoted": 1,
+    "learn_minutes": 10,
+    "settle_minutes": 2.5,
+    "stack": {
+        **DEMO_STACK,
+        "policy": POLICY,
+        "flywheel": {
+            **DEMO_STACK["flywheel"],
+            "min_task_size": 10,
+            "job_options": {"max_steps": 8, "few_shot": 0, "max_new_tokens": 48},
+        },
+    },
+}
+
+
+def _vllm_pids() -> list[int]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "vllm.entrypoints.openai.api_server" in command and "--enable-lora" in command:
+            found.append(process.pid)
+    return found
+
+
+class Chaos(threading.Thread):
+    """Once a specialist serves, kill one part after another while the agent keeps calling."""
+
+    def __init__(self, demo: Demo) -> None:
+        super().__init__(daemon=True)
+        self.demo = demo
+        self.killed: list[str] = []
+        self.serving_before: dict[str, str] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            serving = {n: s.active_version for n, s in self.demo.statuses().items() if s.active_version}
+            if serving:
+                self.serving_before = serving
+                break
+            time.sleep(2)
+        stack = self.demo.stack
+        kills = [
+            ("nats", lambda: os.kill(stack.nats.pid or 0, signal.SIGKILL)),
+            ("flywheel", lambda: os.kill(stack.flywheel.pid or 0, signal.SIGKILL)),  # type: ignore[union-attr]
+            ("gateway", lambda: os.kill(stack.gateway.pid or 0, signal.SIGKILL)),  # type: ignore[union-attr]
+            ("vllm", lambda: [os.kill(pid, signal.SIGKILL) for pid in _vllm_pids()]),
+        ]
+        for name, kill in kills:
+            if self.stop.is_set():
+                return
+            kill()
+            self.killed.append(name)
+            time.sleep(12)
+
+
+def test_the_demo_completes_the_loop_through_crashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smollm2: Path
+) -> None:
+    monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PROTEGE_MODEL_STORE", str(smollm2.parent))
+    lines: list[str] = []
+    demo = Demo(DemoPlan.model_validate(PLAN), tmp_path / "demo", say=lines.append)
+    chaos = Chaos(demo)
+    chaos.start()
+    try:
+        result = demo.run()
+    finally:
+        chaos.stop.set()
+        demo.close()
+    log = "\n".join(lines)
+    assert chaos.killed == ["nats", "flywheel", "gateway", "vllm"], log
+    assert {"nats", "flywheel", "gateway"} <= {
+        line.split("] ")[-1].split()[0] for line in lines if "restarted" in line
+    }, log
+
+    report = (result.report_dir / "report.json").read_text()
+    assert (result.report_dir / "report.html").exists() and (
+        result.report_dir / "report.png"
+    ).stat().st_size > 10_000
+
+    statuses = result.statuses
+    assert len(statuses) >= 2, log  # both tasks discovered, a Specialist each
+    promoted = {n: s for n, s in statuses.items() if s.active_version}
+    assert promoted, log
+    for name, version in chaos.serving_before.items():  # the kills changed nothing it had decided
+        assert statuses[name].active_version == version, log
+    evaluated = [v for s in promoted.values() for v in s.versions if v.scores is not None]
+    assert evaluated, log
+    served = [row for row in result.rows if row.traffic_share > 0]
+    assert served, report  # routed traffic answered by a specialist
+    assert result.fallbacks, report  # at least the calls the dead replica could not answer
+    assert result.calls > 0 and result.logged == result.calls, (result.calls, result.logged)

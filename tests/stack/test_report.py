@@ -1,0 +1,89 @@
+"""The demo report's arithmetic and the live view's traffic figures (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from protege.api.calls import CallRecord
+from protege.api.specialist import SpecialistStatus
+from protege.stack.report import HeldOutScores, PriceModel, markdown_table, task_rows, traffic_over_time
+from protege.stack.view import parse_traffic
+
+START = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+
+
+def record(seconds: float, *, specialist: bool, reason: str | None = None, ms: float = 100) -> CallRecord:
+    upstream = (
+        {"kind": "specialist", "model": "intent@v1", "specialist": "intent", "version": "v1"}
+        if specialist
+        else {"kind": "teacher", "model": "teacher"}
+    )
+    route = {
+        "target": upstream["kind"],
+        "reason": reason or ("specialist" if specialist else "no_active_specialist"),
+        "specialist": "intent",
+    }
+    return CallRecord.model_validate(
+        {
+            "timestamp": (START + timedelta(seconds=seconds)).isoformat(),
+            "tenant": "demo",
+            "request": {"model": "m", "messages": [{"role": "user", "content": "refund please"}]},
+            "response": {"choices": [{"message": {"content": "refund"}}]},
+            "usage": {"prompt_tokens": 900, "completion_tokens": 100, "total_tokens": 1000},
+            "latency": {"total_ms": ms},
+            "upstream": upstream,
+            "route": route,
+        }
+    )
+
+
+def test_rows_price_quality_latency_share_and_fallbacks() -> None:
+    records = [record(i, specialist=False, ms=800) for i in range(4)]
+    records += [record(10 + i, specialist=True, ms=50) for i in range(5)]
+    records.append(record(20, specialist=False, reason="fallback_invalid_output", ms=900))
+    status = SpecialistStatus.model_validate(
+        {"activeVersion": "v1", "versions": [{"version": "v1", "state": "Serving"}]}
+    )
+    prices = PriceModel(
+        teacher_input_usd_per_mtok=2,
+        teacher_output_usd_per_mtok=10,
+        pool_usd_per_gpu_hour=3.6,
+        pool_tokens_per_second=1000,
+    )
+    [row] = task_rows(
+        {"intent": records},
+        {"intent": "intent"},
+        {"intent": status},
+        {"intent": HeldOutScores("exact_match", 30, base_zero_shot=0.1, specialist=0.95)},
+        prices=prices,
+        recent=6,
+    )
+    assert row.relative == 0.95 and row.versions == 1 and row.version == "v1"
+    assert row.tokens_per_call == 1000
+    assert row.teacher_usd_per_1k == 1000 * (900 * 2 + 100 * 10) / 1e6  # $2.80
+    assert row.specialist_usd_per_1k == 1000 * 1000 / 1000 * 3.6 / 3600  # one second of a $3.60 hour
+    assert row.traffic_share == 5 / 6  # of the last six calls, five by the specialist
+    assert row.specialist_p50_ms == 50 and row.teacher_p95_ms is not None and row.teacher_p95_ms >= 800
+    assert row.fallbacks == {"fallback_invalid_output": 1}
+    table = markdown_table([row])
+    assert "| intent | intent@v1 | 1 | exact_match | 1.00 | 0.10 | 0.95 | 95% |" in table
+
+
+def test_traffic_share_over_time_bins() -> None:
+    records = [record(0, specialist=False), record(5, specialist=False), record(35, specialist=True)]
+    assert traffic_over_time(records, bin_seconds=30) == [(0, 0.0, 2), (30, 1.0, 1)]
+
+
+def test_the_gateway_metrics_give_traffic_share_and_fallback_rate() -> None:
+    registry = CollectorRegistry()  # the gateway's counter, as its /metrics exposes it
+    calls = Counter(
+        "protege_router_calls", "calls", ["target", "specialist", "version", "reason"], registry=registry
+    )
+    calls.labels("specialist", "intent", "v1", "specialist").inc(6)
+    calls.labels("teacher", "intent", "v1", "fallback_low_confidence").inc(2)
+    calls.labels("teacher", "", "", "no_task_match").inc(2)
+    traffic = parse_traffic(generate_latest(registry).decode())
+    assert traffic.calls == 10 and traffic.specialist_share == 0.6
+    assert traffic.fallbacks == 2 and traffic.fallback_rate == 0.25
