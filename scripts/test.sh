@@ -6,5 +6,5 @@ venv=${PROTEGE_VENV:-.venv}
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
 "$venv/bin/mypy"
-"$venv/bin/protege" crds --check -o crds
+"$venv/bin/protege" crds --check -o crds --reference docs/crd-reference.md
 "$venv/bin/pytest" "$@"
