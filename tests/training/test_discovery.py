@@ -13,6 +13,7 @@ from protege.api.specialist import OutputKind
 from protege.training.discovery import MiniLM, TaskRegistry, discover
 from protege.training.examples import Example, example_from_record, output_kind
 from protege.workload import generate
+from protege.workload.agent import CITIES, NAMES
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,10 @@ def test_discovery_recovers_the_workload_tasks(embedder: MiniLM) -> None:
     assert {truth[i] for i in sql[0].example_ids} == {"sqlfix"}
     tool = next(t for t in registry.tasks if t.output_kind is OutputKind.TOOL_CALL)
     assert tool.name == "search-flights"
+    proper = {word.lower() for word in (*NAMES, *CITIES)}  # people and places never name a task
+    assert not any(proper & set(task.name.split("-")) for task in registry.tasks), [
+        t.name for t in registry.tasks
+    ]
     assert all(
         task.exemplars and task.router.threshold < 1 and len(task.router.centroids[0]) == 384
         for task in registry.tasks

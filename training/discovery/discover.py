@@ -144,7 +144,11 @@ def propose_name(members: list[Example], everyone: list[Example], fingerprint_: 
         return fingerprint_.tools[0].replace("_", "-")
 
     def words(examples: list[Example]) -> Counter[str]:
-        return Counter(w for e in examples for w in set(_WORD.findall(e.user_text.lower())) if w not in _STOP)
+        # Lower-case words only: a proper noun (a person PII redaction let through, a city) never
+        # names a task, and so never a Kubernetes resource.
+        return Counter(
+            w for e in examples for w in set(_WORD.findall(e.user_text)) if w.islower() and w not in _STOP
+        )
 
     mine, all_words = words(members), words(everyone)
     distinctive = sorted(mine, key=lambda w: (-(mine[w] / len(members)) * (mine[w] / all_words[w]), w))[:2]
