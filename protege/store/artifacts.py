@@ -113,6 +113,8 @@ class ArtifactStore:
             # would hide their new versions from a long-running reader such as the router.
             options.setdefault("use_listings_cache", False)
         self.fs, root = fsspec.core.url_to_fs(self.url, **options)
+        # Listing a name's versions reads each manifest once per store, not on every listing.
+        self._manifests: dict[tuple[str, str, str], Manifest] = {}
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
         if self._local:
@@ -311,6 +313,9 @@ class ArtifactStore:
             return None
 
     def manifest(self, kind: str, name: str, version: str) -> Manifest:
+        known = self._manifests.get((kind, name, version))
+        if known is not None:  # a version is immutable once its manifest exists
+            return known
         data = self._read(self._version_path(kind, name, version, MANIFEST), f"{kind}/{name}@{version}")
         manifest = Manifest.model_validate_json(data)
         if content_version(manifest.files) != version:
@@ -318,6 +323,7 @@ class ArtifactStore:
                 f"{kind}/{name}@{version}: its manifest lists files of another version; "
                 "the manifest was altered"
             )
+        self._manifests[(kind, name, version)] = manifest
         return manifest
 
     def versions(self, kind: str, name: str) -> list[Manifest]:
@@ -341,6 +347,8 @@ class ArtifactStore:
         Returns how many versions there were.
         """
         count = len(self.versions(kind, name))
+        for key in [key for key in self._manifests if key[:2] == (kind, name)]:
+            del self._manifests[key]
         base = self._path(_check(_KIND, kind, "kind", "adapter"), _check(_NAME, name, "name", "x"))
         if self.fs.exists(base):
             self.fs.rm(base, recursive=True)
