@@ -52,7 +52,9 @@ def test_reject_reasons_and_tenant_policies() -> None:
     assert reject_reason(record("hi", answer="  "), policy) == "empty"
     by_specialist = Upstream(kind=UpstreamKind.SPECIALIST, model="m", specialist="s", version="v1")
     assert reject_reason(record("hi", upstream=by_specialist), policy) == "not_teacher"
-    assert reject_reason(record("hi", upstream=Upstream(kind=UpstreamKind.TEACHER, model="m")), policy) is None
+    assert (
+        reject_reason(record("hi", upstream=Upstream(kind=UpstreamKind.TEACHER, model="m")), policy) is None
+    )
     truncated = record("hi")
     truncated.response.choices[0].finish_reason = "length"  # type: ignore[union-attr]
     assert reject_reason(truncated, policy) == "truncated"
