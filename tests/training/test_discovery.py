@@ -57,9 +57,8 @@ def test_discovery_recovers_the_workload_tasks(embedder: MiniLM) -> None:
     tool = next(t for t in registry.tasks if t.output_kind is OutputKind.TOOL_CALL)
     assert tool.name == "search-flights"
     proper = {word.lower() for word in (*NAMES, *CITIES)}  # people and places never name a task
-    assert not any(proper & set(task.name.split("-")) for task in registry.tasks), [
-        t.name for t in registry.tasks
-    ]
+    parts = {part for task in registry.tasks for part in task.name.split("-")}
+    assert not any(part in word for part in parts for word in proper), parts
     assert all(
         task.exemplars and task.router.threshold < 1 and len(task.router.centroids[0]) == 384
         for task in registry.tasks
@@ -173,3 +172,26 @@ def test_examples_are_redacted_everywhere() -> None:
     assert "<EMAIL_1>" in example.user_text
     assert json.loads(example.answer["tool_calls"][0]["function"]["arguments"])["contact"] == "<EMAIL_1>"
     assert example.redactions == {"EMAIL": 2}
+
+
+def test_task_names_skip_proper_nouns() -> None:
+    """A name PII redaction let through ("David", alone) must not name a task, whole or in part."""
+    from protege.api.calls import CallRecord
+    from protege.training.discovery.discover import propose_name
+    from protege.training.discovery.tasks import fingerprint
+
+    def example(text: str) -> Example:
+        record = CallRecord.model_validate(
+            {
+                "tenant": "acme",
+                "request": {"model": "m", "messages": [{"role": "user", "content": text}]},
+                "response": {"choices": [{"message": {"content": "ok"}}]},
+                "latency": {"total_ms": 1},
+            }
+        )
+        return example_from_record(record)
+
+    members = [example(f"David here - deliver parcel {i}") for i in range(5)]
+    others = [example(f"hello there number {i}") for i in range(5)]
+    name = propose_name(members, members + others, fingerprint(members[0]))
+    assert name == "label-deliver-parcel"

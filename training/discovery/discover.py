@@ -129,7 +129,7 @@ def split_group(vectors: Matrix, settings: DiscoverySettings, whole: int = 0) ->
     return parts
 
 
-_WORD = re.compile(r"[a-z][a-z_]{2,}")
+_WORD = re.compile(r"\b[A-Za-z][A-Za-z_]{2,}")
 _STOP_WORDS = """
     the and for with from this that what when where which please thanks thank you your have has are
     was can could would should into over there here about how many much any some all not but our out
