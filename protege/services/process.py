@@ -94,6 +94,9 @@ class ServiceProcess:
     """One server process. Subclasses give the command line and the readiness probe."""
 
     name = "service"
+    # A server whose children must not outlive it (vLLM's engine core and workers): it leads a
+    # process group of its own, and stopping it kills the group.
+    own_group = False
 
     def __init__(self, data_dir: Path, detach: bool = False, ready_timeout: float = 60.0) -> None:
         self.data_dir = Path(data_dir)
@@ -143,7 +146,7 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=self.detach,
+                start_new_session=self.detach or self.own_group,
                 cwd=self.data_dir,
                 env=self.environment(),
             )
@@ -177,13 +180,21 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._kill_group()
         self.process = None
+
+    def _kill_group(self) -> None:
+        """With ``own_group``, whatever the server started goes with it, even after it crashed."""
+        if self.own_group and self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (fault tests); start() brings it back on the same ports and data."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
+            self._kill_group()
             self.process = None
 
     def __enter__(self) -> Self:

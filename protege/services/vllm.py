@@ -21,6 +21,7 @@ class VllmServer(ServiceProcess):
     """``python -m vllm.entrypoints.openai.api_server`` for one model directory, on loopback."""
 
     name = "vllm"
+    own_group = True  # its engine core and workers (2 GiB each) must not outlive it
 
     def __init__(
         self,

@@ -85,7 +85,8 @@ class Chaos(threading.Thread):
             ("nats", lambda: os.kill(stack.nats.pid or 0, signal.SIGKILL)),
             ("flywheel", lambda: os.kill(stack.flywheel.pid or 0, signal.SIGKILL)),  # type: ignore[union-attr]
             ("gateway", lambda: os.kill(stack.gateway.pid or 0, signal.SIGKILL)),  # type: ignore[union-attr]
-            ("vllm", lambda: [os.kill(pid, signal.SIGKILL) for pid in _vllm_pids()]),
+            # the engine crashes whole: its server, engine core and workers (one process group)
+            ("vllm", lambda: [os.killpg(pid, signal.SIGKILL) for pid in _vllm_pids()]),
         ]
         for name, kill in kills:
             if self.stop.is_set():
