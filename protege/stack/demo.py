@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -71,9 +72,9 @@ DEMO_STACK: dict[str, Any] = {
         "training": {**LOCAL_POLICY["training"], "epochs": 3, "retrainAfterNewExamples": 110},
     },
     "flywheel": {
-        "interval_seconds": 3,
+        "interval_seconds": 5,
         "discover_every_seconds": 45,
-        "job_options": {"few_shot": 0, "max_new_tokens": 96, "max_steps": 24},
+        "job_options": {"few_shot": 0, "max_new_tokens": 64, "max_steps": 26},
     },
 }
 
@@ -89,7 +90,7 @@ class DemoPlan(BaseModel):
     )
     calls: int = Field(default=450, ge=10, description="Workload size; about 20% of it is held out.")
     seed: int = 7
-    rate: float = Field(default=2.0, gt=0, description="Agent calls per second.")
+    rate: float = Field(default=1.0, gt=0, description="Agent calls per second.")
     concurrency: int = Field(default=4, ge=1)
     drift_family: str | None = Field(
         default="tool", description="The family the agent's next release changes (DRIFTED); none: no drift."
@@ -97,9 +98,9 @@ class DemoPlan(BaseModel):
     drift_calls: int = Field(default=300, ge=1)
     heldout_per_task: int = Field(default=20, ge=1, description="Held-out calls scored per task.")
     min_promoted: int = Field(default=2, ge=1, description="Specialists serving before the drift starts.")
-    learn_minutes: float = Field(default=13, gt=0, description="Most time for the first rollouts.")
+    learn_minutes: float = Field(default=14, gt=0, description="Most time for the first rollouts.")
     settle_minutes: float = Field(default=0, ge=0, description="Traffic through the promoted specialists.")
-    drift_minutes: float = Field(default=6, ge=0, description="Most time for retraining after the drift.")
+    drift_minutes: float = Field(default=7, ge=0, description="Most time for retraining after the drift.")
     stack: StackConfig = Field(default_factory=lambda: StackConfig.model_validate(DEMO_STACK))
     prices: PriceModel = Field(default_factory=PriceModel)
 
@@ -304,8 +305,9 @@ class Demo:
                 self.watch(lambda _: False, plan.settle_minutes)
             if plan.drift_family and self.drift:
                 self.marks["drift"] = time.time() - self.first_call
-                others = [c for c in self.train if c.task != plan.drift_family]
-                agent.switch(others + self.drift)
+                mixed = [c for c in self.train if c.task != plan.drift_family] + self.drift
+                random.Random(plan.seed).shuffle(mixed)  # the new release's calls among the others
+                agent.switch(mixed)
                 self.say(
                     f"[{self.elapsed()}] drift: {plan.drift_family} calls now come from the agent's next "
                     "release (protege.workload.DRIFTED: search_flights requires a cabin class)"
