@@ -2,9 +2,10 @@
 
 A record is written here (one ``write``, no ``fsync``: it survives the process, not the
 machine) when it is handed to the publisher, and forgotten once JetStream or the disk
-spool has it. Segments hold a bounded number of records and are deleted when all of them
-are done. A new publisher moves whatever a dead one left here into its spool, to be
-replayed; JetStream drops the ones that did arrive (``Nats-Msg-Id`` is the record id).
+spool has it. Segments hold a bounded number of records (256) and are deleted when all of
+them are done. A new publisher moves whatever a dead one left here into its spool, to be
+replayed; JetStream drops the ones that did arrive (``Nats-Msg-Id`` is the record id), and
+there are at most a segment's worth of those.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _SUFFIX = ".journal"
 
 
 class Journal:
-    def __init__(self, directory: Path, segment_records: int = 4096) -> None:
+    def __init__(self, directory: Path, segment_records: int = 256) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segment_records = segment_records

@@ -41,7 +41,7 @@ PLAN = {
     "heldout_per_task": 5,
     "min_promoted": 1,
     "learn_minutes": 10,
-    "settle_minutes": 2.5,
+    "settle_minutes": 1.5,
     "stack": {
         **DEMO_STACK,
         "policy": POLICY,
