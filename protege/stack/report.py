@@ -11,7 +11,6 @@ import io
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 
 from pydantic import BaseModel, Field
 from rich.table import Table
@@ -314,7 +313,3 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><b
 
 def rows_as_dicts(rows: Sequence[TaskRow]) -> list[dict[str, object]]:
     return [{**asdict(row), "relative": row.relative} for row in rows]
-
-
-def seconds_since(start: datetime, moment: datetime) -> float:
-    return (moment - start).total_seconds()

@@ -236,7 +236,7 @@ class Stack:
             return "NOT_STARTED", ""
         return str(application.get("status")), str(application.get("message") or "")
 
-    def wait_serving(self, timeout: float = 900, on_wait: Callable[[], None] = lambda: None) -> None:
+    def wait_serving(self, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status, message = self.serving_status()
@@ -244,7 +244,6 @@ class Stack:
                 return
             if status == "DEPLOY_FAILED":
                 raise StackError(f"pool {self.config.pool_name} failed to deploy: {message}")
-            on_wait()
             time.sleep(2)
         raise StackError(f"pool {self.config.pool_name} was not serving after {timeout:.0f} s")
 
