@@ -8,10 +8,11 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import typer
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from protege.cli.common import console, fail, settings
 from protege.stack.config import StackConfig
@@ -21,19 +22,27 @@ flywheel_app = typer.Typer(
 )
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def _directory(directory: Path | None) -> Path:
     return directory or settings().home / "up"
 
 
-def _config(path: Path | None, gateway_port: int | None) -> StackConfig:
+def _from_yaml(model: type[M], path: Path | None, option: str) -> M:
+    """``model`` from a YAML file (its defaults without one); a clear error naming ``option`` otherwise."""
     try:
-        config = StackConfig.model_validate(yaml.safe_load(path.read_text()) or {} if path else {})
+        return model.model_validate(yaml.safe_load(path.read_text()) or {} if path else {})
     except (OSError, yaml.YAMLError) as error:
-        fail(f"--config {path}: {error}", code=2)
+        fail(f"{option} {path}: {error}", code=2)
     except ValidationError as error:
         from protege.api.meta import spec_problems
 
-        fail(f"--config {path}: {spec_problems(error)}", code=2)
+        fail(f"{option} {path}: {spec_problems(error)}", code=2)
+
+
+def _config(path: Path | None, gateway_port: int | None) -> StackConfig:
+    config = _from_yaml(StackConfig, path, "--config")
     if gateway_port is not None:
         config.gateway_port = gateway_port
     return config
@@ -140,14 +149,7 @@ def demo(
     from protege.stack.supervisor import StackError, stop_stack
 
     work = directory or settings().home / "demo"
-    try:
-        plan = DemoPlan.model_validate(yaml.safe_load(plan_file.read_text()) or {} if plan_file else {})
-    except (OSError, yaml.YAMLError) as error:
-        fail(f"--plan {plan_file}: {error}", code=2)
-    except ValidationError as error:
-        from protege.api.meta import spec_problems
-
-        fail(f"--plan {plan_file}: {spec_problems(error)}", code=2)
+    plan = _from_yaml(DemoPlan, plan_file, "--plan")
     stop_stack(work / "stack")  # a demo killed earlier
     if not keep and work.exists():
         shutil.rmtree(work)
