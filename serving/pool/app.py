@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from protege.api.pool import SpecialistPoolSpec
 from protege.config import load_settings
 from protege.models.pull import resolve_model
+from protege.models.chat import chat_template_of, template_knows_tools, tools_in_prompt
 from protege.services.vllm import VllmServer
 from protege.serving.adapters import AdapterLoadError, AdapterManager
 from protege.serving.pool.config import deployment_options, engine_args
@@ -111,6 +112,8 @@ class PoolEngine:
             extra_args=engine_args(self.spec),
         ).start()
         self.engine_url = f"http://{self.engine.host}:{self.engine.port}"
+        # a template without tools would drop them: write them as the specialists learned them
+        self.tools_as_text = not template_knows_tools(chat_template_of(Path(model)))
         self.adapters = AdapterManager(
             self.engine_url,
             ArtifactStore.from_settings(settings),
@@ -162,6 +165,8 @@ class PoolEngine:
         if path not in ("/v1/chat/completions", "/v1/completions") or request.method != "POST":
             return _error(404, f"{request.method} {path}: the pool serves /v1/chat/completions", "not_found")
         body = await request.body()
+        if self.tools_as_text and path == "/v1/chat/completions":
+            body = _tools_in_prompt(body)
         model_id = serve.get_multiplexed_model_id() or _adapter_in_body(body)
         if model_id:
             try:
@@ -182,6 +187,17 @@ class PoolEngine:
 
     def __del__(self) -> None:
         self.engine.stop()
+
+
+def _tools_in_prompt(body: bytes) -> bytes:
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return body  # the engine answers it with its own error
+    if not isinstance(request, dict):
+        return body
+    rewritten = tools_in_prompt(request)
+    return body if rewritten is request else json.dumps(rewritten).encode()
 
 
 def _adapter_in_body(body: bytes) -> str | None:

@@ -80,7 +80,15 @@ def test_a_pool_replica_multiplexes_adapters_from_the_store(
         ).version
         for i in range(3)
     ]
-    assert _chat(serve_pool, None).status_code == 200  # the base model
+    plain = _chat(serve_pool, None)
+    assert plain.status_code == 200  # the base model
+    # SmolLM2's template knows no tools: the replica writes them into the prompt (Hermes)
+    [call] = generate(1, seed=3, families=("tool",))
+    body = {**call.request, "model": "smollm2-135m", "messages": [{"role": "user", "content": "hello"}]}
+    with_tools = httpx.post(f"{serve_pool}/v1/chat/completions", json={**body, "max_tokens": 5}, timeout=180)
+    assert with_tools.status_code == 200, with_tools.text
+    added = with_tools.json()["usage"]["prompt_tokens"] - plain.json()["usage"]["prompt_tokens"]
+    assert added > 80  # the preamble and search_flights' schema reached the model
 
     first = _chat(serve_pool, f"spec0@{versions[0]}")
     assert first.status_code == 200, first.text

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from protege.api.specialist import TrainingSpec
+from protege.models.chat import hermes_messages
 from protege.training.examples import example_from_record
-from protege.training.trainer import IGNORE, TrainingError, hermes_messages, tokenize_row, train_lora
+from protege.training.trainer import IGNORE, TrainingError, tokenize_row, train_lora
 from protege.training.trainer.data import keep_answer_logits, pack_batch, pad_batch, tokenize_rows
 from protege.training.trainer.lora import answer_loss
 from protege.workload import generate

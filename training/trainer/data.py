@@ -6,17 +6,16 @@ everything up to the answer with -100, so the model learns the answer (and the e
 its turn), never to imitate the prompt.
 
 Chat templates that know nothing of tools (SmolLM2's, for one) would silently drop tool
-calls. For those, tools and tool calls are written in the Hermes format that vLLM's
-``hermes`` tool parser reads back at serving time: the tool schemas in ``<tools>`` in the
-system prompt, each call as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
+calls; for those the row is written as the pool serves it (:mod:`protege.models.chat`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from protege.models.chat import hermes_messages, template_knows_tools
 
 IGNORE = -100
 
@@ -30,56 +29,12 @@ class Tokenized:
         return len(self.input_ids)
 
 
-def template_knows_tools(tokenizer: Any) -> bool:
-    template = tokenizer.chat_template or ""
-    return "tools" in template and "tool_calls" in template
-
-
-def hermes_messages(
-    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
-) -> list[dict[str, Any]]:
-    """Tools and tool calls as plain text, in the Hermes format vLLM's parser reads."""
-    out = []
-    for original in messages:
-        message = dict(original)
-        if message.get("tool_calls"):
-            calls = [_hermes_call(call.get("function", {})) for call in message.pop("tool_calls")]
-            message["content"] = "\n".join(filter(None, [message.get("content"), *calls]))
-        if message.get("role") == "tool":
-            message = {
-                "role": "user",
-                "content": f"<tool_response>\n{message.get('content')}\n</tool_response>",
-            }
-        message["content"] = message.get("content") or ""
-        out.append(message)
-    if tools:
-        schemas = "\n".join(json.dumps(tool.get("function", tool)) for tool in tools)
-        preamble = (
-            "You may call one or more functions. Function signatures are within <tools></tools>:\n"
-            f"<tools>\n{schemas}\n</tools>\nFor each call, return a JSON object with the function name and "
-            'arguments within <tool_call></tool_call> tags: {"name": <name>, "arguments": <arguments>}'
-        )
-        if out and out[0]["role"] == "system":
-            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{preamble}"}
-        else:
-            out.insert(0, {"role": "system", "content": preamble})
-    return out
-
-
-def _hermes_call(function: dict[str, Any]) -> str:
-    try:
-        arguments: Any = json.loads(function.get("arguments") or "{}")
-    except ValueError:
-        arguments = function.get("arguments")
-    return f"<tool_call>\n{json.dumps({'name': function.get('name'), 'arguments': arguments})}\n</tool_call>"
-
-
 def prompt_messages(
     row: dict[str, Any], tokenizer: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The row's messages and tools as the template will see them."""
     messages, tools = row["messages"], row.get("tools")
-    if template_knows_tools(tokenizer):
+    if template_knows_tools(tokenizer.chat_template):
         return messages, tools
     return hermes_messages(messages, tools), None
 
