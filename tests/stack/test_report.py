@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter as Tally
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
+from rich.console import Console
 
 from protege.api.calls import CallRecord
 from protege.api.specialist import SpecialistStatus
 from protege.stack.report import HeldOutScores, PriceModel, markdown_table, task_rows, traffic_over_time
-from protege.stack.view import parse_traffic
+from protege.stack.view import Snapshot, Traffic, parse_traffic, render
 
 START = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
 
@@ -87,3 +90,38 @@ def test_the_gateway_metrics_give_traffic_share_and_fallback_rate() -> None:
     traffic = parse_traffic(generate_latest(registry).decode())
     assert traffic.calls == 10 and traffic.specialist_share == 0.6
     assert traffic.fallbacks == 2 and traffic.fallback_rate == 0.25
+
+
+def test_the_live_view_shows_parts_tasks_specialists_and_traffic() -> None:
+    serving = SpecialistStatus.model_validate(
+        {"phase": "Serving", "examples": 64, "newExamples": 3, "activeVersion": "v1", "trafficShare": 100,
+         "scoreVsTeacher": 0.97}
+    )  # fmt: skip
+    canary = SpecialistStatus.model_validate(
+        {"phase": "Canary", "examples": 41, "candidateVersion": "v2", "trafficShare": 50}
+    )
+    view = Snapshot(
+        parts={"nats": (101, True, 0), "gateway": (102, False, 2)},
+        serving=("RUNNING", ""),
+        heartbeat={"at": time.time() - 4, "error": "store unreachable"},
+        tasks=[("t-1", "label-order", 64), ("t-2", "search-flights", 41)],
+        specialists={"label-order": serving, "search-flights": canary},
+        traffic=Traffic(
+            by_reason=Tally({"specialist": 6, "fallback_invalid_output": 2, "no_active_specialist": 2}),
+            by_specialist=Tally({"label-order": 6}),
+        ),
+    )
+    console = Console(record=True, width=160)
+    console.print(render(view))
+    text = console.export_text()
+    assert "gateway" in text and "down" in text and "RUNNING" in text
+    assert "store unreachable" in text and "s ago" in text
+    assert "search-flights" in text and "41" in text
+    assert "Canary" in text and "v2" in text and "0.97" in text
+    assert "10 calls, 60% answered by specialists, fallback rate 25%" in text
+    assert "fallback_invalid_output 2" in text
+
+    console = Console(record=True, width=160)
+    console.print(render(Snapshot({}, ("NOT_STARTED", ""), {}, [], {}, None)))
+    quiet = console.export_text()
+    assert "heartbeat" in quiet and "not yet" in quiet and "metrics are not available" in quiet
