@@ -1,9 +1,18 @@
 """The shipped multi-task agent workload: generated calls, teacher recordings, the SQL database."""
 
-from protege.workload.agent import DRIFTED, FAMILIES, STYLES, WorkloadCall, generate, recorded_workload
+from protege.workload.agent import (
+    CABINS,
+    DRIFTED,
+    FAMILIES,
+    STYLES,
+    WorkloadCall,
+    generate,
+    recorded_workload,
+)
 from protege.workload.schema import SCHEMA_SQL, build_database
 
 __all__ = [
+    "CABINS",
     "DRIFTED",
     "FAMILIES",
     "SCHEMA_SQL",

@@ -293,15 +293,11 @@ def _extract(rng: random.Random, style: str) -> WorkloadCall:
 
 def _flight(rng: random.Random, style: str, cabin: bool = False) -> WorkloadCall:
     origin, destination = rng.sample(CITIES, 2)
-    arguments: dict[str, Any] = {
-        "origin": origin,
-        "destination": destination,
-        "date": _date(rng),
-        "passengers": rng.randint(1, 4),
-    }
-    text = rng.choice(FLIGHT_TEMPLATES).format(
-        a=origin, b=destination, date=arguments["date"], n=arguments["passengers"]
-    )
+    arguments: dict[str, Any] = {"origin": origin, "destination": destination, "date": _date(rng)}
+    template = rng.choice(FLIGHT_TEMPLATES)
+    if "{n}" in template:  # the teacher passes what the user said, and nothing it did not
+        arguments["passengers"] = rng.randint(1, 4)
+    text = template.format(a=origin, b=destination, date=arguments["date"], n=arguments.get("passengers"))
     if cabin:
         arguments["cabin"] = rng.choice(CABINS)
         text += f", {arguments['cabin']} class"
