@@ -32,8 +32,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from protege.api.pool import SpecialistPoolSpec
 from protege.config import load_settings
-from protege.models.pull import resolve_model
 from protege.models.chat import chat_template_of, template_knows_tools, tools_in_prompt
+from protege.models.pull import resolve_model
 from protege.services.vllm import VllmServer
 from protege.serving.adapters import AdapterLoadError, AdapterManager
 from protege.serving.pool.config import deployment_options, engine_args
