@@ -180,9 +180,16 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
         "adapter", "foreign-spec", adapters["b"], {"base_model": "qwen2.5-0.5b"}
     ).version
 
+    router = gateway.server.server.config.app.state.gateway.router
+
     def write(routes: list[SpecialistRoute]) -> None:
-        table_file.write_text(RoutingTable(routes=routes).model_dump_json())
-        time.sleep(0.05)  # past router.refreshSeconds: the next call sees the new table
+        table = RoutingTable(routes=routes)
+        table_file.write_text(table.model_dump_json())
+        for _ in range(500):  # the gateway's background refresh, slower on a busy machine
+            if router.table == table:
+                return  # the next call sees the new table
+            time.sleep(0.01)
+        raise AssertionError("the gateway never read the new routing table")
 
     intent = SpecialistRoute(specialist="intent-spec", tenant=tenant, task_id="task-intent", active=v_intent)
     extract = SpecialistRoute(
