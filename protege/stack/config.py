@@ -60,6 +60,12 @@ class StackConfig(BaseModel):
     app: str = Field(default="agent", description="App tag of that key's calls.")
     gateway_port: int | None = Field(default=8080, description="The gateway's port; a free one when null.")
     ray_cpus: int = Field(default=2, ge=2, description="CPUs the local Ray offers (serving + one job).")
+    specialist_timeout_seconds: float = Field(
+        default=120,
+        gt=0,
+        description="The gateway's router.timeoutSeconds. Here serving shares the CPUs with training: "
+        "a tool call's answer took 38 s while a job ran, and a late answer counts as no answer.",
+    )
     teacher_calls: int = Field(
         default=2000, ge=1, description="Workload calls the recorded teacher answers (no teacher.url)."
     )

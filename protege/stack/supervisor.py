@@ -146,6 +146,7 @@ class Stack:
             "PROTEGE_ROUTER__ENABLED": "true",
             "PROTEGE_ROUTER__ENGINE_URL": self.engine_url,
             "PROTEGE_ROUTER__TABLE": str(self.routes_path),
+            "PROTEGE_ROUTER__TIMEOUT_SECONDS": str(self.config.specialist_timeout_seconds),
             "PROTEGE_CALL_LOG__SPOOL_DIR": str(self.dir / "gateway" / "spool"),
         }
         port = self.config.gateway_port or free_port(HOST)

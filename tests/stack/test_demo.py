@@ -47,6 +47,8 @@ PLAN = {
     "stack": {
         **DEMO_STACK,
         "policy": POLICY,
+        # the router's cluster default: calls to the killed replica go to the teacher without a long wait
+        "specialist_timeout_seconds": 30,
         "flywheel": {
             **DEMO_STACK["flywheel"],
             "min_task_size": 10,
