@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
+from protege.config import RouterSettings
 from protege.stack.demo import DEMO_STACK, Demo, DemoPlan
 
 # the whole loop, two rollouts, four restarts: on a loaded 2-core machine it needs more than the
@@ -48,7 +49,7 @@ PLAN = {
         **DEMO_STACK,
         "policy": POLICY,
         # the router's cluster default: calls to the killed replica go to the teacher without a long wait
-        "specialist_timeout_seconds": 30,
+        "specialist_timeout_seconds": RouterSettings.model_fields["timeout_seconds"].default,
         "flywheel": {
             **DEMO_STACK["flywheel"],
             "min_task_size": 10,
