@@ -245,9 +245,13 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
         )
         broken = await until(lambda: status_of("other").get("phase") == "Failed" and status_of("other"))
         assert "exit code 2" in broken["versions"][-1]["message"]
-        # kmock's emulator has no generateName, so it keeps only kopf's first Event: read what was posted
-        reasons = {r.data.get("reason") for r in list(kmock) if r.resource == "v1/events" and r.data}
-        assert {"TrainingStarted", "CandidateShadowing", "TrainingFailed"} <= reasons
+
+        # kmock's emulator has no generateName, so it keeps only kopf's first Event: read what was posted.
+        # kopf posts events from a background queue, so the last one may land after the status patch.
+        def reasons() -> set[str]:
+            return {r.data.get("reason") for r in list(kmock) if r.resource == "v1/events" and r.data}
+
+        await until(lambda: {"TrainingStarted", "CandidateShadowing", "TrainingFailed"} <= reasons())
         exposition = await scrape(f"http://127.0.0.1:{os.environ['PROTEGE_OPERATOR_METRICS_PORT']}/metrics")
         for needle in (
             'protege_operator_specialists{phase="Failed"} 1.0',
