@@ -99,6 +99,9 @@ class DemoPlan(BaseModel):
     heldout_per_task: int = Field(default=20, ge=1, description="Held-out calls scored per task.")
     min_promoted: int = Field(default=2, ge=1, description="Specialists serving before the drift starts.")
     learn_minutes: float = Field(default=14, gt=0, description="Most time for the first rollouts.")
+    finish_rollouts: bool = Field(
+        default=True, description="Once min_promoted serve, also wait for the other rollouts under way."
+    )
     settle_minutes: float = Field(default=0, ge=0, description="Traffic through the promoted specialists.")
     drift_minutes: float = Field(default=7, ge=0, description="Most time for retraining after the drift.")
     stack: StackConfig = Field(default_factory=lambda: StackConfig.model_validate(DEMO_STACK))
@@ -293,8 +296,8 @@ class Demo:
                 drifting = self.specialist_for(plan.drift_family, statuses)
                 if plan.drift_family:  # drift starts once its task's specialist serves
                     return len(serving) >= plan.min_promoted and drifting is not None
-                return len(serving) >= plan.min_promoted and not any(
-                    s.phase in ROLLING_OUT for s in statuses.values()
+                return len(serving) >= plan.min_promoted and not (
+                    plan.finish_rollouts and any(s.phase in ROLLING_OUT for s in statuses.values())
                 )
 
             self.watch(learned, plan.learn_minutes)
