@@ -82,7 +82,9 @@ class CrdCatalogue:
     def from_paths(cls, paths: Iterable[Path]) -> CrdCatalogue:
         documents: list[dict[str, Any]] = []
         for path in paths:
-            documents.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+            # libyaml's loader: KubeRay's CRDs are 3 MB, ~10x faster to parse than in Python
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            documents.extend(d for d in yaml.load_all(path.read_text(), Loader=loader) if d)
         return cls(documents)
 
     def kinds(self) -> list[tuple[str, str]]:
