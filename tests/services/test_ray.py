@@ -1,0 +1,40 @@
+"""The local Ray head: stopping it stops the jobs it runs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from protege.services.ray import LocalRay
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_stopping_the_head_stops_a_running_job(tmp_path: Path) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    marker = f"protege-job-{uuid.uuid4().hex}"
+    with LocalRay(tmp_path / "ray", num_cpus=1) as ray:
+        client = JobSubmissionClient(ray.address, headers=ray.headers)
+        job = client.submit_job(entrypoint=f"nice -n 19 python -c 'import time; time.sleep(600)' {marker}")
+        deadline = time.monotonic() + 60
+        while client.get_job_status(job) is not JobStatus.RUNNING or not _processes_with(marker):
+            assert time.monotonic() < deadline, client.get_job_logs(job)
+            time.sleep(0.5)
+        [driver] = [p for p in _processes_with(marker) if "python" in p.name()]
+    _, alive = psutil.wait_procs([driver], timeout=15)
+    for process in alive:  # not left behind by a failing run
+        process.kill()
+    assert not alive, f"job driver {driver.pid} outlived the Ray head"
