@@ -69,7 +69,9 @@ DEMO_STACK: dict[str, Any] = {
         "data": {"minExamples": 40},
         # Above what the agent's ~120 distinct calls per task can add after a first training at
         # 40: before the drift nothing retrains; after it, ~30 fallen-back calls do.
-        "training": {**LOCAL_POLICY["training"], "epochs": 3, "retrainAfterNewExamples": 110},
+        # 6 epochs: curation leaves the intent task ~30 distinct examples at its first training,
+        # and 3 epochs over them (12 steps) fell short of the gate; max_steps caps the others
+        "training": {**LOCAL_POLICY["training"], "epochs": 6, "retrainAfterNewExamples": 110},
     },
     "flywheel": {
         "interval_seconds": 5,
@@ -91,7 +93,11 @@ class DemoPlan(BaseModel):
     calls: int = Field(default=450, ge=10, description="Workload size; about 20% of it is held out.")
     seed: int = 7
     rate: float = Field(default=1.0, gt=0, description="Agent calls per second.")
-    concurrency: int = Field(default=4, ge=1)
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Agent calls in flight at most: a few slow canary answers must not stall the rest.",
+    )
     drift_family: str | None = Field(
         default="tool", description="The family the agent's next release changes (DRIFTED); none: no drift."
     )
