@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +29,8 @@ def test_stopping_the_head_stops_a_running_job(tmp_path: Path) -> None:
     marker = f"protege-job-{uuid.uuid4().hex}"
     with LocalRay(tmp_path / "ray", num_cpus=1) as ray:
         client = JobSubmissionClient(ray.address, headers=ray.headers)
-        job = client.submit_job(entrypoint=f"nice -n 19 python -c 'import time; time.sleep(600)' {marker}")
+        sleeper = f"{sys.executable} -c 'import time; time.sleep(600)' {marker}"
+        job = client.submit_job(entrypoint=f"nice -n 19 {sleeper}")  # as the flywheel submits jobs
         deadline = time.monotonic() + 60
         while client.get_job_status(job) is not JobStatus.RUNNING or not _processes_with(marker):
             assert time.monotonic() < deadline, client.get_job_logs(job)
