@@ -34,24 +34,49 @@ class DatasetError(ValueError):
     """A dataset cannot be built; the message says why and what to do."""
 
 
+# A gate decided on fewer test examples swings on one answer (one wrong label in 3 is 0.667 of
+# the teacher): a first dataset's test split takes at least this many, at most a fifth of the task.
+MIN_TEST_EXAMPLES = 8
+
+
+def _bucket(example_id: str) -> float:
+    return int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
 def split_of(example_id: str, validation: float = 0.1, test: float = 0.1) -> Split:
-    bucket = int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    bucket = _bucket(example_id)
     if bucket < test:
         return "test"
     return "validation" if bucket < test + validation else "train"
 
 
 def assign_splits(
-    examples: Iterable[Example], frozen_test: set[str] | None, validation: float = 0.1, test: float = 0.1
+    examples: Iterable[Example],
+    frozen_test: set[str] | None,
+    validation: float = 0.1,
+    test: float = 0.1,
+    min_test: int = MIN_TEST_EXAMPLES,
 ) -> dict[Split, list[Example]]:
-    """The examples by split; with ``frozen_test``, the test split is exactly those ids."""
+    """The examples by split; with ``frozen_test``, the test split is exactly those ids.
+
+    Without one (a task's first dataset), the test split holds at least ``min_test`` examples
+    (at most a fifth of them): training examples move over in hash order, deterministically.
+    """
     splits: dict[Split, list[Example]] = {name: [] for name in SPLITS}
-    for example in sorted(examples, key=lambda e: e.id):
+    ordered = sorted(examples, key=lambda e: e.id)
+    for example in ordered:
         split = split_of(example.id, validation, test)
         if frozen_test is not None:
             # Frozen: exactly the earlier test examples; a new one that would hash to test trains.
             split = "test" if example.id in frozen_test else ("train" if split == "test" else split)
         splits[split].append(example)
+    shortfall = min(min_test, len(ordered) // 5) - len(splits["test"])
+    if frozen_test is None and shortfall > 0:
+        moved = {e.id for e in sorted(splits["train"], key=lambda e: _bucket(e.id))[:shortfall]}
+        splits["test"] = sorted(
+            splits["test"] + [e for e in splits["train"] if e.id in moved], key=lambda e: e.id
+        )
+        splits["train"] = [e for e in splits["train"] if e.id not in moved]
     return splits
 
 

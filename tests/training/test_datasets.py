@@ -12,6 +12,7 @@ import pytest
 from protege.evaluation.metrics import run_query
 from protege.store.artifacts import ArtifactStore
 from protege.training.datasets import (
+    MIN_TEST_EXAMPLES,
     DatasetError,
     assign_splits,
     build_dataset,
@@ -92,6 +93,22 @@ def test_too_small_a_task_is_refused_with_the_way_out(tmp_path: Path) -> None:
         build_dataset(store, task, examples, min_examples=50)
     splits = assign_splits(examples, frozen_test={examples[0].id})
     assert [e.id for e in splits["test"]] == [examples[0].id]
+
+
+def test_a_first_dataset_keeps_enough_examples_to_test_on(tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    task, examples = small_task("intent", 49)  # the demo's first intent dataset: 10 % would be ~5
+    by_hash = assign_splits(examples, frozen_test=None, min_test=0)
+    first = build_dataset(store, task, examples)
+    test_ids = first.metadata["splits"]["test"]
+    assert len(test_ids) == MIN_TEST_EXAMPLES > len(by_hash["test"])
+    assert {e.id for e in by_hash["test"]} <= set(test_ids)  # the hashed ones stay, train examples join
+    assert first.metadata["counts"]["train"] == len(by_hash["train"]) - (len(test_ids) - len(by_hash["test"]))
+    assert assign_splits(examples, frozen_test=None) == assign_splits(list(reversed(examples)), None)
+    tiny = assign_splits(examples[:20], frozen_test=None)
+    assert len(tiny["test"]) <= 4 and tiny["train"]  # at most a fifth of a small task
+    later = assign_splits(examples, frozen_test=set(test_ids))
+    assert [e.id for e in later["test"]] == sorted(test_ids)  # later versions: the same test split
 
 
 def test_a_sql_task_carries_its_database_for_execution_scoring(tmp_path: Path) -> None:
