@@ -69,8 +69,8 @@ DEMO_STACK: dict[str, Any] = {
         "data": {"minExamples": 40},
         # Above what the agent's ~120 distinct calls per task can add after a first training at
         # 40: before the drift nothing retrains; after it, ~30 fallen-back calls do.
-        # 6 epochs: curation leaves the intent task ~30 distinct examples at its first training,
-        # and 3 epochs over them (12 steps) fell short of the gate; max_steps caps the others
+        # 6 epochs: the intent task's first dataset is small (32-44 training examples in two runs)
+        # and 3 epochs over it (12 steps) fell short of the gate; max_steps caps the others
         "training": {**LOCAL_POLICY["training"], "epochs": 6, "retrainAfterNewExamples": 110},
     },
     "flywheel": {
