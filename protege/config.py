@@ -166,6 +166,11 @@ class RouterSettings(BaseModel):
         default=30, gt=0, description="Specialist answer deadline; past it the teacher answers."
     )
     refresh_seconds: float = Field(default=2, gt=0, description="How often the table and tasks are re-read.")
+    max_shadow_in_flight: int = Field(
+        default=16,
+        ge=0,
+        description="Shadow answers awaited at once per gateway replica; past it a call is not shadowed.",
+    )
 
     @model_validator(mode="after")
     def _engine(self) -> RouterSettings:

@@ -36,7 +36,7 @@ from protege.serving.gateway.routing import alternate, caller_body, specialist_u
 from protege.serving.gateway.teacher import TeacherClient, UpstreamReply, chunks
 from protege.serving.gateway.validation import parse_chat_request
 from protege.serving.router.router import Plan, Router, SpecialistAnswer
-from protege.serving.router.table import UnknownAdapterError
+from protege.serving.router.table import SpecialistRoute, UnknownAdapterError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,6 +95,7 @@ class Gateway:
         self.metrics = metrics
         self.router = Router(settings) if settings.router.enabled else None
         self._pending: set[asyncio.Task[None]] = set()
+        self._shadows: set[asyncio.Future[SpecialistAnswer]] = set()
 
     # --- helpers -----------------------------------------------------------------------
     def log_call(self, record: CallRecord, status_code: int) -> None:
@@ -143,6 +144,23 @@ class Gateway:
         except Exception:  # the shadow is best effort; the call is logged regardless
             log.exception("gateway: shadow answer failed")
         self.log_call(record, status_code)
+
+    def _shadow(
+        self, data: dict[str, Any], route: SpecialistRoute, version: str
+    ) -> asyncio.Future[SpecialistAnswer] | None:
+        """Ask the shadow version too, unless as many shadow answers as allowed are awaited.
+
+        Shadow answers only measure a candidate: when the pool is slower than the traffic, more
+        of them would queue in front of the answers callers wait for.
+        """
+        assert self.router is not None
+        if len(self._shadows) >= self.settings.router.max_shadow_in_flight:
+            self.metrics.shadows_skipped.labels(route.specialist, version).inc()
+            return None
+        shadow = asyncio.ensure_future(self.router.ask(data, route, version))
+        self._shadows.add(shadow)
+        shadow.add_done_callback(self._shadows.discard)
+        return shadow
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.gateway.max_body_bytes
@@ -196,7 +214,7 @@ class Gateway:
         data = json.loads(body)
         route, choice = plan.route, plan.choice
         if route is not None and choice.shadow is not None:
-            observer.shadow = asyncio.ensure_future(self.router.ask(data, route, choice.shadow))
+            observer.shadow = self._shadow(data, route, choice.shadow)
         if route is None or choice.version is None:
             observer.route = plan.decision(UpstreamKind.TEACHER)
             return None

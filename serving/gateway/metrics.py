@@ -70,6 +70,12 @@ class GatewayMetrics:
             buckets=(0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0),
             registry=self.registry,
         )
+        self.shadows_skipped = Counter(
+            "protege_router_shadows_skipped",
+            "Calls not shadowed because router.max_shadow_in_flight shadow answers were awaited.",
+            ["specialist", "version"],
+            registry=self.registry,
+        )
         if publisher is not None:
             self.registry.register(_PublisherCollector(publisher))
 

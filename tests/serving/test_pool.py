@@ -181,6 +181,7 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     ).version
 
     router = gateway.server.server.config.app.state.gateway.router
+    settings = gateway.server.server.config.app.state.gateway.settings
 
     def write(routes: list[SpecialistRoute]) -> None:
         table = RoutingTable(routes=routes)
@@ -253,6 +254,16 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     write([intent.model_copy(update={"active": v_new, "candidate": shadow}), extract])
     shadowed = call(request_of("intent", seed=19))
     assert shadowed.headers["x-protege-upstream"] == f"intent-spec@{v_new}"
+    # 5c. as many shadow answers awaited as allowed: the call is answered, and not shadowed
+    settings.router.max_shadow_in_flight = 0
+    unshadowed = call(request_of("intent", seed=20))
+    assert unshadowed.headers["x-protege-upstream"] == f"intent-spec@{v_new}"
+    settings.router.max_shadow_in_flight = 16
+    skipped = httpx.get(gateway.server.url + "/metrics").text
+    assert (
+        f'protege_router_shadows_skipped_total{{specialist="intent-spec",version="{v_intent}"}} 1.0'
+        in skipped
+    )
 
     # 6. unfit adapters: too wide a rank, another base model → teacher, never loaded
     write(
@@ -279,8 +290,8 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     pinned = call({**request_of("intent", seed=18), "model": "extract-spec"})
     assert pinned.headers["x-protege-upstream"] == f"extract-spec@{v_extract}"
 
-    records = [r for r in records_of(nats_server.url, tenant, expect=10) if isinstance(r, CallRecord)]
-    assert len(records) == 10  # the refused 404 is no call
+    records = [r for r in records_of(nats_server.url, tenant, expect=11) if isinstance(r, CallRecord)]
+    assert len(records) == 11  # the refused 404 is no call
     by_reason: dict[RouteReason, list[CallRecord]] = {}
     for record in records:
         by_reason.setdefault(record.route.reason, []).append(record)
