@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from protege.api.pool import SpecialistPoolSpec
+from protege.api.specialist import TrainingSpec
 from protege.flywheel.data import StoreData, StoreFacts
 from protege.flywheel.specialist import JobPhase, JobState
 from protege.operator.kube import KubeClient
@@ -92,6 +93,9 @@ class KubeFlywheelIO(StoreFacts):
 
     async def job_state(self, name: str) -> JobState:
         return job_state(await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name))
+
+    async def training_slot_free(self, training: TrainingSpec) -> bool:
+        return True  # each RayJob brings its own cluster; GPU capacity is the autoscaler's to find
 
     async def running_jobs(self, specialist: str) -> list[str]:
         jobs = await self.kube.list(

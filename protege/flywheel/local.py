@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from protege.api.meta import quantity_value, spec_problems
-from protege.api.specialist import SpecialistSpec, SpecialistStatus
+from protege.api.specialist import SpecialistSpec, SpecialistStatus, TrainingSpec
 from protege.flywheel.data import StoreData, StoreFacts
 from protege.flywheel.specialist import (
     Event,
@@ -39,6 +39,7 @@ from protege.serving.router.table import RoutingTable, SpecialistRoute
 from protege.training.job import JobSpec, job_name
 from protege.training.submit import entrypoint
 
+RESERVED_CPUS = "protege.dev/reserved-cpus"  # job metadata: the CPUs its entrypoint holds
 _RAY_PHASES = {
     "PENDING": JobPhase.RUNNING,
     "RUNNING": JobPhase.RUNNING,
@@ -59,9 +60,10 @@ def write_atomically(path: Path, text: str) -> None:
 class RayJobs:
     """Training jobs on a (local) Ray cluster, named by the job's spec hash.
 
-    With ``job_cpus`` (what the cluster can give a job), a job reserves the CPUs its
+    With ``job_cpus`` (what the cluster can give training), a job reserves the CPUs its
     Specialist asks for, at most that many: jobs then queue instead of starving each other
-    and the serving replica. Without it, jobs reserve nothing. With ``niceness``, a job runs
+    and the serving replica, and :meth:`slot_free` says whether one more would start now.
+    Without it, jobs reserve nothing. With ``niceness``, a job runs
     at that CPU priority: on a machine that also serves (Ray runs its workers, the serving
     replica among them, at niceness 15), 19 keeps answers ahead of training.
     """
@@ -94,7 +96,8 @@ class RayJobs:
                     entrypoint=command,
                     submission_id=name,
                     runtime_env={"env_vars": env},
-                    entrypoint_num_cpus=self._reserved_cpus(job),
+                    entrypoint_num_cpus=self._reserved_cpus(job.training),
+                    metadata={RESERVED_CPUS: str(self._reserved_cpus(job.training) or 0)},
                 )
                 break
             except RuntimeError as error:  # a fresh head's job agent comes up after its dashboard
@@ -103,10 +106,22 @@ class RayJobs:
                 time.sleep(1)
         return name
 
-    def _reserved_cpus(self, job: JobSpec) -> float | None:
-        if self.job_cpus is None or job.training.workers > 1:  # Ray Train's workers reserve their own
+    def _reserved_cpus(self, training: TrainingSpec) -> float | None:
+        if self.job_cpus is None or training.workers > 1:  # Ray Train's workers reserve their own
             return None
-        return min(quantity_value(job.training.resources.cpu), self.job_cpus)
+        return min(quantity_value(training.resources.cpu), self.job_cpus)
+
+    def slot_free(self, training: TrainingSpec) -> bool:
+        """Whether a job with these resources would start now rather than queue behind others."""
+        wanted = self._reserved_cpus(training)
+        if wanted is None or self.job_cpus is None:
+            return True
+        held = sum(
+            float((job.metadata or {}).get(RESERVED_CPUS, 0))
+            for job in self.client.list_jobs()
+            if _RAY_PHASES.get(str(job.status.value)) is JobPhase.RUNNING
+        )
+        return held + wanted <= self.job_cpus
 
     def state(self, name: str) -> JobState:
         try:
@@ -157,6 +172,9 @@ class LocalFlywheelIO(StoreFacts):
 
     async def running_jobs(self, specialist: str) -> list[str]:
         return await asyncio.to_thread(self.jobs.running, specialist)
+
+    async def training_slot_free(self, training: TrainingSpec) -> bool:
+        return await asyncio.to_thread(self.jobs.slot_free, training)
 
     async def read_route(self, specialist: str) -> SpecialistRoute | None:
         return self.routes.read().for_specialist(specialist)

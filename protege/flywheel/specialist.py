@@ -29,6 +29,7 @@ from protege.api.specialist import (
     SpecialistStatus,
     SpecialistVersion,
     TaskSelector,
+    TrainingSpec,
     VersionState,
 )
 from protege.flywheel.policy import RolloutAction, RolloutStage, gate, next_rollout_move, should_train
@@ -92,11 +93,20 @@ class FlywheelIO(Protocol):
 
     async def running_jobs(self, specialist: str) -> list[str]: ...
 
+    async def training_slot_free(self, training: TrainingSpec) -> bool:
+        """Whether a job would start at once. Where jobs queue for a shared cluster (the local
+        Ray runs one beside serving), a Specialist waits and builds its dataset once one would:
+        the examples that arrive while it waits are trained on too."""
+        ...
+
     async def read_route(self, specialist: str) -> SpecialistRoute | None: ...
 
     async def write_route(self, route: SpecialistRoute) -> None: ...
 
     async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]: ...
+
+
+WAITING_FOR_SLOT = "WaitingForTrainingSlot"
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class Event:
 class Outcome:
     status: SpecialistStatus
     events: list[Event] = field(default_factory=list)
+    waiting_for_slot: str | None = None  # why it would train, when no job could start yet
 
 
 def schedule_due(schedule: str | None, last: datetime | None, now: datetime) -> bool:
@@ -287,6 +298,9 @@ class _Pass:
             manual_trigger=fresh_trigger is not None,
             schedule_due=schedule_due(spec.training.schedule, newest.created_at if newest else None, now),
         )
+        if decision.train and not await io.training_slot_free(spec.training):
+            outcome.waiting_for_slot = decision.reason  # a trigger stays fresh until its job starts
+            return
         if fresh_trigger is not None and not busy:
             status.handled_trigger = fresh_trigger
             if not decision.train:
@@ -397,7 +411,10 @@ def _summarize(
             f"{status.examples}/{spec.data.min_examples} curated examples of task {status.task_id}",
         )
     newest = status.versions[-1] if status.versions else None
-    if newest is not None:
+    if outcome.waiting_for_slot is not None:
+        message = f"{outcome.waiting_for_slot}; waiting for a free training slot"
+        condition("Trained", False, WAITING_FOR_SLOT, message)
+    elif newest is not None:
         trained = newest.state not in (VersionState.TRAINING, VersionState.FAILED)
         condition("Trained", trained, newest.state.value, newest.message)
     serving = status.active_version is not None

@@ -31,6 +31,7 @@ from protege.api.calls import CallRecord, CallStatus
 from protege.api.specialist import EvaluationMetric, SpecialistPhase, SpecialistStatus
 from protege.evaluation.metrics import scorer
 from protege.flywheel.data import call_records
+from protege.flywheel.specialist import WAITING_FOR_SLOT
 from protege.serving.recorded_teacher import RecordedTeacher
 from protege.stack.agent import Agent
 from protege.stack.config import LOCAL_POLICY, StackConfig
@@ -174,6 +175,8 @@ class Demo:
                 detail += f" candidate {status.candidate_version} at {status.traffic_share}%"
             if status.active_version:
                 detail += f", serving {status.active_version}"
+            if any(c.type == "Trained" and c.reason == WAITING_FOR_SLOT for c in status.conditions):
+                detail += ", ready to train: waiting for the running job"
             if self._phases.get(name) != detail:
                 self._phases[name] = detail
                 latest = status.versions[-1].message if status.versions else ""

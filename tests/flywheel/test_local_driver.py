@@ -45,7 +45,7 @@ async def test_the_driver_trains_once_and_puts_the_candidate_in_shadow(
     options = {"max_steps": 4, "max_new_tokens": 8, "few_shot": 0}
 
     with LocalRay(tmp_path / "ray", num_cpus=2) as ray:
-        jobs = RayJobs(ray.address, ray.headers)
+        jobs = RayJobs(ray.address, ray.headers, job_cpus=1)  # one job at a time
 
         def driver() -> LocalDriver:  # a new one each time: a restarted `protege up`
             io = LocalFlywheelIO(StoreData(store), jobs, routes, nats_server.url)
@@ -56,6 +56,7 @@ async def test_the_driver_trains_once_and_puts_the_candidate_in_shadow(
         assert [event.reason for _, event in first.events] == ["TrainingStarted"]
         job = first.statuses["intent-router"].versions[-1].job_name
         assert job is not None and routes.read().for_specialist("intent-router") is not None
+        assert not jobs.slot_free(SPEC.training)  # a second job would queue behind it
 
         for _ in range(300):
             status = (await driver().step()).statuses["intent-router"]
@@ -63,6 +64,7 @@ async def test_the_driver_trains_once_and_puts_the_candidate_in_shadow(
                 break
             await asyncio.sleep(2)
         assert [j.submission_id for j in jobs.client.list_jobs()] == [job]  # restarts did not resubmit
+        assert jobs.slot_free(SPEC.training)
 
     assert status.phase is SpecialistPhase.SHADOW, status.versions[-1].message
     version = status.versions[-1]

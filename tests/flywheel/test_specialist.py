@@ -22,9 +22,11 @@ from protege.api.specialist import (
     SpecialistSpec,
     SpecialistStatus,
     TaskSelector,
+    TrainingSpec,
     VersionState,
 )
 from protege.flywheel.specialist import (
+    WAITING_FOR_SLOT,
     Dataset,
     JobPhase,
     JobState,
@@ -59,6 +61,7 @@ class MemoryIO:
         self.results: dict[str, dict[str, Any]] = {}
         self.route: SpecialistRoute | None = None
         self.calls: list[CallRecord] = []
+        self.slot_free = True
 
     async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
         return TaskData("task-1", self.examples) if selector.id == "task-1" and self.examples else None
@@ -81,6 +84,9 @@ class MemoryIO:
 
     async def running_jobs(self, specialist: str) -> list[str]:
         return [name for name, state in self.jobs.items() if state.phase is JobPhase.RUNNING]
+
+    async def training_slot_free(self, training: TrainingSpec) -> bool:
+        return self.slot_free
 
     async def read_route(self, specialist: str) -> SpecialistRoute | None:
         return self.route
@@ -212,6 +218,23 @@ async def test_a_failed_job_says_why_and_a_trigger_retrains_once() -> None:
     status, _ = await step(io, status, T0, trigger="2026-12-01T10:00")
     status, events = await step(io, status, T0, trigger="2026-12-01T10:00")
     assert events == [] and len(io.started) == 2  # the same trigger value acts once
+
+
+async def test_with_no_free_training_slot_it_waits_and_trains_on_what_came_meanwhile() -> None:
+    io = MemoryIO()
+    io.examples, io.slot_free = 60, False
+    status, events = await step(io, SpecialistStatus(), T0, trigger="2026-12-01T10:00")
+    assert events == [] and io.started == [] and status.phase is SpecialistPhase.COLLECTING_DATA
+    trained = {c.type: c for c in status.conditions}["Trained"]
+    assert trained.reason == WAITING_FOR_SLOT and "waiting for a free training slot" in trained.message
+    assert status.handled_trigger is None  # the trigger is still to act on
+
+    io.examples, io.slot_free = 90, True
+    status, events = await step(io, status, T0, trigger="2026-12-01T10:00")
+    assert events == ["TrainingStarted"] and status.handled_trigger == "2026-12-01T10:00"
+    [job] = io.started
+    assert job.dataset_version == "d90"  # built when the job could start, with the examples since
+    assert {c.type: c for c in status.conditions}["Trained"].reason == VersionState.TRAINING.value
 
 
 async def test_a_job_started_but_not_recorded_is_adopted_not_duplicated() -> None:
