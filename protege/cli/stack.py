@@ -154,10 +154,17 @@ def demo(
     if not keep and work.exists():
         shutil.rmtree(work)
     run = Demo(plan, work, say=lambda line: console.print(line, highlight=False))
+
+    def _interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # SIGTERM (`timeout`, `kill`) stops the stack as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run.run()
     except StackError as error:
         fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted: stopping the demo's stack; `protege demo` starts afresh", code=130)
     finally:
         run.close()
     console.print(terminal_table(result.rows, f"Protégé demo: {result.seconds / 60:.1f} min"))

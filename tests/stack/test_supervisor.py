@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 from typer.testing import CliRunner
 
 from protege.cli import app
@@ -36,3 +41,35 @@ def test_up_refuses_a_second_stack_and_a_bad_config(tmp_path: Path) -> None:
     config.write_text("pool:\n  engine:\n    maxLoraRank: 7\n")
     bad = runner.invoke(app, ["up", "--dir", str(tmp_path / "other"), "--config", str(config)])
     assert bad.exit_code == 2 and "maxLoraRank" in bad.output, bad.output
+
+
+def _started_in(directory: Path) -> list[psutil.Process]:
+    return [
+        p for p in psutil.process_iter(["cmdline"]) if str(directory) in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def test_a_terminated_demo_stops_what_it_started(tmp_path: Path) -> None:
+    demo_dir = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "protege.cli", "demo", "--dir", str(demo_dir)],
+        env={**os.environ, "PROTEGE_HOME": str(tmp_path / "home")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    state = demo_dir / "stack" / STATE_FILE
+    try:
+        deadline = time.monotonic() + 120
+        while "s3" not in (json.loads(state.read_text()).get("pids", {}) if state.exists() else {}):
+            assert demo.poll() is None and time.monotonic() < deadline, "the demo never started its S3 store"
+            time.sleep(0.2)
+        demo.send_signal(signal.SIGTERM)  # what `timeout` and `kill` send
+        output, _ = demo.communicate(timeout=120)
+        assert demo.returncode == 130 and "interrupted" in output, output
+        assert not state.exists()
+        assert _started_in(demo_dir) == []  # NATS, the S3 store and all else it started are gone
+    finally:
+        demo.kill()
+        for process in _started_in(demo_dir):
+            process.kill()
