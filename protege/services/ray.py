@@ -20,6 +20,7 @@ from protege.services.process import ServiceProcess, free_port
 
 class LocalRay(ServiceProcess):
     name = "ray"
+    own_group = True  # the head's agents outlived it by minutes: its process group goes with it
 
     def __init__(
         self,

@@ -1,7 +1,9 @@
-"""The local Ray head: stopping it stops the jobs it runs."""
+"""The local Ray head: stopping it stops the jobs it runs and every process it started."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 import uuid
@@ -23,7 +25,16 @@ def _processes_with(marker: str) -> list[psutil.Process]:
     return found
 
 
-def test_stopping_the_head_stops_a_running_job(tmp_path: Path) -> None:
+def _in_group(group: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def test_stopping_the_head_stops_a_running_job_and_its_agents(tmp_path: Path) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     marker = f"protege-job-{uuid.uuid4().hex}"
@@ -36,6 +47,10 @@ def test_stopping_the_head_stops_a_running_job(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, client.get_job_logs(job)
             time.sleep(0.5)
         [driver] = [p for p in _processes_with(marker) if "python" in p.name()]
+        assert ray.process is not None
+        group = os.getpgid(ray.process.pid)
+        assert len(_in_group(group)) > 3  # gcs, raylet, dashboard, agents
+    assert _in_group(group) == []
     _, alive = psutil.wait_procs([driver], timeout=15)
     for process in alive:  # not left behind by a failing run
         process.kill()
