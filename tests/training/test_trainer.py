@@ -19,7 +19,7 @@ from protege.models.chat import hermes_messages
 from protege.training.examples import example_from_record
 from protege.training.trainer import IGNORE, TrainingError, tokenize_row, train_lora
 from protege.training.trainer.data import keep_answer_logits, pack_batch, pad_batch, tokenize_rows
-from protege.training.trainer.lora import answer_loss
+from protege.training.trainer.lora import answer_loss, complete_checkpoint, last_checkpoint
 from protege.workload import generate
 
 
@@ -127,6 +127,15 @@ train_lora(Path(sys.argv[1]), rows, [], spec, Path(sys.argv[2]), max_steps=6, ev
 """
 
 
+def test_a_checkpoint_killed_mid_save_is_passed_over(tmp_path: Path) -> None:
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_st'), (6, None)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert last_checkpoint(tmp_path / "checkpoint-6") is None
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_adapter(smollm2: Path, tmp_path: Path) -> None:
     data = rows(24, "intent", seed=9)
@@ -139,7 +148,7 @@ def test_a_killed_run_resumes_to_the_same_adapter(smollm2: Path, tmp_path: Path)
         [sys.executable, "-c", TRAIN_SCRIPT, str(smollm2), str(run), str(tmp_path / "rows.json")]
     )
     deadline = time.monotonic() + 300
-    while not (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
+    while not complete_checkpoint(run / "checkpoints" / "checkpoint-2"):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)  # after a checkpoint, before the end

@@ -13,6 +13,7 @@ QLoRA (4-bit) only on CUDA with bitsandbytes, refused clearly otherwise.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -111,9 +112,19 @@ def check_method(spec: TrainingSpec) -> None:
         )
 
 
+def complete_checkpoint(checkpoint: Path) -> bool:
+    """The trainer writes its state last: a run killed while saving leaves it missing or cut short."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def last_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint a run can resume from (one killed mid-save is passed over)."""
     checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
-    return checkpoints[-1] if checkpoints else None
+    return next((c for c in reversed(checkpoints) if complete_checkpoint(c)), None)
 
 
 def train_lora(
