@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protege import __version__
+from protege.api.meta import quantity_value
 from protege.api.specialist import EvaluationMetric, EvaluationSpec, OutputKind, Scores, TrainingSpec
 from protege.config import load_settings
 from protege.evaluation import resolve_metric
@@ -143,8 +145,19 @@ def preflight(
     return model, manifest.version, rows
 
 
+def torch_threads(training: TrainingSpec, cpu_count: int | None) -> int:
+    """Threads for a one-worker job: the CPUs it asked for, at most the machine's.
+
+    Ray starts a job's driver with OMP_NUM_THREADS=1 whatever the job reserved, so a job
+    granted 4 CPUs would otherwise train on one.
+    """
+    return max(1, min(int(quantity_value(training.resources.cpu)), cpu_count or 1))
+
+
 def run(spec: JobSpec) -> dict[str, Any]:
     """Train, evaluate, gate and store; returns the result that is also printed as JSON."""
+    import torch
+
     from protege.training.evaluation import TransformersGenerator, evaluate
     from protege.training.report import chart, markdown
     from protege.training.trainer import train_lora
@@ -153,6 +166,8 @@ def run(spec: JobSpec) -> dict[str, Any]:
     settings = load_settings()
     store = ArtifactStore.from_settings(settings)
     model, dataset_version, rows = preflight(spec, store, settings.model_dir)
+    if spec.training.workers == 1:  # Ray Train sets each worker's threads from its reservation
+        torch.set_num_threads(torch_threads(spec.training, os.cpu_count()))
     output_kind = OutputKind(
         store.manifest(DATASET_KIND, spec.task, dataset_version).metadata["task"]["output_kind"]
     )

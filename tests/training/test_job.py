@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from protege.api.specialist import TrainingSpec
 from protege.cli import app
 from protege.store.artifacts import ArtifactStore
 from protege.training.datasets import build_dataset
 from protege.training.discovery import MiniLM, discover
 from protege.training.examples import example_from_record
-from protege.training.job import ADAPTER_KIND, JobError, JobSpec, main, preflight
+from protege.training.job import ADAPTER_KIND, JobError, JobSpec, main, preflight, torch_threads
 from protege.workload import generate
 
 
@@ -43,6 +44,13 @@ def spec(task: str, smollm2: Path, **changes: object) -> JobSpec:
             **changes,
         }
     )
+
+
+def test_a_job_trains_on_the_cpus_it_asked_for_at_most_the_machines() -> None:
+    def threads(cpu: str, machine: int | None) -> int:
+        return torch_threads(TrainingSpec.model_validate({"resources": {"cpu": cpu}}), machine)
+
+    assert (threads("4", 16), threads("4", 2), threads("500m", 8), threads("1", None)) == (4, 2, 1, 1)
 
 
 @pytest.mark.slow
