@@ -48,6 +48,7 @@ from protege.stack.report import (
     version_timeline,
 )
 from protege.stack.supervisor import Stack
+from protege.training.job import JobSpec
 from protege.workload import WorkloadCall, build_database, generate
 from protege.workload.replay import Outcome
 
@@ -225,7 +226,11 @@ class Demo:
         self, client: httpx.AsyncClient, call: WorkloadCall, model: str, adapter: str | None
     ) -> dict[str, Any]:
         headers = {"serve_multiplexed_model_id": adapter} if adapter else {}
-        body = {**call.request, "model": adapter or model, "temperature": 0, "max_tokens": 256}
+        # the training job's evaluation limit: the base model's rambling is cut where the gate cut it
+        limit = self.plan.stack.flywheel.job_options.get(
+            "max_new_tokens", JobSpec.model_fields["max_new_tokens"].default
+        )
+        body = {**call.request, "model": adapter or model, "temperature": 0, "max_tokens": limit}
         reply = await client.post(f"{self.stack.engine_url}/v1/chat/completions", json=body, headers=headers)
         if reply.status_code != 200:
             return {"role": "assistant", "content": ""}
