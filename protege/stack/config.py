@@ -85,7 +85,11 @@ class StackConfig(BaseModel):
     tenant: str = Field(default="local", description="Tenant of the agent key the stack makes.")
     app: str = Field(default="agent", description="App tag of that key's calls.")
     gateway_port: int | None = Field(default=8080, description="The gateway's port; a free one when null.")
-    ray_cpus: int = Field(default=2, ge=2, description="CPUs the local Ray offers (serving + one job).")
+    ray_cpus: int = Field(
+        default=2,
+        ge=2,
+        description="Logical CPUs the local Ray offers: the replica's, the rest for jobs (one each).",
+    )
     specialist_timeout_seconds: float = Field(
         default=120,
         gt=0,

@@ -71,8 +71,8 @@ DEMO_STACK: dict[str, Any] = {
         "data": {"minExamples": 40},
         # Above what the agent's ~120 distinct calls per task can add after a first training at
         # 40: before the drift nothing retrains; after it, ~30 fallen-back calls do.
-        # 6 epochs: the intent task's first dataset is small (32-44 training examples in two runs)
-        # and 3 epochs over it (12 steps) fell short of the gate; max_steps caps the others
+        # A task waiting for the one training slot trains on what arrived meanwhile (the intent
+        # task failed its gate on 49 examples twice, passed on 117); max_steps caps each job.
         "training": {**LOCAL_POLICY["training"], "epochs": 6, "retrainAfterNewExamples": 110},
     },
     "flywheel": {
@@ -331,6 +331,7 @@ class Demo:
                 )
                 drifting = self.specialist_for(plan.drift_family, self.statuses())
                 before = len(self.statuses()[drifting].versions) if drifting else 0
+                refining = drifting is not None and self.statuses()[drifting].active_version is not None
 
                 def retrained(statuses: dict[str, SpecialistStatus]) -> bool:
                     status = statuses.get(drifting or "")
@@ -341,7 +342,18 @@ class Demo:
                     )
                     return done and not any(s.phase in ROLLING_OUT for s in statuses.values())
 
-                self.watch(retrained, plan.drift_minutes)
+                if refining:
+                    self.watch(retrained, plan.drift_minutes)
+                else:  # no specialist serves the drifted calls: the teacher does, nothing to refine
+                    self.say(
+                        f"[{self.elapsed()}] drift: no {plan.drift_family} specialist serves yet; "
+                        "its calls go to the teacher and will be in its first dataset"
+                    )
+
+                    def others_settled(statuses: dict[str, SpecialistStatus]) -> bool:
+                        return not any(s.phase in ROLLING_OUT for n, s in statuses.items() if n != drifting)
+
+                    self.watch(others_settled, plan.drift_minutes)
         finally:
             agent.stop()
         return self.report(agent)
