@@ -88,6 +88,7 @@ class RayJobs:
             return name
         env = {k: v for k, v in os.environ.items() if k.startswith(("PROTEGE_", "HF_"))}
         command = entrypoint(job)
+        reserved = self._reserved_cpus(job.training)
         if self.niceness is not None:
             command = f"nice -n {self.niceness} {command}"
         for attempt in range(self.submit_attempts):
@@ -96,8 +97,8 @@ class RayJobs:
                     entrypoint=command,
                     submission_id=name,
                     runtime_env={"env_vars": env},
-                    entrypoint_num_cpus=self._reserved_cpus(job.training),
-                    metadata={RESERVED_CPUS: str(self._reserved_cpus(job.training) or 0)},
+                    entrypoint_num_cpus=reserved,
+                    metadata={RESERVED_CPUS: str(reserved or 0)},
                 )
                 break
             except RuntimeError as error:  # a fresh head's job agent comes up after its dashboard
@@ -116,11 +117,7 @@ class RayJobs:
         wanted = self._reserved_cpus(training)
         if wanted is None or self.job_cpus is None:
             return True
-        held = sum(
-            float((job.metadata or {}).get(RESERVED_CPUS, 0))
-            for job in self.client.list_jobs()
-            if _RAY_PHASES.get(str(job.status.value)) is JobPhase.RUNNING
-        )
+        held = sum(float((job.metadata or {}).get(RESERVED_CPUS, 0)) for job in self._live_jobs())
         return held + wanted <= self.job_cpus
 
     def state(self, name: str) -> JobState:
@@ -130,14 +127,18 @@ class RayJobs:
             return JobState(JobPhase.MISSING, f"no Ray job {name}")
         return JobState(_RAY_PHASES.get(str(info.status.value), JobPhase.RUNNING), info.message or "")
 
+    def _live_jobs(self) -> list[Any]:
+        """Pending or running jobs (Ray's JobDetails)."""
+        return [
+            j for j in self.client.list_jobs() if _RAY_PHASES.get(str(j.status.value)) is JobPhase.RUNNING
+        ]
+
     def running(self, specialist: str) -> list[str]:
         prefix = f"{specialist[:40]}-train-"
         return sorted(
             job.submission_id
-            for job in self.client.list_jobs()
-            if job.submission_id
-            and job.submission_id.startswith(prefix)
-            and _RAY_PHASES.get(str(job.status.value)) is JobPhase.RUNNING
+            for job in self._live_jobs()
+            if job.submission_id and job.submission_id.startswith(prefix)
         )
 
 

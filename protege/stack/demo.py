@@ -329,9 +329,12 @@ class Demo:
                     f"[{self.elapsed()}] drift: {plan.drift_family} calls now come from the agent's next "
                     "release (protege.workload.DRIFTED: search_flights requires a cabin class)"
                 )
-                drifting = self.specialist_for(plan.drift_family, self.statuses())
-                before = len(self.statuses()[drifting].versions) if drifting else 0
-                refining = drifting is not None and self.statuses()[drifting].active_version is not None
+                at_drift = self.statuses()
+                drifting = self.specialist_for(plan.drift_family, at_drift)
+                before = len(at_drift[drifting].versions) if drifting else 0
+
+                def others_settled(statuses: dict[str, SpecialistStatus]) -> bool:
+                    return not any(s.phase in ROLLING_OUT for n, s in statuses.items() if n != drifting)
 
                 def retrained(statuses: dict[str, SpecialistStatus]) -> bool:
                     status = statuses.get(drifting or "")
@@ -340,19 +343,15 @@ class Demo:
                         and len(status.versions) > before
                         and status.phase not in ROLLING_OUT
                     )
-                    return done and not any(s.phase in ROLLING_OUT for s in statuses.values())
+                    return done and others_settled(statuses)
 
-                if refining:
+                if drifting is not None and at_drift[drifting].active_version is not None:
                     self.watch(retrained, plan.drift_minutes)
                 else:  # no specialist serves the drifted calls: the teacher does, nothing to refine
                     self.say(
                         f"[{self.elapsed()}] drift: no {plan.drift_family} specialist serves yet; "
                         "its calls go to the teacher and will be in its first dataset"
                     )
-
-                    def others_settled(statuses: dict[str, SpecialistStatus]) -> bool:
-                        return not any(s.phase in ROLLING_OUT for n, s in statuses.items() if n != drifting)
-
                     self.watch(others_settled, plan.drift_minutes)
         finally:
             agent.stop()
