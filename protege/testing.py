@@ -97,6 +97,7 @@ TEST_POOL = {
 @pytest.fixture(scope="module")  # Ray stays in this process: gone before other modules' Ray
 def smollm2_pool(seaweed_s3: SeaweedS3, model_store: Path, smollm2: Path) -> Iterator[ServedPool]:
     """SmolLM2 served by the pool's Ray Serve app (vLLM CPU build, two LoRA slots of rank ≤ 16)."""
+    import shutil
     import tempfile
 
     import ray
@@ -114,10 +115,11 @@ def smollm2_pool(seaweed_s3: SeaweedS3, model_store: Path, smollm2: Path) -> Ite
         "PROTEGE_ARTIFACT_STORE": store.url,
         **{f"PROTEGE_S3__{name.upper()}": value for name, value in s3.items()},
     }
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths must stay short
     ray.init(
         num_cpus=4,
         include_dashboard=False,
-        _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"),  # socket paths must stay short
+        _temp_dir=temp_dir,
         runtime_env={"env_vars": env},
     )
     port = free_port()
@@ -128,6 +130,7 @@ def smollm2_pool(seaweed_s3: SeaweedS3, model_store: Path, smollm2: Path) -> Ite
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,22 @@ from types import TracebackType
 from typing import Self
 
 
+def _live_members(group: int) -> list[int]:
+    """The processes of a process group that are not zombies (from /proc; none where it is missing)."""
+    members: list[int] = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, _parent, process_group = stat.rpartition(")")[2].split()[:3]
+        if int(process_group) == group and state != "Z":
+            members.append(int(entry))
+    return members
+
+
 class ServiceError(RuntimeError):
     """A local service failed to start or stop; the message carries its log's last lines."""
 
@@ -183,11 +199,24 @@ class ServiceProcess:
         self._kill_group()
         self.process = None
 
-    def _kill_group(self) -> None:
-        """With ``own_group``, whatever the server started goes with it, even after it crashed."""
-        if self.own_group and self.process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+    def _kill_group(self, timeout: float = 5.0) -> None:
+        """With ``own_group``, whatever the server started goes with it, even after it crashed.
+
+        Returns once no live process is left in the group (SIGKILL is delivered, not awaited: a
+        caller that checked at once found a dying Ray agent still running).
+        """
+        if not (self.own_group and self.process is not None):
+            return
+        group = self.process.pid
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                return
+            if not _live_members(group) or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (fault tests); start() brings it back on the same ports and data."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protege.services.process import ServiceProcess, free_port
+
+HEAD_GRACE_SECONDS = 3.0
 
 
 class LocalRay(ServiceProcess):
@@ -93,7 +96,19 @@ class LocalRay(ServiceProcess):
         """
         if self.process is not None and self.process.poll() is None:
             self._stop_jobs(timeout)
-        super().stop(timeout)
+        # Nothing of a local head outlives it (no GCS persistence, jobs stopped above): a short
+        # grace, then its process group goes (its Serve replicas held `protege demo` 30 s).
+        super().stop(min(timeout, HEAD_GRACE_SECONDS))
+        self._keep_logs()
+
+    def _keep_logs(self) -> None:
+        """Move the session's logs (job drivers', Serve's) next to the data; drop the temp dir."""
+        for logs in self.temp_dir.glob("session_2*/logs"):  # a head restarted after a crash: both
+            kept = self.data_dir / "logs" / logs.parent.name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.move(logs, kept)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _stop_jobs(self, timeout: float) -> None:
         from ray.job_submission import JobSubmissionClient

@@ -1,4 +1,5 @@
-"""The local Ray head: stopping it stops the jobs it runs and every process it started."""
+"""The local Ray head: stopping it stops the jobs it runs and every process it started, and keeps
+its logs with its data."""
 
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def test_stopping_the_head_stops_a_running_job_and_its_agents(tmp_path: Path) ->
         group = os.getpgid(ray.process.pid)
         assert len(_in_group(group)) > 3  # gcs, raylet, dashboard, agents
     assert _in_group(group) == []
+    assert not ray.temp_dir.exists()  # nothing left in /tmp; the job's log kept with the data
+    assert list((tmp_path / "ray" / "logs").glob(f"session_*/job-driver-{job}.log"))
     _, alive = psutil.wait_procs([driver], timeout=15)
     for process in alive:  # not left behind by a failing run
         process.kill()
