@@ -55,7 +55,8 @@ PLAN = {
         "flywheel": {
             **DEMO_STACK["flywheel"],
             "min_task_size": 10,
-            "job_options": {"max_steps": 8, "few_shot": 0, "max_new_tokens": 48},
+            "discover_every_seconds": 20,
+            "job_options": {"max_steps": 6, "few_shot": 0, "max_new_tokens": 48},
         },
     },
 }

@@ -39,7 +39,7 @@ def spec(task: str, smollm2: Path, **changes: object) -> JobSpec:
             "base_model": smollm2.as_uri(),
             "training": {"rank": 8, "epochs": 1, "batchSize": 8, "learningRate": 2e-3, "maxSeqLen": 512},
             "evaluation": {"minRelativeToTeacher": 0.6},
-            "max_steps": 20,
+            "max_steps": 12,
             "max_new_tokens": 8,
             **changes,
         }
@@ -85,7 +85,7 @@ def test_job_through_local_ray_beats_the_base_model(
     assert result["gate"]["passed"], result["gate"]["reasons"]
     manifest = store.manifest(ADAPTER_KIND, "intent-router", result["adapter_version"])
     assert manifest.metadata["dataset_version"] == result["dataset_version"]
-    assert manifest.metadata["training"]["tokens_seen"] > 0 and manifest.metadata["training"]["steps"] == 20
+    assert manifest.metadata["training"]["tokens_seen"] > 0 and manifest.metadata["training"]["steps"] == 12
     assert {f.path for f in manifest.files} >= {"adapter_config.json", "adapter_model.safetensors"}
     report = json.loads(
         store.read_file("report", "intent-router", result["report_version"], "evaluation.json")
