@@ -74,6 +74,9 @@ DEMO_STACK: dict[str, Any] = {
         # A task waiting for the one training slot trains on what arrived meanwhile (the intent
         # task failed its gate on 49 examples twice, passed on 117); max_steps caps each job.
         "training": {**LOCAL_POLICY["training"], "epochs": 6, "retrainAfterNewExamples": 110},
+        # A family gets a third of the agent's 1 call/s and a CPU engine answers a canary call in
+        # seconds: at 10 calls a step, the intent rollout's shadow alone took 2.3 min.
+        "rollout": {**LOCAL_POLICY["rollout"], "shadowCalls": 6, "minCallsPerStep": 6},
     },
     "flywheel": {
         "interval_seconds": 5,
@@ -111,7 +114,7 @@ class DemoPlan(BaseModel):
         default=True, description="Once min_promoted serve, also wait for the other rollouts under way."
     )
     settle_minutes: float = Field(default=0, ge=0, description="Traffic through the promoted specialists.")
-    drift_minutes: float = Field(default=7, ge=0, description="Most time for retraining after the drift.")
+    drift_minutes: float = Field(default=9, ge=0, description="Most time for retraining after the drift.")
     stack: StackConfig = Field(default_factory=lambda: StackConfig.model_validate(DEMO_STACK))
     prices: PriceModel = Field(default_factory=PriceModel)
 
