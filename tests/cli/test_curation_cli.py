@@ -25,6 +25,7 @@ from protege.workload import generate
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
+CALLS = 600  # the five families, 120 calls each: every kind of task is found
 
 
 async def publish_workload(url: str, count: int) -> None:
@@ -41,7 +42,7 @@ def test_curate_killed_mid_run_then_discover_suggest_and_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with NatsServer(tmp_path / "nats") as server:
-        asyncio.run(publish_workload(server.url, 1200))
+        asyncio.run(publish_workload(server.url, CALLS))
         env = {
             **os.environ,
             "PROTEGE_HOME": str(tmp_path / "home"),
@@ -73,7 +74,7 @@ def test_curate_killed_mid_run_then_discover_suggest_and_build(
         stored = examples.load("acme")
         index = NearDuplicateIndex()
         assert all(index.add(examples.key(e), near_text(e)) is None for e in stored)
-        for call in generate(1200, seed=41):
+        for call in generate(CALLS, seed=41):
             example = example_from_record(call.to_record("acme"))
             assert examples.key(example) in set(examples.keys()) or index.find(near_text(example)) is not None
         assert written_before_restart < len(stored)
