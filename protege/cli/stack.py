@@ -145,7 +145,7 @@ def demo(
     import shutil
 
     from protege.stack.demo import Demo, DemoPlan
-    from protege.stack.report import terminal_table
+    from protege.stack.report import markdown_table, terminal_table
     from protege.stack.supervisor import StackError, stop_stack
 
     work = directory or settings().home / "demo"
@@ -167,7 +167,11 @@ def demo(
         fail("interrupted: stopping the demo's stack; `protege demo` starts afresh", code=130)
     finally:
         run.close()
-    console.print(terminal_table(result.rows, f"Protégé demo: {result.seconds / 60:.1f} min"))
+    title = f"Protégé demo: {result.seconds / 60:.1f} min"
+    if console.is_terminal:
+        console.print(terminal_table(result.rows, title))
+    else:  # a log file: rich would squeeze the table into 80 columns
+        console.print(f"{title}\n{markdown_table(result.rows)}", highlight=False, soft_wrap=True)
     console.print(
         f"agent calls answered {result.calls}, in the call log {result.logged}; "
         f"fallbacks {dict(result.fallbacks) or 'none'}\n{plan.prices.describe()}\n"

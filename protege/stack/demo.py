@@ -336,8 +336,11 @@ class Demo:
                 drifting = self.specialist_for(plan.drift_family, at_drift)
                 before = len(at_drift[drifting].versions) if drifting else 0
 
+                # the rollouts under way at the drift, not first trainings that start after it
+                under_way = {n for n, s in at_drift.items() if s.phase in ROLLING_OUT and n != drifting}
+
                 def others_settled(statuses: dict[str, SpecialistStatus]) -> bool:
-                    return not any(s.phase in ROLLING_OUT for n, s in statuses.items() if n != drifting)
+                    return not any(statuses[n].phase in ROLLING_OUT for n in under_way if n in statuses)
 
                 def retrained(statuses: dict[str, SpecialistStatus]) -> bool:
                     status = statuses.get(drifting or "")
