@@ -358,7 +358,13 @@ class Demo:
                         f"[{self.elapsed()}] drift: no {plan.drift_family} specialist serves yet; "
                         "its calls go to the teacher and will be in its first dataset"
                     )
-                    self.watch(others_settled, plan.drift_minutes)
+
+                    # its own first training may be under way, for longer than the others took
+                    def promoted_or_settled(statuses: dict[str, SpecialistStatus]) -> bool:
+                        serving = sum(s.active_version is not None for s in statuses.values())
+                        return serving >= plan.min_promoted or others_settled(statuses)
+
+                    self.watch(promoted_or_settled, plan.drift_minutes)
         finally:
             agent.stop()
         return self.report(agent)
