@@ -19,9 +19,9 @@ from types import TracebackType
 from typing import Self
 
 
-def _live_members(group: int) -> list[int]:
-    """The processes of a process group that are not zombies (from /proc; none where it is missing)."""
-    members: list[int] = []
+def _process_table() -> list[tuple[int, int, int, str]]:
+    """(pid, parent, process group, state) of every process, from /proc (none where it is missing)."""
+    table = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not entry.isdigit():
             continue
@@ -29,10 +29,24 @@ def _live_members(group: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        state, _parent, process_group = stat.rpartition(")")[2].split()[:3]
-        if int(process_group) == group and state != "Z":
-            members.append(int(entry))
-    return members
+        state, parent, group = stat.rpartition(")")[2].split()[:3]
+        table.append((int(entry), int(parent), int(group), state))
+    return table
+
+
+def _descendant_groups(root: int) -> set[int]:
+    """The process groups of ``root``'s live descendants: those a child started in a session of
+    its own (a Serve replica's vLLM server) included, which a signal to ``root``'s group misses."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for pid, parent, group, state in _process_table():
+        if state != "Z":
+            children.setdefault(parent, []).append((pid, group))
+    groups, pending = set(), [root]
+    while pending:
+        for pid, group in children.get(pending.pop(), []):
+            groups.add(group)
+            pending.append(pid)
+    return groups
 
 
 class ServiceError(RuntimeError):
@@ -189,6 +203,7 @@ class ServiceProcess:
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
+        groups = self._groups()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -196,34 +211,41 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._kill_group()
+        self._kill_groups(groups)
         self.process = None
 
-    def _kill_group(self, timeout: float = 5.0) -> None:
-        """With ``own_group``, whatever the server started goes with it, even after it crashed.
-
-        Returns once no live process is left in the group (SIGKILL is delivered, not awaited: a
-        caller that checked at once found a dying Ray agent still running).
-        """
+    def _groups(self) -> set[int]:
+        """With ``own_group``: its group and its descendants' (read before it goes: orphans lose
+        the link). A local Ray head's grace ran out before a Serve replica stopped its vLLM, whose
+        workers (2.8 GiB each) then outlived the demo."""
         if not (self.own_group and self.process is not None):
-            return
-        group = self.process.pid
+            return set()
+        return {self.process.pid} | _descendant_groups(self.process.pid)
+
+    @staticmethod
+    def _kill_groups(groups: set[int], timeout: float = 5.0) -> None:
+        """SIGKILL each group; return once none has a live process (SIGKILL is delivered, not
+        awaited: a caller that checked at once found a dying Ray agent still running)."""
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                return
-            if not _live_members(group) or time.monotonic() > deadline:
+        while groups:
+            for group in list(groups):
+                try:
+                    os.killpg(group, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    groups.discard(group)
+            alive = {group for _, _, group, state in _process_table() if state != "Z"}
+            groups &= alive
+            if not groups or time.monotonic() > deadline:
                 return
             time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (fault tests); start() brings it back on the same ports and data."""
         if self.process is not None:
+            groups = self._groups()
             self.process.kill()
             self.process.wait()
-            self._kill_group()
+            self._kill_groups(groups)
             self.process = None
 
     def __enter__(self) -> Self:
