@@ -351,7 +351,7 @@ class Demo:
                     )
                     return done and others_settled(statuses)
 
-                if drifting is not None and at_drift[drifting].active_version is not None:
+                if drifting is not None:  # specialist_for names only a serving specialist
                     self.watch(retrained, plan.drift_minutes)
                 else:  # no specialist serves the drifted calls: the teacher does, nothing to refine
                     self.say(
