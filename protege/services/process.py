@@ -127,6 +127,10 @@ class ServiceProcess:
     # A server whose children must not outlive it (vLLM's engine core and workers): it leads a
     # process group of its own, and stopping it kills the group.
     own_group = False
+    # A group leader whose starter may die without stopping it (a Serve replica killed by a failed
+    # health check runs no destructor): it runs under protege.services.guard, which ends the group
+    # once the process that started it is gone.
+    dies_with_parent = False
 
     def __init__(self, data_dir: Path, detach: bool = False, ready_timeout: float = 60.0) -> None:
         self.data_dir = Path(data_dir)
@@ -170,9 +174,13 @@ class ServiceProcess:
     def _start_once(self) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
+        command = list(self.command())
+        if self.dies_with_parent:
+            guard = [sys.executable, "-m", "protege.services.guard", "--parent", str(os.getpid()), "--"]
+            command = guard + command
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                list(self.command()),
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

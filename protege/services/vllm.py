@@ -22,6 +22,7 @@ class VllmServer(ServiceProcess):
 
     name = "vllm"
     own_group = True  # its engine core and workers (2 GiB each) must not outlive it
+    dies_with_parent = True  # nor outlive a Serve replica killed without stopping it
 
     def __init__(
         self,

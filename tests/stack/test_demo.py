@@ -66,7 +66,8 @@ def _vllm_pids() -> list[int]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
         command = process.info["cmdline"] or []
-        if "vllm.entrypoints.openai.api_server" in command and "--enable-lora" in command:
+        # the server itself, not the guard that started it (protege.services.guard)
+        if command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "--enable-lora" in command:
             found.append(process.pid)
     return found
 
@@ -92,7 +93,7 @@ class Chaos(threading.Thread):
         kills = [
             # the engine crashes whole: its server, engine core and workers (one process group);
             # first, so that Serve has its replica back by the time the report asks it
-            ("vllm", lambda: [os.killpg(pid, signal.SIGKILL) for pid in _vllm_pids()]),
+            ("vllm", lambda: [os.killpg(os.getpgid(pid), signal.SIGKILL) for pid in _vllm_pids()]),
             ("nats", lambda: os.kill(stack.nats.pid or 0, signal.SIGKILL)),
             ("flywheel", lambda: os.kill(stack.flywheel.pid or 0, signal.SIGKILL)),  # type: ignore[union-attr]
             ("gateway", lambda: os.kill(stack.gateway.pid or 0, signal.SIGKILL)),  # type: ignore[union-attr]
