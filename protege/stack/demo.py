@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -72,7 +73,8 @@ DEMO_STACK: dict[str, Any] = {
         # Above what the agent's ~120 distinct calls per task can add after a first training at
         # 40: before the drift nothing retrains; after it, ~30 fallen-back calls do.
         # A task waiting for the one training slot trains on what arrived meanwhile (the intent
-        # task failed its gate on 49 examples twice, passed on 117); max_steps caps each job.
+        # task failed its gate on 49 examples twice, passed on 117); max_steps caps each job: intent's
+        # validation loss reaches 0.015 at 20 steps (at 16 it scored 0.8 and was rolled back).
         "training": {**LOCAL_POLICY["training"], "epochs": 6, "retrainAfterNewExamples": 110},
         # A family gets a third of the agent's 1 call/s and a CPU engine answers a canary call in
         # seconds: at 10 calls a step, the intent rollout's shadow alone took 2.3 min.
@@ -81,7 +83,7 @@ DEMO_STACK: dict[str, Any] = {
     "flywheel": {
         "interval_seconds": 5,
         "discover_every_seconds": 45,
-        "job_options": {"few_shot": 0, "max_new_tokens": 64, "max_steps": 26},
+        "job_options": {"few_shot": 0, "max_new_tokens": 64, "max_steps": 20},
     },
 }
 
@@ -98,6 +100,12 @@ class DemoPlan(BaseModel):
     calls: int = Field(default=450, ge=10, description="Workload size; about 20% of it is held out.")
     seed: int = 7
     rate: float = Field(default=1.0, gt=0, description="Agent calls per second.")
+    collect_rate: float = Field(
+        default=2.0,
+        gt=0,
+        description="Agent calls per second until a first training starts: the teacher answers them all, "
+        "the engine has nothing to do yet, and the first dataset fills sooner.",
+    )
     concurrency: int = Field(
         default=8,
         ge=1,
@@ -154,6 +162,7 @@ class Demo:
         self.first_call = time.time()
         self.marks: dict[str, float] = {}  # seconds since the first call: promotions, the drift
         self._active: dict[str, str | None] = {}
+        self.base_answers: dict[str, dict[str, Any]] = {}  # held-out call id → the base model's answer
 
     # --- watching ---------------------------------------------------------------------
     def statuses(self) -> dict[str, SpecialistStatus]:
@@ -194,6 +203,7 @@ class Demo:
                 self.say(f"[{self.elapsed()}] {line}")
             statuses = self.statuses()
             self._report_changes(statuses)
+            self._pace_agent(statuses)
             if until(statuses):
                 return True
             if time.monotonic() - last_traffic > 60:
@@ -208,6 +218,18 @@ class Demo:
                 )
             time.sleep(3)
         return False
+
+    def _pace_agent(self, statuses: dict[str, SpecialistStatus]) -> None:
+        """Once a first training starts, the agent calls at its steady rate: the engine has work now."""
+        agent = self.agent
+        if agent is None or agent.rate == self.plan.rate:
+            return
+        if any(
+            s.phase not in (SpecialistPhase.PENDING, SpecialistPhase.COLLECTING_DATA)
+            for s in statuses.values()
+        ):
+            agent.rate = self.plan.rate
+            self.say(f"[{self.elapsed()}] agent: a first training started; {self.plan.rate:g}/s from now on")
 
     def specialist_for(self, family: str | None, statuses: dict[str, SpecialistStatus]) -> str | None:
         """The serving specialist that answers ``family``'s calls (from who answered the agent)."""
@@ -225,71 +247,93 @@ class Demo:
         return list(self.agent.outcomes) if self.agent is not None else []
 
     # --- held-out evaluation ---------------------------------------------------------------
-    async def _ask(
-        self, client: httpx.AsyncClient, call: WorkloadCall, model: str, adapter: str | None
-    ) -> dict[str, Any]:
-        headers = {"serve_multiplexed_model_id": adapter} if adapter else {}
+    def scored_calls(self, family: str) -> list[WorkloadCall]:
+        """The held-out calls of ``family`` that the report scores."""
+        return [c for c in self.heldout if c.task == family][: self.plan.heldout_per_task]
+
+    async def _answers(
+        self, calls: Sequence[WorkloadCall], adapter: str | None
+    ) -> list[dict[str, Any] | None]:
+        """The engine's answers (the base model's, or ``adapter``'s); None where it gave none."""
+        model = self.plan.stack.pool.base_model.source
         # the training job's evaluation limit: the base model's rambling is cut where the gate cut it
         limit = self.plan.stack.flywheel.job_options.get(
             "max_new_tokens", JobSpec.model_fields["max_new_tokens"].default
         )
-        body = {**call.request, "model": adapter or model, "temperature": 0, "max_tokens": limit}
-        reply = await client.post(f"{self.stack.engine_url}/v1/chat/completions", json=body, headers=headers)
-        if reply.status_code != 200:
-            return {"role": "assistant", "content": ""}
-        message = reply.json()["choices"][0]["message"]
-        answer = {"role": "assistant", "content": message.get("content")}
-        if message.get("tool_calls"):
-            answer["tool_calls"] = message["tool_calls"]
-        return answer
+        headers = {"serve_multiplexed_model_id": adapter} if adapter else {}
+        slots = asyncio.Semaphore(self.plan.concurrency)
+        async with httpx.AsyncClient(timeout=300) as client:
+
+            async def ask(call: WorkloadCall) -> dict[str, Any] | None:
+                body = {**call.request, "model": adapter or model, "temperature": 0, "max_tokens": limit}
+                async with slots:
+                    try:
+                        reply = await client.post(
+                            f"{self.stack.engine_url}/v1/chat/completions", json=body, headers=headers
+                        )
+                    except httpx.HTTPError:
+                        return None
+                if reply.status_code != 200:
+                    return None
+                message = reply.json()["choices"][0]["message"]
+                answer = {"role": "assistant", "content": message.get("content")}
+                if message.get("tool_calls"):
+                    answer["tool_calls"] = message["tool_calls"]
+                return answer
+
+            return list(await asyncio.gather(*(ask(c) for c in calls)))
+
+    def answer_base_early(self) -> None:
+        """The base model's held-out answers, asked while the engine has no specialist to serve yet.
+
+        They do not depend on anything the flywheel does; the report asks again for any missing.
+        """
+        try:
+            self.stack.wait_serving()
+            calls = [c for family in self.plan.families for c in self.scored_calls(family)]
+            answers = asyncio.run(self._answers(calls, None))
+        except Exception as error:  # a failure here must not end the demo: the report asks again
+            self.say(f"[{self.elapsed()}] base model's held-out answers left to the report: {error}")
+            return
+        self.base_answers.update({c.id: a for c, a in zip(calls, answers, strict=True) if a is not None})
+        self.say(f"[{self.elapsed()}] held-out: the base model answered {len(self.base_answers)} calls")
 
     async def score_heldout(
         self, specialist_of: dict[str, str], statuses: dict[str, SpecialistStatus]
     ) -> dict[str, HeldOutScores]:
-        base = self.plan.stack.pool.base_model.source
         database = build_database()
+        adapters: dict[str, tuple[str, EvaluationMetric]] = {}
+        for family, name in sorted(specialist_of.items()):
+            status = statuses.get(name)
+            if status is None:
+                continue
+            active = next((v for v in status.versions if v.version == status.active_version), None)
+            if active is not None and active.scores is not None:
+                adapters[family] = (f"{name}@{active.version}", EvaluationMetric(active.scores.metric))
+        missing = [c for f in adapters for c in self.scored_calls(f) if c.id not in self.base_answers]
+        asked = await asyncio.gather(
+            self._answers(missing, None),
+            *(self._answers(self.scored_calls(f), adapter) for f, (adapter, _) in adapters.items()),
+        )
+        self.base_answers.update({c.id: a for c, a in zip(missing, asked[0], strict=True) if a is not None})
+        empty = {"role": "assistant", "content": ""}  # no answer scores like a wrong one
         scores: dict[str, HeldOutScores] = {}
-        slots = asyncio.Semaphore(self.plan.concurrency)
-        async with httpx.AsyncClient(timeout=300) as client:
-
-            async def ask(call: WorkloadCall, adapter: str | None) -> dict[str, Any]:
-                async with slots:
-                    return await self._ask(client, call, base, adapter)
-
-            for family, name in sorted(specialist_of.items()):
-                status = statuses.get(name)
-                active = (
-                    next(
-                        (
-                            v
-                            for v in (status.versions if status else [])
-                            if v.version == status.active_version
-                        ),
-                        None,
-                    )
-                    if status
-                    else None
-                )
-                if active is None or active.scores is None:
-                    continue
-                calls = [c for c in self.heldout if c.task == family][: self.plan.heldout_per_task]
-                score = scorer(EvaluationMetric(active.scores.metric), database)
-                adapter = f"{name}@{active.version}"
-                base_answers = await asyncio.gather(*(ask(c, None) for c in calls))
-                specialist_answers = await asyncio.gather(*(ask(c, adapter) for c in calls))
-                scores[family] = HeldOutScores(
-                    metric=active.scores.metric.value,
-                    calls=len(calls),
-                    base_zero_shot=sum(score(a, c.answer) for a, c in zip(base_answers, calls, strict=True))
-                    / len(calls),
-                    specialist=sum(score(a, c.answer) for a, c in zip(specialist_answers, calls, strict=True))
-                    / len(calls),
-                )
-                self.say(
-                    f"[{self.elapsed()}] held-out {family}: base zero-shot "
-                    f"{scores[family].base_zero_shot:.2f}, {adapter} {scores[family].specialist:.2f} "
-                    f"over {len(calls)} calls"
-                )
+        for (family, (adapter, metric)), answers in zip(adapters.items(), asked[1:], strict=True):
+            calls = self.scored_calls(family)
+            score = scorer(metric, database)
+            scores[family] = HeldOutScores(
+                metric=metric.value,
+                calls=len(calls),
+                base_zero_shot=sum(score(self.base_answers.get(c.id, empty), c.answer) for c in calls)
+                / len(calls),
+                specialist=sum(score(a or empty, c.answer) for a, c in zip(answers, calls, strict=True))
+                / len(calls),
+            )
+            self.say(
+                f"[{self.elapsed()}] held-out {family}: base zero-shot "
+                f"{scores[family].base_zero_shot:.2f}, {adapter} {scores[family].specialist:.2f} "
+                f"over {len(calls)} calls"
+            )
         return scores
 
     # --- the run ----------------------------------------------------------------------------
@@ -298,14 +342,18 @@ class Demo:
         self.stack.start()
         agent = self.agent = Agent(
             f"{self.stack.gateway_url}/v1", self.stack.agent_key(), self.stack.teacher_model, self.train,
-            rate=plan.rate, concurrency=plan.concurrency,
+            rate=plan.collect_rate, concurrency=plan.concurrency,
         )  # fmt: skip
         self.first_call = time.time()
         agent.start()
+        threading.Thread(target=self.answer_base_early, name="demo-base-answers", daemon=True).start()
         try:
+            pace = f"{plan.rate:g}/s"
+            if plan.collect_rate != plan.rate:
+                pace = f"{plan.collect_rate:g}/s until a first training starts, then at {pace}"
             self.say(
                 f"[{self.elapsed()}] agent: replaying {len(self.train)} training calls "
-                f"of {', '.join(plan.families)} at {plan.rate}/s"
+                f"of {', '.join(plan.families)} at {pace}"
             )
 
             def learned(statuses: dict[str, SpecialistStatus]) -> bool:
@@ -371,6 +419,9 @@ class Demo:
 
     def report(self, agent: Agent) -> DemoResult:
         statuses = self.statuses()
+        stopped = self.stack.stop_training()  # what is not serving by now will not be in this report
+        if stopped:
+            self.say(f"[{self.elapsed()}] end: flywheel stopped, training stopped: {', '.join(stopped)}")
         records = asyncio.run(self._records())
         by_family: dict[str, list[CallRecord]] = defaultdict(list)
         considered: dict[str, Counter[str]] = defaultdict(Counter)

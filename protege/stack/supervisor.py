@@ -248,6 +248,24 @@ class Stack:
             time.sleep(2)
         raise StackError(f"pool {self.config.pool_name} was not serving after {timeout:.0f} s")
 
+    def stop_training(self) -> list[str]:
+        """Stop the flywheel, then every training job not yet ended; the jobs stopped.
+
+        What serves keeps serving: the demo does this before its report, whose held-out
+        answers then have the CPUs a job would have taken.
+        """
+        if self.flywheel is not None:
+            self.flywheel.stop(timeout=30)
+        if self.ray is None:
+            return []
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(self.ray.address, headers=self.ray.headers)
+        live = [j.submission_id for j in client.list_jobs() if j.submission_id and not j.status.is_terminal()]
+        for name in live:
+            client.stop_job(name)
+        return live
+
     # --- supervise ---------------------------------------------------------------------
     def parts(self) -> dict[str, ServiceProcess | None]:
         return {

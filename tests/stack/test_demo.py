@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
+from ray.job_submission import JobSubmissionClient
 
 from protege.config import RouterSettings
 from protege.stack.demo import DEMO_STACK, Demo, DemoPlan
@@ -41,6 +42,7 @@ PLAN = {
     "families": ["intent", "extract"],
     "calls": 150,
     "rate": 3,
+    "collect_rate": 3,
     "drift_family": None,
     "heldout_per_task": 5,
     "min_promoted": 1,
@@ -117,6 +119,8 @@ def test_the_demo_completes_the_loop_through_crashes(
     chaos.start()
     try:
         result = demo.run()
+        assert demo.stack.ray is not None
+        jobs = JobSubmissionClient(demo.stack.ray.address, headers=demo.stack.ray.headers).list_jobs()
     finally:
         chaos.stop.set()
         demo.close()
@@ -143,3 +147,6 @@ def test_the_demo_completes_the_loop_through_crashes(
     assert served, report  # routed traffic answered by a specialist
     assert result.fallbacks, report  # at least the calls the dead replica could not answer
     assert result.calls > 0 and result.logged == result.calls, (result.calls, result.logged)
+    # the base model answered the held-out calls early; at the report no training job was left
+    assert any("held-out: the base model answered" in line for line in lines), log
+    assert all(job.status.is_terminal() for job in jobs), [(j.submission_id, j.status) for j in jobs]
