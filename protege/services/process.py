@@ -49,6 +49,22 @@ def _descendant_groups(root: int) -> set[int]:
     return groups
 
 
+def pids_with_environment(entry: str) -> list[int]:
+    """The processes (ours excluded) whose environment holds ``entry`` (``NAME=value``)."""
+    wanted = entry.encode()
+    found = []
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            environment = Path(f"/proc/{name}/environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if wanted in environment.split(b"\0"):
+            found.append(int(name))
+    return found
+
+
 class ServiceError(RuntimeError):
     """A local service failed to start or stop; the message carries its log's last lines."""
 

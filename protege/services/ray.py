@@ -6,9 +6,11 @@ submission API, so a laptop runs training exactly as a cluster does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -16,7 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from protege.services.process import ServiceProcess, free_port
+from protege.services.process import ServiceProcess, free_port, pids_with_environment
 
 HEAD_GRACE_SECONDS = 3.0
 
@@ -99,7 +101,16 @@ class LocalRay(ServiceProcess):
         # Nothing of a local head outlives it (no GCS persistence, jobs stopped above): a short
         # grace, then its process group goes (its Serve replicas held `protege demo` 30 s).
         super().stop(min(timeout, HEAD_GRACE_SECONDS))
+        self._kill_leftovers()
         self._keep_logs()
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL whatever this head started and is still running, found by the token in its
+        environment: a job driver launched as the head stopped is in a session of its own and,
+        re-parented, out of reach of the group kill (one trained 15 min beside the next tests)."""
+        for pid in pids_with_environment(f"RAY_AUTH_TOKEN={self.token}"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def _keep_logs(self) -> None:
         """Move the session's logs (job drivers', Serve's) next to the data; drop the temp dir."""

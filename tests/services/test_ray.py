@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -51,7 +53,15 @@ def test_stopping_the_head_stops_a_running_job_and_its_agents(tmp_path: Path) ->
         assert ray.process is not None
         group = os.getpgid(ray.process.pid)
         assert len(_in_group(group)) > 3  # gcs, raylet, dashboard, agents
+        # what the head started out of its tree's reach (a job driver launched as it stopped): its token
+        stray = subprocess.Popen(
+            ["sleep", "600"], env={**os.environ, "RAY_AUTH_TOKEN": ray.token}, start_new_session=True
+        )
     assert _in_group(group) == []
+    try:
+        assert stray.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        stray.kill()
     assert not ray.temp_dir.exists()  # nothing left in /tmp; the job's log kept with the data
     assert list((tmp_path / "ray" / "logs").glob(f"session_*/job-driver-{job}.log"))
     _, alive = psutil.wait_procs([driver], timeout=15)
