@@ -86,6 +86,8 @@ def test_a_guarded_server_goes_when_its_starter_dies_without_stopping_it(tmp_pat
     assert pid_alive(guard) and pid_alive(child)
     os.kill(starter.pid, signal.SIGKILL)  # a Serve replica killed: no destructor, no stop()
     starter.wait()
+    session = int((tmp_path / "session").read_text())  # out of the guard's group: this test's to end
+    os.kill(session, signal.SIGKILL)
     assert _gone([guard, child], 15), "the guarded server outlived the process that started it"
     assert "parent" in (tmp_path / "forking.log").read_text()
 
