@@ -97,7 +97,7 @@ class LocalRay(ServiceProcess):
         head, a training job went on (at nice 19, for minutes) until it was killed by hand.
         """
         if self.process is not None and self.process.poll() is None:
-            self._stop_jobs(timeout)
+            self.stop_jobs(timeout)
         # Nothing of a local head outlives it (no GCS persistence, jobs stopped above): a short
         # grace, then its process group goes (its Serve replicas held `protege demo` 30 s).
         super().stop(min(timeout, HEAD_GRACE_SECONDS))
@@ -121,21 +121,25 @@ class LocalRay(ServiceProcess):
             shutil.move(logs, kept)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    def _stop_jobs(self, timeout: float) -> None:
+    def stop_jobs(self, timeout: float) -> list[str]:
+        """Stop every job not yet ended and wait (at most ``timeout``) until they have; the jobs stopped."""
         from ray.job_submission import JobSubmissionClient
 
+        stopped: list[str] = []
         try:
             client = JobSubmissionClient(self.address, headers=self.headers)
-            running = [
+            stopped = [
                 job.submission_id
                 for job in client.list_jobs()
                 if job.submission_id and not job.status.is_terminal()
             ]
-            for job_id in running:
+            for job_id in stopped:
                 client.stop_job(job_id)
+            running = stopped
             deadline = time.monotonic() + timeout
             while running and time.monotonic() < deadline:
                 time.sleep(0.5)
                 running = [j for j in running if not client.get_job_status(j).is_terminal()]
         except (RuntimeError, OSError):  # a head that does not answer: stopping it is what is left
-            return
+            pass
+        return stopped

@@ -252,20 +252,19 @@ class Demo:
         """The held-out calls of ``family`` that the report scores."""
         return [c for c in self.heldout if c.task == family][: self.plan.heldout_per_task]
 
-    async def _answers(
-        self, calls: Sequence[WorkloadCall], adapter: str | None
-    ) -> list[dict[str, Any] | None]:
-        """The engine's answers (the base model's, or ``adapter``'s); None where it gave none."""
+    async def _answers(self, asks: Sequence[tuple[WorkloadCall, str | None]]) -> list[dict[str, Any] | None]:
+        """The engine's answers to (call, adapter) pairs (no adapter: the base model's), at most
+        ``concurrency`` in flight; None where it gave none."""
         model = self.plan.stack.pool.base_model.source
         # the training job's evaluation limit: the base model's rambling is cut where the gate cut it
         limit = self.plan.stack.flywheel.job_options.get(
             "max_new_tokens", JobSpec.model_fields["max_new_tokens"].default
         )
-        headers = {"serve_multiplexed_model_id": adapter} if adapter else {}
         slots = asyncio.Semaphore(self.plan.concurrency)
         async with httpx.AsyncClient(timeout=300) as client:
 
-            async def ask(call: WorkloadCall) -> dict[str, Any] | None:
+            async def ask(call: WorkloadCall, adapter: str | None) -> dict[str, Any] | None:
+                headers = {"serve_multiplexed_model_id": adapter} if adapter else {}
                 body = {**call.request, "model": adapter or model, "temperature": 0, "max_tokens": limit}
                 async with slots:
                     try:
@@ -282,7 +281,7 @@ class Demo:
                     answer["tool_calls"] = message["tool_calls"]
                 return answer
 
-            return list(await asyncio.gather(*(ask(c) for c in calls)))
+            return list(await asyncio.gather(*(ask(call, adapter) for call, adapter in asks)))
 
     def answer_base_early(self) -> None:
         """The base model's held-out answers, asked while the engine has no specialist to serve yet.
@@ -292,7 +291,7 @@ class Demo:
         try:
             self.stack.wait_serving()
             calls = [c for family in self.plan.families for c in self.scored_calls(family)]
-            answers = asyncio.run(self._answers(calls, None))
+            answers = asyncio.run(self._answers([(c, None) for c in calls]))
         except Exception as error:  # a failure here must not end the demo: the report asks again
             self.say(f"[{self.elapsed()}] base model's held-out answers left to the report: {error}")
             return
@@ -312,14 +311,20 @@ class Demo:
             if active is not None and active.scores is not None:
                 adapters[family] = (f"{name}@{active.version}", EvaluationMetric(active.scores.metric))
         missing = [c for f in adapters for c in self.scored_calls(f) if c.id not in self.base_answers]
-        asked = await asyncio.gather(
-            self._answers(missing, None),
-            *(self._answers(self.scored_calls(f), adapter) for f, (adapter, _) in adapters.items()),
+        specialist_asks: list[tuple[WorkloadCall, str | None]] = [
+            (c, adapter) for f, (adapter, _) in adapters.items() for c in self.scored_calls(f)
+        ]
+        answers = await self._answers([(c, None) for c in missing] + specialist_asks)
+        self.base_answers.update(
+            {c.id: a for c, a in zip(missing, answers[: len(missing)], strict=True) if a is not None}
         )
-        self.base_answers.update({c.id: a for c, a in zip(missing, asked[0], strict=True) if a is not None})
+        specialist_answers = {
+            (c.id, adapter): a
+            for (c, adapter), a in zip(specialist_asks, answers[len(missing) :], strict=True)
+        }
         empty = {"role": "assistant", "content": ""}  # no answer scores like a wrong one
         scores: dict[str, HeldOutScores] = {}
-        for (family, (adapter, metric)), answers in zip(adapters.items(), asked[1:], strict=True):
+        for family, (adapter, metric) in adapters.items():
             calls = self.scored_calls(family)
             score = scorer(metric, database)
             scores[family] = HeldOutScores(
@@ -327,7 +332,7 @@ class Demo:
                 calls=len(calls),
                 base_zero_shot=sum(score(self.base_answers.get(c.id, empty), c.answer) for c in calls)
                 / len(calls),
-                specialist=sum(score(a or empty, c.answer) for a, c in zip(answers, calls, strict=True))
+                specialist=sum(score(specialist_answers[c.id, adapter] or empty, c.answer) for c in calls)
                 / len(calls),
             )
             self.say(

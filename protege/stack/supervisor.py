@@ -256,15 +256,7 @@ class Stack:
         """
         if self.flywheel is not None:
             self.flywheel.stop(timeout=30)
-        if self.ray is None:
-            return []
-        from ray.job_submission import JobSubmissionClient
-
-        client = JobSubmissionClient(self.ray.address, headers=self.ray.headers)
-        live = [j.submission_id for j in client.list_jobs() if j.submission_id and not j.status.is_terminal()]
-        for name in live:
-            client.stop_job(name)
-        return live
+        return self.ray.stop_jobs(timeout=30) if self.ray is not None else []
 
     # --- supervise ---------------------------------------------------------------------
     def parts(self) -> dict[str, ServiceProcess | None]:
