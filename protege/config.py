@@ -101,6 +101,9 @@ class CurationPolicy(BaseModel):
         description="Drop an example this similar to one already kept; 1 turns it off.",
     )
     redact_pii: bool = Field(default=True, description="Replace PII with placeholders before storing.")
+    retention_days: float = Field(
+        default=30, gt=0, description="Curated examples whose call is older than this are deleted."
+    )
 
 
 class CurationSettings(BaseModel):

@@ -21,7 +21,7 @@ from typing import Literal
 
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore, Manifest
 from protege.training.discovery.tasks import Task, TaskRegistry
-from protege.training.examples import Example
+from protege.training.examples import DAY_MS, Example
 
 DATASET_KIND = "dataset"
 REGISTRY_KIND = "tasks"
@@ -122,6 +122,19 @@ def _sqlite_bytes(path: Path) -> bytes:
     if not tables:
         raise DatasetError(f"--sql-database {path}: the database has no tables for queries to run on")
     return path.read_bytes()
+
+
+def examples_in_window(
+    examples: Iterable[Example], *, now_ms: int, max_age_days: float, newest: int | None = None
+) -> list[Example]:
+    """The examples logged in the last ``max_age_days`` (an example of unknown age stays), at most
+    the ``newest`` of them; oldest first (pure: a Specialist's data.retentionDays and maxExamples)."""
+    cutoff = now_ms - max_age_days * DAY_MS
+    kept = sorted(
+        (e for e in examples if e.logged_at_ms is None or e.logged_at_ms >= cutoff),
+        key=lambda e: (e.logged_at_ms or 0, e.id),
+    )
+    return kept[-newest:] if newest is not None else kept
 
 
 def build_dataset(

@@ -14,8 +14,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from protege.api.calls import CallRecord, last_user_text
+from protege.api.ids import uuid7_time_ms
 from protege.api.specialist import OutputKind
 from protege.training.pii import RecordRedaction
+
+DAY_MS = 86_400_000
 
 _SQL = re.compile(r"^\s*(?:SELECT|WITH|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP)\b", re.I)
 
@@ -56,6 +59,14 @@ class Example(BaseModel):
     answer: dict[str, Any] = Field(description="The teacher's assistant message, redacted.")
     output_kind: OutputKind = Field(description="What the answer is: tool call, JSON, SQL, label or prose.")
     redactions: dict[str, int] = Field(default_factory=dict, description="PII replaced, by type.")
+
+    @property
+    def logged_at_ms(self) -> int | None:
+        """When its call was logged (Unix ms, from the UUIDv7 id); None for an id of another kind."""
+        try:
+            return uuid7_time_ms(self.id)
+        except ValueError:
+            return None
 
     @property
     def system_prompt(self) -> str:

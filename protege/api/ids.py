@@ -38,8 +38,17 @@ def uuid7(now_ns: int | None = None) -> uuid.UUID:
         _last_ms = ms
         counter = _last_counter
         rand_b = _random.getrandbits(62)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
-    return uuid.UUID(int=value)
+    return _compose(ms, counter, rand_b)
+
+
+def uuid7_at(ms: int) -> uuid.UUID:
+    """A UUIDv7 of a given Unix time, outside this process's increasing sequence (back-dated records)."""
+    with _lock:
+        return _compose(ms, _random.getrandbits(12), _random.getrandbits(62))
+
+
+def _compose(ms: int, counter: int, rand_b: int) -> uuid.UUID:
+    return uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b)
 
 
 def uuid7_time_ms(value: uuid.UUID | str) -> int:

@@ -68,7 +68,12 @@ class DataPolicy(KubeModel):
         default=None, ge=1, description="Newest examples used per training; all when unset."
     )
     redact_pii: bool = Field(default=True, description="Remove PII before examples are stored. Keep it on.")
-    retention_days: int = Field(default=30, ge=1, le=3650, description="Days curated examples are kept.")
+    retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Only examples logged in the last this many days go into a training's dataset.",
+    )
 
 
 class TrainingMethod(StrEnum):

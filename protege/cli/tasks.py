@@ -45,7 +45,8 @@ def curate(
     rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(stats.rejected.items())) or "none"
     console.print(
         f"curated {stats.seen} calls: kept {stats.kept}, duplicates {stats.duplicates}, near duplicates "
-        f"{stats.near_duplicates}, rejected ({rejected}), dead-lettered {stats.dead_lettered}; "
+        f"{stats.near_duplicates}, rejected ({rejected}), dead-lettered {stats.dead_lettered}, "
+        f"deleted past retention {stats.expired}; "
         f"PII replaced: {dict(stats.redactions) or 'none'}",
         highlight=False,
     )

@@ -14,12 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from protege.api.calls import CallRecord
-from protege.api.specialist import TaskSelector
+from protege.api.specialist import DataPolicy, TaskSelector
 from protege.capture.reader import StreamMissingError, read_records, subject_filter
 from protege.flywheel.specialist import Dataset, TaskData
 from protege.store.artifacts import ArtifactStore
 from protege.training.curation.consumer import ExampleStore
-from protege.training.datasets import build_dataset, load_registry
+from protege.training.datasets import build_dataset, examples_in_window, load_registry
 from protege.training.discovery.tasks import Task, TaskRegistry
 from protege.training.job import read_result
 
@@ -63,14 +63,19 @@ class StoreData:
         task = match_task(registry, selector) if registry else None
         return TaskData(task.id, task.size) if task else None
 
-    async def build_dataset(self, task_id: str) -> Dataset:
+    async def build_dataset(self, task_id: str, data: DataPolicy) -> Dataset:
         registry = await self.registry()
         if registry is None:
             raise LookupError("no task registry in the store yet; discovery has not run")
         task = registry.get(task_id)
 
         def build() -> Dataset:
-            examples = ExampleStore(self.store).load(task.router.fingerprint.tenant)
+            examples = examples_in_window(
+                ExampleStore(self.store).load(task.router.fingerprint.tenant),
+                now_ms=time.time_ns() // 1_000_000,
+                max_age_days=data.retention_days,
+                newest=data.max_examples,
+            )
             manifest = build_dataset(self.store, task, examples, min_examples=self.min_examples)
             return Dataset(manifest.version, sum(manifest.metadata["counts"].values()))
 
@@ -113,8 +118,8 @@ class StoreFacts:
     async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
         return await self.data.resolve_task(selector)
 
-    async def build_dataset(self, task_id: str) -> Dataset:
-        return await self.data.build_dataset(task_id)
+    async def build_dataset(self, task_id: str, data: DataPolicy) -> Dataset:
+        return await self.data.build_dataset(task_id, data)
 
     async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
         return await self.data.job_result(specialist, name)

@@ -23,6 +23,7 @@ from croniter import croniter
 from protege.api.calls import CallRecord
 from protege.api.meta import ConditionStatus, set_condition
 from protege.api.specialist import (
+    DataPolicy,
     Scores,
     SpecialistPhase,
     SpecialistSpec,
@@ -81,7 +82,9 @@ class FlywheelIO(Protocol):
 
     async def resolve_task(self, selector: TaskSelector) -> TaskData | None: ...
 
-    async def build_dataset(self, task_id: str) -> Dataset: ...
+    async def build_dataset(self, task_id: str, data: DataPolicy) -> Dataset:
+        """A dataset version of the task's curated examples that ``data`` lets a training use."""
+        ...
 
     async def start_job(self, job: JobSpec) -> str:
         """Start the job (or find it started) and return its deterministic name."""
@@ -307,7 +310,7 @@ class _Pass:
                 outcome.events.append(Event("TriggerIgnored", decision.reason, warning=True))
         if not decision.train:
             return
-        dataset = await io.build_dataset(task.id)
+        dataset = await io.build_dataset(task.id, spec.data)
         job = JobSpec(
             specialist=name,
             task=task.id,

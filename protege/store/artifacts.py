@@ -240,11 +240,14 @@ class ArtifactStore:
         names = (PurePosixPath(p).name for p in self.fs.ls(base, detail=False))
         return sorted(n for n in names if n.startswith(prefix) and not n.startswith(".tmp-"))
 
+    def delete_object(self, area: str, key: str) -> None:
+        self.fs.rm(self._object_path(area, key))
+
     def delete_objects(self, area: str, prefix: str) -> int:
         """Remove the objects of ``area`` whose keys start with ``prefix``; returns how many."""
         keys = self.list_objects(area, prefix)
         for key in keys:
-            self.fs.rm(self._object_path(area, key))
+            self.delete_object(area, key)
         return len(keys)
 
     def _read(self, path: str, what: str) -> bytes:

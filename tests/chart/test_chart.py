@@ -27,6 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from protege.config import load_settings
 from protege.operator.render import Platform
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -541,7 +542,9 @@ def test_dependencies_are_declared_and_helm_wants_them_built(config: helm.Config
             config.install(CHART, RELEASE, disabled, dry_run="client")
 
 
-def test_the_data_pipeline_curates_and_discovers_with_secrets_by_reference(render: Render) -> None:
+def test_the_data_pipeline_curates_and_discovers_with_secrets_by_reference(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rendered = render({"platform": {"trainingImage": "registry/train:1"}})
     [curator] = [d for d in rendered.kind("Deployment") if d["metadata"]["name"].endswith("-curator")]
     [discovery] = rendered.kind("CronJob")
@@ -552,6 +555,24 @@ def test_the_data_pipeline_curates_and_discovers_with_secrets_by_reference(rende
         assert env["PROTEGE_NATS_URL"]["value"] == f"nats://protege-nats.{NAMESPACE}.svc:4222"
         assert env["PROTEGE_S3__SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretAccessKey"
     assert curator["spec"]["template"]["spec"]["containers"][0]["command"] == ["protege", "curate"]
+    curator_env = {
+        e["name"]: e.get("value") for e in curator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert curator_env["PROTEGE_CURATION__DEFAULT__RETENTION_DAYS"] == "30"
+    assert "PROTEGE_CURATION__TENANTS" not in curator_env
+    overrides = {"bigco": {"retention_days": 90, "max_chars": 100000}}
+    [curator] = [
+        d
+        for d in render({"dataPipeline": {"curator": {"tenants": overrides}}}).kind("Deployment")
+        if d["metadata"]["name"].endswith("-curator")
+    ]
+    env = {e["name"]: e.get("value") for e in curator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for name in ("PROTEGE_CURATION__DEFAULT__RETENTION_DAYS", "PROTEGE_CURATION__TENANTS"):
+        monkeypatch.setenv(name, env[name])  # what `protege curate` reads from them
+    curation = load_settings().curation
+    assert (
+        curation.for_tenant("bigco").retention_days == 90 and curation.for_tenant("acme").retention_days == 30
+    )
     assert pod["containers"][0]["command"][:3] == ["protege", "tasks", "discover"]
     assert (
         discovery["spec"]["schedule"] == "*/15 * * * *" and discovery["spec"]["concurrencyPolicy"] == "Forbid"

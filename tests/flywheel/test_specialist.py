@@ -18,6 +18,7 @@ from protege.api.calls import (
     UpstreamKind,
 )
 from protege.api.specialist import (
+    DataPolicy,
     SpecialistPhase,
     SpecialistSpec,
     SpecialistStatus,
@@ -66,7 +67,7 @@ class MemoryIO:
     async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
         return TaskData("task-1", self.examples) if selector.id == "task-1" and self.examples else None
 
-    async def build_dataset(self, task_id: str) -> Dataset:
+    async def build_dataset(self, task_id: str, data: DataPolicy) -> Dataset:
         return Dataset(f"d{self.examples}", self.examples)
 
     async def start_job(self, job: JobSpec) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import nats
 import pytest
 
 from protege.api.calls import CallRecord, CallStatus, ErrorInfo, Upstream, UpstreamKind
+from protege.api.ids import uuid7_at
 from protege.config import ConfigError, CurationPolicy, CurationSettings, load_settings
 from protege.services.nats import NatsServer
 from protege.store.artifacts import ArtifactStore
@@ -19,6 +21,7 @@ from protege.training.curation import (
     NearDuplicateIndex,
     reject_reason,
 )
+from protege.training.examples import DAY_MS
 from protege.workload import generate
 
 LONG_EMAIL = (
@@ -77,10 +80,16 @@ def test_near_duplicates_are_found_and_different_texts_are_not() -> None:
     assert len(index) == 3
 
 
-async def publish(url: str, records: list[CallRecord], raw: list[tuple[str, bytes]] = ()) -> None:  # type: ignore[assignment]
+async def publish(
+    url: str,
+    records: list[CallRecord],
+    raw: list[tuple[str, bytes]] = (),  # type: ignore[assignment]
+    stream_exists: bool = False,
+) -> None:
     client = await nats.connect(url)
     js = client.jetstream()
-    await js.add_stream(name="PROTEGE_CALLS", subjects=["protege.calls.>"])
+    if not stream_exists:
+        await js.add_stream(name="PROTEGE_CALLS", subjects=["protege.calls.>"])
     for item in records:
         await js.publish(item.subject, item.to_json())
     for subject, data in raw:
@@ -181,3 +190,35 @@ async def test_before_the_first_call_there_is_nothing_to_curate(tmp_path: Path) 
     with NatsServer(tmp_path / "nats") as server:
         stats = await Curator(server.url, ArtifactStore((tmp_path / "store").as_uri())).run(until_idle=True)
         assert stats.seen == 0 and stats.kept == 0
+
+
+@pytest.mark.slow
+async def test_examples_past_their_tenants_retention_are_deleted(tmp_path: Path) -> None:
+    """A curator's prune pass deletes examples older than their tenant's retention_days (from the
+    call's UUIDv7 time), keeps the rest, and a call like a deleted one is curated again."""
+    now_ms = time.time_ns() // 1_000_000
+
+    def logged(days_ago: int, text: str, tenant: str = "acme") -> CallRecord:
+        return record(text, tenant=tenant, id=str(uuid7_at(now_ms - days_ago * DAY_MS)))
+
+    records = [
+        logged(40, "which warehouse ships the blue lamps"),
+        logged(40, "cancel my subscription to the garden magazine", tenant="archive"),
+        logged(10, "the invoice for march is missing a line"),
+    ]
+    settings = CurationSettings(tenants={"archive": {"retention_days": 60}})
+    with NatsServer(tmp_path / "nats") as server:
+        await publish(server.url, records)
+        store = ArtifactStore((tmp_path / "store").as_uri())
+        curator = Curator(server.url, store, settings)
+        stats = await curator.run(until_idle=True, idle_seconds=1)
+        assert stats.kept == 3 and stats.expired == 0  # pruned before anything was stored
+        curator.prune_every_seconds = 0  # the next pass is due
+        assert (await curator.run(until_idle=True, idle_seconds=1)).expired == 1
+        assert {e.user_text for e in ExampleStore(store).load()} == {
+            "cancel my subscription to the garden magazine",  # its tenant keeps 60 days
+            "the invoice for march is missing a line",
+        }
+        await publish(server.url, [record("which warehouse ships the blue lamps")], stream_exists=True)
+        # curated again: neither the store nor the near-duplicate index remembers the deleted one
+        assert (await curator.run(until_idle=True, idle_seconds=1)).kept == 4

@@ -9,20 +9,26 @@ from pathlib import Path
 
 import pytest
 
+from protege.api.ids import uuid7_at
+from protege.api.specialist import DataPolicy
 from protege.evaluation.metrics import run_query
+from protege.flywheel.data import StoreData
 from protege.store.artifacts import ArtifactStore
+from protege.training.curation import ExampleStore
 from protege.training.datasets import (
+    DATASET_KIND,
     MIN_TEST_EXAMPLES,
     DatasetError,
     assign_splits,
     build_dataset,
+    examples_in_window,
     load_registry,
     save_registry,
     split_of,
 )
 from protege.training.discovery import MiniLM, discover
-from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, fingerprint
-from protege.training.examples import Example, example_from_record
+from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, TaskRegistry, fingerprint
+from protege.training.examples import DAY_MS, Example, example_from_record
 from protege.training.job import task_database
 from protege.workload import build_database, generate
 
@@ -89,6 +95,34 @@ def small_task(family: str, count: int) -> tuple[Task, list[Example]]:
         first_seen=datetime.now(UTC),
     )
     return task, examples
+
+
+def test_a_training_uses_the_examples_logged_within_its_window() -> None:
+    now_ms = 1_790_000_000_000
+    _, examples = small_task("intent", 5)
+    aged = {  # days old → example; the UUIDv7 ids carry the time
+        days: e.model_copy(update={"id": str(uuid7_at(now_ms - days * DAY_MS))})
+        for days, e in zip((40, 31, 29, 1), examples, strict=False)
+    }
+    unknown_age = examples[4]  # an id of another kind: kept, counted oldest
+    everything = [*aged.values(), unknown_age]
+    kept = examples_in_window(everything, now_ms=now_ms, max_age_days=30)
+    assert kept == [unknown_age, aged[29], aged[1]]
+    assert examples_in_window(everything, now_ms=now_ms, max_age_days=30, newest=2) == [aged[29], aged[1]]
+    assert examples_in_window(everything, now_ms=now_ms, max_age_days=365) == [unknown_age, *aged.values()]
+
+
+async def test_a_specialists_dataset_holds_its_newest_examples(tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    task, examples = small_task("intent", 60)
+    for example in examples:
+        ExampleStore(store).put(ExampleStore.key(example), example)
+    save_registry(store, TaskRegistry(examples=len(examples), tasks=[task]))
+    dataset = await StoreData(store).build_dataset(task.id, DataPolicy(max_examples=40))
+    manifest = store.manifest(DATASET_KIND, task.id, dataset.version)
+    used = {i for ids in manifest.metadata["splits"].values() for i in ids}
+    stored = sorted(e.id for e in ExampleStore(store).load())  # ids of unknown age: newest by id
+    assert dataset.examples == 40 and len(stored) > 40 and used == set(stored[-40:])
 
 
 def test_too_small_a_task_is_refused_with_the_way_out(tmp_path: Path) -> None:

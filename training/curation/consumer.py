@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import nats
@@ -28,14 +30,14 @@ from pydantic import ValidationError
 
 from protege.api.calls import SUBJECT_PREFIX, CallRecord
 from protege.config import CurationSettings
-from protege.store.artifacts import ArtifactStore
+from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.training.curation.filters import (
     NearDuplicateIndex,
     dedup_text,
     exact_key,
     reject_reason,
 )
-from protege.training.examples import Example, example_from_record
+from protege.training.examples import DAY_MS, Example, example_from_record
 from protege.training.pii import Finding, RecordRedaction
 
 log = logging.getLogger(__name__)
@@ -75,10 +77,28 @@ class ExampleStore:
         return self.store.list_objects(EXAMPLES_AREA, tenant_prefix(tenant) if tenant else "")
 
     def load(self, tenant: str | None = None) -> list[Example]:
-        return [
-            Example.model_validate_json(self.store.get_object(EXAMPLES_AREA, key))
-            for key in self.keys(tenant)
-        ]
+        return [example for _, example in self._read(self.keys(tenant))]
+
+    def _read(self, keys: list[str]) -> Iterator[tuple[str, Example]]:
+        for key in keys:
+            try:
+                data = self.store.get_object(EXAMPLES_AREA, key)
+            except ArtifactNotFoundError:  # pruned since it was listed
+                continue
+            yield key, Example.model_validate_json(data)
+
+    def prune(self, max_age_days: Callable[[str], float], now_ms: int) -> Counter[str]:
+        """Delete the examples whose call is older than its tenant's ``max_age_days``; how many, by tenant.
+
+        An example's age comes from its call's UUIDv7 id; one with an id of another kind is kept.
+        """
+        pruned: Counter[str] = Counter()
+        for key, example in self._read(self.keys()):
+            logged = example.logged_at_ms
+            if logged is not None and logged < now_ms - max_age_days(example.tenant) * DAY_MS:
+                self.store.delete_object(EXAMPLES_AREA, key)
+                pruned[example.tenant] += 1
+        return pruned
 
 
 @dataclass
@@ -88,6 +108,7 @@ class CurationStats:
     duplicates: int = 0
     near_duplicates: int = 0
     dead_lettered: int = 0
+    expired: int = 0  # deleted from the store past their tenant's retention_days
     rejected: Counter[str] = field(default_factory=Counter)
     redactions: Counter[str] = field(default_factory=Counter)
 
@@ -102,6 +123,7 @@ class Curator:
         stream: str = "PROTEGE_CALLS",
         durable: str = "protege-curator",
         batch: int = 256,
+        prune_every_seconds: float = 3600.0,
     ) -> None:
         self.nats_url = nats_url
         self.examples = ExampleStore(store)
@@ -110,6 +132,8 @@ class Curator:
         self.durable = durable
         self.batch = batch
         self.stats = CurationStats()
+        self.prune_every_seconds = prune_every_seconds
+        self._pruned_at = float("-inf")
         self._near: dict[str, NearDuplicateIndex] = {}
 
     def _near_index(self, tenant: str) -> NearDuplicateIndex:
@@ -146,6 +170,7 @@ class Curator:
                         return self.stats
                     await asyncio.sleep(idle_seconds)
             while stop is None or not stop.is_set():
+                await self._prune_if_due()
                 try:
                     messages = await subscription.fetch(self.batch, timeout=idle_seconds)
                 except TimeoutError:
@@ -160,6 +185,21 @@ class Curator:
         finally:
             await client.close()
         return self.stats
+
+    async def _prune_if_due(self) -> None:
+        """Delete expired examples, at most once per ``prune_every_seconds`` (a pass reads every example)."""
+        if time.monotonic() - self._pruned_at < self.prune_every_seconds:
+            return
+        self._pruned_at = time.monotonic()
+        pruned = await asyncio.to_thread(
+            self.examples.prune,
+            lambda tenant: self.settings.for_tenant(tenant).retention_days,
+            time.time_ns() // 1_000_000,
+        )
+        for tenant, count in sorted(pruned.items()):
+            self._near.pop(tenant, None)  # rebuilt from the store, without them, when next needed
+            log.info("curation: %d examples of tenant %s passed retention_days: deleted", count, tenant)
+        self.stats.expired += sum(pruned.values())
 
     async def _curate_batch(self, js: JetStreamContext, messages: list[Msg]) -> None:
         to_write: dict[str, Example] = {}
