@@ -157,6 +157,8 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+TRAFFIC_BIN_SECONDS = 30
+
 COLUMNS = (
     "task", "specialist", "versions", "metric", "teacher", "base 0-shot", "specialist", "% of teacher",
     "p50/p95 ms teacher", "p50/p95 ms specialist", "tokens/call", "$/1k teacher", "$/1k specialist",
@@ -204,7 +206,7 @@ def markdown_table(rows: Sequence[TaskRow]) -> str:
 
 
 def traffic_over_time(
-    records: Sequence[CallRecord], bin_seconds: float = 30
+    records: Sequence[CallRecord], bin_seconds: float = TRAFFIC_BIN_SECONDS
 ) -> list[tuple[float, float, int]]:
     """(seconds since the first call, share answered by specialists, calls) per time bin."""
     if not records:
@@ -241,8 +243,9 @@ def plots_png(
     traffic: Sequence[tuple[float, float, int]],
     marks: dict[str, float],
     prices: PriceModel,
+    bin_seconds: float = TRAFFIC_BIN_SECONDS,
 ) -> bytes:
-    """Quality against cost per task, and the specialists' share of traffic over time."""
+    """Quality against cost per task, and the specialists' share of traffic (per bin) over time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +272,17 @@ def plots_png(
     quality.set_title("quality vs cost per task")
     quality.legend(fontsize=7, ncol=2, loc="center right")
     if traffic:
-        share.plot([t / 60 for t, _, _ in traffic], [s * 100 for _, s, _ in traffic], marker=".")
+        # the calls behind each share: a last bin of a few calls swings to 0 or 100 %
+        starts = [t / 60 for t, _, _ in traffic]
+        width = bin_seconds / 60
+        volume = share.twinx()
+        volume.bar(
+            starts, [n for _, _, n in traffic], width=width * 0.9, align="edge", color="grey", alpha=0.2
+        )
+        volume.set_ylabel("calls per bin (bars)", color="grey")
+        share.set_zorder(volume.get_zorder() + 1)
+        share.patch.set_visible(False)
+        share.plot([m + width / 2 for m in starts], [s * 100 for _, s, _ in traffic], marker=".")
     for label, seconds in marks.items():
         share.axvline(seconds / 60, linestyle="--", color="grey")
         share.annotate(label, (seconds / 60, 95), rotation=90, fontsize=7, va="top")

@@ -11,7 +11,15 @@ from rich.console import Console
 
 from protege.api.calls import CallRecord
 from protege.api.specialist import SpecialistStatus
-from protege.stack.report import HeldOutScores, PriceModel, markdown_table, task_rows, traffic_over_time
+from protege.stack.report import (
+    HeldOutScores,
+    PriceModel,
+    TaskRow,
+    markdown_table,
+    plots_png,
+    task_rows,
+    traffic_over_time,
+)
 from protege.stack.view import Snapshot, Traffic, parse_traffic, render
 
 START = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
@@ -42,27 +50,35 @@ def record(seconds: float, *, specialist: bool, reason: str | None = None, ms: f
     )
 
 
-def test_rows_price_quality_latency_share_and_fallbacks() -> None:
+PRICES = PriceModel(
+    teacher_input_usd_per_mtok=2,
+    teacher_output_usd_per_mtok=10,
+    pool_usd_per_gpu_hour=3.6,
+    pool_tokens_per_second=1000,
+)
+
+
+def intent_row() -> TaskRow:
+    """Four teacher calls, five by the specialist, a fallback; held-out 0.1 for the base, 0.95 for it."""
     records = [record(i, specialist=False, ms=800) for i in range(4)]
     records += [record(10 + i, specialist=True, ms=50) for i in range(5)]
     records.append(record(20, specialist=False, reason="fallback_invalid_output", ms=900))
     status = SpecialistStatus.model_validate(
         {"activeVersion": "v1", "versions": [{"version": "v1", "state": "Serving"}]}
     )
-    prices = PriceModel(
-        teacher_input_usd_per_mtok=2,
-        teacher_output_usd_per_mtok=10,
-        pool_usd_per_gpu_hour=3.6,
-        pool_tokens_per_second=1000,
-    )
     [row] = task_rows(
         {"intent": records},
         {"intent": "intent"},
         {"intent": status},
         {"intent": HeldOutScores("exact_match", 30, base_zero_shot=0.1, specialist=0.95)},
-        prices=prices,
+        prices=PRICES,
         recent=6,
     )
+    return row
+
+
+def test_rows_price_quality_latency_share_and_fallbacks() -> None:
+    row = intent_row()
     assert row.relative == 0.95 and row.versions == 1 and row.version == "v1"
     assert row.tokens_per_call == 1000
     assert row.teacher_usd_per_1k == 1000 * (900 * 2 + 100 * 10) / 1e6  # $2.80
@@ -125,3 +141,11 @@ def test_the_live_view_shows_parts_tasks_specialists_and_traffic() -> None:
     console.print(render(Snapshot({}, ("NOT_STARTED", ""), {}, [], {}, None)))
     quiet = console.export_text()
     assert "heartbeat" in quiet and "not yet" in quiet and "metrics are not available" in quiet
+
+
+def test_the_plots_render_with_a_bar_of_calls_per_bin() -> None:
+    records = [record(i, specialist=i % 3 == 0) for i in range(0, 300, 4)] + [record(301, specialist=True)]
+    traffic = traffic_over_time(records)
+    assert traffic[-1] == (300, 1.0, 1)  # the share of a last bin of one call: hence its bar
+    png = plots_png([intent_row()], traffic, {"drift": 290.0}, PRICES)
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
