@@ -276,9 +276,9 @@ def plots_png(
         starts = [t / 60 for t, _, _ in traffic]
         width = bin_seconds / 60
         volume = share.twinx()
-        volume.bar(
-            starts, [n for _, _, n in traffic], width=width * 0.9, align="edge", color="grey", alpha=0.2
-        )
+        calls = [n for _, _, n in traffic]
+        volume.bar(starts, calls, width=width * 0.9, align="edge", color="grey", alpha=0.2)
+        volume.set_ylim(0, max(calls) * 1.5)  # the bars stay below the share line's top
         volume.set_ylabel("calls per bin (bars)", color="grey")
         share.set_zorder(volume.get_zorder() + 1)
         share.patch.set_visible(False)
