@@ -157,8 +157,6 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-TRAFFIC_BIN_SECONDS = 30
-
 COLUMNS = (
     "task", "specialist", "versions", "metric", "teacher", "base 0-shot", "specialist", "% of teacher",
     "p50/p95 ms teacher", "p50/p95 ms specialist", "tokens/call", "$/1k teacher", "$/1k specialist",
@@ -203,6 +201,9 @@ def markdown_table(rows: Sequence[TaskRow]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row_cells(row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+TRAFFIC_BIN_SECONDS = 30
 
 
 def traffic_over_time(
@@ -273,16 +274,21 @@ def plots_png(
     quality.legend(fontsize=7, ncol=2, loc="center right")
     if traffic:
         # the calls behind each share: a last bin of a few calls swings to 0 or 100 %
-        starts = [t / 60 for t, _, _ in traffic]
-        width = bin_seconds / 60
+        starts, shares, calls = zip(*traffic, strict=True)
         volume = share.twinx()
-        calls = [n for _, _, n in traffic]
-        volume.bar(starts, calls, width=width * 0.9, align="edge", color="grey", alpha=0.2)
+        volume.bar(
+            [t / 60 for t in starts],
+            calls,
+            width=bin_seconds / 60 * 0.9,
+            align="edge",
+            color="grey",
+            alpha=0.2,
+        )
         volume.set_ylim(0, max(calls) * 1.5)  # the bars stay below the share line's top
         volume.set_ylabel("calls per bin (bars)", color="grey")
         share.set_zorder(volume.get_zorder() + 1)
         share.patch.set_visible(False)
-        share.plot([m + width / 2 for m in starts], [s * 100 for _, s, _ in traffic], marker=".")
+        share.plot([(t + bin_seconds / 2) / 60 for t in starts], [s * 100 for s in shares], marker=".")
     for label, seconds in marks.items():
         share.axvline(seconds / 60, linestyle="--", color="grey")
         share.annotate(label, (seconds / 60, 95), rotation=90, fontsize=7, va="top")
