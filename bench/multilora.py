@@ -47,7 +47,14 @@ from protege.serving.router.table import RoutingTable, SpecialistRoute
 from protege.store.artifacts import ArtifactStore
 from protege.testing import make_lora_adapter
 from protege.training.datasets import save_registry
-from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, TaskRegistry, fingerprint
+from protege.training.discovery.tasks import (
+    Exemplar,
+    RouterProfile,
+    Task,
+    TaskRegistry,
+    fingerprint,
+    tenant_segment_counts,
+)
 from protege.training.examples import example_from_record
 from protege.workload import generate
 
@@ -102,9 +109,10 @@ async def decode_rate(url: str, models: list[str], concurrency: int, tokens: int
         return sum(produced) / (time.perf_counter() - started)
 
 
-def intent_task(tenant: str) -> tuple[Task, dict]:  # type: ignore[type-arg]
+def intent_task(tenant: str) -> tuple[TaskRegistry, dict]:  # type: ignore[type-arg]
     calls = generate(4, seed=5, families=("intent",))
     examples = [example_from_record(c.to_record().model_copy(update={"tenant": tenant})) for c in calls]
+    counts = tenant_segment_counts(examples)
     task = Task(
         id="task-intent",
         name="intent",
@@ -113,12 +121,15 @@ def intent_task(tenant: str) -> tuple[Task, dict]:  # type: ignore[type-arg]
         example_ids=[e.id for e in examples],
         exemplars=[Exemplar(id=examples[0].id, user_text="x")],
         router=RouterProfile(
-            fingerprint=fingerprint(examples[0]), centroids=[], threshold=0.5, embedding_model="-"
+            fingerprint=fingerprint(examples[0], counts[tenant]),
+            centroids=[],
+            threshold=0.5,
+            embedding_model="-",
         ),
         first_seen=datetime.now(UTC),
     )
     body = calls[0].to_record().request.model_dump(exclude_none=True)
-    return task, {**body, "model": "stub-teacher"}
+    return TaskRegistry(tasks=[task], prompt_segments=counts), {**body, "model": "stub-teacher"}
 
 
 async def sequential_ms(url: str, body: dict, headers: dict[str, str], calls: int) -> list[float]:  # type: ignore[type-arg]
@@ -136,9 +147,9 @@ async def sequential_ms(url: str, body: dict, headers: dict[str, str], calls: in
 def router_latency(tmp: Path, calls: int, rounds: int) -> dict[str, list[float]]:
     """Sequential latencies, direct to the stub engine and through the routing gateway."""
     store = ArtifactStore((tmp / "store").as_uri())
-    task, body = intent_task("bench")
-    save_registry(store, TaskRegistry(tasks=[task]))
-    route = SpecialistRoute(specialist="intent", tenant="bench", task_id=task.id, active="v1")
+    registry, body = intent_task("bench")
+    save_registry(store, registry)
+    route = SpecialistRoute(specialist="intent", tenant="bench", task_id=registry.tasks[0].id, active="v1")
     (tmp / "routes.json").write_text(RoutingTable(routes=[route]).model_dump_json())
     key = new_key()
     (tmp / "keys.json").write_text(json.dumps([{"sha256": hash_key(key), "tenant": "bench", "app": "bench"}]))

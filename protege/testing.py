@@ -243,7 +243,13 @@ def seed_task(
 
     from protege.training.curation.consumer import ExampleStore
     from protege.training.datasets import save_registry
-    from protege.training.discovery.tasks import RouterProfile, Task, TaskRegistry, fingerprint
+    from protege.training.discovery.tasks import (
+        RouterProfile,
+        Task,
+        TaskRegistry,
+        fingerprint,
+        tenant_segment_counts,
+    )
     from protege.training.examples import example_from_record
     from protege.workload import generate
 
@@ -254,7 +260,8 @@ def seed_task(
         if not curated.has(key := ExampleStore.key(example)):  # as curation: the first copy stays
             curated.put(key, example)
     examples = curated.load(tenant)  # with those seeded before
-    shape = fingerprint(examples[0])
+    counts = tenant_segment_counts(examples)
+    shape = fingerprint(examples[0], counts[tenant])
     task = Task(
         id=task_id,
         name=family,
@@ -265,7 +272,7 @@ def seed_task(
         router=RouterProfile(fingerprint=shape, centroids=[[1.0]], threshold=0.5, embedding_model="none"),
         first_seen=datetime(2026, 12, 1, tzinfo=UTC),
     )
-    save_registry(store, TaskRegistry(examples=len(examples), tasks=[task]))
+    save_registry(store, TaskRegistry(examples=len(examples), tasks=[task], prompt_segments=counts))
 
 
 def register_kmock_resources(kmock: Any) -> None:

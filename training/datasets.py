@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from typing import Literal
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore, Manifest
 from protege.training.discovery.tasks import Task, TaskRegistry
 from protege.training.examples import DAY_MS, Example
+
+log = logging.getLogger(__name__)
 
 DATASET_KIND = "dataset"
 REGISTRY_KIND = "tasks"
@@ -95,9 +98,12 @@ def load_registry(store: ArtifactStore) -> TaskRegistry | None:
         latest = store.latest(REGISTRY_KIND, REGISTRY_NAME)
     except ArtifactNotFoundError:
         return None
-    return TaskRegistry.model_validate_json(
-        store.read_file(REGISTRY_KIND, REGISTRY_NAME, latest.version, "registry.json")
-    )
+    text = store.read_file(REGISTRY_KIND, REGISTRY_NAME, latest.version, "registry.json")
+    if json.loads(text).get("version") != TaskRegistry.model_fields["version"].default:
+        # A registry of an earlier format: tasks are found again (with new ids) on the next discovery.
+        log.warning("task registry %s has an earlier format; ignored until rediscovery", latest.version)
+        return None
+    return TaskRegistry.model_validate_json(text)
 
 
 def save_registry(store: ArtifactStore, registry: TaskRegistry) -> Manifest:

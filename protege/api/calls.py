@@ -181,6 +181,7 @@ class Upstream(BaseModel):
 class RouteReason(StrEnum):
     NO_ROUTER = "no_router"  # routing disabled: everything goes to the teacher
     NO_TASK_MATCH = "no_task_match"
+    ROUTER_BUSY = "router_busy"  # the call needed an embedding the router could not make in time
     NO_ACTIVE_SPECIALIST = "no_active_specialist"
     SPECIALIST = "specialist"
     CANARY = "canary"

@@ -29,7 +29,10 @@ class TaskMatch(KubeModel):
         pattern=r"^[0-9a-f]{8,64}$",
         description="Hash of the system-prompt template (from `protege tasks show`).",
     )
-    tools: list[str] = Field(default_factory=list, description="Names of the tools the calls offer.")
+    tools: list[str] = Field(
+        default_factory=list,
+        description="Tools the task's answers call (for a final answer: whose results it reads).",
+    )
     output_kind: OutputKind | None = Field(default=None, description="Kind of answer the task produces.")
 
 

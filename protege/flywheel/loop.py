@@ -82,10 +82,13 @@ class LocalFlywheel:
                 done.discovered = True
         if registry is not None:
             done.tasks = len(registry.tasks)
-            known = {spec.task.id for spec, _ in self.driver.specialists().values() if spec is not None}
+            specialists = self.driver.specialists()
+            known = {spec.task.id for spec, _ in specialists.values() if spec is not None}
+            taken = set(specialists)
             for task in registry.tasks:
                 if task.id not in known:
-                    name = specialist_name(task)
+                    name = specialist_name(task, taken)
+                    taken.add(name)
                     self.driver.add(name, suggest_specialist(task, self.pool, self.policy))
                     done.created.append(name)
         done.driven = await self.driver.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 from protege.api.specialist import OutputKind, OutputValidation, SpecialistSpec
@@ -16,9 +17,16 @@ VALIDATION = {
 }
 
 
-def specialist_name(task: Task) -> str:
-    """The task's proposed name as a DNS label (its id when nothing is left)."""
-    return re.sub(r"[^a-z0-9-]+", "-", task.name.lower()).strip("-")[:63] or task.id
+def specialist_name(task: Task, taken: Collection[str] = ()) -> str:
+    """The task's proposed name as a DNS label (its id when nothing is left), unique among ``taken``.
+
+    A name another Specialist already has gets the task id's tail: each task keeps its own
+    Specialist, and the name stays the same on every heartbeat.
+    """
+    name = re.sub(r"[^a-z0-9-]+", "-", task.name.lower()).strip("-")[:63] or task.id
+    if name in taken:
+        name = f"{name[:52].rstrip('-')}-{task.id.removeprefix('task-')[:10]}"
+    return name
 
 
 def suggest_specialist(task: Task, pool: str, policy: dict[str, Any] | None = None) -> SpecialistSpec:

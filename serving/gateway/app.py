@@ -185,7 +185,7 @@ class Gateway:
                 extra_fields=self.settings.gateway.extra_request_fields,
                 is_specialist=self.router.is_specialist_name if self.router is not None else None,
             )
-            plan = self.router.plan(principal.tenant, chat) if self.router is not None else None
+            plan = await self.router.plan(principal.tenant, chat) if self.router is not None else None
         except UnknownAdapterError as error:
             self.metrics.rejected.labels("404").inc()
             return GatewayError(404, str(error), code="model_not_found", param="model").response()

@@ -1,25 +1,36 @@
 """Which task a call belongs to: the same structure as the task's calls, and close in meaning.
 
-The router profile of each task (from task discovery) holds the structure its calls share
-(tenant, system prompt hash, tools, response format, input shape) and the centroids of
-their user turns' embeddings. A call is matched by structure first — a dictionary lookup.
-When one task has that structure, it is the match; only when several tasks share a
-structure (one system prompt serving two jobs) is the user turn embedded and compared
-with their centroids, the closest above its threshold winning. Embedding costs a few
-milliseconds on a CPU, so the common case stays a lookup.
+The structure of a call (tenant, system-prompt template, whether tools are offered,
+response format, input shape, conversation step) is computed by the code discovery uses
+(:mod:`protege.training.discovery.features`), with the segment counts of the registry the
+router reads, so a call is keyed exactly as the task's own calls were. When one task has
+that structure, it is the match: a dictionary lookup, the common case. Only when several
+tasks share a structure (one prompt serving two jobs, one tool set shared by several
+steps) is the user turn embedded and compared with their centroids, the closest above its
+threshold winning. Embedding runs in one worker thread, never on the event loop; vectors
+are cached by text, and when too many calls wait for one, the call goes to the teacher
+(``router_busy``) instead of queueing behind them.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections import OrderedDict, defaultdict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from protege.api.calls import ChatRequest, last_user_text
 from protege.training.discovery.discover import Embedder
-from protege.training.discovery.tasks import Structure, Task, call_structure
+from protege.training.discovery.features import SegmentCounts, Structure, call_structure
+from protege.training.discovery.tasks import Task
+from protege.training.pii import RecordRedaction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,43 +39,117 @@ class TaskMatch:
     similarity: float | None  # None when the structure alone decided
 
 
-def request_structure(tenant: str, request: ChatRequest) -> Structure:
+def request_structure(tenant: str, request: ChatRequest, counts: SegmentCounts) -> Structure:
     messages = [m.model_dump(exclude_none=True) for m in request.messages]
-    system = next(
-        (str(m.get("content") or "") for m in messages if m.get("role") in ("system", "developer")), ""
-    )
-    return call_structure(tenant, system, request.tools, request.response_format, last_user_text(messages))
+    return call_structure(tenant, messages, request.tools, request.response_format, counts)
+
+
+def user_turn(request: ChatRequest) -> str:
+    return last_user_text([m.model_dump() for m in request.messages])
+
+
+def redacted(text: str) -> str:
+    """A user turn as discovery embedded it: with its PII replaced."""
+    return RecordRedaction().text(text)
 
 
 class TaskClassifier:
     """Matches requests to discovered tasks by their router profiles."""
 
-    def __init__(self, tasks: Sequence[Task], embedder: Embedder | None = None) -> None:
-        self.embedder = embedder
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        segment_counts: Mapping[str, SegmentCounts] | None = None,
+        embeddings: CallEmbeddings | None = None,
+    ) -> None:
+        self.segment_counts = segment_counts or {}
+        self.embeddings = embeddings
         self._by_structure: dict[Structure, list[Task]] = defaultdict(list)
         for task in tasks:
             self._by_structure[task.router.fingerprint.structure].append(task)
         models = {task.router.embedding_model for task in tasks if task.router.centroids}
-        if embedder is not None and models - {embedder.name}:
+        if embeddings is not None and models - {embeddings.embedder.name}:
             raise ValueError(
-                f"task centroids were made with {sorted(models)}, the router embeds with {embedder.name}; "
-                "rerun `protege tasks discover` with the router's embedding model"
+                f"task centroids were made with {sorted(models)}, the router embeds with "
+                f"{embeddings.embedder.name}; rerun `protege tasks discover` with the router's model"
             )
 
     @property
     def needs_embeddings(self) -> bool:
         return any(len(tasks) > 1 for tasks in self._by_structure.values())
 
-    def classify(self, tenant: str, request: ChatRequest) -> TaskMatch | None:
-        candidates = self._by_structure.get(request_structure(tenant, request), [])
+    def candidates(self, tenant: str, request: ChatRequest) -> list[Task]:
+        """The tasks whose calls have this call's structure (a lookup)."""
+        counts = self.segment_counts.get(tenant, {})
+        return self._by_structure.get(request_structure(tenant, request, counts), [])
+
+    async def match(self, tenant: str, request: ChatRequest) -> TaskMatch | None:
+        """The call's task: by structure (a lookup), by meaning only when several tasks share it.
+
+        Raises RouterBusyError when an embedding was needed and could not be had.
+        """
+        candidates = self.candidates(tenant, request)
         if len(candidates) == 1:
             return TaskMatch(candidates[0].id, None)
-        if not candidates or self.embedder is None:
+        if not candidates or self.embeddings is None:
             return None
-        [vector] = self.embedder.encode([last_user_text([m.model_dump() for m in request.messages])])
+        try:
+            vector = await self.embeddings.vector(user_turn(request))
+        except RouterBusyError:
+            raise
+        except Exception as error:  # no embedding model here (a serving image without it), say
+            raise RouterBusyError(f"no embedding for the call ({error!r})") from error
+        return self.closest(candidates, vector)
+
+    @staticmethod
+    def closest(candidates: Sequence[Task], vector: NDArray[np.float32]) -> TaskMatch | None:
+        """The candidate whose centroid is nearest the call's embedding, if above its threshold."""
         best: TaskMatch | None = None
         for task in candidates:
+            if not task.router.centroids:
+                continue
             similarity = float(np.max(np.asarray(task.router.centroids, dtype=np.float32) @ vector))
             if similarity >= task.router.threshold and (best is None or similarity > (best.similarity or -1)):
                 best = TaskMatch(task.id, similarity)
         return best
+
+
+class RouterBusyError(RuntimeError):
+    """Too many calls wait for an embedding: this one goes to the teacher."""
+
+
+class CallEmbeddings:
+    """Embeddings of user turns off the event loop (redacted, then embedded, in one worker thread),
+    with an LRU cache by text and a bound on the calls waiting."""
+
+    def __init__(self, embedder: Embedder, *, cache_size: int = 4096, max_waiting: int = 32) -> None:
+        self.embedder = embedder
+        self.cache_size = cache_size
+        self.max_waiting = max_waiting
+        self._cache: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._waiting = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-embed")
+
+    async def vector(self, text: str) -> NDArray[np.float32]:
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        if self._waiting >= self.max_waiting:
+            raise RouterBusyError(f"{self._waiting} calls are waiting for an embedding")
+        self._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            [vector] = await loop.run_in_executor(self._executor, self._encode, text)
+        finally:
+            self._waiting -= 1
+        self._cache[text] = vector
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return vector
+
+    def _encode(self, text: str) -> NDArray[np.float32]:
+        return self.embedder.encode([redacted(text)])
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

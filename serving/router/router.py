@@ -26,7 +26,12 @@ from protege.api.specialist import OutputKind
 from protege.config import RouterSettings, Settings
 from protege.evaluation.metrics import METRIC_FOR_KIND, scorer
 from protege.serving.router.checks import confidence, rejection
-from protege.serving.router.classify import TaskClassifier, TaskMatch
+from protege.serving.router.classify import (
+    CallEmbeddings,
+    RouterBusyError,
+    TaskClassifier,
+    TaskMatch,
+)
 from protege.serving.router.table import (
     Choice,
     RoutingTable,
@@ -89,6 +94,7 @@ class Router:
         self.table = RoutingTable()
         self.tasks: dict[str, Task] = {}
         self.classifier = TaskClassifier([])
+        self.embeddings: CallEmbeddings | None = None
         self._table_text: str | None = None
         self._registry_version: str | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -129,20 +135,26 @@ class Router:
                 return
             self._registry_version = latest
             self.tasks = {task.id: task for task in registry.tasks}
-            classifier = TaskClassifier(registry.tasks)
-            if classifier.needs_embeddings:
+            classifier = TaskClassifier(registry.tasks, registry.prompt_segments)
+            if classifier.needs_embeddings and self.embeddings is None:
                 from protege.training.discovery import MiniLM
 
-                classifier = TaskClassifier(registry.tasks, MiniLM())
+                self.embeddings = CallEmbeddings(MiniLM())
+            if self.embeddings is not None:
+                classifier = TaskClassifier(registry.tasks, registry.prompt_segments, self.embeddings)
             self.classifier = classifier
 
     # --- per call ------------------------------------------------------------------------
-    def plan(self, tenant: str, request: ChatRequest) -> Plan:
+    async def plan(self, tenant: str, request: ChatRequest) -> Plan:
         """Route for one call; raises UnknownAdapterError for a named specialist that is not served."""
         if self.is_specialist_name(request.model):
             route, version = self.table.pinned(request.model, tenant)
             return Plan(route, Choice(version, RouteReason.PINNED), None, pinned=True)
-        match = self.classifier.classify(tenant, request)
+        try:
+            match = await self.classifier.match(tenant, request)
+        except RouterBusyError as error:
+            log.warning("router: %s; the teacher answers", error)
+            return Plan(None, Choice(None, RouteReason.ROUTER_BUSY), None)
         if match is None:
             return Plan(None, Choice(None, RouteReason.NO_TASK_MATCH), None)
         found = self.table.for_task(tenant, match.task_id)
@@ -236,3 +248,5 @@ class Router:
             self._refresher.cancel()
         if self._session is not None:
             await self._session.close()
+        if self.embeddings is not None:
+            self.embeddings.close()

@@ -28,7 +28,14 @@ from protege.serving.pool.config import deployment_options, serve_application
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 from protege.testing import RunningGateway, ServedPool, make_lora_adapter, records_of
 from protege.training.datasets import save_registry
-from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, TaskRegistry, fingerprint
+from protege.training.discovery.tasks import (
+    Exemplar,
+    RouterProfile,
+    Task,
+    TaskRegistry,
+    fingerprint,
+    tenant_segment_counts,
+)
 from protege.training.examples import example_from_record
 from protege.workload import generate
 
@@ -128,12 +135,14 @@ def adapters(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     return {**made, "broken": broken}
 
 
-def task_of(family: str, tenant: str) -> Task:
+def task_of(family: str, tenant: str) -> tuple[Task, dict[str, int]]:
+    """A task of one workload family and the segment counts its fingerprint was read with."""
     examples = [
         example_from_record(call.to_record().model_copy(update={"tenant": tenant}))
         for call in generate(4, seed=5, families=(family,))
     ]
-    return Task(
+    counts = tenant_segment_counts(examples)[tenant]
+    task = Task(
         id=f"task-{family}",
         name=family,
         size=len(examples),
@@ -141,10 +150,11 @@ def task_of(family: str, tenant: str) -> Task:
         example_ids=[e.id for e in examples],
         exemplars=[Exemplar(id=examples[0].id, user_text=examples[0].user_text)],
         router=RouterProfile(
-            fingerprint=fingerprint(examples[0]), centroids=[], threshold=0.5, embedding_model="x"
+            fingerprint=fingerprint(examples[0], counts), centroids=[], threshold=0.5, embedding_model="x"
         ),
         first_seen=datetime.now(UTC),
     )
+    return task, counts
 
 
 def request_of(family: str, seed: int = 11) -> dict[str, Any]:
@@ -170,7 +180,9 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
         router={"enabled": True, "engine_url": engine, "table": str(table_file), "refresh_seconds": 0.01},
     )
     tenant = gateway.tenant
-    save_registry(store, TaskRegistry(tasks=[task_of("intent", tenant), task_of("extract", tenant)]))
+    (intent, intent_counts), (extract, extract_counts) = task_of("intent", tenant), task_of("extract", tenant)
+    counts = {tenant: {**intent_counts, **extract_counts}}
+    save_registry(store, TaskRegistry(tasks=[intent, extract], prompt_segments=counts))
     ours = {"base_model": "smollm2-135m"}
     v_intent = store.put_artifact("adapter", "intent-spec", adapters["a"], ours).version
     v_extract = store.put_artifact("adapter", "extract-spec", adapters["b"], ours).version

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
 from protege.api.calls import ChatRequest, RouteReason
-from protege.api.specialist import FallbackSpec, OutputValidation
+from protege.api.specialist import FallbackSpec, OutputKind, OutputValidation
 from protege.flywheel.policy import RolloutStage
 from protege.serving.gateway.routing import caller_body
 from protege.serving.router.checks import confidence, rejection
-from protege.serving.router.classify import TaskClassifier, request_structure
+from protege.serving.router.classify import CallEmbeddings, RouterBusyError, TaskClassifier, request_structure
 from protege.serving.router.table import (
     Candidate,
     RoutingTable,
@@ -22,6 +24,7 @@ from protege.serving.router.table import (
     choose,
     parse_adapter_name,
 )
+from protege.training.discovery.features import count_segments
 from protege.training.discovery.tasks import Exemplar, Fingerprint, RouterProfile, Task
 
 ROUTE = SpecialistRoute(specialist="intent", tenant="acme", task_id="t1", active="v1")
@@ -123,9 +126,11 @@ def test_json_schema_and_confidence() -> None:
     assert confidence(choice) == pytest.approx(0.75) and confidence({}) is None
 
 
+COUNTS = {"acme": count_segments(["Label the intent.", "Help.", "Write SQL."] * 10, 10)}
+
+
 def _task(task_id: str, system: str, centroid: list[float]) -> Task:
-    structure = request_structure("acme", _request(system, "hello"))
-    tenant, system_hash, tools, response_format, shape = structure
+    structure = request_structure("acme", _request(system, "hello"), COUNTS["acme"])
     return Task(
         id=task_id,
         name=task_id,
@@ -134,14 +139,7 @@ def _task(task_id: str, system: str, centroid: list[float]) -> Task:
         example_ids=["x"],
         exemplars=[Exemplar(id="x", user_text="hi")],
         router=RouterProfile(
-            fingerprint=Fingerprint(
-                tenant=tenant,
-                system_hash=system_hash,
-                tools=tools,
-                response_format=response_format,
-                input_shape=shape,
-                output_kind="label",
-            ),
+            fingerprint=Fingerprint.of(structure, OutputKind.LABEL),
             centroids=[centroid],
             threshold=0.8,
             embedding_model="fake",
@@ -163,26 +161,59 @@ class FakeEmbedder:
         return np.asarray([[1.0, 0.0] if "refund" in t else [0.0, 1.0] for t in texts], dtype=np.float32)
 
 
+async def test_structure_decides_alone_and_embeddings_only_split_shared_prompts() -> None:
+    unique = TaskClassifier([_task("labels", "Label the intent.", [1.0, 0.0])], COUNTS)
+    assert not unique.needs_embeddings
+    assert [
+        t.id for t in unique.candidates("acme", _request("Label the   intent.", "where is order 12"))
+    ] == ["labels"]
+    assert unique.candidates("other", _request("Label the intent.", "x")) == []  # tenants never mix
+    assert unique.candidates("acme", _request("Write SQL.", "x")) == []
+    assert unique.candidates("acme", _request("A prompt never seen.", "x")) == []
+
+    shared = [_task("refunds", "Help.", [1.0, 0.0]), _task("other", "Help.", [0.0, 1.0])]
+    with pytest.raises(ValueError, match="rerun `protege tasks discover`"):
+        TaskClassifier(shared, COUNTS, CallEmbeddings(OtherEmbedder()))
+    classifier = TaskClassifier(shared, COUNTS, CallEmbeddings(FakeEmbedder()))
+    assert classifier.needs_embeddings
+    refund = await classifier.match("acme", _request("Help.", "I want a refund"))
+    assert refund is not None and refund.task_id == "refunds" and refund.similarity == pytest.approx(1.0)
+    candidates = classifier.candidates("acme", _request("Help.", "x"))
+    assert classifier.closest(candidates, np.asarray([-1.0, 0.0], dtype=np.float32)) is None  # too far
+    assert await TaskClassifier(shared, COUNTS).match("acme", _request("Help.", "x")) is None  # no embedder
+
+
 class OtherEmbedder(FakeEmbedder):
     name = "minilm"
 
 
-def test_structure_decides_alone_and_embeddings_only_split_shared_prompts() -> None:
-    unique = TaskClassifier([_task("labels", "Label the intent.", [1.0, 0.0])])
-    assert not unique.needs_embeddings
-    match = unique.classify("acme", _request("Label the   intent.", "where is order 12"))
-    assert match is not None and match.task_id == "labels" and match.similarity is None
-    assert unique.classify("other", _request("Label the intent.", "x")) is None  # tenants never mix
-    assert unique.classify("acme", _request("Write SQL.", "x")) is None
+class SlowEmbedder(FakeEmbedder):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.release = threading.Event()
 
-    shared = [_task("refunds", "Help.", [1.0, 0.0]), _task("other", "Help.", [0.0, 1.0])]
-    with pytest.raises(ValueError, match="rerun `protege tasks discover`"):
-        TaskClassifier(shared, OtherEmbedder())
-    classifier = TaskClassifier(shared, FakeEmbedder())
-    assert classifier.needs_embeddings
-    refund = classifier.classify("acme", _request("Help.", "I want a refund"))
-    assert refund is not None and refund.task_id == "refunds" and refund.similarity == pytest.approx(1.0)
-    assert TaskClassifier(shared).classify("acme", _request("Help.", "x")) is None  # ambiguous, no embedder
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.release.wait(5)
+        self.calls += texts
+        return super().encode(texts)
+
+
+async def test_embeddings_are_made_off_the_loop_redacted_cached_and_bounded() -> None:
+    slow = SlowEmbedder()
+    embeddings = CallEmbeddings(slow, max_waiting=2)
+    try:
+        first = asyncio.ensure_future(embeddings.vector("refund for jane.doe@example.com"))
+        second = asyncio.ensure_future(embeddings.vector("another text"))
+        await asyncio.sleep(0.05)  # the loop runs while the worker thread waits
+        with pytest.raises(RouterBusyError):
+            await embeddings.vector("a third text")
+        slow.release.set()
+        assert list(await first) == [1.0, 0.0] and list(await second) == [0.0, 1.0]
+        assert slow.calls[0] == "refund for <EMAIL_1>"  # embedded as discovery saw it
+        await embeddings.vector("refund for jane.doe@example.com")
+        assert len(slow.calls) == 2  # cached
+    finally:
+        embeddings.close()
 
 
 def test_a_specialist_answer_reaches_streaming_callers_as_events() -> None:

@@ -90,7 +90,7 @@ def small_task(family: str, count: int) -> tuple[Task, list[Example]]:
         example_ids=[e.id for e in examples],
         exemplars=[Exemplar(id=examples[0].id, user_text=examples[0].user_text)],
         router=RouterProfile(
-            fingerprint=fingerprint(examples[0]), centroids=[[1.0]], threshold=0.5, embedding_model="x"
+            fingerprint=fingerprint(examples[0], {}), centroids=[[1.0]], threshold=0.5, embedding_model="x"
         ),
         first_seen=datetime.now(UTC),
     )

@@ -193,5 +193,5 @@ def test_task_names_skip_proper_nouns() -> None:
 
     members = [example(f"David here - deliver parcel {i}") for i in range(5)]
     others = [example(f"hello there number {i}") for i in range(5)]
-    name = propose_name(members, members + others, fingerprint(members[0]))
+    name = propose_name(members, members + others, fingerprint(members[0], {}))
     assert name == "label-deliver-parcel"

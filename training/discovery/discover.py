@@ -1,12 +1,17 @@
 """Task discovery (S3): group curated examples into recurring tasks, with stable ids.
 
-Two signals, in order:
+Three signals, in order:
 
-1. **Structure.** Calls of one task share a system prompt (up to numbers and spacing),
-   a tool set, a response format, the shape of the user turn (text, or text carrying
-   code such as a query to fix) and the kind of answer. Examples are grouped by that
-   fingerprint first, so tasks never mix tenants or output kinds.
-2. **Meaning.** One system prompt can serve several tasks (a "SQL expert" prompt that
+1. **Structure** (:mod:`.features`, the router's own definition): tenant, the system
+   prompt's template (its recurring segments: retrieved passages, names and dates fall
+   out), whether tools are offered, the response format, the shape of the user turn, the
+   step of the conversation (last role, tool rounds), and the kind of answer. Tasks never
+   mix tenants, steps or output kinds.
+2. **Behaviour.** Inside a structural group, the tools the answers call (or, for a final
+   answer, the tools whose results it read) part the group, but only for tools called in
+   a real share of it (``min_part_share``): one tool set shared by several tasks gives a
+   task per tool, while a catalogue of hundreds of rarely called tools stays one task.
+3. **Meaning.** One system prompt can serve several tasks (a "SQL expert" prompt that
    both writes and fixes queries). Inside a group, the user turns are embedded
    (all-MiniLM-L6-v2, offline) and clustered by average-linkage agglomerative clustering on
    cosine distance into two halves, recursively; a split is kept only when the halves'
@@ -35,13 +40,16 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from protege.api.specialist import OutputKind
+from protege.training.discovery.features import Structure, called_tools
 from protege.training.discovery.tasks import (
     Exemplar,
     Fingerprint,
     RouterProfile,
     Task,
     TaskRegistry,
-    fingerprint,
+    example_structure,
+    tenant_segment_counts,
 )
 from protege.training.examples import Example
 
@@ -139,9 +147,11 @@ _STOP = frozenset(_STOP_WORDS.split())
 
 
 def propose_name(members: list[Example], everyone: list[Example], fingerprint_: Fingerprint) -> str:
-    """A readable name: the tool called, else the words that set this task's prompts apart."""
+    """A readable name: the tool the task calls (or answers after), else the words that set it apart."""
+    kind = fingerprint_.output_kind.value.replace("_", "-")
     if fingerprint_.tools:
-        return fingerprint_.tools[0].replace("_", "-")
+        tools = "-".join(tool.replace("_", "-") for tool in fingerprint_.tools)
+        return tools if fingerprint_.output_kind is OutputKind.TOOL_CALL else f"{kind}-after-{tools}"
 
     def words(examples: list[Example]) -> Counter[str]:
         # Lower-case words only: a proper noun (a person PII redaction let through, a city) never
@@ -152,7 +162,48 @@ def propose_name(members: list[Example], everyone: list[Example], fingerprint_: 
 
     mine, all_words = words(members), words(everyone)
     distinctive = sorted(mine, key=lambda w: (-(mine[w] / len(members)) * (mine[w] / all_words[w]), w))[:2]
-    return "-".join([fingerprint_.output_kind.value.replace("_", "-"), *distinctive])
+    return "-".join([kind, *distinctive])
+
+
+def unique_names(proposed: Sequence[str], taken: set[str]) -> list[str]:
+    """The proposed names with a counter added where one is already taken (in order)."""
+    names = []
+    taken = set(taken)
+    for name in proposed:
+        unique, n = name, 2
+        while unique in taken:
+            unique, n = f"{name}-{n}", n + 1
+        taken.add(unique)
+        names.append(unique)
+    return names
+
+
+def tool_evidence(example: Example) -> tuple[str, ...]:
+    """The tools an answer calls or, for an answer after tool results, the tools whose results it read."""
+    answered = called_tools([example.answer])
+    if answered:
+        return tuple(sorted(set(answered)))
+    last_round = next(
+        (m for m in reversed(example.messages) if m.get("role") == "assistant" and m.get("tool_calls")), None
+    )
+    return tuple(sorted(set(called_tools([last_round])))) if last_round else ()
+
+
+def by_tool_evidence(
+    ordered: Sequence[Example], indices: list[int], settings: DiscoverySettings, whole: int
+) -> list[tuple[tuple[str, ...], list[int]]]:
+    """A structural group parted by the tools its answers call (or answer after).
+
+    Tools are evidence, not a key: a part of its own only for tools called in a real share of
+    the group; calls of rarely called tools (a catalogue of hundreds) stay together.
+    """
+    parts: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for index in indices:
+        parts[tool_evidence(ordered[index])].append(index)
+    big = max(settings.min_task_size, settings.min_part_share * whole)
+    kept = [(tools, members) for tools, members in sorted(parts.items()) if tools and len(members) >= big]
+    rest = sorted(i for tools, members in parts.items() if (tools, members) not in kept for i in members)
+    return kept + ([((), rest)] if rest else [])
 
 
 def discover(
@@ -164,23 +215,33 @@ def discover(
     settings = settings or DiscoverySettings()
     ordered = sorted(examples, key=lambda e: e.id)  # the same input in any order gives the same tasks
     vectors = embedder.encode([e.user_text for e in ordered]) if ordered else np.zeros((0, 1), np.float32)
-    groups: dict[Fingerprint, list[int]] = defaultdict(list)
+    counts = tenant_segment_counts(ordered, settings.min_task_size)
+    groups: dict[tuple[Structure, OutputKind], list[int]] = defaultdict(list)
     for index, example in enumerate(ordered):
-        groups[fingerprint(example)].append(index)
+        structure = example_structure(example, counts[example.tenant])
+        groups[(structure, example.output_kind)].append(index)
 
     found: list[tuple[Fingerprint, list[int], NDArray[np.float32]]] = []
     unassigned: list[str] = []
-    for fp, indices in sorted(groups.items(), key=lambda item: item[0].key):
-        if len(indices) < settings.min_task_size:
-            unassigned += [ordered[i].id for i in indices]
-            continue
-        group = np.asarray(indices)
-        for part in split_group(vectors[group], settings):
-            chosen = group[part].tolist()
-            found.append((fp, chosen, _unit(vectors[chosen].mean(axis=0))))
+    for (structure, kind), indices in sorted(groups.items(), key=lambda item: str(item[0])):
+        for tools, members in by_tool_evidence(ordered, indices, settings, len(indices)):
+            if len(members) < settings.min_task_size:
+                unassigned += [ordered[i].id for i in members]
+                continue
+            fp = Fingerprint.of(structure, kind, tools)
+            group = np.asarray(members)
+            for part in split_group(vectors[group], settings):
+                chosen = group[part].tolist()
+                found.append((fp, chosen, _unit(vectors[chosen].mean(axis=0))))
 
     now = datetime.now(UTC)
     reuse = _match_previous(found, previous, settings)
+    proposed = [
+        propose_name([ordered[i] for i in indices], list(ordered), fp)
+        for position, (fp, indices, _) in enumerate(found)
+        if position not in reuse
+    ]
+    fresh = iter(unique_names(proposed, {old.name for old in reuse.values()}))
     tasks = []
     for position, (fp, indices, centroid) in enumerate(found):
         members = [ordered[i] for i in indices]
@@ -193,7 +254,7 @@ def discover(
         tasks.append(
             Task(
                 id=task_id,
-                name=old.name if old else propose_name(members, list(ordered), fp),
+                name=old.name if old else next(fresh),
                 size=len(members),
                 output_kind=fp.output_kind,
                 example_ids=[m.id for m in members],
@@ -208,7 +269,9 @@ def discover(
             )
         )
     tasks.sort(key=lambda t: (-t.size, t.id))
-    return TaskRegistry(created=now, examples=len(ordered), unassigned=unassigned, tasks=tasks)
+    return TaskRegistry(
+        created=now, examples=len(ordered), unassigned=unassigned, tasks=tasks, prompt_segments=counts
+    )
 
 
 def _match_previous(

@@ -3,101 +3,86 @@
 from __future__ import annotations
 
 import hashlib
-import re
+from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from protege.api.specialist import OutputKind
+from protege.training.discovery.features import SegmentCounts, Structure, call_structure, count_segments
 from protege.training.examples import Example
 
 
 class Fingerprint(BaseModel):
-    """The structure of a call that does not change from call to call within a task."""
+    """The structure a task's calls share (see :mod:`.features`), its answers' kind, the tools called."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tenant: str = Field(description="Tasks never span tenants.")
     system_hash: str = Field(
-        description="SHA-256 (16 hex) of the system prompt with numbers and spacing normalized."
+        description="Hash of the system prompt's template: its recurring segments (features.system_skeleton)."
     )
-    tools: tuple[str, ...] = Field(default=(), description="Names of the tools offered, sorted.")
+    offers_tools: bool = Field(default=False, description="Whether the calls offer tools (which: any).")
     response_format: str | None = Field(default=None, description="response_format.type, if any.")
     input_shape: str = Field(
         description="'code' when the user turn carries code (a query, a snippet), else 'text'."
     )
+    step: str = Field(
+        default="user:0",
+        description="Where the conversation is: the last message's role and the tool rounds before it.",
+    )
     output_kind: OutputKind = Field(description="What the answers are.")
+    tools: tuple[str, ...] = Field(
+        default=(), description="Tools the task's answers call (evidence: not matched by the router)."
+    )
 
     @property
     def structure(self) -> Structure:
-        return (self.tenant, self.system_hash, self.tools, self.response_format, self.input_shape)
+        return Structure(
+            self.tenant,
+            self.system_hash,
+            self.offers_tools,
+            self.response_format,
+            self.input_shape,
+            self.step,
+        )
 
     @property
     def key(self) -> str:
-        parts = [
-            self.tenant,
-            self.system_hash,
-            ",".join(self.tools),
-            self.response_format or "",
-            self.input_shape,
-        ]
-        text = "|".join([*parts, self.output_kind])
+        text = "|".join([*(str(part) for part in self.structure), self.output_kind, ",".join(self.tools)])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-
-def normalize_prompt(text: str) -> str:
-    """Templated system prompts (a date, a user's name in quotes) hash alike."""
-    text = re.sub(r"\d+", "0", text)
-    return " ".join(text.split()).lower()
-
-
-_CODE = re.compile(
-    r"```|^\s*(?:def|class|import|function|const|let)\s|"
-    r"\b(?:SELECT|INSERT|UPDATE|DELETE)\b[\s\S]+?\b(?:FROM|INTO|SET|WHERE)\b",
-    re.I | re.M,
-)
-
-
-def input_shape(text: str) -> str:
-    return "code" if _CODE.search(text) else "text"
+    @classmethod
+    def of(cls, structure: Structure, output_kind: OutputKind, tools: tuple[str, ...] = ()) -> Fingerprint:
+        return cls(
+            tenant=structure.tenant,
+            system_hash=structure.system,
+            offers_tools=structure.offers_tools,
+            response_format=structure.response_format,
+            input_shape=structure.input_shape,
+            step=structure.step,
+            output_kind=output_kind,
+            tools=tools,
+        )
 
 
-Structure = tuple[str, str, tuple[str, ...], str | None, str]
+def example_structure(example: Example, counts: SegmentCounts) -> Structure:
+    return call_structure(example.tenant, example.messages, example.tools, example.response_format, counts)
 
 
-def call_structure(
-    tenant: str,
-    system_prompt: str,
-    tools: list[dict[str, Any]] | None,
-    response_format: dict[str, Any] | None,
-    user_text: str,
-) -> Structure:
-    """What a call shows before it is answered: the fingerprint without the output kind.
-
-    The router computes it from a request; discovery from an example (see ``fingerprint``).
-    """
-    return (
-        tenant,
-        hashlib.sha256(normalize_prompt(system_prompt).encode()).hexdigest()[:16],
-        tuple(sorted(str(t.get("function", {}).get("name", "")) for t in tools or [])),
-        (response_format or {}).get("type"),
-        input_shape(user_text),
-    )
+def tenant_segment_counts(examples: Iterable[Example], min_count: int = 1) -> dict[str, dict[str, int]]:
+    """Per tenant, the recurring segments of the examples' system prompts (the registry's table)."""
+    prompts: dict[str, list[str]] = defaultdict(list)
+    for example in examples:
+        prompts[example.tenant].append(example.system_prompt)
+    return {tenant: count_segments(prompts[tenant], min_count) for tenant in sorted(prompts)}
 
 
-def fingerprint(example: Example) -> Fingerprint:
-    tenant, system_hash, tools, response_format, shape = call_structure(
-        example.tenant, example.system_prompt, example.tools, example.response_format, example.user_text
-    )
-    return Fingerprint(
-        tenant=tenant,
-        system_hash=system_hash,
-        tools=tools,
-        response_format=response_format,
-        input_shape=shape,
-        output_kind=example.output_kind,
-    )
+def fingerprint(example: Example, counts: SegmentCounts) -> Fingerprint:
+    """One example's fingerprint, its system prompt read by the tenant's segment ``counts``."""
+    return Fingerprint.of(example_structure(example, counts), example.output_kind)
 
 
 class RouterProfile(BaseModel):
@@ -138,13 +123,21 @@ class TaskRegistry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(default=1, description="Format version.")
+    version: Literal[2] = Field(default=2, description="Format version.")
     created: datetime = Field(default_factory=lambda: datetime.now(UTC), description="When this run ran.")
     examples: int = Field(default=0, description="Examples clustered in this run.")
     unassigned: list[str] = Field(
         default_factory=list, description="Examples in groups too small to be tasks."
     )
     tasks: list[Task] = Field(default_factory=list, description="The tasks, largest first.")
+    prompt_segments: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Per tenant, how many calls carried each recurring system-prompt segment "
+        "(features.count_segments): what discovery and the router read templates by.",
+    )
+
+    def segment_counts(self, tenant: str) -> SegmentCounts:
+        return self.prompt_segments.get(tenant, {})
 
     def get(self, task_id: str) -> Task:
         for task in self.tasks:

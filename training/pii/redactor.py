@@ -66,7 +66,7 @@ def presidio_backend(language: str = "en") -> PiiBackend:
     return find
 
 
-_PLACEHOLDER = re.compile(r"<(?:" + "|".join(t.value for t in PiiType) + r")_\d+>")
+PLACEHOLDER = re.compile(r"<(?:" + "|".join(t.value for t in PiiType) + r")_\d+>")
 
 
 class RecordRedaction:
@@ -90,7 +90,7 @@ class RecordRedaction:
             return text
         out, last = [], 0
         for finding in self.backend(text):
-            if _PLACEHOLDER.fullmatch(finding.text):
+            if PLACEHOLDER.fullmatch(finding.text):
                 continue  # already redacted
             out.append(text[last : finding.start])
             out.append(self.placeholder(finding.type, finding.text))

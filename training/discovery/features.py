@@ -1,0 +1,151 @@
+"""What a call shows before it is answered, computed one way for discovery and for the router (pure).
+
+A task is recognised by what its calls do, not by exact strings, so every feature here is
+one that stays put across the calls of one task while agents vary the rest:
+
+- **System prompt as a template.** Agents put per-call context into the system prompt
+  (retrieved passages, the user's profile, today's date). The prompt is cut into segments
+  (lines and sentences, numbers folded); a segment is part of the prompt's *skeleton* when
+  it recurs: it was seen in at least ``min_count`` calls of the tenant and in at least half
+  as many calls as the call's most frequent segment. Retrieved passages, names and dates
+  fall out; the instructions stay. A segment that PII redaction changed (it carries a
+  placeholder) never counts, so the raw prompt the router sees and the redacted prompt
+  discovery sees give the same skeleton without running the redactor on the request path.
+- **Whether tools are offered, not which.** Tool retrieval, MCP servers that come and go
+  and catalogues of hundreds of functions change the offered set call by call; the tools
+  a task's answers *call* are evidence for discovery (see ``discover``), not a key.
+- **The step of the conversation.** In a tool loop the same question comes back with tool
+  results after it; the step (who spoke last, how many tool rounds came before) keeps a
+  specialist for the tool-call step from being sent the final-answer step.
+
+``SegmentCounts`` (per tenant, in the task registry) is the only state: discovery counts,
+the router reads the counts of the registry it routes by.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from protege.api.calls import last_user_text
+
+# A segment recurs when it is in at least this share of the calls of the call's most frequent one.
+SKELETON_SHARE = 0.5
+MAX_TOOL_ROUNDS = 3  # steps deeper than this in a loop look alike
+
+_SEGMENT_BREAK = re.compile(r"\n+|(?<=[.!?;:])\s+")
+_PLACEHOLDER = re.compile(r"<[A-Z_]+_\d+>")
+_CODE = re.compile(
+    r"```|^\s*(?:def|class|import|function|const|let)\s|"
+    r"\b(?:SELECT|INSERT|UPDATE|DELETE)\b[\s\S]+?\b(?:FROM|INTO|SET|WHERE)\b",
+    re.I | re.M,
+)
+
+NO_SYSTEM_PROMPT = "none"
+
+
+def normalize_segment(text: str) -> str:
+    return " ".join(re.sub(r"\d+", "0", text).split()).lower()
+
+
+def _digest(text: str, size: int = 16) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:size]
+
+
+def prompt_segments(prompt: str) -> frozenset[str]:
+    """Hashes of the prompt's segments that can be part of a template (placeholders excluded)."""
+    found = set()
+    for part in _SEGMENT_BREAK.split(prompt):
+        segment = normalize_segment(part)
+        if segment and not _PLACEHOLDER.search(part):
+            found.add(_digest(segment, 12))
+    return frozenset(found)
+
+
+SegmentCounts = Mapping[str, int]  # segment hash → calls of the tenant that carry it
+
+
+def count_segments(prompts: Iterable[str], min_count: int) -> dict[str, int]:
+    """Segment counts over one tenant's system prompts, kept only for segments that recur."""
+    counts: Counter[str] = Counter()
+    for prompt in prompts:
+        counts.update(prompt_segments(prompt))
+    return {segment: n for segment, n in sorted(counts.items()) if n >= min_count}
+
+
+def system_skeleton(prompt: str, counts: SegmentCounts) -> str:
+    """The prompt's template: a hash of its recurring segments.
+
+    ``none`` without a system prompt; a hash unique to the prompt when none of its segments
+    recurs (a template seen too rarely yet), so such a call matches no task.
+    """
+    segments = prompt_segments(prompt)
+    if not segments and not prompt.strip():
+        return NO_SYSTEM_PROMPT
+    seen = {segment: counts.get(segment, 0) for segment in segments}
+    most = max(seen.values(), default=0)
+    if most == 0:
+        return "unseen-" + _digest(prompt)
+    skeleton = sorted(segment for segment, n in seen.items() if n >= SKELETON_SHARE * most)
+    return _digest(",".join(skeleton))
+
+
+def conversation_step(messages: list[dict[str, Any]]) -> str:
+    """Where the conversation is: who spoke last, and how many tool rounds came before."""
+    roles = [str(m.get("role") or "") for m in messages if m.get("role") not in ("system", "developer")]
+    last = roles[-1] if roles else "none"
+    rounds = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
+    return f"{last}:{min(rounds, MAX_TOOL_ROUNDS)}"
+
+
+def input_shape(text: str) -> str:
+    """'code' when the user turn carries code (a query, a snippet), else 'text'."""
+    return "code" if _CODE.search(text) else "text"
+
+
+def system_prompt_of(messages: list[dict[str, Any]]) -> str:
+    return next(
+        (str(m.get("content") or "") for m in messages if m.get("role") in ("system", "developer")), ""
+    )
+
+
+class Structure(NamedTuple):
+    """The structure of a call, the key of the router's lookup and of discovery's first grouping."""
+
+    tenant: str
+    system: str  # the system prompt's skeleton hash
+    offers_tools: bool
+    response_format: str | None
+    input_shape: str
+    step: str
+
+
+def call_structure(
+    tenant: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    response_format: dict[str, Any] | None,
+    counts: SegmentCounts,
+) -> Structure:
+    """The structure of a call from its request: the router's and discovery's one definition."""
+    return Structure(
+        tenant=tenant,
+        system=system_skeleton(system_prompt_of(messages), counts),
+        offers_tools=bool(tools),
+        response_format=(response_format or {}).get("type"),
+        input_shape=input_shape(last_user_text(messages)),
+        step=conversation_step(messages),
+    )
+
+
+def called_tools(messages: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The tools called in assistant turns, in order (a conversation's history or one answer)."""
+    return tuple(
+        str((call.get("function") or {}).get("name") or "")
+        for m in messages
+        if m.get("role") == "assistant"
+        for call in m.get("tool_calls") or []
+    )
