@@ -25,8 +25,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from protege.api.calls import ChatRequest, last_user_text
+from protege.api.specialist import OutputKind
 from protege.training.discovery.discover import Embedder
-from protege.training.discovery.features import SegmentCounts, Structure, call_structure
+from protege.training.discovery.features import (
+    SegmentCounts,
+    Structure,
+    call_structure,
+    tools_answered_after,
+)
 from protege.training.discovery.tasks import Task
 from protege.training.pii import RecordRedaction
 
@@ -79,9 +85,28 @@ class TaskClassifier:
         return any(len(tasks) > 1 for tasks in self._by_structure.values())
 
     def candidates(self, tenant: str, request: ChatRequest) -> list[Task]:
-        """The tasks whose calls have this call's structure (a lookup)."""
+        """The tasks whose calls have this call's structure (a lookup), narrowed by the tools in play.
+
+        Where several tasks share the structure, a task that calls a tool the call does not
+        offer, or answers after another tool's results than the call carries, cannot be the
+        call's: the tools decide before any embedding is needed.
+        """
         counts = self.segment_counts.get(tenant, {})
-        return self._by_structure.get(request_structure(tenant, request, counts), [])
+        tasks = self._by_structure.get(request_structure(tenant, request, counts), [])
+        if len(tasks) < 2:
+            return tasks
+        offered = {str((t.get("function") or {}).get("name")) for t in request.tools or []}
+        answered_after = tools_answered_after([m.model_dump(exclude_none=True) for m in request.messages])
+
+        def possible(task: Task) -> bool:
+            tools = task.router.fingerprint.tools
+            if not tools:
+                return True
+            if task.output_kind is OutputKind.TOOL_CALL:
+                return set(tools) <= offered
+            return tools == answered_after
+
+        return [task for task in tasks if possible(task)] or tasks
 
     async def match(self, tenant: str, request: ChatRequest) -> TaskMatch | None:
         """The call's task: by structure (a lookup), by meaning only when several tasks share it.
@@ -128,6 +153,7 @@ class CallEmbeddings:
         self.max_waiting = max_waiting
         self._cache: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
         self._waiting = 0
+        self.made = 0  # embeddings made (calls the cache did not answer)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-embed")
 
     async def vector(self, text: str) -> NDArray[np.float32]:
@@ -143,6 +169,7 @@ class CallEmbeddings:
             [vector] = await loop.run_in_executor(self._executor, self._encode, text)
         finally:
             self._waiting -= 1
+        self.made += 1
         self._cache[text] = vector
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -72,3 +72,50 @@ async def test_calls_become_tasks_specialists_and_one_job_each(
         again = await flywheel().tick()  # restarted: nothing new to curate, no new Specialist or job
         assert again.curated == 0 and again.created == [] and again.tasks == 2
         assert len(jobs.client.list_jobs()) == 2
+
+
+async def test_one_tool_set_shared_by_several_tasks_gives_a_specialist_each_kept_across_heartbeats(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    smollm2: Path,
+    start_gateway: Callable[..., RunningGateway],
+) -> None:
+    """A two-step agent (order lookup and stock check, each followed by a final answer) through the gateway.
+
+    Before: every task offering the same tools was named after the first tool, so one Specialist
+    `check-stock` was rewritten on every heartbeat with another task's id.
+    """
+    from traffic.shapes import tool_loop
+
+    from protege.services.nats import NatsServer
+    from protege.services.ray import LocalRay
+
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    monkeypatch.setenv("PROTEGE_ARTIFACT_STORE", store.url)
+    monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
+    calls = tool_loop(240, 5)
+    with (
+        NatsServer(tmp_path / "nats") as nats_server,
+        ServerThread(RecordedTeacher(calls)) as teacher,  # type: ignore[arg-type]
+        LocalRay(tmp_path / "ray", num_cpus=2) as ray,
+    ):
+        gateway = start_gateway(teacher_url=teacher.url + "/v1", nats_url=nats_server.url)
+        outcomes = await replay(calls, gateway.base_url, gateway.key, model=gateway.settings.teacher.model)  # type: ignore[arg-type]
+        assert all(o.error is None for o in outcomes)
+        io = LocalFlywheelIO(
+            StoreData(store, ttl_seconds=0),
+            RayJobs(ray.address, ray.headers),
+            RouteFile(tmp_path / "routes.json"),
+            nats_server.url,
+        )
+        driver = LocalDriver(tmp_path / "flywheel", io, PoolFacts(smollm2.as_uri(), 16))
+        never_trains = {**POLICY, "data": {"minExamples": 100_000}}
+        wheel = LocalFlywheel(store, nats_server.url, driver, policy=never_trains, discover_every=0)
+
+        first = await wheel.tick()
+        assert first.tasks == 4 and len(set(first.created)) == 4
+        tasks = {name: spec.task.id for name, (spec, _) in driver.specialists().items() if spec is not None}
+        assert len(set(tasks.values())) == 4  # a Specialist per task
+        second = await wheel.tick()
+        assert second.created == []
+        assert {n: s.task.id for n, (s, _) in driver.specialists().items() if s is not None} == tasks

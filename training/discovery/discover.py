@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from protege.api.specialist import OutputKind
-from protege.training.discovery.features import Structure, called_tools
+from protege.training.discovery.features import Structure, called_tools, tools_answered_after
 from protege.training.discovery.tasks import (
     Exemplar,
     Fingerprint,
@@ -181,12 +181,7 @@ def unique_names(proposed: Sequence[str], taken: set[str]) -> list[str]:
 def tool_evidence(example: Example) -> tuple[str, ...]:
     """The tools an answer calls or, for an answer after tool results, the tools whose results it read."""
     answered = called_tools([example.answer])
-    if answered:
-        return tuple(sorted(set(answered)))
-    last_round = next(
-        (m for m in reversed(example.messages) if m.get("role") == "assistant" and m.get("tool_calls")), None
-    )
-    return tuple(sorted(set(called_tools([last_round])))) if last_round else ()
+    return tuple(sorted(set(answered))) if answered else tools_answered_after(example.messages)
 
 
 def by_tool_evidence(

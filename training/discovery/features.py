@@ -149,3 +149,11 @@ def called_tools(messages: list[dict[str, Any]]) -> tuple[str, ...]:
         if m.get("role") == "assistant"
         for call in m.get("tool_calls") or []
     )
+
+
+def tools_answered_after(messages: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The tools of the conversation's last tool round (whose results an answer now reads), sorted."""
+    last_round = next(
+        (m for m in reversed(messages) if m.get("role") == "assistant" and m.get("tool_calls")), None
+    )
+    return tuple(sorted(set(called_tools([last_round])))) if last_round else ()
