@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import NoReturn
 
 import typer
@@ -19,7 +20,23 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def settings() -> Settings:
+    """The effective settings; with `protege up` running under the same home, its call log and store.
+
+    Commands such as `protege tasks list` or `protege curate` then read what the running stack
+    writes, unless the settings name another call log or store (nats_url, artifact_store).
+    """
     try:
+        current = load_settings()
+        set_by_hand = current.artifact_store or current.nats_url != Settings.model_fields["nats_url"].default
+        state_dir = current.home / "up"
+        if set_by_hand or not (state_dir / "state.json").exists():
+            return current
+        from protege.stack.supervisor import running_stack_settings
+
+        stack = running_stack_settings(state_dir)
+        if not stack:
+            return current
+        os.environ.update(stack)  # for the parts this command starts, too
         return load_settings()
     except ConfigError as error:
         fail(str(error), code=2)

@@ -26,7 +26,7 @@ from protege.models.pull import pull
 from protege.services.nats import NatsServer
 from protege.services.process import ServiceError, ServiceProcess, free_port, pid_alive, terminate_pid
 from protege.services.ray import LocalRay
-from protege.services.seaweedfs import SeaweedS3
+from protege.services.seaweedfs import SeaweedS3, read_credentials
 from protege.serving.pool.config import serve_application
 from protege.stack.components import FlywheelProcess, GatewayProcess
 from protege.stack.config import StackConfig
@@ -87,7 +87,7 @@ class Stack:
 
     @property
     def store(self) -> ArtifactStore:
-        return ArtifactStore("s3://protege/stack", self.s3.storage_options())
+        return ArtifactStore(STORE_URL, self.s3.storage_options())
 
     @property
     def teacher_model(self) -> str:
@@ -110,14 +110,9 @@ class Stack:
 
     def environment(self) -> dict[str, str]:
         """Settings every part shares: call log, store, models (S3 credentials included: local only)."""
-        key, secret = self.s3.credentials
         return {
             **os.environ,
-            "PROTEGE_NATS_URL": self.nats.url,
-            "PROTEGE_ARTIFACT_STORE": "s3://protege/stack",
-            "PROTEGE_S3__ENDPOINT_URL": self.s3.endpoint_url,
-            "PROTEGE_S3__ACCESS_KEY_ID": key,
-            "PROTEGE_S3__SECRET_ACCESS_KEY": secret,
+            **shared_settings(self.nats.url, self.s3.endpoint_url, self.s3.data_dir),
             "PROTEGE_MODEL_STORE": str(self.settings.model_dir.resolve()),
             "PYTHONUNBUFFERED": "1",
         }
@@ -298,12 +293,37 @@ class Stack:
             "gateway": self.gateway.url + "/v1" if self.gateway else None,
             "engine": self.engine_url,
             "nats": self.nats.url,
+            "s3": {"endpoint": self.s3.endpoint_url, "dir": str(self.s3.data_dir)},
             "ray": self.ray.address if self.ray else None,
             "model": self.teacher_model,
             "key_file": str(self.dir / "agent-key"),
             "pids": {name: part.pid for name, part in self.parts().items() if part is not None and part.pid},
         }
         write_atomically(self.dir / STATE_FILE, json.dumps(state, indent=1))
+
+
+STORE_URL = "s3://protege/stack"
+
+
+def shared_settings(nats_url: str, s3_endpoint: str, s3_dir: Path) -> dict[str, str]:
+    """The call log and the store of a local stack, as the PROTEGE_* variables its parts read."""
+    key, secret = read_credentials(s3_dir)
+    return {
+        "PROTEGE_NATS_URL": nats_url,
+        "PROTEGE_ARTIFACT_STORE": STORE_URL,
+        "PROTEGE_S3__ENDPOINT_URL": s3_endpoint,
+        "PROTEGE_S3__ACCESS_KEY_ID": key,
+        "PROTEGE_S3__SECRET_ACCESS_KEY": secret,
+    }
+
+
+def running_stack_settings(directory: Path) -> dict[str, str]:
+    """The shared settings of the `protege up` running in ``directory``; none when it is not up."""
+    state = read_state(directory)
+    supervisor = int(state.get("supervisor") or 0)
+    if not (supervisor and pid_alive(supervisor) and state.get("s3") and state.get("nats")):
+        return {}
+    return shared_settings(state["nats"], state["s3"]["endpoint"], Path(state["s3"]["dir"]))
 
 
 def stop_stack(directory: Path, timeout: float = 120) -> list[str]:

@@ -166,7 +166,7 @@ class CallEmbeddings:
         self._waiting += 1
         try:
             loop = asyncio.get_running_loop()
-            [vector] = await loop.run_in_executor(self._executor, self._encode, text)
+            vector: NDArray[np.float32] = (await loop.run_in_executor(self._executor, self._encode, text))[0]
         finally:
             self._waiting -= 1
         self.made += 1

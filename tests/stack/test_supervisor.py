@@ -11,13 +11,23 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from typer.testing import CliRunner
 
 from protege.cli import app
+from protege.services.nats import NatsServer
 from protege.services.process import pid_alive
-from protege.stack.supervisor import STATE_FILE, stop_stack
+from protege.services.seaweedfs import SeaweedS3
+from protege.stack.supervisor import STATE_FILE, STORE_URL, stop_stack
+from protege.store.artifacts import ArtifactStore
+from protege.testing import seed_task
 
 runner = CliRunner()
+STACK_S3_VARIABLES = (
+    "PROTEGE_S3__ENDPOINT_URL",
+    "PROTEGE_S3__ACCESS_KEY_ID",
+    "PROTEGE_S3__SECRET_ACCESS_KEY",
+)
 
 
 def test_down_stops_the_supervisor_and_whatever_a_killed_one_left(tmp_path: Path) -> None:
@@ -73,3 +83,29 @@ def test_a_terminated_demo_stops_what_it_started(tmp_path: Path) -> None:
         demo.kill()
         for process in _started_in(demo_dir):
             process.kill()
+
+
+def test_commands_beside_a_running_stack_read_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seaweed_s3: SeaweedS3, nats_server: NatsServer
+) -> None:
+    """`protege tasks list|show` with the home of a running `protege up` read the tasks it discovered."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("PROTEGE_HOME", str(home))
+    for name in ("PROTEGE_ARTIFACT_STORE", "PROTEGE_NATS_URL", "PROTEGE_CONFIG", *STACK_S3_VARIABLES):
+        monkeypatch.delenv(name, raising=False)  # restored after: the command sets them for itself
+    nothing = runner.invoke(app, ["tasks", "list"])
+    assert nothing.exit_code == 3 and "no tasks discovered yet" in nothing.output
+
+    seed_task(ArtifactStore(STORE_URL, seaweed_s3.storage_options()), "intent", 12, task_id="task-beside")
+    state = {
+        "supervisor": os.getpid(),  # alive: the stack is up
+        "nats": nats_server.url,
+        "s3": {"endpoint": seaweed_s3.endpoint_url, "dir": str(seaweed_s3.data_dir)},
+        "pids": {},
+    }
+    (home / "up").mkdir(parents=True)
+    (home / "up" / STATE_FILE).write_text(json.dumps(state))
+    listed = runner.invoke(app, ["tasks", "list"])
+    assert listed.exit_code == 0 and "task-beside" in listed.output, listed.output
+    shown = runner.invoke(app, ["tasks", "show", "task-beside"])
+    assert shown.exit_code == 0 and "fingerprint" in shown.output, shown.output

@@ -219,12 +219,12 @@ def discover(
     found: list[tuple[Fingerprint, list[int], NDArray[np.float32]]] = []
     unassigned: list[str] = []
     for (structure, kind), indices in sorted(groups.items(), key=lambda item: str(item[0])):
-        for tools, members in by_tool_evidence(ordered, indices, settings, len(indices)):
-            if len(members) < settings.min_task_size:
-                unassigned += [ordered[i].id for i in members]
+        for tools, part_indices in by_tool_evidence(ordered, indices, settings, len(indices)):
+            if len(part_indices) < settings.min_task_size:
+                unassigned += [ordered[i].id for i in part_indices]
                 continue
             fp = Fingerprint.of(structure, kind, tools)
-            group = np.asarray(members)
+            group = np.asarray(part_indices)
             for part in split_group(vectors[group], settings):
                 chosen = group[part].tolist()
                 found.append((fp, chosen, _unit(vectors[chosen].mean(axis=0))))
