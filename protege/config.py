@@ -145,10 +145,6 @@ class GatewaySettings(BaseModel):
         default_factory=list, description="Model names callers may ask for; [teacher.model] when empty."
     )
     max_body_bytes: int = Field(default=4 << 20, gt=0, description="Largest request body accepted.")
-    extra_request_fields: list[str] = Field(
-        default_factory=list,
-        description="Non-OpenAI request fields passed through (vendor extensions such as top_k).",
-    )
     upstream_connections: int = Field(default=512, gt=0, description="Pooled connections to the teacher.")
 
 

@@ -187,9 +187,18 @@ class RouteReason(StrEnum):
     CANARY = "canary"
     SHADOW = "shadow"
     PINNED = "pinned"  # the caller named a specialist (or version) as its model
+    TEACHER_ONLY = "teacher_only"  # only the teacher can answer it (an unrouted endpoint, server state)
     FALLBACK_INVALID_OUTPUT = "fallback_invalid_output"
     FALLBACK_LOW_CONFIDENCE = "fallback_low_confidence"
     FALLBACK_SPECIALIST_ERROR = "fallback_specialist_error"
+
+
+class Endpoint(StrEnum):
+    """The OpenAI API a call came in on; its request and answer are recorded in chat-completions shape."""
+
+    CHAT_COMPLETIONS = "chat.completions"  # POST /v1/chat/completions
+    RESPONSES = "responses"  # POST /v1/responses, converted (protege.api.responses)
+    COMPLETIONS = "completions"  # POST /v1/completions: the prompt as one user message
 
 
 class RouteDecision(BaseModel):
@@ -235,6 +244,11 @@ class CallRecord(BaseModel):
     tenant: str = Field(description="Tenant that made the call; a NATS subject token.")
     app: str = Field(default="default", description="App or workload tag; a NATS subject token.")
     source: Literal["gateway", "sdk"] = Field(default="gateway", description="What captured the call.")
+    endpoint: Endpoint = Field(
+        default=Endpoint.CHAT_COMPLETIONS,
+        description="The API the call came in on; request and response are in chat-completions shape "
+        "either way (a Responses call converted, a completion's prompt as one user message).",
+    )
     request: ChatRequest = Field(description="The chat request as the caller sent it.")
     response: ChatResponse | None = Field(default=None, description="The answer the caller received.")
     usage: Usage | None = Field(default=None, description="Token usage of the answer.")
@@ -297,7 +311,9 @@ class CallRecord(BaseModel):
         return call_subject(self.tenant, self.app)
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        # A chat-completions record leaves `endpoint` out: readers older than the field read it still.
+        chat = self.endpoint is Endpoint.CHAT_COMPLETIONS
+        return self.model_dump_json(exclude={"endpoint"} if chat else None).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> CallRecord:

@@ -5,7 +5,9 @@ feed the same bytes to a :class:`StreamAssembler`, which parses the SSE framing
 incrementally (events may be split across network reads at any byte) and merges the
 ``chat.completion.chunk`` deltas into the non-streamed shape: content concatenated,
 tool calls merged by index with their argument fragments joined, finish reasons and
-usage kept.
+usage kept. Legacy completion chunks (``choices[].text``) merge the same way. A Responses
+API stream goes to a :class:`ResponsesAssembler` instead, which reads its ``response.*``
+events and gives the same chat-completion shape (:mod:`protege.api.responses`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protege.api.calls import ChatResponse, Usage
+from protege.api.responses import chat_answer, chat_usage
 
 
 @dataclass
@@ -35,13 +38,11 @@ class _ChoiceParts:
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
-class StreamAssembler:
-    """Feed raw SSE bytes with :meth:`feed`; read :meth:`response` and :attr:`usage` at the end."""
+class _EventReader:
+    """The SSE framing: feed bytes split anywhere; each whole event's JSON data goes to ``_json``."""
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._choices: dict[int, _ChoiceParts] = {}
-        self._meta: dict[str, Any] = {}
         self.usage: Usage | None = None
         self.done = False  # the upstream sent `data: [DONE]`
         self.chunks = 0
@@ -58,14 +59,9 @@ class StreamAssembler:
             self._event(event)
 
     def _event(self, event: bytes) -> None:
-        data_lines = [
-            line[5:].removeprefix(b" ")
-            for line in event.replace(b"\r\n", b"\n").split(b"\n")
-            if line.startswith(b"data:")
-        ]
-        if not data_lines:
+        payload = event_data(event)
+        if payload is None:
             return  # a comment or keep-alive
-        payload = b"\n".join(data_lines)
         if payload.strip() == b"[DONE]":
             self.done = True
             return
@@ -77,6 +73,27 @@ class StreamAssembler:
         if not isinstance(chunk, dict):
             self.malformed += 1
             return
+        self._json(chunk)
+
+    def _json(self, chunk: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def response(self) -> ChatResponse | None:
+        raise NotImplementedError
+
+
+class StreamAssembler(_EventReader):
+    """Feed raw SSE bytes with :meth:`feed`; read :meth:`response` and :attr:`usage` at the end.
+
+    Chat-completion chunks, and legacy completion chunks (``choices[].text``) alike.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._choices: dict[int, _ChoiceParts] = {}
+        self._meta: dict[str, Any] = {}
+
+    def _json(self, chunk: dict[str, Any]) -> None:
         if "error" in chunk and "choices" not in chunk:
             self.error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": chunk["error"]}
             return
@@ -96,6 +113,8 @@ class StreamAssembler:
                 parts.role = delta["role"]
             if delta.get("content"):
                 parts.content.append(delta["content"])
+            if isinstance(choice.get("text"), str):  # a legacy completion chunk
+                parts.content.append(choice["text"])
             if delta.get("refusal"):
                 parts.refusal.append(delta["refusal"])
             for call in delta.get("tool_calls") or []:
@@ -142,6 +161,81 @@ class StreamAssembler:
                 choice["logprobs"] = {"content": parts.logprobs}
             choices.append(choice)
         return ChatResponse.model_validate({**self._meta, "object": "chat.completion", "choices": choices})
+
+
+class ResponsesAssembler(_EventReader):
+    """A Responses API stream (``response.*`` events) as the chat completion it amounts to.
+
+    The final response object (``response.completed``, ``.incomplete`` or ``.failed``) says
+    it all; until one arrives (the caller left, the upstream broke off), the answer is
+    rebuilt from the output items and text and argument deltas seen so far.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.final: dict[str, Any] | None = None
+        self.sequence = -1  # the last sequence number seen
+        self._meta: dict[str, Any] = {}
+        self._items: dict[int, dict[str, Any]] = {}
+        self._deltas: dict[str, list[str]] = {}
+
+    def _json(self, event: dict[str, Any]) -> None:
+        self.chunks += 1
+        if isinstance(event.get("sequence_number"), int):
+            self.sequence = max(self.sequence, event["sequence_number"])
+        kind = event.get("type")
+        response = event.get("response")
+        if isinstance(response, dict):
+            self._meta = response
+            if kind in ("response.completed", "response.incomplete", "response.failed"):
+                self.final = response
+                usage = chat_usage_of(response)
+                if usage is not None:
+                    self.usage = usage
+            if kind == "response.failed":
+                error = response.get("error")
+                self.error = error if isinstance(error, dict) else {"message": "the response failed"}
+        elif kind == "error":
+            self.error = {"message": event.get("message") or "stream error", "code": event.get("code")}
+        elif kind in ("response.output_item.added", "response.output_item.done"):
+            if isinstance(event.get("item"), dict) and isinstance(event.get("output_index"), int):
+                self._items[event["output_index"]] = event["item"]
+        elif kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+            self._deltas.setdefault(str(event.get("item_id")), []).append(str(event.get("delta") or ""))
+
+    def response(self) -> ChatResponse | None:
+        if not self.chunks:
+            return None
+        if self.final is not None:
+            completion, _ = chat_answer(self.final)
+        else:
+            output = []
+            for _, seen in sorted(self._items.items()):
+                item = dict(seen)
+                streamed = "".join(self._deltas.get(str(item.get("id")), []))
+                if item.get("status") != "completed" and item.get("type") == "message":
+                    item["content"] = [{"type": "output_text", "text": streamed}]
+                elif item.get("status") != "completed" and item.get("type") == "function_call":
+                    item["arguments"] = streamed
+                output.append(item)
+            completion, _ = chat_answer({**self._meta, "output": output, "status": "in_progress"})
+        return ChatResponse.model_validate(completion)
+
+
+def chat_usage_of(response: dict[str, Any]) -> Usage | None:
+    """The usage of a Responses response object, in chat terms."""
+    usage = chat_usage(response.get("usage"))
+    return Usage.model_validate(usage) if usage is not None else None
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The data of one SSE event (its ``data:`` lines joined), None when it has none."""
+    data_lines = [
+        line[5:].removeprefix(b" ")
+        for line in event.replace(b"\r\n", b"\n").split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(data_lines) if data_lines else None
 
 
 def _event_end(buffer: bytes) -> tuple[int, int]:

@@ -23,13 +23,15 @@ from protege.api.calls import (
     CallStatus,
     ChatRequest,
     ChatResponse,
+    Endpoint,
     ErrorInfo,
     Latency,
     RouteDecision,
     Upstream,
     Usage,
 )
-from protege.capture.assemble import StreamAssembler
+from protege.api.responses import chat_answer
+from protege.capture.assemble import ResponsesAssembler, StreamAssembler
 
 
 class RecordSink(Protocol):
@@ -48,6 +50,44 @@ def parse_completion(body: bytes) -> tuple[ChatResponse | None, Usage | None]:
         return ChatResponse.model_validate(data), usage
     except (ValueError, ValidationError):
         return None, None
+
+
+def parse_answer(body: bytes, endpoint: Endpoint) -> tuple[ChatResponse | None, Usage | None, str | None]:
+    """The answer, usage and failure (a failed Responses call) of a whole body of ``endpoint``.
+
+    Legacy completions (``choices[].text``) and Responses objects come back in
+    chat-completion shape; (None, None, None) when the body is not an answer.
+    """
+    if endpoint is Endpoint.CHAT_COMPLETIONS:
+        return (*parse_completion(body), None)
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            return None, None, None
+        failure = None
+        if endpoint is Endpoint.RESPONSES:
+            if not isinstance(data.get("output"), list):
+                return None, None, None
+            if data.get("status") == "failed":
+                error = data.get("error") or {}
+                failure = str(error.get("message") if isinstance(error, dict) else error) or "failed"
+            completion, usage = chat_answer(data)
+        else:
+            if not isinstance(data.get("choices"), list):
+                return None, None, None
+            choices = [
+                {**choice, "message": {"role": "assistant", "content": choice.get("text")}}
+                for choice in data["choices"]
+                if isinstance(choice, dict)
+            ]
+            completion, usage = {**data, "choices": choices}, data.get("usage")
+        return (
+            ChatResponse.model_validate(completion),
+            Usage.model_validate(usage) if usage else None,
+            failure,
+        )
+    except (ValueError, ValidationError):
+        return None, None, None
 
 
 def error_message(body: bytes, limit: int = 500) -> str:
@@ -74,8 +114,10 @@ class CallObserver:
         app: str,
         source: Literal["gateway", "sdk"] = "gateway",
         upstream: Upstream | None = None,
+        endpoint: Endpoint = Endpoint.CHAT_COMPLETIONS,
     ) -> None:
         self.request = request
+        self.endpoint = endpoint
         self.tenant = tenant
         self.app = app
         self.source = source
@@ -84,7 +126,9 @@ class CallObserver:
         self.started = time.perf_counter()
         self.first_chunk_at: float | None = None
         self.status_code: int | None = None
-        self.stream = StreamAssembler() if request.stream else None
+        self.stream: StreamAssembler | ResponsesAssembler | None = None
+        if request.stream:
+            self.stream = ResponsesAssembler() if endpoint is Endpoint.RESPONSES else StreamAssembler()
         self.route: RouteDecision | None = None  # set by the router
         self.alternate: AlternateAnswer | None = None
         self.shadow: asyncio.Future[Any] | None = None  # a shadow answer the record waits for
@@ -122,6 +166,7 @@ class CallObserver:
             tenant=self.tenant,
             app=self.app,
             source=self.source,
+            endpoint=self.endpoint,
             request=self.request,
             response=response,
             usage=usage,
@@ -156,13 +201,20 @@ class CallObserver:
                 )
             response, usage = self.stream.response(), self.stream.usage
         else:
-            response, usage = parse_completion(body)
+            response, usage, failure = parse_answer(body, self.endpoint)
+            if failure is not None:
+                return self._record(
+                    CallStatus.UPSTREAM_ERROR,
+                    response=response,
+                    usage=usage,
+                    error=ErrorInfo(type="upstream_response_failed", message=failure[:500]),
+                )
         if response is None:
             return self._record(
                 CallStatus.UPSTREAM_ERROR,
                 error=ErrorInfo(
                     type="upstream_invalid_response",
-                    message="the upstream answered without a chat completion: " + error_message(body, 200),
+                    message="the upstream answered without a completion: " + error_message(body, 200),
                     status_code=self.status_code,
                 ),
             )

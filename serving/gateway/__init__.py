@@ -1,5 +1,5 @@
-"""The OpenAI-compatible gateway: auth, request checks, relay to the teacher, call logging."""
+"""The OpenAI-compatible gateway: auth, request checks, routing, relay to the teacher, call logging."""
 
-from protege.serving.gateway.app import ChatCompletionsRoute, Gateway, create_app
+from protege.serving.gateway.app import ApiRoutes, Gateway, create_app
 
-__all__ = ["ChatCompletionsRoute", "Gateway", "create_app"]
+__all__ = ["ApiRoutes", "Gateway", "create_app"]

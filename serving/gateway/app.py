@@ -1,9 +1,14 @@
-"""The OpenAI-compatible gateway: authenticate, check, forward to the teacher, log every call.
+"""The OpenAI-compatible gateway: authenticate, check, route or forward to the teacher, log every call.
 
-The caller gets the upstream's bytes untouched (streamed chunks as they arrive); the call
-log sees the same bytes through a :class:`CallObserver` and gets exactly one record per
-call, whatever the outcome. Logging happens after the answer is on its way and never
-fails or slows a call: the publisher spools to disk when NATS is away.
+Endpoints: ``/v1/chat/completions`` and ``/v1/responses`` (captured and routed),
+``/v1/completions`` (captured, teacher only) and ``/v1/embeddings`` (teacher only, counted
+in the metrics, not in the call log). The caller gets the teacher's bytes untouched
+(streamed chunks as they arrive) with its retry, request-id and rate-limit headers; the
+call log sees the same bytes through a :class:`CallObserver` and gets exactly one record
+per call, whatever the outcome. A streamed call whose caller did not ask for usage is
+asked for it anyway, and the usage chunk is taken out of what the caller gets. Logging
+happens after the answer is on its way and never fails or slows a call: the publisher
+spools to disk when NATS is away.
 """
 
 from __future__ import annotations
@@ -12,30 +17,61 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from protege.api.calls import CallRecord, CallStatus, ChatRequest, RouteReason, Upstream, UpstreamKind
+from protege.api.calls import (
+    CallRecord,
+    CallStatus,
+    ChatRequest,
+    Endpoint,
+    RouteDecision,
+    RouteReason,
+    Upstream,
+    UpstreamKind,
+    Usage,
+)
+from protege.api.responses import ResponsesStream
+from protege.capture.assemble import ResponsesAssembler
 from protege.capture.publisher import CallLogPublisher
 from protege.capture.recorder import CallObserver, RecordSink
 from protege.config import Settings
-from protege.serving.gateway.auth import KeyRing, load_keys_file
+from protege.serving.gateway.auth import KeyRing, Principal, load_keys_file
 from protege.serving.gateway.errors import GatewayError, error_body
+from protege.serving.gateway.headers import forwarded_headers
 from protege.serving.gateway.metrics import GatewayMetrics
-from protege.serving.gateway.routing import alternate, caller_body, specialist_upstream
+from protege.serving.gateway.routing import alternate, specialist_reply, specialist_upstream
+from protege.serving.gateway.sse import (
+    ResponsesEvents,
+    SpecialistChunks,
+    StreamTransform,
+    UsageFilter,
+    chat_error_event,
+    responses_error_event,
+    wants_usage,
+    with_usage,
+)
 from protege.serving.gateway.teacher import TeacherClient, UpstreamReply, chunks
-from protege.serving.gateway.validation import parse_chat_request
-from protege.serving.router.router import Plan, Router, SpecialistAnswer
+from protege.serving.gateway.validation import (
+    Parsed,
+    parse_chat_request,
+    parse_completions_request,
+    parse_embeddings_request,
+    parse_responses_request,
+)
+from protege.serving.router.router import Plan, Router, SpecialistAnswer, streams_tokens
 from protege.serving.router.table import SpecialistRoute, UnknownAdapterError
 
 log = logging.getLogger(__name__)
@@ -96,6 +132,7 @@ class Gateway:
         self.router = Router(settings) if settings.router.enabled else None
         self._pending: set[asyncio.Task[None]] = set()
         self._shadows: set[asyncio.Future[SpecialistAnswer]] = set()
+        self.teacher_takes_usage = True  # False once the teacher refused stream_options
 
     # --- helpers -----------------------------------------------------------------------
     def log_call(self, record: CallRecord, status_code: int) -> None:
@@ -174,52 +211,140 @@ class Gateway:
                 raise _too_large(limit)
         return bytes(body)
 
-    # --- POST /v1/chat/completions -----------------------------------------------------
-    async def chat_completions(self, request: Request) -> Response:
-        try:
-            principal = self.keys.authenticate(request.headers)
-            body = await self._read_body(request)
-            chat = parse_chat_request(
-                body,
-                models=self.models,
-                extra_fields=self.settings.gateway.extra_request_fields,
-                is_specialist=self.router.is_specialist_name if self.router is not None else None,
-            )
-            plan = await self.router.plan(principal.tenant, chat) if self.router is not None else None
-        except UnknownAdapterError as error:
-            self.metrics.rejected.labels("404").inc()
-            return GatewayError(404, str(error), code="model_not_found", param="model").response()
-        except GatewayError as error:
-            self.metrics.rejected.labels(str(error.status_code)).inc()
-            return error.response()
-        observer = CallObserver(
+    @property
+    def _is_specialist(self) -> Callable[[str], bool] | None:
+        return self.router.is_specialist_name if self.router is not None else None
+
+    async def _authenticated_body(self, request: Request) -> tuple[Principal, bytes]:
+        return self.keys.authenticate(request.headers), await self._read_body(request)
+
+    def _refused(self, error: GatewayError | UnknownAdapterError) -> Response:
+        if isinstance(error, UnknownAdapterError):
+            error = GatewayError(404, str(error), code="model_not_found", param="model")
+        self.metrics.rejected.labels(str(error.status_code)).inc()
+        return error.response()
+
+    @staticmethod
+    def _observer(chat: ChatRequest, principal: Principal, endpoint: Endpoint) -> CallObserver:
+        return CallObserver(
             chat,
             tenant=principal.tenant,
             app=principal.app,
             upstream=Upstream(kind=UpstreamKind.TEACHER, model=chat.model),
+            endpoint=endpoint,
         )
+
+    # --- POST /v1/chat/completions -----------------------------------------------------
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            principal, body = await self._authenticated_body(request)
+            parsed = parse_chat_request(body, models=self.models, is_specialist=self._is_specialist)
+            plan = await self.router.plan(principal.tenant, parsed.chat) if self.router is not None else None
+        except (GatewayError, UnknownAdapterError) as error:
+            return self._refused(error)
+        observer = self._observer(parsed.chat, principal, Endpoint.CHAT_COMPLETIONS)
         if plan is not None:
-            answered = await self._route(plan, body, chat, observer, request)
+            answered = await self._route(plan, parsed.data, parsed, observer, request)
             if answered is not None:
                 return answered
-        if chat.stream:
-            return await self._stream(body, observer, request)
-        return await self._complete(body, observer, request)
+        return await self._teacher("/chat/completions", body, parsed.data, observer, request)
 
+    # --- POST /v1/responses ------------------------------------------------------------
+    async def responses(self, request: Request) -> Response:
+        """The Responses API: routed like chat completions, in chat shape (protege.api.responses)."""
+        try:
+            principal, body = await self._authenticated_body(request)
+            parsed = parse_responses_request(body, models=self.models, is_specialist=self._is_specialist)
+            plan = None
+            if self.router is not None and parsed.view.teacher_only is None:
+                plan = await self.router.plan(principal.tenant, parsed.chat)
+        except (GatewayError, UnknownAdapterError) as error:
+            return self._refused(error)
+        observer = self._observer(parsed.chat, principal, Endpoint.RESPONSES)
+        if plan is not None:
+            answered = await self._route(plan, parsed.view.specialist_body(), parsed, observer, request)
+            if answered is not None:
+                return answered
+        elif self.router is not None:  # state or tools only the teacher has
+            observer.route = RouteDecision(target=UpstreamKind.TEACHER, reason=RouteReason.TEACHER_ONLY)
+        return await self._teacher("/responses", body, parsed.data, observer, request)
+
+    # --- POST /v1/completions ----------------------------------------------------------
+    async def completions(self, request: Request) -> Response:
+        """Legacy completions: to the teacher, logged with the prompt as one user message."""
+        try:
+            principal, body = await self._authenticated_body(request)
+            parsed = parse_completions_request(body, models=self.models)
+        except GatewayError as error:
+            return self._refused(error)
+        observer = self._observer(parsed.chat, principal, Endpoint.COMPLETIONS)
+        if self.router is not None:
+            observer.route = RouteDecision(target=UpstreamKind.TEACHER, reason=RouteReason.TEACHER_ONLY)
+        return await self._teacher("/completions", body, parsed.data, observer, request)
+
+    # --- POST /v1/embeddings -----------------------------------------------------------
+    async def embeddings(self, request: Request) -> Response:
+        """Embeddings: to the teacher; counted in the metrics, not in the call log."""
+        started = time.perf_counter()
+        try:
+            principal, body = await self._authenticated_body(request)
+            parse_embeddings_request(body, models=self.models)
+        except GatewayError as error:
+            return self._refused(error)
+
+        def count(status: CallStatus, code: int, usage: Usage | None = None) -> None:
+            seconds = time.perf_counter() - started
+            self.metrics.observe_unlogged(
+                "embeddings",
+                tenant=principal.tenant,
+                app=principal.app,
+                status=status,
+                status_code=code,
+                seconds=seconds,
+                usage=usage,
+            )
+
+        try:
+            reply = await unless_disconnected(self.teacher.complete(body, "/embeddings"), request.receive)
+        except ClientDisconnected:
+            count(CallStatus.CLIENT_DISCONNECTED, 499)
+            return Response(status_code=499)
+        except TimeoutError:
+            count(CallStatus.TIMEOUT, 504)
+            return _error_response(504, "timeout", self.timeout_message())
+        except aiohttp.ClientError as error:
+            count(CallStatus.UPSTREAM_ERROR, 502)
+            return _error_response(502, "connect_error", _connect_message(error))
+        ok = reply.status < 400
+        count(
+            CallStatus.OK if ok else CallStatus.UPSTREAM_ERROR,
+            reply.status,
+            _embedding_usage(reply) if ok else None,
+        )
+        return _whole_response(reply)
+
+    # --- routing -------------------------------------------------------------------------
     async def _route(
-        self, plan: Plan, body: bytes, chat: ChatRequest, observer: CallObserver, request: Request
+        self, plan: Plan, ask: dict[str, Any], parsed: Parsed, observer: CallObserver, request: Request
     ) -> Response | None:
-        """The specialist's response, or None when the teacher answers (the decision is recorded)."""
+        """The specialist's response, or None when the teacher answers (the decision is recorded).
+
+        ``ask`` is the chat-completions request a specialist gets; ``parsed`` the caller's.
+        """
         assert self.router is not None
-        data = json.loads(body)
         route, choice = plan.route, plan.choice
         if route is not None and choice.shadow is not None:
-            observer.shadow = self._shadow(data, route, choice.shadow)
+            observer.shadow = self._shadow(ask, route, choice.shadow)
         if route is None or choice.version is None:
             observer.route = plan.decision(UpstreamKind.TEACHER)
             return None
+        chat = parsed.chat
+        if chat.stream and streams_tokens(route, plan.pinned):
+            return await self._route_stream(
+                plan, route, choice.version, ask=ask, parsed=parsed, observer=observer, request=request
+            )
         try:
-            answer = await unless_disconnected(self.router.ask(data, route, choice.version), request.receive)
+            answer = await unless_disconnected(self.router.ask(ask, route, choice.version), request.receive)
         except ClientDisconnected:
             return self._caller_left(observer)
         self.metrics.specialist_latency.labels(route.specialist, choice.version).observe(answer.seconds)
@@ -230,10 +355,16 @@ class Gateway:
             observer.upstream = specialist_upstream(answer)
             observer.route = plan.decision(UpstreamKind.SPECIALIST, confidence=answer.confidence)
             model = chat.model if not plan.pinned else observer.upstream.model
-            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-            content = caller_body(answer.body, model, chat.stream, include_usage)
+            content, seen = specialist_reply(
+                answer.body,
+                model,
+                endpoint=observer.endpoint,
+                stream=chat.stream,
+                request=parsed.data,
+                include_usage=wants_usage(parsed.data),
+            )
             observer.on_status(200)
-            observer.on_bytes(content)
+            observer.on_bytes(seen)
             return Response(
                 content,
                 200,
@@ -241,6 +372,58 @@ class Gateway:
                 headers={"x-protege-upstream": observer.upstream.model},
                 background=BackgroundTask(self.finish_after_response, observer, observer.completed(), 200),
             )
+        return self._not_answered(plan, answer, observer, problem)
+
+    async def _route_stream(
+        self,
+        plan: Plan,
+        route: SpecialistRoute,
+        version: str,
+        *,
+        ask: dict[str, Any],
+        parsed: Parsed,
+        observer: CallObserver,
+        request: Request,
+    ) -> Response | None:
+        """The specialist's tokens as they come; the teacher's turn if it fails before the first."""
+        assert self.router is not None
+        try:
+            opened = await unless_disconnected(self.router.open_stream(ask, route, version), request.receive)
+        except ClientDisconnected:
+            return self._caller_left(observer)
+        latency = self.metrics.specialist_latency.labels(route.specialist, version)
+        if isinstance(opened, SpecialistAnswer):
+            latency.observe(opened.seconds)
+            problem = (RouteReason.FALLBACK_SPECIALIST_ERROR, opened.error or "no answer")
+            return self._not_answered(plan, opened, observer, problem)
+        observer.upstream = specialist_upstream(opened)
+        observer.route = plan.decision(UpstreamKind.SPECIALIST)
+        observer.on_status(200)
+        model = parsed.chat.model if not plan.pinned else observer.upstream.model
+        transform: StreamTransform
+        if observer.endpoint is Endpoint.RESPONSES:
+            transform = ResponsesEvents(ResponsesStream(parsed.data, model))
+        else:
+            transform = SpecialistChunks(model, wants_usage(parsed.data))
+        return RelayResponse(
+            self,
+            opened.response,
+            observer,
+            headers=[(b"x-protege-upstream", observer.upstream.model.encode())],
+            first=opened.first,
+            transform=transform,
+            upstream_name="specialist",
+            on_end=lambda: latency.observe(time.perf_counter() - opened.started),
+        )
+
+    def _not_answered(
+        self,
+        plan: Plan,
+        answer: SpecialistAnswer,
+        observer: CallObserver,
+        problem: tuple[RouteReason, str] | None,
+    ) -> Response | None:
+        """A specialist's answer that cannot be returned: the teacher's turn (None), or a 502 if pinned."""
         if plan.pinned:  # nobody else can answer for a named specialist
             return self._upstream_failed(
                 observer, CallStatus.UPSTREAM_ERROR, 502, "specialist_error", answer.error or ""
@@ -256,6 +439,40 @@ class Gateway:
             observer, observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
         )
         return Response(status_code=499)
+
+    # --- the teacher ---------------------------------------------------------------------
+    async def _teacher(
+        self, path: str, body: bytes, data: dict[str, Any], observer: CallObserver, request: Request
+    ) -> Response:
+        """The teacher's answer at ``path``, relayed; a stream gets its usage asked for if need be."""
+        if not observer.request.stream:
+            reply = await self._reach_teacher(self.teacher.complete(body, path), observer, request)
+            if isinstance(reply, Response):
+                return reply
+            return self._relay_whole(observer, reply)
+        asked = body
+        if observer.endpoint is not Endpoint.RESPONSES and not wants_usage(data) and self.teacher_takes_usage:
+            asked = with_usage(body, data)
+        upstream = await self._reach_teacher(self.teacher.open_stream(asked, path), observer, request)
+        if isinstance(upstream, Response):
+            return upstream
+        headers = forwarded_headers(upstream.raw_headers)
+        if upstream.status != 200:  # refused before streaming began: pass the error through as is
+            async with upstream:
+                content = await upstream.read()
+            if asked is not body and upstream.status == 400 and b"stream_options" in content:
+                # A teacher that knows no stream_options: asked again as the caller asked, from now on.
+                log.warning("gateway: the teacher refuses stream_options; streamed calls log no usage")
+                self.teacher_takes_usage = False
+                return await self._teacher(path, body, data, observer, request)
+            return self._relay_whole(
+                observer, UpstreamReply(upstream.status, upstream.content_type, content, headers)
+            )
+        observer.on_status(upstream.status)
+        transform = UsageFilter() if asked is not body else None
+        return RelayResponse(
+            self, upstream, observer, headers=headers, transform=transform, upstream_name="teacher"
+        )
 
     async def _reach_teacher(
         self, work: Awaitable[T], observer: CallObserver, request: Request
@@ -276,41 +493,23 @@ class Gateway:
         """The teacher's reply as it came; the call is logged once the caller has it."""
         observer.on_status(reply.status)
         observer.on_bytes(reply.body)
-        return Response(
-            reply.body,
-            reply.status,
-            media_type=reply.content_type or "application/json",
-            background=BackgroundTask(
-                self.finish_after_response, observer, observer.completed(), reply.status
-            ),
+        return _whole_response(
+            reply,
+            BackgroundTask(self.finish_after_response, observer, observer.completed(), reply.status),
         )
-
-    async def _complete(self, body: bytes, observer: CallObserver, request: Request) -> Response:
-        reply = await self._reach_teacher(self.teacher.complete(body), observer, request)
-        if isinstance(reply, Response):
-            return reply
-        return self._relay_whole(observer, reply)
-
-    async def _stream(self, body: bytes, observer: CallObserver, request: Request) -> Response:
-        upstream = await self._reach_teacher(self.teacher.open_stream(body), observer, request)
-        if isinstance(upstream, Response):
-            return upstream
-        if upstream.status != 200:  # refused before streaming began: pass the error through as is
-            async with upstream:
-                content = await upstream.read()
-            return self._relay_whole(observer, UpstreamReply(upstream.status, upstream.content_type, content))
-        observer.on_status(upstream.status)
-        return RelayResponse(self, upstream, observer)
 
     def _upstream_failed(
         self, observer: CallObserver, status: CallStatus, code: int, kind: str, message: str
     ) -> Response:
         self.finish(observer, observer.failed(status, kind, message), code)
-        return Response(
-            error_body(message, type="upstream_error", code=kind), code, media_type="application/json"
-        )
+        return _error_response(code, kind, message)
 
-    def timeout_message(self) -> str:
+    def timeout_message(self, upstream: Literal["teacher", "specialist"] = "teacher") -> str:
+        if upstream == "specialist":
+            return (
+                f"The specialist sent nothing for {self.settings.router.timeout_seconds:g} s "
+                "(router.timeout_seconds)."
+            )
         return (
             f"The teacher did not answer within {self.settings.teacher.timeout_seconds:g} s "
             "(teacher.timeout_seconds)."
@@ -318,18 +517,38 @@ class Gateway:
 
 
 class RelayResponse(Response):
-    """Streams the upstream's SSE bytes to the caller as they arrive, and logs the call once."""
+    """Streams an upstream's SSE bytes to the caller as they arrive, and logs the call once.
 
-    def __init__(self, gateway: Gateway, upstream: aiohttp.ClientResponse, observer: CallObserver) -> None:
+    Without a ``transform`` (the teacher's stream as the caller asked for it) every network
+    read is passed on as it came; with one, whole events are, as the transform makes them.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        upstream: aiohttp.ClientResponse,
+        observer: CallObserver,
+        *,
+        headers: list[tuple[bytes, bytes]],
+        first: bytes = b"",
+        transform: StreamTransform | None = None,
+        upstream_name: Literal["teacher", "specialist"] = "teacher",
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(status_code=200)
         self.raw_headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),  # no proxy buffering in front of us either
+            *headers,
         ]
         self.gateway = gateway
         self.upstream = upstream
         self.observer = observer
+        self.first = first
+        self.transform = transform
+        self.upstream_name = upstream_name
+        self.on_end = on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = asyncio.ensure_future(self._relay(send))
@@ -343,38 +562,75 @@ class RelayResponse(Response):
         record, status_code = await relay
         self.gateway.finish(self.observer, record, status_code)
 
+    async def _pass(self, data: bytes, send: Send) -> None:
+        if self.transform is None:
+            self.observer.on_bytes(data)
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            return
+        out, seen = self.transform.feed(data)
+        self.observer.on_bytes(seen)
+        if out:
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+
+    def _error_event(self, message: str, kind: str) -> bytes:
+        if self.transform is not None:
+            return self.transform.error_event(message, kind)
+        stream = self.observer.stream
+        if isinstance(stream, ResponsesAssembler):
+            return responses_error_event(message, kind, stream.sequence + 1)
+        return chat_error_event(message, kind)
+
+    async def _broke_off(self, error: TimeoutError | aiohttp.ClientError, send: Send) -> CallRecord:
+        """The upstream broke off or went silent mid-stream: an error event ends the caller's stream."""
+        timeout = isinstance(error, TimeoutError)
+        if timeout:
+            message = self.gateway.timeout_message(self.upstream_name)
+        else:
+            message = _connect_message(error, self.upstream_name)
+        kind = "timeout" if timeout else "upstream_stream_error"
+        event = self._error_event(message, kind)
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+        return self.observer.failed(
+            CallStatus.TIMEOUT if timeout else CallStatus.UPSTREAM_ERROR, kind, message
+        )
+
     async def _relay(self, send: Send) -> tuple[CallRecord, int]:
         observer = self.observer
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            if self.transform is not None:
+                head = self.transform.start()
+                observer.on_bytes(head)
+                if head:
+                    await send({"type": "http.response.body", "body": head, "more_body": True})
+            if self.first:
+                await self._pass(self.first, send)
             async for data in chunks(self.upstream):
-                observer.on_bytes(data)
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._pass(data, send)
+            last = b""
+            if self.transform is not None:
+                last, seen = self.transform.close()
+                observer.on_bytes(seen)
+            await send({"type": "http.response.body", "body": last, "more_body": False})
             return observer.completed(), 200
         except asyncio.CancelledError:
             return observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", CLIENT_GONE), 499
         except OSError as error:  # the caller's socket broke while we were sending
             return observer.failed(CallStatus.CLIENT_DISCONNECTED, "client_disconnected", str(error)), 499
         except (TimeoutError, aiohttp.ClientError) as error:
-            timeout = isinstance(error, TimeoutError)
-            message = self.gateway.timeout_message() if timeout else _connect_message(error)
-            kind = "timeout" if timeout else "upstream_stream_error"
-            event = b"data: " + error_body(message, type="upstream_error", code=kind) + b"\n\n"
-            with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": event, "more_body": False})
-            return observer.failed(
-                CallStatus.TIMEOUT if timeout else CallStatus.UPSTREAM_ERROR, kind, message
-            ), 200
+            return await self._broke_off(error, send), 200
         except Exception as error:  # a bug of ours: the call is still logged, once
             log.exception("gateway: relaying a stream failed")
             return observer.failed(CallStatus.UPSTREAM_ERROR, "gateway_error", repr(error)), 500
         finally:
             self.upstream.release()
+            if self.on_end is not None:
+                self.on_end()
 
 
-class ChatCompletionsRoute:
-    """``POST /v1/chat/completions`` straight to the gateway; every other request to FastAPI.
+class ApiRoutes:
+    """The API's POSTs straight to the gateway; every other request to FastAPI.
 
     The hot path skips FastAPI's routing, dependency and exception layers, which cost more
     than the gateway's own work per call (bench/gateway_overhead.py). The gateway turns
@@ -384,19 +640,48 @@ class ChatCompletionsRoute:
 
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
-        self.gateway = gateway
+        self.routes: dict[str, Callable[[Request], Awaitable[Response]]] = {
+            "/v1/chat/completions": gateway.chat_completions,
+            "/v1/responses": gateway.responses,
+            "/v1/completions": gateway.completions,
+            "/v1/embeddings": gateway.embeddings,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions" or scope["method"] != "POST":
+        handler = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         try:
-            response = await self.gateway.chat_completions(Request(scope, receive))
+            response = await handler(Request(scope, receive))
         except Exception:
             log.exception("gateway: unexpected failure")
             message = "The gateway failed unexpectedly; the error is in its log."
             response = Response(error_body(message, type="server_error"), 500, media_type="application/json")
         await response(scope, receive, send)
+
+
+def _whole_response(reply: UpstreamReply, background: BackgroundTask | None = None) -> Response:
+    """An upstream's whole reply as the caller's response: its body, status and forwarded headers."""
+    response = Response(
+        reply.body, reply.status, media_type=reply.content_type or "application/json", background=background
+    )
+    response.raw_headers += reply.headers
+    return response
+
+
+def _error_response(code: int, kind: str, message: str) -> Response:
+    return Response(
+        error_body(message, type="upstream_error", code=kind), code, media_type="application/json"
+    )
+
+
+def _embedding_usage(reply: UpstreamReply) -> Usage | None:
+    try:
+        usage = json.loads(reply.body).get("usage")
+        return Usage.model_validate(usage) if isinstance(usage, dict) else None
+    except (ValueError, AttributeError, ValidationError):
+        return None
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -408,8 +693,8 @@ def _too_large(limit: int) -> GatewayError:
     )
 
 
-def _connect_message(error: BaseException) -> str:
-    return f"The teacher could not be reached or broke off: {type(error).__name__}: {error}"
+def _connect_message(error: BaseException, upstream: str = "teacher") -> str:
+    return f"The {upstream} could not be reached or broke off: {type(error).__name__}: {error}"
 
 
 def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI:
@@ -449,7 +734,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
         openapi_url=None,
     )
     app.state.gateway = gateway
-    app.add_middleware(ChatCompletionsRoute, gateway=gateway)
+    app.add_middleware(ApiRoutes, gateway=gateway)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -462,9 +747,14 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
         return Response(error_body(str(error)), 400, media_type="application/json")
 
     @app.api_route("/v1/chat/completions", methods=["GET", "PUT", "PATCH", "DELETE"])
-    async def chat_completions_wrong_method(request: Request) -> Response:
-        # POST is served by ChatCompletionsRoute before routing; other methods end here.
-        message = f"{request.method} /v1/chat/completions: use POST"
+    @app.api_route("/v1/responses", methods=["GET", "PUT", "PATCH", "DELETE"])
+    @app.api_route("/v1/completions", methods=["GET", "PUT", "PATCH", "DELETE"])
+    @app.api_route("/v1/embeddings", methods=["GET", "PUT", "PATCH", "DELETE"])
+    async def wrong_method(request: Request) -> Response:
+        # POST is served by ApiRoutes before routing; other methods end here.
+        message = f"{request.method} {request.url.path}: use POST"
+        if request.url.path == "/v1/responses" and request.method == "GET":
+            message += " (the gateway keeps no responses to GET: it stores nothing)"
         return Response(error_body(message), 405, headers={"Allow": "POST"}, media_type="application/json")
 
     @app.get("/v1/models")
@@ -500,4 +790,4 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
     return app
 
 
-__all__ = ["ChatCompletionsRoute", "Gateway", "create_app"]
+__all__ = ["ApiRoutes", "Gateway", "create_app"]

@@ -18,6 +18,7 @@ from protege.serving.gateway.errors import GatewayError
 
 KEY_PREFIX = "pgk-"
 APP_HEADER = "x-protege-app"
+AZURE_KEY_HEADER = "api-key"  # how Azure OpenAI clients send their key
 
 
 def new_key() -> str:
@@ -61,17 +62,21 @@ class KeyRing:
         return len(self._by_hash)
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        """The caller's tenant and app, or a 401/400 GatewayError."""
-        authorization = headers.get("authorization") or ""
-        scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
+        """The caller's tenant and app, or a 401/400 GatewayError.
+
+        The key comes as ``Authorization: Bearer <key>`` (OpenAI's clients) or as
+        ``api-key: <key>`` (Azure OpenAI's).
+        """
+        presented = _presented_key(headers)
+        if presented is None:
             raise GatewayError(
                 401,
                 "You didn't provide an API key. Send your Protégé gateway key as "
-                "'Authorization: Bearer <key>' (the OpenAI SDKs do this with api_key=...).",
+                "'Authorization: Bearer <key>' (the OpenAI SDKs do this with api_key=...) or as "
+                "'api-key: <key>' (the Azure OpenAI clients).",
                 code="invalid_api_key",
             )
-        entry = self._by_hash.get(hash_key(presented.strip()))
+        entry = self._by_hash.get(hash_key(presented))
         if entry is None:
             raise GatewayError(
                 401,
@@ -85,3 +90,11 @@ class KeyRing:
         except ValueError as error:
             raise GatewayError(400, str(error), param="X-Protege-App") from None
         return Principal(tenant=entry.tenant, app=app, key_name=entry.name)
+
+
+def _presented_key(headers: Mapping[str, str]) -> str | None:
+    scheme, _, bearer = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and bearer.strip():
+        return bearer.strip()
+    key = (headers.get(AZURE_KEY_HEADER) or "").strip()
+    return key or None

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from protege.api.calls import CallRecord
+from protege.api.calls import CallRecord, CallStatus, Usage
 from protege.capture.publisher import CallLogPublisher
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -19,8 +19,9 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "protege_gateway_requests",
-            "Chat-completion calls by tenant, app, outcome and HTTP status.",
-            ["tenant", "app", "status", "code"],
+            "Calls by tenant, app, endpoint (chat.completions, responses, completions, embeddings), "
+            "outcome and HTTP status.",
+            ["tenant", "app", "endpoint", "status", "code"],
             registry=self.registry,
         )
         self.rejected = Counter(
@@ -80,7 +81,9 @@ class GatewayMetrics:
             self.registry.register(_PublisherCollector(publisher))
 
     def observe(self, record: CallRecord, status_code: int) -> None:
-        self.requests.labels(record.tenant, record.app, record.status.value, str(status_code)).inc()
+        self.requests.labels(
+            record.tenant, record.app, record.endpoint.value, record.status.value, str(status_code)
+        ).inc()
         stream = "true" if record.request.stream else "false"
         self.latency.labels(record.tenant, record.app, stream).observe(record.latency.total_ms / 1000)
         if record.latency.ttft_ms is not None:
@@ -88,6 +91,26 @@ class GatewayMetrics:
         if record.usage is not None:
             self.tokens.labels(record.tenant, record.app, "prompt").inc(record.usage.prompt_tokens)
             self.tokens.labels(record.tenant, record.app, "completion").inc(record.usage.completion_tokens)
+        self.observe_route(record)
+
+    def observe_unlogged(
+        self,
+        endpoint: str,
+        *,
+        tenant: str,
+        app: str,
+        status: CallStatus,
+        status_code: int,
+        seconds: float,
+        usage: Usage | None,
+    ) -> None:
+        """A call that has no call record (embeddings): counted, timed, its tokens added."""
+        self.requests.labels(tenant, app, endpoint, status.value, str(status_code)).inc()
+        self.latency.labels(tenant, app, "false").observe(seconds)
+        if usage is not None:
+            self.tokens.labels(tenant, app, "prompt").inc(usage.prompt_tokens)
+
+    def observe_route(self, record: CallRecord) -> None:
         route = record.route
         self.routes.labels(
             route.target.value, route.specialist or "", route.version or "", route.reason.value

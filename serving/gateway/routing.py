@@ -10,12 +10,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from protege.api.calls import AlternateAnswer, ChatResponse, ErrorInfo, Latency, Upstream, UpstreamKind, Usage
-from protege.serving.router.router import SpecialistAnswer
+from protege.api.calls import (
+    AlternateAnswer,
+    ChatResponse,
+    Endpoint,
+    ErrorInfo,
+    Latency,
+    Upstream,
+    UpstreamKind,
+    Usage,
+)
+from protege.api.responses import ResponsesStream, answer_chunk, response_object
+from protege.serving.router.router import SpecialistAnswer, SpecialistStream
 from protege.serving.router.table import adapter_name
 
 
-def specialist_upstream(answer: SpecialistAnswer) -> Upstream:
+def specialist_upstream(answer: SpecialistAnswer | SpecialistStream) -> Upstream:
     return Upstream(
         kind=UpstreamKind.SPECIALIST,
         model=adapter_name(answer.specialist, answer.version),
@@ -65,3 +75,31 @@ def caller_body(answer: dict[str, Any], model: str, stream: bool, include_usage:
     return (
         b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events) + b"data: [DONE]\n\n"
     )
+
+
+def specialist_reply(
+    answer: dict[str, Any],
+    model: str,
+    *,
+    endpoint: Endpoint,
+    stream: bool,
+    request: dict[str, Any],
+    include_usage: bool,
+) -> tuple[bytes, bytes]:
+    """A specialist's whole answer as the caller's response, and as the call record reads it.
+
+    Chat callers get a chat completion (or its chunks); Responses callers a response object
+    (or its events), made from the same answer. The record's copy of a chat stream always
+    holds the usage, whether the caller asked for it or not.
+    """
+    if endpoint is Endpoint.RESPONSES:
+        if not stream:
+            content = json.dumps(response_object(answer, request, model)).encode()
+        else:
+            writer = ResponsesStream(request, model, answer.get("created"))
+            content = writer.start() + writer.chunk(answer_chunk(answer)) + writer.finish()
+        return content, content
+    content = caller_body(answer, model, stream, include_usage)
+    if not stream or include_usage:
+        return content, content
+    return content, caller_body(answer, model, stream, True)

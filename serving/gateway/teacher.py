@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
 from protege.config import TeacherSettings
+from protege.serving.gateway.headers import forwarded_headers
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,15 @@ class UpstreamReply:
     status: int
     content_type: str
     body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # those the caller gets too
 
 
 class TeacherClient:
-    """Posts request bodies unchanged to ``<url>/chat/completions``; the API key never leaves here."""
+    """Posts request bodies unchanged to ``<url><path>``; the API key never leaves here.
+
+    ``path`` is the caller's path below ``/v1``: ``/chat/completions``, ``/responses``,
+    ``/completions``, ``/embeddings``.
+    """
 
     def __init__(self, settings: TeacherSettings, connections: int = 512) -> None:
         if settings.url is None:
@@ -44,18 +50,23 @@ class TeacherClient:
             )
         return self._session
 
-    async def complete(self, body: bytes) -> UpstreamReply:
-        """A non-streamed completion: the whole reply, within the call timeout."""
+    async def complete(self, body: bytes, path: str = "/chat/completions") -> UpstreamReply:
+        """A non-streamed call: the whole reply, within the call timeout."""
         async with self.session.post(
-            f"{self.base_url}/chat/completions",
+            self.base_url + path,
             data=body,
             timeout=aiohttp.ClientTimeout(total=self.timeout_seconds, connect=10),
         ) as response:
-            return UpstreamReply(response.status, response.content_type, await response.read())
+            return UpstreamReply(
+                response.status,
+                response.content_type,
+                await response.read(),
+                forwarded_headers(response.raw_headers),
+            )
 
-    async def open_stream(self, body: bytes) -> aiohttp.ClientResponse:
-        """Start a streamed completion; the caller reads it with :func:`chunks` and releases it."""
-        return await self.session.post(f"{self.base_url}/chat/completions", data=body)
+    async def open_stream(self, body: bytes, path: str = "/chat/completions") -> aiohttp.ClientResponse:
+        """Start a streamed call; the caller reads it with :func:`chunks` and releases it."""
+        return await self.session.post(self.base_url + path, data=body)
 
     async def close(self) -> None:
         if self._session is not None:

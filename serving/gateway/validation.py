@@ -1,68 +1,201 @@
-"""Checking a chat-completions request body before anything is sent upstream (pure)."""
+"""Checking request bodies before anything is sent upstream (pure).
+
+The gateway forwards every field it does not know unchanged: an SDK that sends a new
+parameter must not break. It refuses only what it cannot pass on or read itself — a body
+that is not a JSON object, a field it reads (``model``, ``messages``, ``stream``,
+``stream_options``, ``tools``, ...) of the wrong type, a model it does not offer — with a
+400/404 that says what is wrong and how to fix it.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
 from protege.api.calls import ChatRequest
+from protege.api.responses import ChatView, ConversionError, chat_request
 from protege.serving.gateway.errors import GatewayError
 
-# Every top-level field of OpenAI's chat-completions request.
-OPENAI_FIELDS = frozenset(
-    {
-        "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
-        "max_completion_tokens", "max_tokens", "messages", "metadata", "modalities", "model", "n",
-        "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key", "reasoning_effort",
-        "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
-        "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
-        "verbosity", "web_search_options",
-    }
-)  # fmt: skip
+
+@dataclass(frozen=True)
+class Parsed:
+    data: dict[str, Any]  # the body as the caller sent it
+    chat: ChatRequest  # the call in chat-completions shape: what the record holds and the router reads
 
 
-def parse_chat_request(
-    body: bytes,
-    *,
-    models: Collection[str],
-    extra_fields: Collection[str],
-    is_specialist: Callable[[str], bool] | None = None,
-) -> ChatRequest:
-    """The validated request, or a 400/404 GatewayError saying what is wrong and how to fix it."""
+@dataclass(frozen=True)
+class ParsedResponses(Parsed):
+    view: ChatView  # the chat shape, and whether only the teacher can answer
+
+
+def _json_object(body: bytes, api: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except ValueError as error:
         raise GatewayError(
             400,
             f"We could not parse the JSON body of your request ({error}). The body must be a JSON "
-            "object of chat-completions parameters.",
+            f"object of {api} parameters.",
         ) from None
     if not isinstance(data, dict):
-        raise GatewayError(400, "The request body must be a JSON object of chat-completions parameters.")
-    unknown = sorted(set(data) - OPENAI_FIELDS - set(extra_fields))
-    if unknown:
+        raise GatewayError(400, f"The request body must be a JSON object of {api} parameters.")
+    return data
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _invalid(error: ValidationError, data: dict[str, Any], api: str) -> GatewayError:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    if first["type"] == "missing":
+        message = f"Invalid value for '{where}': the field is required ({api} requests carry it)."
+    else:
+        message = (
+            f"Invalid value for '{where}': {first['msg']} (got {_shown(first['input'])}). The gateway "
+            f"reads this field, so it must have the type the {api} API gives it."
+        )
+    return GatewayError(400, message, param=where)
+
+
+def _strict_bool(data: dict[str, Any], name: str, api: str) -> None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
         raise GatewayError(
             400,
-            f"Unrecognized request argument supplied: {', '.join(unknown)}. The gateway accepts "
-            "OpenAI's chat-completions parameters; an operator can pass vendor extensions through "
-            "with gateway.extra_request_fields.",
-            param=unknown[0],
+            f"Invalid value for '{name}': expected a boolean (true or false), got {_shown(value)}.",
+            param=name,
         )
-    try:
-        request = ChatRequest.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise GatewayError(400, f"Invalid value for '{where}': {first['msg']}.", param=where) from None
-    if request.model not in models and not (is_specialist and is_specialist(request.model)):
+    options = data.get("stream_options") if name == "stream" else None
+    if options is not None and not isinstance(options, dict):
+        raise GatewayError(
+            400,
+            f"Invalid value for 'stream_options': expected an object such as "
+            f'{{"include_usage": true}}, got {_shown(options)}.',
+            param="stream_options",
+        )
+    if isinstance(options, dict):
+        _strict_bool(options, "include_usage", api)
+
+
+def _model_offered(
+    model: str, models: Collection[str], is_specialist: Callable[[str], bool] | None = None
+) -> None:
+    if model not in models and not (is_specialist and is_specialist(model)):
         offered = ", ".join(sorted(models)) or "none configured"
         raise GatewayError(
             404,
-            f"The model '{request.model}' does not exist on this gateway. Available models: {offered} "
+            f"The model '{model}' does not exist on this gateway. Available models: {offered} "
             "(GET /v1/models lists them).",
             code="model_not_found",
             param="model",
         )
-    return request
+
+
+def _model(data: dict[str, Any]) -> str:
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        shown = "it is missing" if model is None else f"got {_shown(model)}"
+        raise GatewayError(
+            400,
+            f"Invalid value for 'model': a model name (a non-empty string) is required; {shown}.",
+            param="model",
+        )
+    return model
+
+
+def parse_chat_request(
+    body: bytes, *, models: Collection[str], is_specialist: Callable[[str], bool] | None = None
+) -> Parsed:
+    """A ``/v1/chat/completions`` body, or a 400/404 GatewayError saying what is wrong and how to fix it."""
+    api = "chat-completions"
+    data = _json_object(body, api)
+    try:
+        request = ChatRequest.model_validate(data)
+    except ValidationError as error:
+        raise _invalid(error, data, api) from None
+    _strict_bool(data, "stream", api)
+    _strict_bool(data, "logprobs", api)
+    _model_offered(request.model, models, is_specialist)
+    return Parsed(data, request)
+
+
+def parse_completions_request(body: bytes, *, models: Collection[str]) -> Parsed:
+    """A legacy ``/v1/completions`` body; its record holds the prompt as one user message."""
+    api = "completions"
+    data = _json_object(body, api)
+    model = _model(data)
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str | list):
+        shown = "it is missing" if prompt is None else f"got {_shown(prompt)}"
+        raise GatewayError(
+            400,
+            f"Invalid value for 'prompt': a string or an array of strings or tokens is required; {shown}.",
+            param="prompt",
+        )
+    _strict_bool(data, "stream", api)
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    record: dict[str, Any] = {key: value for key, value in data.items() if key not in ("prompt", "logprobs")}
+    record["messages"] = [
+        {"role": "user", "content": prompt if isinstance(prompt, str) else json.dumps(prompt)}
+    ]
+    if isinstance(data.get("logprobs"), int) and not isinstance(data["logprobs"], bool):
+        record["logprobs"], record["top_logprobs"] = True, data["logprobs"]
+    try:
+        request = ChatRequest.model_validate(record)
+    except ValidationError as error:
+        raise _invalid(error, data, api) from None
+    _model_offered(model, models)
+    return Parsed(data, request)
+
+
+def parse_embeddings_request(body: bytes, *, models: Collection[str]) -> dict[str, Any]:
+    """A ``/v1/embeddings`` body: a JSON object with a model the gateway offers and an input."""
+    api = "embeddings"
+    data = _json_object(body, api)
+    model = _model(data)
+    if not isinstance(data.get("input"), str | list):
+        shown = "it is missing" if data.get("input") is None else f"got {_shown(data['input'])}"
+        raise GatewayError(
+            400,
+            f"Invalid value for 'input': a string or an array of strings or tokens is required; {shown}.",
+            param="input",
+        )
+    _model_offered(model, models)
+    return data
+
+
+def parse_responses_request(
+    body: bytes, *, models: Collection[str], is_specialist: Callable[[str], bool] | None = None
+) -> ParsedResponses:
+    """A ``/v1/responses`` body and its chat-completions shape (:mod:`protege.api.responses`)."""
+    api = "Responses"
+    data = _json_object(body, api)
+    model = _model(data)
+    try:
+        view = chat_request(data)
+    except ConversionError as error:
+        raise GatewayError(400, error.message, param=error.param) from None
+    _strict_bool(data, "stream", api)
+    try:
+        request = ChatRequest.model_validate(view.body)
+    except ValidationError as error:
+        raise _invalid(error, data, api) from None
+    specialist = bool(is_specialist and is_specialist(model))
+    if specialist and view.teacher_only is not None:
+        raise GatewayError(
+            400,
+            f"The model '{model}' is a specialist, and this request can only be answered by the teacher "
+            f"(it carries {view.teacher_only}). Send the whole conversation as 'input' without those, "
+            "or ask for the teacher's model.",
+            param="model",
+        )
+    _model_offered(model, models, is_specialist)
+    return ParsedResponses(data, request, view)

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from protege.api.calls import ChatRequest, RouteDecision, RouteReason, UpstreamKind
-from protege.api.specialist import OutputKind
+from protege.api.specialist import OutputKind, OutputValidation
 from protege.config import RouterSettings, Settings
 from protege.evaluation.metrics import METRIC_FOR_KIND, scorer
 from protege.serving.router.checks import confidence, rejection
@@ -84,6 +84,28 @@ class SpecialistAnswer:
     def message(self) -> dict[str, Any]:
         choices = (self.body or {}).get("choices") or [{}]
         return dict(choices[0].get("message") or {})
+
+
+@dataclass(frozen=True)
+class SpecialistStream:
+    """A specialist version's answer as it streams: the open response and its first bytes."""
+
+    specialist: str
+    version: str
+    response: aiohttp.ClientResponse  # the reader releases it
+    first: bytes
+    started: float  # time.perf_counter() when it was asked
+
+
+def streams_tokens(route: SpecialistRoute, pinned: bool) -> bool:
+    """Whether a streamed call may get the version's tokens as they come.
+
+    Only when nothing about the whole answer must be checked before the caller sees it:
+    no output validation and no confidence threshold (or the caller named the specialist,
+    whose answers are returned unchecked).
+    """
+    fallback = route.fallback
+    return pinned or (fallback.validate_output is OutputValidation.NONE and fallback.min_confidence is None)
 
 
 class Router:
@@ -216,6 +238,53 @@ class Router:
                 item.pop("logprobs", None)
         return SpecialistAnswer(route.specialist, version, answer, time.perf_counter() - started, None, score)
 
+    async def open_stream(
+        self, body: dict[str, Any], route: SpecialistRoute, version: str
+    ) -> SpecialistStream | SpecialistAnswer:
+        """The version's streamed answer once its first bytes are in, or why there is none.
+
+        A failure before the first bytes (unreachable, an error status, an error event or
+        the end of the stream first, nothing within ``router.timeout_seconds``) comes back
+        as a :class:`SpecialistAnswer` with its error, as :meth:`ask` gives it: the call can
+        still go to the teacher. Usage is always asked for (the call record keeps it).
+        """
+        started = time.perf_counter()
+
+        def failed(message: str) -> SpecialistAnswer:
+            return SpecialistAnswer(route.specialist, version, None, time.perf_counter() - started, message)
+
+        name = adapter_name(route.specialist, version)
+        if name in self.failed:
+            return failed(self.failed[name])
+        request = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
+        request.update(model=name, stream=True, stream_options={"include_usage": True})
+        wait = self.settings.timeout_seconds
+        try:
+            response = await self.session.post(
+                f"{str(self.settings.engine_url).rstrip('/')}/v1/chat/completions",
+                json=request,
+                headers={"serve_multiplexed_model_id": name},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=wait, sock_read=wait),
+            )
+        except (TimeoutError, aiohttp.ClientError) as error:
+            return failed(f"engine unreachable or too slow: {error!r}")
+        try:
+            if response.status != 200:
+                text = await response.text()
+                if response.status == 422 and "adapter_unavailable" in text:
+                    self.failed[name] = text[:500]
+                response.release()
+                return failed(f"engine answered {response.status}: {text[:300]}")
+            first = await response.content.readany()
+        except (TimeoutError, aiohttp.ClientError) as error:
+            response.release()
+            return failed(f"engine broke off before its first token: {error!r}")
+        problem = _stream_opening_error(first)
+        if problem is not None:
+            response.release()
+            return failed(problem)
+        return SpecialistStream(route.specialist, version, response, first, started)
+
     def verdict(
         self, route: SpecialistRoute, answer: SpecialistAnswer, tools: list[dict[str, Any]] | None
     ) -> tuple[RouteReason, str] | None:
@@ -250,3 +319,19 @@ class Router:
             await self._session.close()
         if self.embeddings is not None:
             self.embeddings.close()
+
+
+def _stream_opening_error(first: bytes) -> str | None:
+    """Why the first bytes of an engine's stream are no answer (empty, or an error event)."""
+    if not first.strip():
+        return "engine ended the stream before its first token"
+    head = first.lstrip()
+    if not head.startswith(b"data:"):
+        return None
+    try:
+        event = json.loads(head[5:].split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(event, dict) and "error" in event and "choices" not in event:
+        return f"engine stream began with an error: {json.dumps(event['error'])[:300]}"
+    return None

@@ -169,9 +169,14 @@ def test_auth_failures_are_401_in_openai_format(start_gateway: Callable[..., Run
         (b"{not json", 400, "could not parse the JSON body"),
         (b"[1, 2]", 400, "must be a JSON object"),
         (
-            json.dumps(chat("hi", frobnicate=True)).encode(),
+            json.dumps(chat("hi", stream="yes")).encode(),
             400,
-            "Unrecognized request argument supplied: frobnicate",
+            "Invalid value for 'stream': expected a boolean",
+        ),
+        (
+            json.dumps(chat("hi", stream=True, stream_options=True)).encode(),
+            400,
+            "Invalid value for 'stream_options': expected an object",
         ),
         (json.dumps({"model": "stub-teacher"}).encode(), 400, "Invalid value for 'messages'"),
         (
@@ -273,7 +278,7 @@ def test_metrics_and_health(start_gateway: Callable[..., RunningGateway]) -> Non
     post(gateway, chat("count me"))
     records_of(gateway.settings.nats_url, gateway.tenant, 1)
     metrics = httpx.get(gateway.server.url + "/metrics").text
-    labels = f'app="metered",code="200",status="ok",tenant="{gateway.tenant}"'
+    labels = f'app="metered",code="200",endpoint="chat.completions",status="ok",tenant="{gateway.tenant}"'
     assert f"protege_gateway_requests_total{{{labels}}} 1.0" in metrics
     assert 'protege_calllog_records_total{outcome="published"} 1.0' in metrics
     assert 'protege_calllog_records_total{outcome="dropped"} 0.0' in metrics

@@ -9,7 +9,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from protege.api.calls import CallRecord, CallStatus, ErrorInfo, Upstream, UpstreamKind
+from protege.api.calls import CallRecord, CallStatus, Endpoint, ErrorInfo, Upstream, UpstreamKind
 from protege.api.ids import uuid7_at
 from protege.config import ConfigError, CurationPolicy, CurationSettings, load_settings
 from protege.services.nats import NatsServer
@@ -43,6 +43,13 @@ def record(text: str, answer: str = "ok", tenant: str = "acme", **changes: objec
         }
     )
     return base.model_copy(update=changes)
+
+
+def test_only_conversations_become_examples() -> None:
+    policy = CurationPolicy()
+    assert reject_reason(record("Once upon a", endpoint=Endpoint.COMPLETIONS), policy) == "not_chat"
+    assert reject_reason(record("hi", endpoint=Endpoint.RESPONSES), policy) is None
+    assert reject_reason(record("hi", endpoint=Endpoint.CHAT_COMPLETIONS), policy) is None
 
 
 def test_reject_reasons_and_tenant_policies() -> None:

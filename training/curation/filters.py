@@ -15,12 +15,17 @@ from collections import defaultdict
 import numpy as np
 from numpy.typing import NDArray
 
-from protege.api.calls import CallRecord, CallStatus, UpstreamKind
+from protege.api.calls import CallRecord, CallStatus, Endpoint, UpstreamKind
 from protege.config import CurationPolicy
+
+# Conversations with an answer: chat completions, and Responses API calls (recorded in chat shape).
+CHAT_ENDPOINTS = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.RESPONSES})
 
 
 def reject_reason(record: CallRecord, policy: CurationPolicy) -> str | None:
     """Why a record is not a training example, or None to keep it."""
+    if record.endpoint not in CHAT_ENDPOINTS:
+        return "not_chat"  # a legacy completion: a bare prompt continued, not a conversation to learn
     if record.status is not CallStatus.OK or record.response is None or not record.response.choices:
         return "failed"
     if record.upstream is not None and record.upstream.kind is not UpstreamKind.TEACHER:
