@@ -1,7 +1,9 @@
 """Task identity per workload: tasks found against true tasks, ARI, calls routed, router latency.
 
-For each workload (the shipped one and the four shapes of tests/traffic/shapes.py that the
-project did not shape for itself), in one run:
+For each workload (the shipped one, the four shapes of tests/traffic/shapes.py, and the calls
+of real framework agents, LangGraph, the OpenAI Agents SDK and pydantic-ai, running a
+two-tool support agent against the scripted teacher: none shaped by the project for
+itself), in one run:
 
 - discovery on ``--calls`` redacted examples: tasks found against the true tasks, the
   adjusted Rand index of found against true, and examples left unassigned;
@@ -36,11 +38,15 @@ from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from traffic.shapes import SHAPES
+import httpx
+from traffic.agents import questions, record_calls
+from traffic.scripted_teacher import ScriptedTeacher
+from traffic.shapes import SHAPES, ShapedCall
 
 from protege.api.calls import ChatRequest
 from protege.serving.router.classify import CallEmbeddings, TaskClassifier
 from protege.training.discovery import MiniLM, discover
+from protege.training.discovery.features import called_tools, tools_answered_after
 from protege.training.examples import example_from_record
 from protege.workload import generate
 
@@ -51,11 +57,36 @@ def shipped(count: int, seed: int) -> list[Any]:
     return [c for c in generate(count, seed=seed, styles=("plain", "terse", "polite")) if not c.heldout]
 
 
-WORKLOADS: dict[str, Callable[[int, int], list[Any]]] = {"shipped": shipped, **SHAPES}
+def frameworks(count: int, seed: int) -> list[ShapedCall]:
+    """The chat-completions calls of real framework agents (LangGraph, the Agents SDK, pydantic-ai).
+
+    Each framework runs the two-tool support agent against the scripted teacher; the true task
+    of a call is its step: the tool it calls, or the answer after that tool's result.
+    """
+    calls = []
+    for index, variant in enumerate(("langgraph", "openai-agents-chat", "pydantic-ai")):
+        _, recorded = record_calls(variant, questions(count // 6 + 1, seed=seed * 10 + index))
+        with ScriptedTeacher() as teacher:
+            for call in recorded:
+                request = {**call.body, "stream": False}
+                answer = httpx.post(teacher.base_url + call.path, json=request).json()["choices"][0][
+                    "message"
+                ]
+                done = request["messages"][-1]["role"] == "tool"
+                tool = tools_answered_after(request["messages"]) if done else called_tools([answer])
+                calls.append(ShapedCall(request, answer, ("answer-after-" if done else "") + ",".join(tool)))
+    return calls[:count]
 
 
-async def measure(name: str, calls: int, held_out: int, embedder: MiniLM) -> dict[str, Any]:
-    train = WORKLOADS[name](calls, 1)
+WORKLOADS: dict[str, Callable[[int, int], list[Any]]] = {
+    "shipped": shipped,
+    **SHAPES,
+    "frameworks": frameworks,
+}
+
+
+def measure(name: str, calls: int, held_out: int, embedder: MiniLM) -> dict[str, Any]:
+    train, later = WORKLOADS[name](calls, 1), WORKLOADS[name](held_out, 99)
     records = [call.to_record(tenant="acme") for call in train]
     truth = {record.id: call.task for record, call in zip(records, train, strict=True)}
     registry = discover([example_from_record(r) for r in records], embedder)
@@ -67,14 +98,19 @@ async def measure(name: str, calls: int, held_out: int, embedder: MiniLM) -> dic
     classifier = TaskClassifier(registry.tasks, registry.prompt_segments, embeddings)
     routed = right = 0
     times = []
-    for call in WORKLOADS[name](held_out, 99):
-        request = ChatRequest.model_validate(call.request)
-        started = time.perf_counter()
-        match = await classifier.match("acme", request)
-        times.append((time.perf_counter() - started) * 1000)
-        if match is not None:
-            routed += 1
-            right += label_of[match.task_id] == call.task
+
+    async def route_all() -> None:
+        nonlocal routed, right
+        for call in later:
+            request = ChatRequest.model_validate(call.request)
+            started = time.perf_counter()
+            match = await classifier.match("acme", request)
+            times.append((time.perf_counter() - started) * 1000)
+            if match is not None:
+                routed += 1
+                right += label_of[match.task_id] == call.task
+
+    asyncio.run(route_all())
     embeddings.close()
     return {
         "workload": name,
@@ -110,7 +146,7 @@ def main() -> None:
         each.append((time.perf_counter() - started) * 1000)
     encode_ms = float(np.median(each))
 
-    rows = [asyncio.run(measure(name, args.calls, args.held_out, embedder)) for name in WORKLOADS]
+    rows = [measure(name, args.calls, args.held_out, embedder) for name in WORKLOADS]
     table = Table(
         title=f"task identity: {args.calls} calls discovered, {args.held_out} held-out calls routed"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import NoReturn
 
 import typer
@@ -33,10 +32,6 @@ def settings() -> Settings:
             return current
         from protege.stack.supervisor import running_stack_settings
 
-        stack = running_stack_settings(state_dir)
-        if not stack:
-            return current
-        os.environ.update(stack)  # for the parts this command starts, too
-        return load_settings()
+        return load_settings(**running_stack_settings(state_dir))
     except ConfigError as error:
         fail(str(error), code=2)

@@ -112,7 +112,7 @@ class Stack:
         """Settings every part shares: call log, store, models (S3 credentials included: local only)."""
         return {
             **os.environ,
-            **shared_settings(self.nats.url, self.s3.endpoint_url, self.s3.data_dir),
+            **as_environment(shared_settings(self.nats.url, self.s3.endpoint_url, self.s3.data_dir)),
             "PROTEGE_MODEL_STORE": str(self.settings.model_dir.resolve()),
             "PYTHONUNBUFFERED": "1",
         }
@@ -305,19 +305,25 @@ class Stack:
 STORE_URL = "s3://protege/stack"
 
 
-def shared_settings(nats_url: str, s3_endpoint: str, s3_dir: Path) -> dict[str, str]:
-    """The call log and the store of a local stack, as the PROTEGE_* variables its parts read."""
+def shared_settings(nats_url: str, s3_endpoint: str, s3_dir: Path) -> dict[str, Any]:
+    """The call log and the store of a local stack, as settings (``load_settings(**...)``)."""
     key, secret = read_credentials(s3_dir)
-    return {
-        "PROTEGE_NATS_URL": nats_url,
-        "PROTEGE_ARTIFACT_STORE": STORE_URL,
-        "PROTEGE_S3__ENDPOINT_URL": s3_endpoint,
-        "PROTEGE_S3__ACCESS_KEY_ID": key,
-        "PROTEGE_S3__SECRET_ACCESS_KEY": secret,
-    }
+    s3 = {"endpoint_url": s3_endpoint, "access_key_id": key, "secret_access_key": secret}
+    return {"nats_url": nats_url, "artifact_store": STORE_URL, "s3": s3}
 
 
-def running_stack_settings(directory: Path) -> dict[str, str]:
+def as_environment(settings: dict[str, Any], prefix: str = "PROTEGE_") -> dict[str, str]:
+    """Settings as the PROTEGE_* variables a process reads (nested fields joined with ``__``)."""
+    variables: dict[str, str] = {}
+    for name, value in settings.items():
+        if isinstance(value, dict):
+            variables |= as_environment(value, f"{prefix}{name.upper()}__")
+        else:
+            variables[f"{prefix}{name.upper()}"] = str(value)
+    return variables
+
+
+def running_stack_settings(directory: Path) -> dict[str, Any]:
     """The shared settings of the `protege up` running in ``directory``; none when it is not up."""
     state = read_state(directory)
     supervisor = int(state.get("supervisor") or 0)

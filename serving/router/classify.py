@@ -4,18 +4,21 @@ The structure of a call (tenant, system-prompt template, whether tools are offer
 response format, input shape, conversation step) is computed by the code discovery uses
 (:mod:`protege.training.discovery.features`), with the segment counts of the registry the
 router reads, so a call is keyed exactly as the task's own calls were. When one task has
-that structure, it is the match: a dictionary lookup, the common case. Only when several
+that structure, it is the match: a dictionary lookup, the common case. When several
 tasks share a structure (one prompt serving two jobs, one tool set shared by several
-steps) is the user turn embedded and compared with their centroids, the closest above its
-threshold winning. Embedding runs in one worker thread, never on the event loop; vectors
-are cached by text, and when too many calls wait for one, the call goes to the teacher
-(``router_busy``) instead of queueing behind them.
+steps), the tools in play narrow them, then the tasks' word profiles (naive Bayes from
+discovery) decide when they are near certain; only the calls still open are embedded and
+compared with the tasks' centroids, the closest above its threshold winning. Embedding
+runs in one worker thread, never on the event loop; vectors are cached by text, and when
+too many calls wait for one, the call goes to the teacher (``router_busy``) instead of
+queueing behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,11 +35,16 @@ from protege.training.discovery.features import (
     Structure,
     call_structure,
     tools_answered_after,
+    words,
 )
 from protege.training.discovery.tasks import Task
 from protege.training.pii import RecordRedaction
 
 log = logging.getLogger(__name__)
+
+
+WORD_CERTAINTY = 0.999  # posterior a word profile needs to decide without an embedding
+WORD_COVERAGE = 0.6  # share of the call's words the winning profile must know
 
 
 @dataclass(frozen=True)
@@ -116,15 +124,38 @@ class TaskClassifier:
         candidates = self.candidates(tenant, request)
         if len(candidates) == 1:
             return TaskMatch(candidates[0].id, None)
-        if not candidates or self.embeddings is None:
+        if not candidates:
             return None
+        text = user_turn(request)
+        by_words = self.by_words(candidates, text)
+        if by_words is not None or self.embeddings is None:
+            return by_words
         try:
-            vector = await self.embeddings.vector(user_turn(request))
+            vector = await self.embeddings.vector(text)
         except RouterBusyError:
             raise
         except Exception as error:  # no embedding model here (a serving image without it), say
             raise RouterBusyError(f"no embedding for the call ({error!r})") from error
         return self.closest(candidates, vector)
+
+    @staticmethod
+    def by_words(candidates: Sequence[Task], text: str) -> TaskMatch | None:
+        """The task its word profile makes near certain (posterior ≥ WORD_CERTAINTY), else None.
+
+        Only when the winner knows most of the call's words: a call unlike every task (out of
+        distribution) is left to the embedding and its thresholds.
+        """
+        found = words(text)
+        profiles = [task.router for task in candidates]
+        if not found or any(not profile.words for profile in profiles):
+            return None
+        scores = [p.log_prior + sum(p.words.get(w, p.unseen_word) for w in found) for p in profiles]
+        best = int(np.argmax(scores))
+        posterior = 1 / sum(math.exp(min(score - scores[best], 0.0)) for score in scores)
+        known = sum(w in profiles[best].words for w in found) / len(found)
+        if posterior < WORD_CERTAINTY or known < WORD_COVERAGE:
+            return None
+        return TaskMatch(candidates[best].id, None)
 
     @staticmethod
     def closest(candidates: Sequence[Task], vector: NDArray[np.float32]) -> TaskMatch | None:

@@ -92,7 +92,7 @@ def test_commands_beside_a_running_stack_read_its_store(
     home = tmp_path / "home"
     monkeypatch.setenv("PROTEGE_HOME", str(home))
     for name in ("PROTEGE_ARTIFACT_STORE", "PROTEGE_NATS_URL", "PROTEGE_CONFIG", *STACK_S3_VARIABLES):
-        monkeypatch.delenv(name, raising=False)  # restored after: the command sets them for itself
+        monkeypatch.delenv(name, raising=False)
     nothing = runner.invoke(app, ["tasks", "list"])
     assert nothing.exit_code == 3 and "no tasks discovered yet" in nothing.output
 

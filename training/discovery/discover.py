@@ -29,6 +29,7 @@ fingerprint and its earliest example.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -41,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from protege.api.specialist import OutputKind
-from protege.training.discovery.features import Structure, called_tools, tools_answered_after
+from protege.training.discovery.features import Structure, called_tools, tools_answered_after, words
 from protege.training.discovery.tasks import (
     Exemplar,
     Fingerprint,
@@ -229,6 +230,7 @@ def discover(
                 chosen = group[part].tolist()
                 found.append((fp, chosen, _unit(vectors[chosen].mean(axis=0))))
 
+    profiles = word_profiles(found, ordered)
     now = datetime.now(UTC)
     reuse = _match_previous(found, previous, settings)
     proposed = [
@@ -259,6 +261,7 @@ def discover(
                     centroids=[centroid.round(6).tolist()],
                     threshold=float(max(-1.0, np.percentile(similarity, 2) - settings.threshold_margin)),
                     embedding_model=embedder.name,
+                    **profiles.get(position, {}),
                 ),
                 first_seen=old.first_seen if old else now,
             )
@@ -267,6 +270,39 @@ def discover(
     return TaskRegistry(
         created=now, examples=len(ordered), unassigned=unassigned, tasks=tasks, prompt_segments=counts
     )
+
+
+MAX_PROFILE_WORDS = 300
+
+
+def word_profiles(
+    found: list[tuple[Fingerprint, list[int], NDArray[np.float32]]], ordered: Sequence[Example]
+) -> dict[int, dict[str, Any]]:
+    """Naive Bayes word profiles of the tasks that share a structure (none for a task alone in it).
+
+    Laplace-smoothed over the words of the group's user turns; each task keeps its most frequent
+    words, the log-probability of any other, and the log of its share of the group's calls.
+    """
+    groups: dict[Structure, list[int]] = defaultdict(list)
+    for position, (fp, _, _) in enumerate(found):
+        groups[fp.structure].append(position)
+    profiles: dict[int, dict[str, Any]] = {}
+    for positions in groups.values():
+        if len(positions) < 2:
+            continue
+        counts = {p: Counter(w for i in found[p][1] for w in words(ordered[i].user_text)) for p in positions}
+        vocabulary = len(set().union(*counts.values()))
+        total = sum(len(found[p][1]) for p in positions)
+        for position in positions:
+            mine = counts[position]
+            denominator = sum(mine.values()) + vocabulary
+            kept = sorted(mine, key=lambda w: (-mine[w], w))[:MAX_PROFILE_WORDS]
+            profiles[position] = {
+                "words": {w: round(math.log((mine[w] + 1) / denominator), 4) for w in kept},
+                "unseen_word": round(math.log(1 / denominator), 4),
+                "log_prior": round(math.log(len(found[position][1]) / total), 4),
+            }
+    return profiles
 
 
 def _match_previous(

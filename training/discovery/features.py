@@ -157,3 +157,11 @@ def tools_answered_after(messages: list[dict[str, Any]]) -> tuple[str, ...]:
         (m for m in reversed(messages) if m.get("role") == "assistant" and m.get("tool_calls")), None
     )
     return tuple(sorted(set(called_tools([last_round])))) if last_round else ()
+
+
+_WORDS = re.compile(r"[a-z]+|\d+")
+
+
+def words(text: str) -> list[str]:
+    """The words of a user turn as the router's word profiles count them (numbers folded to 0)."""
+    return ["0" if w.isdigit() else w for w in _WORDS.findall(text.lower())]

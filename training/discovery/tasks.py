@@ -96,6 +96,13 @@ class RouterProfile(BaseModel):
     centroids: list[list[float]] = Field(description="Unit-length mean embeddings of the task's user turns.")
     threshold: float = Field(ge=-1, le=1, description="Minimum cosine similarity to a centroid to match.")
     embedding_model: str = Field(description="The embedding model the centroids were made with.")
+    words: dict[str, float] = Field(
+        default_factory=dict,
+        description="Log-probabilities of the words of its user turns (naive Bayes, among the tasks "
+        "sharing its structure): settles most such calls before an embedding is needed.",
+    )
+    unseen_word: float = Field(default=0.0, description="Log-probability of a word not in `words`.")
+    log_prior: float = Field(default=0.0, description="Log of its share of its structure's calls.")
 
 
 class Exemplar(BaseModel):
