@@ -170,6 +170,15 @@ class RouterSettings(BaseModel):
         ge=0,
         description="Shadow answers awaited at once per gateway replica; past it a call is not shadowed.",
     )
+    teacher_samples_per_minute: float = Field(
+        default=60,
+        ge=0,
+        description="Teacher samples (calls a specialist answered, also sent to the teacher to score it) "
+        "per minute per gateway replica at most: the budget of rollout.teacherSampleRate.",
+    )
+    max_teacher_samples_in_flight: int = Field(
+        default=8, ge=0, description="Teacher samples awaited at once per gateway replica."
+    )
 
     @model_validator(mode="after")
     def _engine(self) -> RouterSettings:

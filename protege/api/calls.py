@@ -225,7 +225,11 @@ class AlternateAnswer(BaseModel):
     error: ErrorInfo | None = Field(default=None, description="Why it failed, if it did.")
     rejection: str | None = Field(default=None, description="Why the router rejected it, on fallback.")
     agreement: float | None = Field(
-        default=None, ge=0, le=1, description="Task score of a shadow answer against the returned one."
+        default=None,
+        ge=0,
+        le=1,
+        description="The specialist's score against the teacher with the Specialist's metric: a shadow "
+        "answer against the teacher's answer, or, on a teacher sample, the returned answer against it.",
     )
 
 
@@ -262,6 +266,11 @@ class CallRecord(BaseModel):
     )
     alternate: AlternateAnswer | None = Field(
         default=None, description="The answer not returned: a fallback's rejected or a shadow answer."
+    )
+    teacher_sample: AlternateAnswer | None = Field(
+        default=None,
+        description="The teacher's answer to a call a specialist answered, asked off the request path "
+        "(rollout.teacherSampleRate) to score the specialist; its agreement is the specialist's score.",
     )
 
     @field_validator("schema_version")

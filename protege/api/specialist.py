@@ -163,19 +163,49 @@ class RolloutSpec(KubeModel):
         }
     }
 
-    shadow_calls: int = Field(default=200, ge=0, description="Calls answered in shadow before the canary.")
+    shadow_calls: int = Field(
+        default=20, ge=0, description="At least this many shadow answers scored before the canary (a floor)."
+    )
     canary_steps: list[int] = Field(
         default_factory=lambda: [10, 50, 100],
         max_length=20,
         description="Traffic percentages, ending at 100.",
     )
     min_calls_per_step: int = Field(
-        default=100, ge=1, description="Calls observed before each step moves on."
+        default=20, ge=1, description="At least this many scored calls before a canary step moves (a floor)."
+    )
+    max_calls_per_step: int = Field(
+        default=1000,
+        ge=1,
+        description="When the interval still spans minAgreement after this many calls, the mean decides.",
     )
     min_agreement: float = Field(
-        default=0.9, ge=0, le=1, description="Agreement with the teacher (and validity) a step must keep."
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Agreement with the teacher a version must show: it moves on once the interval's lower "
+        "bound reaches it, and is rolled back once the upper bound falls below it (serving included).",
     )
-    auto_rollback: bool = Field(default=True, description="Roll back when a step falls below minAgreement.")
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Confidence level of the agreement interval (Wilson)."
+    )
+    teacher_sample_rate: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of the calls a canary or serving version answers that the teacher also answers, "
+        "off the request path, to score it (within the gateway's router.teacherSamplesPerMinute).",
+    )
+    watch_minutes: int = Field(
+        default=60,
+        ge=1,
+        description="The serving version's agreement is estimated over the teacher samples of this window.",
+    )
+    auto_rollback: bool = Field(
+        default=True,
+        description="Roll back a version whose agreement falls below minAgreement (to the previous good "
+        "version, or to the teacher), and retrain on the teacher's new answers.",
+    )
 
     @field_validator("canary_steps")
     @classmethod
@@ -280,6 +310,18 @@ class SpecialistVersion(KubeModel):
     message: str = Field(default="", description="Why it is in its state.")
 
 
+class LiveAgreement(KubeModel):
+    """A version's agreement with the teacher on live traffic, with its confidence interval."""
+
+    version: str = Field(description="The version measured.")
+    stage: str = Field(description="shadow, canary or serving.")
+    calls: int = Field(ge=0, description="Calls scored against the teacher.")
+    agreement: float = Field(ge=0, le=1, description="Mean score against the teacher.")
+    low: float = Field(ge=0, le=1, description="Lower bound of the interval.")
+    high: float = Field(ge=0, le=1, description="Upper bound of the interval.")
+    confidence: float = Field(gt=0, lt=1, description="The interval's confidence level.")
+
+
 class SpecialistStatus(KubeModel):
     phase: SpecialistPhase = Field(default=SpecialistPhase.PENDING, description="Summary of the state.")
     observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
@@ -302,4 +344,10 @@ class SpecialistStatus(KubeModel):
     task_id: str | None = Field(default=None, description="The discovered task the selector resolved to.")
     handled_trigger: str | None = Field(
         default=None, description="Value of the protege.dev/train annotation last acted on."
+    )
+    live: LiveAgreement | None = Field(
+        default=None, description="Live agreement with the teacher of the version in rollout or serving."
+    )
+    retrain_reason: str | None = Field(
+        default=None, description="Why a retraining is due regardless of new examples (a rollback)."
     )

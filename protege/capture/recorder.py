@@ -132,6 +132,7 @@ class CallObserver:
         self.route: RouteDecision | None = None  # set by the router
         self.alternate: AlternateAnswer | None = None
         self.shadow: asyncio.Future[Any] | None = None  # a shadow answer the record waits for
+        self.teacher_sample: asyncio.Future[Any] | None = None  # a teacher sample it waits for
         self._body: list[bytes] = []
 
     def on_status(self, status_code: int) -> None:

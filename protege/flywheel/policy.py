@@ -25,11 +25,13 @@ def should_train(
     manual_trigger: bool = False,
     schedule_due: bool = False,
     suspended: bool = False,
+    retrain_reason: str | None = None,
 ) -> TrainingDecision:
     """Whether to start a training job now.
 
     ``examples`` counts the task's curated examples; ``new_examples`` those that arrived after
-    the newest version's dataset; ``has_version`` whether any version was trained before.
+    the newest version's dataset; ``has_version`` whether any version was trained before;
+    ``retrain_reason`` why a retraining is due regardless (a version rolled back while serving).
     """
     if suspended:
         return TrainingDecision(False, "suspended")
@@ -46,6 +48,8 @@ def should_train(
         return TrainingDecision(True, f"first training: {examples} examples reached data.minExamples")
     if manual_trigger:
         return TrainingDecision(True, "manual trigger")
+    if retrain_reason is not None and new_examples > 0:
+        return TrainingDecision(True, f"retraining on {new_examples} new examples: {retrain_reason}")
     if schedule_due and new_examples > 0:
         return TrainingDecision(True, f"schedule due with {new_examples} new examples")
     threshold = training.retrain_after_new_examples
@@ -86,14 +90,76 @@ class RolloutStage(StrEnum):
     SERVING = "serving"
 
 
+_Z = {0.8: 1.2816, 0.9: 1.6449, 0.95: 1.96, 0.98: 2.3263, 0.99: 2.5758}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Agreement with the teacher over ``calls`` scored calls, with a Wilson score interval.
+
+    Scores are in [0, 1] (1: the answer agrees with the teacher's); their mean is treated
+    as a proportion. The Wilson interval keeps its coverage near 0 and 1 and on few calls,
+    where the normal approximation claims certainty it does not have.
+    """
+
+    calls: int
+    mean: float
+    low: float
+    high: float
+    confidence: float
+
+    def __str__(self) -> str:
+        return (
+            f"agreement {self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] "
+            f"({self.confidence:.0%} interval, {self.calls} calls)"
+        )
+
+
+def estimate(scores: list[float], confidence: float) -> Estimate | None:
+    """The agreement estimate of these scores; None without any."""
+    if not scores:
+        return None
+    n, mean = len(scores), sum(scores) / len(scores)
+    low, high = wilson(mean, n, confidence)
+    return Estimate(n, mean, low, high, confidence)
+
+
+def wilson(mean: float, calls: int, confidence: float) -> tuple[float, float]:
+    z = _Z.get(round(confidence, 2))
+    if z is None:
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    z2 = z * z
+    centre = (mean + z2 / (2 * calls)) / (1 + z2 / calls)
+    half = z * ((mean * (1 - mean) / calls + z2 / (4 * calls * calls)) ** 0.5) / (1 + z2 / calls)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def calls_to_decide(mean: float, bar: float, confidence: float, limit: int = 1_000_000) -> int | None:
+    """The fewest calls at which an interval around ``mean`` clears ``bar`` on one side; None if never."""
+
+    def decided(calls: int) -> bool:
+        low, high = wilson(mean, calls, confidence)
+        return low >= bar or high < bar
+
+    if mean == bar or not decided(limit):
+        return None
+    low, high = 1, limit  # the interval narrows as calls grow: search for the first that decides
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if decided(middle) else (middle + 1, high)
+    return low
+
+
 @dataclass(frozen=True)
 class RolloutObservation:
-    """What live traffic said about the candidate in its current stage."""
+    """What live traffic said about a version in its current stage (the serving one included)."""
 
     stage: RolloutStage
     step_index: int  # index into rollout.canarySteps while in canary; 0 otherwise
-    calls: int  # calls the candidate answered (or shadowed) in this stage or step
-    agreement: float | None  # share of those calls that agreed with the teacher and were valid
+    calls: int  # calls scored against the teacher (or failed) in this stage or step
+    estimate: Estimate | None  # agreement with the teacher over those calls
 
 
 class RolloutAction(StrEnum):
@@ -113,29 +179,48 @@ class RolloutMove:
 
 
 def next_rollout_move(policy: RolloutSpec, seen: RolloutObservation) -> RolloutMove:
-    """Shadow → canary steps → serving, rolling back when agreement falls below the bar."""
-    steps = policy.canary_steps
+    """Shadow → canary steps → serving, and the serving version watched; decisions with confidence.
+
+    A stage moves on once the lower bound of the agreement interval reaches
+    ``rollout.minAgreement``, and rolls back once the upper bound falls below it; in
+    between more calls are needed (how many follows from the estimate and the bar). After
+    ``rollout.maxCallsPerStep`` calls the point estimate decides. ``shadowCalls`` and
+    ``minCallsPerStep`` are floors: no decision on fewer calls.
+    """
+    bar, est = policy.min_agreement, seen.estimate
     current = _traffic(policy, seen.stage, seen.step_index)
-    if seen.stage is RolloutStage.SERVING:
-        return RolloutMove(RolloutAction.WAIT, seen.stage, 0, 100, "serving")
-    needed = policy.shadow_calls if seen.stage is RolloutStage.SHADOW else policy.min_calls_per_step
-    if needed > 0 and (seen.calls < needed or seen.agreement is None):
-        return RolloutMove(
-            RolloutAction.WAIT,
-            seen.stage,
-            seen.step_index,
-            current,
-            f"observing: {seen.calls}/{needed} calls",
-        )
-    if seen.agreement is not None and seen.agreement < policy.min_agreement:
-        verdict = f"agreement {seen.agreement:.3f} < rollout.minAgreement {policy.min_agreement:.3f}"
+
+    def wait(reason: str) -> RolloutMove:
+        return RolloutMove(RolloutAction.WAIT, seen.stage, seen.step_index, current, reason)
+
+    def roll_back(reason: str) -> RolloutMove:
         if policy.auto_rollback:
-            return RolloutMove(RolloutAction.ROLLBACK, seen.stage, seen.step_index, 0, verdict)
-        return RolloutMove(
-            RolloutAction.WAIT, seen.stage, seen.step_index, current, verdict + "; autoRollback is off"
-        )
-    good = f"agreement {seen.agreement:.3f} over {seen.calls} calls" if needed else f"{seen.stage} skipped"
+            return RolloutMove(RolloutAction.ROLLBACK, seen.stage, seen.step_index, 0, reason)
+        return wait(reason + "; autoRollback is off")
+
+    if seen.stage is RolloutStage.SERVING:
+        if est is None:
+            return wait("serving: no call scored against the teacher yet")
+        if est.high < bar:
+            return roll_back(f"{est}: upper bound < rollout.minAgreement {bar:.3f}")
+        return wait(f"serving: {est}")
+    floor = policy.shadow_calls if seen.stage is RolloutStage.SHADOW else policy.min_calls_per_step
+    if floor > 0 and (seen.calls < floor or est is None):
+        return wait(f"observing: {seen.calls}/{floor} calls" + (f", {est}" if est else ""))
+    if est is not None and est.high < bar:
+        return roll_back(f"{est}: upper bound < rollout.minAgreement {bar:.3f}")
+    if est is not None and est.low < bar:
+        if est.calls < policy.max_calls_per_step:
+            needed = calls_to_decide(est.mean, bar, est.confidence)
+            more = f"about {max(needed - est.calls, 1)} more calls" if needed else "more calls"
+            return wait(f"{est}: the interval spans rollout.minAgreement {bar:.3f}; {more} to decide")
+        if est.mean < bar:
+            return roll_back(f"{est}: below rollout.minAgreement {bar:.3f} after maxCallsPerStep")
+    good = f"{est}: lower bound ≥ rollout.minAgreement {bar:.3f}" if est else f"{seen.stage} skipped"
+    if est is not None and est.low < bar:
+        good = f"{est}: at or above rollout.minAgreement {bar:.3f} after maxCallsPerStep"
     next_index = 0 if seen.stage is RolloutStage.SHADOW else seen.step_index + 1
+    steps = policy.canary_steps
     if next_index >= len(steps) or steps[next_index] == 100:
         return RolloutMove(RolloutAction.PROMOTE, RolloutStage.SERVING, 0, 100, good)
     return RolloutMove(RolloutAction.ADVANCE, RolloutStage.CANARY, next_index, steps[next_index], good)

@@ -1,15 +1,16 @@
-"""Live rollout: what the traffic says about a candidate version, and the table after a move (pure).
+"""Live rollout: what the traffic says about a version against the teacher, and the table after a move (pure).
 
 The decision itself is :func:`protege.flywheel.policy.next_rollout_move`, shared by the
 operator and the local driver; these functions feed it from call records and apply its
-move to the routing table.
+move to the routing table. Every score is against the **teacher**, with the Specialist's
+own metric (the gateway scores, see docs/flywheel.md):
 
-- In **shadow**, a candidate's answer is computed next to the one returned and scored
-  against it with the task's metric (``alternate.agreement``): agreement is the mean
-  score over the shadowed calls.
-- In **canary**, the candidate's answers are returned, so there is no teacher answer to
-  compare with; agreement is its validity — the share of its calls that passed the
-  fallback checks and were returned.
+- a **shadow** answer is scored against the teacher's answer to the same call: the one the
+  caller got, or, when a serving version answered it, a teacher sample;
+- an answer a **canary** or the **serving** version returned is scored against a teacher
+  sample (``CallRecord.teacher_sample``; ``rollout.teacherSampleRate`` of its calls);
+- a call that fell back (invalid output, low confidence, an error) scores 0, as does a
+  shadow answer that failed. Calls nobody scored do not count.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from datetime import datetime
 
 from protege.api.calls import CallRecord, RouteReason, UpstreamKind
 from protege.api.specialist import RolloutSpec
-from protege.flywheel.policy import RolloutAction, RolloutMove, RolloutObservation, RolloutStage
+from protege.flywheel.policy import (
+    RolloutAction,
+    RolloutMove,
+    RolloutObservation,
+    RolloutStage,
+    estimate,
+)
 from protege.serving.router.table import Candidate, SpecialistRoute
 
 _FALLBACKS = {
@@ -29,47 +36,71 @@ _FALLBACKS = {
 }
 
 
+def version_scores(
+    records: Iterable[CallRecord], specialist: str, version: str, since: datetime | None = None
+) -> list[float]:
+    """The version's scores against the teacher, one per scored call since ``since``."""
+    scores: list[float] = []
+    for record in records:
+        if (since is not None and record.timestamp < since) or record.route.specialist != specialist:
+            continue
+        alternate = record.alternate
+        if alternate is not None and alternate.upstream.version == version and alternate.rejection is None:
+            if alternate.error is not None:  # a shadow answer that failed
+                scores.append(0.0)
+            elif alternate.agreement is not None:  # a shadow answer scored against the teacher
+                scores.append(alternate.agreement)
+        elif record.route.version == version and record.route.target is UpstreamKind.SPECIALIST:
+            sample = record.teacher_sample
+            if sample is not None and sample.agreement is not None:
+                scores.append(sample.agreement)
+        elif record.route.version == version and record.route.reason in _FALLBACKS:
+            scores.append(0.0)
+    return scores
+
+
 def observe(
     records: Iterable[CallRecord],
     route: SpecialistRoute,
     policy: RolloutSpec,
     since: datetime | None = None,
 ) -> RolloutObservation | None:
-    """The candidate's calls (since its stage began) and agreement; None without a candidate.
+    """The candidate's scored calls (since its stage began) and agreement; None without a candidate.
 
     ``since`` defaults to when the candidate entered its stage or step (``Candidate.since``).
     """
     candidate = route.candidate
     if candidate is None:
         return None
-    since = since or candidate.since
     step = 0
     if candidate.stage is RolloutStage.CANARY and candidate.traffic_percent in policy.canary_steps:
         step = policy.canary_steps.index(candidate.traffic_percent)
-    scores: list[float] = []
-    for record in records:
-        if (since is not None and record.timestamp < since) or record.route.specialist != route.specialist:
-            continue
-        alternate = record.alternate
-        if candidate.stage is RolloutStage.SHADOW:
-            if alternate is not None and alternate.upstream.version == candidate.version:
-                scores.append(alternate.agreement or 0.0)  # an error or no score counts as disagreement
-        elif record.route.version == candidate.version:
-            if record.route.target is UpstreamKind.SPECIALIST:
-                scores.append(1.0)
-            elif record.route.reason in _FALLBACKS:
-                scores.append(0.0)
-    agreement = sum(scores) / len(scores) if scores else None
-    return RolloutObservation(stage=candidate.stage, step_index=step, calls=len(scores), agreement=agreement)
+    scores = version_scores(records, route.specialist, candidate.version, since or candidate.since)
+    return RolloutObservation(candidate.stage, step, len(scores), estimate(scores, policy.confidence))
+
+
+def watch(
+    records: Iterable[CallRecord], route: SpecialistRoute, policy: RolloutSpec, since: datetime | None
+) -> RolloutObservation | None:
+    """The serving version's scored calls since ``since`` (the watch window); None when none serves."""
+    if route.active is None:
+        return None
+    scores = version_scores(records, route.specialist, route.active, since)
+    return RolloutObservation(RolloutStage.SERVING, 0, len(scores), estimate(scores, policy.confidence))
 
 
 def apply(route: SpecialistRoute, move: RolloutMove, now: datetime | None = None) -> SpecialistRoute:
     """The route after ``move``: the candidate advanced (from ``now``), promoted, or withdrawn."""
+    if move.action is RolloutAction.ROLLBACK and move.stage is RolloutStage.SERVING:
+        # the serving version goes; the previous good one serves again, or the teacher alone
+        return route.model_copy(update={"active": route.previous, "previous": None})
     candidate = route.candidate
     if candidate is None or move.action is RolloutAction.WAIT:
         return route
     if move.action is RolloutAction.PROMOTE:
-        return route.model_copy(update={"active": candidate.version, "candidate": None})
+        return route.model_copy(
+            update={"active": candidate.version, "previous": route.active, "candidate": None}
+        )
     if move.action is RolloutAction.ROLLBACK:
         return route.model_copy(update={"candidate": None})
     advanced = Candidate(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from protege.api.calls import CallRecord
 from protege.api.meta import ConditionStatus, set_condition
 from protege.api.specialist import (
     DataPolicy,
+    LiveAgreement,
     Scores,
     SpecialistPhase,
     SpecialistSpec,
@@ -33,8 +34,15 @@ from protege.api.specialist import (
     TrainingSpec,
     VersionState,
 )
-from protege.flywheel.policy import RolloutAction, RolloutStage, gate, next_rollout_move, should_train
-from protege.flywheel.rollout import apply, observe
+from protege.flywheel.policy import (
+    RolloutAction,
+    RolloutObservation,
+    RolloutStage,
+    gate,
+    next_rollout_move,
+    should_train,
+)
+from protege.flywheel.rollout import apply, observe, watch
 from protege.serving.router.table import Candidate, SpecialistRoute
 from protege.training.job import JobSpec
 
@@ -165,7 +173,10 @@ async def reconcile(
         tenant=spec.task.tenant,
         task_id=task.id,
         fallback=spec.fallback,
+        metric=spec.evaluation.metric,
+        teacher_sample_rate=spec.rollout.teacher_sample_rate,
         active=stored_route.active if stored_route else None,
+        previous=stored_route.previous if stored_route else None,
         candidate=stored_route.candidate if stored_route else None,
         failed=stored_route.failed if stored_route else [],
     )
@@ -178,6 +189,21 @@ async def reconcile(
     current.active_version = route.active
     current.candidate_version = route.candidate.version if route.candidate else None
     return _summarize(outcome, spec, now, route=route)
+
+
+def _live(version: str, seen: RolloutObservation) -> LiveAgreement | None:
+    est = seen.estimate
+    if est is None:
+        return None
+    return LiveAgreement(
+        version=version,
+        stage=seen.stage.value,
+        calls=est.calls,
+        agreement=round(est.mean, 4),
+        low=round(est.low, 4),
+        high=round(est.high, 4),
+        confidence=est.confidence,
+    )
 
 
 def _training(status: SpecialistStatus) -> SpecialistVersion | None:
@@ -250,10 +276,11 @@ class _Pass:
         outcome, spec, io, now = self.outcome, self.spec, self.io, self.now
         candidate = route.candidate
         if candidate is None:
-            return route
+            return await self.watch_serving(route)
         records = await io.records(route.tenant, candidate.since)
         seen = observe(records, route, spec.rollout)
         assert seen is not None  # there is a candidate
+        outcome.status.live = _live(candidate.version, seen)
         move = next_rollout_move(spec.rollout, seen)
         entry = _version(outcome.status, candidate.version)
         if move.action is RolloutAction.WAIT:
@@ -281,6 +308,32 @@ class _Pass:
             )
         return moved
 
+    async def watch_serving(self, route: SpecialistRoute) -> SpecialistRoute:
+        """The serving version's live agreement; below the bar, back to the previous one and retrain."""
+        outcome, spec, now = self.outcome, self.spec, self.now
+        active = route.active
+        if active is None:
+            outcome.status.live = None
+            return route
+        since = now - timedelta(minutes=spec.rollout.watch_minutes)
+        seen = watch(await self.io.records(route.tenant, since), route, spec.rollout, since)
+        assert seen is not None  # a version serves
+        outcome.status.live = _live(active, seen)
+        move = next_rollout_move(spec.rollout, seen)
+        if move.action is not RolloutAction.ROLLBACK:
+            return route
+        moved = apply(route, move, now)
+        entry, previous = _version(outcome.status, active), _version(outcome.status, route.previous)
+        if entry is not None:
+            entry.state, entry.message = VersionState.ROLLED_BACK, f"rolled back while serving: {move.reason}"
+        if previous is not None:
+            previous.state, previous.message = VersionState.SERVING, f"serves again: {active} was rolled back"
+        to = moved.active or "the teacher"
+        outcome.events.append(Event("RolledBack", f"{active} (serving) → {to}: {move.reason}", warning=True))
+        outcome.status.retrain_reason = f"{active} was rolled back while serving"
+        outcome.status.live = None
+        return moved
+
     async def maybe_train(
         self, route: SpecialistRoute, task: TaskData, trigger: str | None, job_options: dict[str, Any]
     ) -> None:
@@ -300,6 +353,7 @@ class _Pass:
             job_running=busy,
             manual_trigger=fresh_trigger is not None,
             schedule_due=schedule_due(spec.training.schedule, newest.created_at if newest else None, now),
+            retrain_reason=status.retrain_reason,
         )
         if decision.train and not await io.training_slot_free(spec.training):
             outcome.waiting_for_slot = decision.reason  # a trigger stays fresh until its job starts
@@ -334,7 +388,7 @@ class _Pass:
                 message=decision.reason,
             )
         )
-        status.new_examples = 0
+        status.new_examples, status.retrain_reason = 0, None
         outcome.events.append(
             Event("TrainingStarted", f"{job_name} on {dataset.examples} examples: {decision.reason}")
         )

@@ -56,7 +56,16 @@ LOCAL_POLICY: dict[str, Any] = {
         "resources": {"gpu": 0, "cpu": "1", "memory": "6Gi"},
     },
     "evaluation": {"minRelativeToTeacher": 0.8},
-    "rollout": {"shadowCalls": 10, "canarySteps": [50, 100], "minCallsPerStep": 10, "minAgreement": 0.7},
+    # Decisions at 90% confidence: with every call agreeing, 7 calls clear a bar of 0.7. A quarter of
+    # the calls a specialist answers is also sent to the teacher, to score it live.
+    "rollout": {
+        "shadowCalls": 10,
+        "canarySteps": [50, 100],
+        "minCallsPerStep": 10,
+        "minAgreement": 0.7,
+        "confidence": 0.9,
+        "teacherSampleRate": 0.25,
+    },
 }
 
 

@@ -78,8 +78,15 @@ DEMO_STACK: dict[str, Any] = {
         # agreement 0.63 and 0.50 over 8 calls), though it passed once at 20.
         "training": {**LOCAL_POLICY["training"], "epochs": 6, "retrainAfterNewExamples": 110},
         # A family gets a third of the agent's 1 call/s and a CPU engine answers a canary call in
-        # seconds: at 10 calls a step, the intent rollout's shadow alone took 2.3 min.
-        "rollout": {**LOCAL_POLICY["rollout"], "shadowCalls": 6, "minCallsPerStep": 6},
+        # seconds: at 10 calls a step, the intent rollout's shadow alone took 2.3 min. The floor is
+        # 6 calls; the interval decides (7 calls when all agree, at 90% for a bar of 0.7). The recorded
+        # teacher costs nothing: every specialist-answered call is scored against it.
+        "rollout": {
+            **LOCAL_POLICY["rollout"],
+            "shadowCalls": 6,
+            "minCallsPerStep": 6,
+            "teacherSampleRate": 1.0,
+        },
     },
     "flywheel": {
         "interval_seconds": 5,

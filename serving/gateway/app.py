@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from protege.api.calls import (
+    AlternateAnswer,
     CallRecord,
     CallStatus,
     ChatRequest,
@@ -52,6 +53,7 @@ from protege.serving.gateway.auth import KeyRing, Principal, load_keys_file
 from protege.serving.gateway.errors import GatewayError, error_body
 from protege.serving.gateway.headers import forwarded_headers
 from protege.serving.gateway.metrics import GatewayMetrics
+from protege.serving.gateway.quality import TeacherSampler, first_message
 from protege.serving.gateway.routing import alternate, specialist_reply, specialist_upstream
 from protege.serving.gateway.sse import (
     ResponsesEvents,
@@ -130,6 +132,16 @@ class Gateway:
         self.sink = sink
         self.metrics = metrics
         self.router = Router(settings) if settings.router.enabled else None
+        self.sampler = (
+            TeacherSampler(
+                self.teacher,
+                settings.teacher.model or "",
+                settings.router.teacher_samples_per_minute,
+                settings.router.max_teacher_samples_in_flight,
+            )
+            if self.router is not None
+            else None
+        )
         self._pending: set[asyncio.Task[None]] = set()
         self._shadows: set[asyncio.Future[SpecialistAnswer]] = set()
         self.teacher_takes_usage = True  # False once the teacher refused stream_options
@@ -141,14 +153,17 @@ class Gateway:
             self.sink.submit(record)
 
     def finish(self, observer: CallObserver, record: CallRecord, status_code: int) -> None:
-        """Log the call; with a shadow answer pending, once it is in (the caller never waits for it)."""
-        shadow = observer.shadow
-        if shadow is None:
+        """Log the call; with a shadow answer or a teacher sample pending, once they are in.
+
+        The caller never waits for either.
+        """
+        shadow, sample = observer.shadow, observer.teacher_sample
+        if shadow is None and sample is None:
             self.log_call(record, status_code)
             return
         if isinstance(self.sink, CallLogPublisher):
-            self.sink.hold(record)  # journaled now: a crash before the shadow answer loses only that
-        task = asyncio.ensure_future(self._log_with_shadow(shadow, record, status_code))
+            self.sink.hold(record)  # journaled now: a crash before the extras come loses only them
+        task = asyncio.ensure_future(self._log_with_extras(shadow, sample, record, status_code))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -162,25 +177,44 @@ class Gateway:
         """Wait for the records still waiting on shadow answers (at shutdown: none is lost)."""
         await asyncio.gather(*self._pending, return_exceptions=True)
 
-    async def _log_with_shadow(
-        self, shadow: asyncio.Future[SpecialistAnswer], record: CallRecord, status_code: int
+    async def _log_with_extras(
+        self,
+        shadow: asyncio.Future[SpecialistAnswer] | None,
+        sample: asyncio.Future[AlternateAnswer] | None,
+        record: CallRecord,
+        status_code: int,
     ) -> None:
+        """The record with its teacher sample and shadow answer, each scored against the teacher."""
         try:
-            answer = await shadow
-            returned = (
-                record.response.choices[0].message.model_dump()
-                if record.response and record.response.choices
-                else None
-            )
-            agreement = (
-                self.router.agreement(record.route.task_id, answer.message, returned)
-                if self.router is not None and returned is not None and answer.body is not None
-                else None
-            )
-            record = record.model_copy(update={"alternate": alternate(answer, agreement=agreement)})
-        except Exception:  # the shadow is best effort; the call is logged regardless
-            log.exception("gateway: shadow answer failed")
+            returned = first_message(record.response)
+            teacher_answer = returned if record.route.target is UpstreamKind.TEACHER else None
+            if sample is not None:
+                taken = await sample
+                teacher_answer = first_message(taken.response)
+                if returned is not None and teacher_answer is not None and self.router is not None:
+                    taken.agreement = self.router.agreement(record.route, returned, teacher_answer)
+                record = record.model_copy(update={"teacher_sample": taken})
+            if shadow is not None:
+                answer = await shadow
+                agreement = (
+                    self.router.agreement(record.route, answer.message, teacher_answer)
+                    if self.router is not None and teacher_answer is not None and answer.body is not None
+                    else None
+                )
+                record = record.model_copy(update={"alternate": alternate(answer, agreement=agreement)})
+        except Exception:  # shadows and samples are best effort; the call is logged regardless
+            log.exception("gateway: a shadow answer or a teacher sample failed")
         self.log_call(record, status_code)
+
+    def _sample_teacher(self, ask: dict[str, Any], route: SpecialistRoute, observer: CallObserver) -> None:
+        """Send the call to the teacher too, off the request path, when the route samples it."""
+        assert self.sampler is not None
+        take, skipped = self.sampler.wanted(route, shadowed=observer.shadow is not None)
+        if skipped is not None:
+            self.metrics.teacher_samples.labels(route.specialist, skipped).inc()
+        if take:
+            self.metrics.teacher_samples.labels(route.specialist, "taken").inc()
+            observer.teacher_sample = self.sampler.ask(ask)
 
     def _shadow(
         self, data: dict[str, Any], route: SpecialistRoute, version: str
@@ -354,6 +388,8 @@ class Gateway:
         if problem is None and answer.body is not None:
             observer.upstream = specialist_upstream(answer)
             observer.route = plan.decision(UpstreamKind.SPECIALIST, confidence=answer.confidence)
+            if not plan.pinned:
+                self._sample_teacher(ask, route, observer)
             model = chat.model if not plan.pinned else observer.upstream.model
             content, seen = specialist_reply(
                 answer.body,
@@ -398,6 +434,8 @@ class Gateway:
             return self._not_answered(plan, opened, observer, problem)
         observer.upstream = specialist_upstream(opened)
         observer.route = plan.decision(UpstreamKind.SPECIALIST)
+        if not plan.pinned:
+            self._sample_teacher(ask, route, observer)
         observer.on_status(200)
         model = parsed.chat.model if not plan.pinned else observer.upstream.model
         transform: StreamTransform

@@ -77,6 +77,13 @@ class GatewayMetrics:
             ["specialist", "version"],
             registry=self.registry,
         )
+        self.teacher_samples = Counter(
+            "protege_router_teacher_samples",
+            "Calls a specialist answered that were (taken) or would have been (budget, in_flight: skipped) "
+            "also sent to the teacher to score the specialist.",
+            ["specialist", "outcome"],
+            registry=self.registry,
+        )
         if publisher is not None:
             self.registry.register(_PublisherCollector(publisher))
 

@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 
 from protege.api.calls import ChatRequest, RouteDecision, RouteReason, UpstreamKind
-from protege.api.specialist import OutputKind, OutputValidation
+from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidation
 from protege.config import RouterSettings, Settings
-from protege.evaluation.metrics import METRIC_FOR_KIND, scorer
+from protege.evaluation.metrics import resolve_metric, scorer
 from protege.serving.router.checks import confidence, rejection
 from protege.serving.router.classify import (
     CallEmbeddings,
@@ -304,13 +304,21 @@ class Router:
         return None
 
     def agreement(
-        self, task_id: str | None, shadow: dict[str, Any], returned: dict[str, Any]
+        self, decision: RouteDecision, predicted: dict[str, Any], teacher: dict[str, Any]
     ) -> float | None:
-        """The task's score of a shadow answer against the answer the caller got."""
-        task = self.tasks.get(task_id or "")
-        if task is None:
-            return None
-        return scorer(METRIC_FOR_KIND[OutputKind(task.output_kind)])(shadow, returned)
+        """A specialist answer's score against the teacher's, with the Specialist's own metric.
+
+        The route's ``metric`` (the Specialist's evaluation.metric) decides; ``auto`` or none
+        resolves from the task's output kind. None when neither the route nor the task is known.
+        """
+        route = self.table.for_specialist(decision.specialist or "")
+        metric = route.metric if route is not None and route.metric is not None else EvaluationMetric.AUTO
+        if metric is EvaluationMetric.AUTO:
+            task = self.tasks.get(decision.task_id or "")
+            if task is None:
+                return None
+            metric = resolve_metric(metric, OutputKind(task.output_kind))
+        return scorer(metric)(predicted, teacher)
 
     async def close(self) -> None:
         if self._refresher is not None:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protege.api.calls import RouteReason
-from protege.api.specialist import FallbackSpec
+from protege.api.specialist import EvaluationMetric, FallbackSpec
 from protege.flywheel.policy import RolloutStage
 
 ADAPTER_NAME = re.compile(
@@ -66,10 +66,19 @@ class SpecialistRoute(BaseModel):
     active: str | None = Field(
         default=None, description="Version answering the calls; None before the first."
     )
+    previous: str | None = Field(
+        default=None, description="The version that served before the active one: where a rollback returns."
+    )
     candidate: Candidate | None = Field(default=None, description="Version in shadow or canary, if any.")
     failed: list[str] = Field(default_factory=list, description="Versions that failed to load: never routed.")
     fallback: FallbackSpec = Field(
         default_factory=FallbackSpec, description="When the teacher answers instead."
+    )
+    metric: EvaluationMetric | None = Field(
+        default=None, description="The Specialist's evaluation.metric: how its answers are scored live."
+    )
+    teacher_sample_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of the calls it answers that the teacher answers too."
     )
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from protege.flywheel import (
     next_rollout_move,
     should_train,
 )
+from protege.flywheel.policy import calls_to_decide, estimate
 
 DATA = DataPolicy(min_examples=100)
 TRAINING = TrainingSpec(retrain_after_new_examples=50)
@@ -99,49 +100,79 @@ def test_gate_relative_and_absolute() -> None:
     assert not low_absolute.passed and "score 0.700 < evaluation.minScore 0.800" in low_absolute.reasons[0]
 
 
-ROLLOUT = RolloutSpec(shadow_calls=200, canary_steps=[10, 50, 100], min_calls_per_step=100, min_agreement=0.9)
+ROLLOUT = RolloutSpec(shadow_calls=10, canary_steps=[10, 50, 100], min_calls_per_step=10, min_agreement=0.9)
 
 
-def move(stage: RolloutStage, step: int, calls: int, agreement: float | None, policy: RolloutSpec = ROLLOUT):  # type: ignore[no-untyped-def]
-    return next_rollout_move(policy, RolloutObservation(stage, step, calls, agreement))
+def move(stage: RolloutStage, step: int, scores: list[float], policy: RolloutSpec = ROLLOUT):  # type: ignore[no-untyped-def]
+    seen = RolloutObservation(stage, step, len(scores), estimate(scores, policy.confidence))
+    return next_rollout_move(policy, seen)
 
 
-def test_rollout_walks_shadow_canary_serving() -> None:
-    assert move(RolloutStage.SHADOW, 0, 150, 0.99).action is RolloutAction.WAIT
-    to_canary = move(RolloutStage.SHADOW, 0, 200, 0.95)
+def test_the_wilson_interval_and_the_calls_a_decision_needs() -> None:
+    perfect = estimate([1.0] * 35, 0.95)
+    assert perfect is not None and perfect.high == 1.0 and perfect.low == pytest.approx(35 / (35 + 1.96**2))
+    half = estimate([1.0, 0.0] * 50, 0.95)
+    assert (
+        half is not None
+        and half.low == pytest.approx(0.404, abs=0.001)
+        and half.high == pytest.approx(0.596, abs=0.001)
+    )
+    assert calls_to_decide(1.0, 0.9, 0.95) == 35  # all agree: 35 calls put the lower bound at 0.9
+    assert calls_to_decide(0.5, 0.9, 0.95) is not None and calls_to_decide(0.5, 0.9, 0.95) < 10  # type: ignore[operator]
+    assert calls_to_decide(0.9, 0.9, 0.95) is None  # right at the bar: never
+    assert estimate([], 0.95) is None
+
+
+def test_rollout_moves_when_the_interval_clears_the_bar() -> None:
+    assert move(RolloutStage.SHADOW, 0, [1.0] * 9).action is RolloutAction.WAIT  # under the floor
+    unsure = move(RolloutStage.SHADOW, 0, [1.0] * 30)  # lower bound 0.886 < 0.9
+    assert unsure.action is RolloutAction.WAIT and "about 5 more calls to decide" in unsure.reason
+    to_canary = move(RolloutStage.SHADOW, 0, [1.0] * 40)
     assert (to_canary.action, to_canary.stage, to_canary.traffic_percent) == (
         RolloutAction.ADVANCE,
         RolloutStage.CANARY,
         10,
     )
-    waiting = move(RolloutStage.CANARY, 0, 99, 0.95)
-    assert (waiting.action, waiting.traffic_percent) == (RolloutAction.WAIT, 10)
-    to_50 = move(RolloutStage.CANARY, 0, 100, 0.95)
+    assert "lower bound ≥ rollout.minAgreement" in to_canary.reason and "40 calls" in to_canary.reason
+    to_50 = move(RolloutStage.CANARY, 0, [1.0] * 40)
     assert (to_50.action, to_50.step_index, to_50.traffic_percent) == (RolloutAction.ADVANCE, 1, 50)
-    promoted = move(RolloutStage.CANARY, 1, 100, 0.93)
+    promoted = move(RolloutStage.CANARY, 1, [1.0] * 60)
     assert (promoted.action, promoted.stage, promoted.traffic_percent) == (
         RolloutAction.PROMOTE,
         RolloutStage.SERVING,
         100,
     )
-    assert move(RolloutStage.SERVING, 0, 5, None).action is RolloutAction.WAIT
 
 
-def test_rollout_rolls_back_below_the_bar_unless_disabled() -> None:
-    rolled = move(RolloutStage.CANARY, 1, 120, 0.5)
+def test_a_version_below_the_bar_is_rolled_back_as_soon_as_the_interval_says_so() -> None:
+    rolled = move(RolloutStage.CANARY, 1, [1.0, 0.0] * 6)  # 0.5 over 12 calls
     assert (rolled.action, rolled.traffic_percent) == (RolloutAction.ROLLBACK, 0)
-    assert "agreement 0.500 < rollout.minAgreement 0.900" in rolled.reason
-    held = move(RolloutStage.CANARY, 1, 120, 0.5, ROLLOUT.model_copy(update={"auto_rollback": False}))
+    assert "upper bound < rollout.minAgreement 0.900" in rolled.reason and "12 calls" in rolled.reason
+    held = move(RolloutStage.CANARY, 1, [1.0, 0.0] * 6, ROLLOUT.model_copy(update={"auto_rollback": False}))
     assert (held.action, held.traffic_percent) == (
         RolloutAction.WAIT,
         50,
     ) and "autoRollback is off" in held.reason
+    # right at the bar the interval never clears it: after maxCallsPerStep the mean decides
+    capped = ROLLOUT.model_copy(update={"max_calls_per_step": 50})
+    at_bar = move(RolloutStage.CANARY, 0, [1.0] * 45 + [0.0] * 5, capped)
+    assert at_bar.action is RolloutAction.ADVANCE and "after maxCallsPerStep" in at_bar.reason
+    under = move(RolloutStage.CANARY, 0, [1.0] * 44 + [0.0] * 6, capped)
+    assert under.action is RolloutAction.ROLLBACK and "after maxCallsPerStep" in under.reason
+
+
+def test_the_serving_version_is_watched() -> None:
+    assert move(RolloutStage.SERVING, 0, []).action is RolloutAction.WAIT
+    fine = move(RolloutStage.SERVING, 0, [1.0] * 8 + [0.0])
+    assert fine.action is RolloutAction.WAIT and fine.reason.startswith("serving: agreement 0.889")
+    fallen = move(RolloutStage.SERVING, 0, [0.0] * 5 + [1.0] * 3)
+    assert (fallen.action, fallen.stage) == (RolloutAction.ROLLBACK, RolloutStage.SERVING)
 
 
 def test_rollout_without_shadow_or_canary() -> None:
     direct = RolloutSpec(shadow_calls=0, canary_steps=[])
-    promoted = move(RolloutStage.SHADOW, 0, 0, None, direct)
+    promoted = move(RolloutStage.SHADOW, 0, [], direct)
     assert (promoted.action, promoted.traffic_percent) == (RolloutAction.PROMOTE, 100)
     no_shadow = RolloutSpec(shadow_calls=0, canary_steps=[25, 100])
-    first = move(RolloutStage.SHADOW, 0, 0, None, no_shadow)
+    first = move(RolloutStage.SHADOW, 0, [], no_shadow)
     assert (first.action, first.traffic_percent) == (RolloutAction.ADVANCE, 25)

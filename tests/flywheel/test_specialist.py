@@ -48,7 +48,13 @@ SPEC = SpecialistSpec.model_validate(
         "data": {"minExamples": 50},
         "training": {"rank": 8, "retrainAfterNewExamples": 40, "resources": {"gpu": 0}},
         "evaluation": {"minRelativeToTeacher": 0.8},
-        "rollout": {"shadowCalls": 2, "canarySteps": [50, 100], "minCallsPerStep": 2, "minAgreement": 0.75},
+        "rollout": {
+            "shadowCalls": 2,
+            "canarySteps": [50, 100],
+            "minCallsPerStep": 2,
+            "minAgreement": 0.5,
+            "confidence": 0.8,
+        },
     }
 )
 REQUEST = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
@@ -103,7 +109,16 @@ class MemoryIO:
         scores = {"metric": "exact_match", "specialist": score, "teacher": 1.0, "relativeToTeacher": score}
         self.results[name] = {"adapter_version": version, "dataset_version": "d", "scores": scores}
 
-    def call(self, at: datetime, served: str | None, shadow: tuple[str, float] | None = None) -> None:
+    def call(
+        self,
+        at: datetime,
+        served: str | None,
+        shadow: tuple[str, float] | None = None,
+        sampled: float | None = None,
+    ) -> None:
+        """A call answered by ``served`` (the teacher when None), with a shadow and a teacher sample."""
+        teacher = Upstream(kind=UpstreamKind.TEACHER, model="big")
+        sample = AlternateAnswer(upstream=teacher, agreement=sampled) if sampled is not None else None
         alternate = None
         if shadow is not None:
             upstream = Upstream(kind=UpstreamKind.SPECIALIST, model="s", specialist="s", version=shadow[0])
@@ -123,6 +138,7 @@ class MemoryIO:
                 latency=Latency(total_ms=1),
                 route=route,
                 alternate=alternate,
+                teacher_sample=sample,
             )
         )
 
@@ -165,8 +181,9 @@ async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
     status, events = await step(io, status, T0 + timedelta(minutes=4))
     assert events == []  # the canary step starts empty: old shadow calls do not count
 
-    for _ in range(2):
-        io.call(T0 + timedelta(minutes=5), "v1")
+    for _ in range(2):  # canary answers, scored by teacher samples
+        io.call(T0 + timedelta(minutes=5), "v1", sampled=1.0)
+    io.call(T0 + timedelta(minutes=5), "v1")  # not sampled: does not count
     status, events = await step(io, status, T0 + timedelta(minutes=6))
     assert events == ["Promoted"] and status.phase is SpecialistPhase.SERVING
     assert (status.active_version, status.traffic_share, status.score_vs_teacher) == ("v1", 100, 0.9)
@@ -191,11 +208,12 @@ async def test_a_rejected_candidate_and_a_rollback_leave_the_active_version() ->
     assert events == ["TrainingStarted"] and "40 new examples" in status.versions[-1].message
     io.finish(status.versions[-1].job_name or "", "v2", 0.95)
     status, _ = await step(io, status, T0)
-    io.call(T0 + timedelta(seconds=1), None, ("v2", 0.0))
-    io.call(T0 + timedelta(seconds=1), None, ("v2", 0.5))
+    for _ in range(6):
+        io.call(T0 + timedelta(seconds=1), None, ("v2", 0.0))
     status, events = await step(io, status, T0 + timedelta(seconds=2))
     assert events == ["RolledBack"] and status.versions[-1].state is VersionState.ROLLED_BACK
-    assert "agreement 0.250 < rollout.minAgreement" in status.versions[-1].message
+    message = status.versions[-1].message
+    assert "agreement 0.000" in message and "upper bound < rollout.minAgreement" in message
     assert io.route.candidate is None and io.route.active is None
 
 
@@ -257,3 +275,32 @@ async def test_suspended_and_schedule() -> None:
     assert schedule_due("@daily", T0, T0 + timedelta(hours=25))
     assert not schedule_due("@daily", T0 + timedelta(hours=1), T0 + timedelta(hours=20))
     assert not schedule_due(None, T0, T0 + timedelta(days=9))
+
+
+async def test_a_serving_version_that_turns_wrong_is_rolled_back_and_retrained() -> None:
+    """Answers that stay valid but stop agreeing with the teacher (a label swapped, say)."""
+    io = MemoryIO()
+    io.examples = 60
+    status, _ = await step(io, SpecialistStatus(), T0)
+    io.finish(status.versions[-1].job_name or "", "v1", 0.95)
+    status, _ = await step(io, status, T0)
+    io.route = io.route.model_copy(update={"active": "v1", "candidate": None})  # v1 serves
+    status.versions[-1].state = VersionState.SERVING
+    for minute in range(4):
+        io.call(T0 + timedelta(minutes=minute), "v1", sampled=1.0)
+    status, events = await step(io, status, T0 + timedelta(minutes=5))
+    assert events == [] and status.live is not None and status.live.stage == "serving"
+    assert (status.live.calls, status.live.agreement) == (4, 1.0)
+    for second in range(10):  # the agent's new release: v1's answers no longer match the teacher's
+        io.call(T0 + timedelta(minutes=6, seconds=second), "v1", sampled=0.0)
+    status, events = await step(io, status, T0 + timedelta(minutes=7))
+    assert events == ["RolledBack"] and io.route.active is None  # no earlier good version: the teacher
+    assert (
+        status.versions[-1].state is VersionState.ROLLED_BACK
+        and "while serving" in status.versions[-1].message
+    )
+    assert status.retrain_reason == "v1 was rolled back while serving" and status.live is None
+    io.examples = 70  # the teacher samples' answers curated: retrain on them at once
+    status, events = await step(io, status, T0 + timedelta(minutes=8))
+    assert events == ["TrainingStarted"] and "rolled back while serving" in status.versions[-1].message
+    assert status.retrain_reason is None

@@ -26,8 +26,9 @@ from pydantic import TypeAdapter
 from starlette.types import Receive, Scope, Send
 
 from protege.api.calls import CallRecord, CallStatus, Endpoint, RouteReason, UpstreamKind
-from protege.api.specialist import FallbackSpec, OutputValidation
-from protege.serving.router.table import RoutingTable, SpecialistRoute
+from protege.api.specialist import EvaluationMetric, FallbackSpec, OutputValidation
+from protege.flywheel.policy import RolloutStage
+from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore
 from protege.testing import RunningGateway, records_of, seed_task
@@ -865,3 +866,79 @@ def test_a_responses_call_is_routed_by_its_task(
     [record] = records_of(gateway.settings.nats_url, gateway.tenant, 1)
     assert record.endpoint is Endpoint.RESPONSES and record.route.task_id == "t-intent"
     assert record.route.reason is RouteReason.SPECIALIST
+
+
+def test_teacher_samples_score_the_specialist_and_a_shadow_against_the_teacher(
+    routed: Callable[..., RunningGateway],
+    engine: tuple[ServerThread, FakeEngine],
+    file_artifact_store: ArtifactStore,
+    tmp_path: Path,
+) -> None:
+    """Live quality is agreement with the teacher: the serving version's answers by teacher samples,
+    and a version-2 shadow against the teacher's answer, not against the version that serves."""
+    gateway = routed()
+    _seed_intent_task(gateway, file_artifact_store)
+    route = SpecialistRoute(
+        specialist="intent-spec",
+        tenant=gateway.tenant,
+        task_id="t-intent",
+        active="v1",
+        candidate=Candidate(version="v2", stage=RolloutStage.SHADOW),
+        metric=EvaluationMetric.EXACT_MATCH,
+        teacher_sample_rate=1.0,
+    )
+    _write_table(gateway, tmp_path / "routes.json", [route])
+    for seed in range(3):
+        answered = _post(gateway, "/chat/completions", _intent_call(20 + seed))
+        assert answered.status_code == 200 and answered.headers["x-protege-upstream"] == "intent-spec@v1"
+        assert answered.json()["choices"][0]["message"]["content"] == "The answer is forty two"
+    records = records_of(gateway.settings.nats_url, gateway.tenant, 3)
+    assert len(records) == 3
+    for record in records:
+        assert isinstance(record, CallRecord) and record.route.target is UpstreamKind.SPECIALIST
+        sample = record.teacher_sample
+        assert sample is not None and sample.upstream.kind is UpstreamKind.TEACHER
+        assert sample.response is not None and str(sample.response.content).startswith("fake: ")
+        assert sample.agreement == 0.0  # the specialist's answer is not the teacher's
+        shadow = record.alternate
+        assert shadow is not None and shadow.upstream.version == "v2"
+        assert shadow.agreement == 0.0  # against the serving v1's identical answer it would be 1.0
+    metrics = httpx.get(gateway.server.url + "/metrics").text
+    assert 'protege_router_teacher_samples_total{outcome="taken",specialist="intent-spec"} 3.0' in metrics
+
+
+def test_teacher_samples_stay_within_their_budget(
+    start_gateway: Callable[..., RunningGateway],
+    teacher: tuple[ServerThread, FakeOpenAI],
+    engine: tuple[ServerThread, FakeEngine],
+    file_artifact_store: ArtifactStore,
+    tmp_path: Path,
+) -> None:
+    table = tmp_path / "routes.json"
+    gateway = start_gateway(
+        teacher_url=teacher[0].url + "/v1",
+        teacher={"model": MODEL},
+        artifact_store=file_artifact_store.url,
+        router={
+            "enabled": True,
+            "engine_url": engine[0].url,
+            "table": str(table),
+            "refresh_seconds": 0.05,
+            "teacher_samples_per_minute": 2,
+        },
+    )
+    _seed_intent_task(gateway, file_artifact_store)
+    route = SpecialistRoute(
+        specialist="intent-spec",
+        tenant=gateway.tenant,
+        task_id="t-intent",
+        active="v1",
+        teacher_sample_rate=1,
+    )
+    _write_table(gateway, table, [route])
+    for seed in range(4):
+        assert _post(gateway, "/chat/completions", _intent_call(30 + seed)).status_code == 200
+    logged = records_of(gateway.settings.nats_url, gateway.tenant, 4)
+    assert sum(isinstance(r, CallRecord) and r.teacher_sample is not None for r in logged) == 2
+    metrics = httpx.get(gateway.server.url + "/metrics").text
+    assert 'protege_router_teacher_samples_total{outcome="budget",specialist="intent-spec"} 2.0' in metrics

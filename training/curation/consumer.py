@@ -36,6 +36,7 @@ from protege.training.curation.filters import (
     dedup_text,
     exact_key,
     reject_reason,
+    teacher_view,
 )
 from protege.training.examples import DAY_MS, Example, example_from_record
 from protege.training.pii import Finding, RecordRedaction
@@ -206,7 +207,7 @@ class Curator:
         for message in messages:
             self.stats.seen += 1
             try:
-                record = CallRecord.from_json(message.data)
+                record = teacher_view(CallRecord.from_json(message.data))
             except (ValidationError, ValueError) as error:
                 await self._dead_letter(js, message, error)
                 continue

@@ -22,6 +22,22 @@ from protege.config import CurationPolicy
 CHAT_ENDPOINTS = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.RESPONSES})
 
 
+def teacher_view(record: CallRecord) -> CallRecord:
+    """The call with the teacher's answer: a specialist-answered call's teacher sample, when it has one.
+
+    Teacher samples score specialists live; their answers are distillation data like any other,
+    so the next training learns from what the teacher says now (after a drift, say).
+    """
+    sample = record.teacher_sample
+    if record.upstream is None or record.upstream.kind is UpstreamKind.TEACHER or sample is None:
+        return record
+    if sample.response is None or sample.error is not None:
+        return record
+    return record.model_copy(
+        update={"response": sample.response, "upstream": sample.upstream, "usage": sample.usage}
+    )
+
+
 def reject_reason(record: CallRecord, policy: CurationPolicy) -> str | None:
     """Why a record is not a training example, or None to keep it."""
     if record.endpoint not in CHAT_ENDPOINTS:
