@@ -133,7 +133,7 @@ def wilson(mean: float, calls: int, confidence: float) -> tuple[float, float]:
     z2 = z * z
     centre = (mean + z2 / (2 * calls)) / (1 + z2 / calls)
     half = z * ((mean * (1 - mean) / calls + z2 / (4 * calls * calls)) ** 0.5) / (1 + z2 / calls)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(mean, centre - half)), min(1.0, max(mean, centre + half))  # rounding aside
 
 
 def calls_to_decide(mean: float, bar: float, confidence: float, limit: int = 1_000_000) -> int | None:

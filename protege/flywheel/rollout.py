@@ -36,27 +36,45 @@ _FALLBACKS = {
 }
 
 
+def record_scores(record: CallRecord, version: str | None = None) -> list[float]:
+    """The scores against the teacher a record holds for ``version`` (for any version when None).
+
+    A shadow answer scored against the teacher (0 when it failed); an answer the version
+    returned, scored against its teacher sample; 0 for a call of the version that fell back.
+    """
+    scores = []
+    alternate = record.alternate  # a shadow answer, unless the router rejected it (a fallback)
+    if (
+        alternate is not None
+        and alternate.rejection is None
+        and alternate.upstream.version is not None
+        and version in (None, alternate.upstream.version)
+    ):
+        if alternate.error is not None:  # a shadow answer that failed
+            scores.append(0.0)
+        elif alternate.agreement is not None:
+            scores.append(alternate.agreement)
+    if version not in (None, record.route.version):
+        return scores
+    if record.route.target is UpstreamKind.SPECIALIST:
+        sample = record.teacher_sample
+        if sample is not None and sample.agreement is not None:
+            scores.append(sample.agreement)
+    elif record.route.reason in _FALLBACKS:
+        scores.append(0.0)
+    return scores
+
+
 def version_scores(
     records: Iterable[CallRecord], specialist: str, version: str, since: datetime | None = None
 ) -> list[float]:
     """The version's scores against the teacher, one per scored call since ``since``."""
-    scores: list[float] = []
-    for record in records:
-        if (since is not None and record.timestamp < since) or record.route.specialist != specialist:
-            continue
-        alternate = record.alternate
-        if alternate is not None and alternate.upstream.version == version and alternate.rejection is None:
-            if alternate.error is not None:  # a shadow answer that failed
-                scores.append(0.0)
-            elif alternate.agreement is not None:  # a shadow answer scored against the teacher
-                scores.append(alternate.agreement)
-        elif record.route.version == version and record.route.target is UpstreamKind.SPECIALIST:
-            sample = record.teacher_sample
-            if sample is not None and sample.agreement is not None:
-                scores.append(sample.agreement)
-        elif record.route.version == version and record.route.reason in _FALLBACKS:
-            scores.append(0.0)
-    return scores
+    return [
+        score
+        for record in records
+        if (since is None or record.timestamp >= since) and record.route.specialist == specialist
+        for score in record_scores(record, version)
+    ]
 
 
 def observe(

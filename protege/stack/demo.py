@@ -40,6 +40,7 @@ from protege.stack.report import (
     HeldOutScores,
     PriceModel,
     TaskRow,
+    agreement_over_time,
     html_report,
     markdown_table,
     plots_png,
@@ -145,6 +146,8 @@ class DemoResult:
     marks: dict[str, float] = field(default_factory=dict)
     statuses: dict[str, SpecialistStatus] = field(default_factory=dict)
     fallbacks: Counter[str] = field(default_factory=Counter)
+    # per task: (seconds, agreement with the teacher, low, high) over its last scored calls
+    agreement: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
 
 
 class Demo:
@@ -462,6 +465,7 @@ class Demo:
             fallbacks=Counter(
                 r.route.reason.value for r in records if r.route.reason.value.startswith("fallback_")
             ),
+            agreement={family: agreement_over_time(calls) for family, calls in by_family.items()},
         )
         self.write(result, records)
         return result
@@ -472,7 +476,13 @@ class Demo:
     def write(self, result: DemoResult, records: Sequence[CallRecord]) -> None:
         out = result.report_dir
         out.mkdir(parents=True, exist_ok=True)
-        png = plots_png(result.rows, traffic_over_time(records), result.marks, self.plan.prices)
+        png = plots_png(
+            result.rows,
+            traffic_over_time(records),
+            result.marks,
+            self.plan.prices,
+            agreement=result.agreement,
+        )
         timeline = version_timeline(result.statuses)
         summary = {
             "runtime": f"{result.seconds / 60:.1f} min",

@@ -18,6 +18,8 @@ from rich.table import Table
 from protege.api.calls import CallRecord, UpstreamKind
 from protege.api.specialist import SpecialistStatus
 from protege.capture.stats import percentile
+from protege.flywheel.policy import Estimate, estimate
+from protege.flywheel.rollout import record_scores
 
 
 class PriceModel(BaseModel):
@@ -83,6 +85,9 @@ class TaskRow:
     specialist_usd_per_1k: float
     traffic_share: float  # over the family's last calls
     fallbacks: dict[str, int] = field(default_factory=dict)
+    sampled_share: float = 0.0  # of the calls specialists answered, the share the teacher answered too
+    samples_usd_per_1k: float = 0.0  # the teacher samples' cost per 1,000 calls of the task
+    live: Estimate | None = None  # the agreement with the teacher over every scored call
 
     @property
     def relative(self) -> float | None:
@@ -106,6 +111,7 @@ def task_rows(
     *,
     prices: PriceModel,
     recent: int = 100,
+    confidence: float = 0.9,
 ) -> list[TaskRow]:
     rows = []
     for family, records in sorted(records_by_family.items()):
@@ -122,6 +128,11 @@ def task_rows(
         fallbacks = Counter(
             r.route.reason.value for r in records if r.route.reason.value.startswith("fallback_")
         )
+        answered = [
+            r for r in records if r.upstream is not None and r.upstream.kind is UpstreamKind.SPECIALIST
+        ]
+        samples = [r.teacher_sample.usage for r in answered if r.teacher_sample is not None]
+        samples_usd = sum(prices.teacher_cost(u.prompt_tokens, u.completion_tokens) for u in samples if u)
         rows.append(
             TaskRow(
                 family=family,
@@ -144,6 +155,9 @@ def task_rows(
                 )
                 / len(last),
                 fallbacks=dict(fallbacks),
+                sampled_share=len(samples) / len(answered) if answered else 0.0,
+                samples_usd_per_1k=1000 * samples_usd / len(records),
+                live=estimate([x for r in records for x in record_scores(r)], confidence),
             )
         )
     return rows
@@ -160,8 +174,12 @@ def _ms(value: float | None) -> str:
 COLUMNS = (
     "task", "specialist", "versions", "metric", "teacher", "base 0-shot", "specialist", "% of teacher",
     "p50/p95 ms teacher", "p50/p95 ms specialist", "tokens/call", "$/1k teacher", "$/1k specialist",
-    "traffic share", "fallbacks",
+    "traffic share", "fallbacks", "live agreement", "teacher-sampled ($/1k)",
 )  # fmt: skip
+
+
+def _estimate(live: Estimate | None) -> str:
+    return "-" if live is None else f"{live.mean:.2f} [{live.low:.2f}, {live.high:.2f}] n={live.calls}"
 
 
 def row_cells(row: TaskRow) -> list[str]:
@@ -183,6 +201,10 @@ def row_cells(row: TaskRow) -> list[str]:
         f"{row.specialist_usd_per_1k:.4f}",
         f"{row.traffic_share:.0%}",
         fallbacks or "-",
+        "-"
+        if row.live is None
+        else f"{row.live.mean:.2f} [{row.live.low:.2f}, {row.live.high:.2f}] n={row.live.calls}",
+        f"{row.sampled_share:.0%} ({row.samples_usd_per_1k:.4f})",
     ]
 
 
@@ -220,6 +242,25 @@ def traffic_over_time(
     return [(i * bin_seconds, sum(b) / len(b), len(b)) for i, b in sorted(bins.items())]
 
 
+AGREEMENT_WINDOW = 20  # scored calls behind each point of the agreement-over-time plot
+
+
+def agreement_over_time(
+    records: Sequence[CallRecord], confidence: float = 0.9, window: int = AGREEMENT_WINDOW
+) -> list[tuple[float, float, float, float]]:
+    """(seconds since the first call, agreement, low, high) over the last ``window`` scored calls."""
+    if not records:
+        return []
+    start = min(r.timestamp for r in records)
+    scored = [(r.timestamp, x) for r in sorted(records, key=lambda r: r.timestamp) for x in record_scores(r)]
+    points = []
+    for index in range(len(scored)):
+        est = estimate([x for _, x in scored[max(0, index + 1 - window) : index + 1]], confidence)
+        if est is not None:
+            points.append(((scored[index][0] - start).total_seconds(), est.mean, est.low, est.high))
+    return points
+
+
 def version_timeline(statuses: dict[str, SpecialistStatus]) -> list[dict[str, object]]:
     """Every version of every specialist: when trained, its state, its score against the teacher."""
     timeline: list[dict[str, object]] = []
@@ -244,15 +285,18 @@ def plots_png(
     traffic: Sequence[tuple[float, float, int]],
     marks: dict[str, float],
     prices: PriceModel,
+    *,
     bin_seconds: float = TRAFFIC_BIN_SECONDS,
+    agreement: dict[str, list[tuple[float, float, float, float]]] | None = None,
 ) -> bytes:
-    """Quality against cost per task, and the specialists' share of traffic (per bin) over time."""
+    """Quality against cost per task, the specialists' share of traffic over time, and each task's
+    live agreement with the teacher (the estimate and its interval over the last scored calls)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (quality, share) = plt.subplots(1, 2, figsize=(13, 5))
+    figure, (quality, share, live) = plt.subplots(1, 3, figsize=(19, 5))
     colours = plt.get_cmap("tab10")
     markers = {"teacher": "o", "base 0-shot": "x", "specialist": "*"}
     for index, row in enumerate(rows):
@@ -296,6 +340,18 @@ def plots_png(
     share.set_xlabel("minutes since the first call")
     share.set_ylabel("% of calls answered by specialists")
     share.set_title("traffic served by specialists")
+    for index, (family, series) in enumerate(sorted((agreement or {}).items())):
+        if not series:
+            continue
+        minutes, means, lows, highs = zip(*((t / 60, m, lo, hi) for t, m, lo, hi in series), strict=True)
+        live.plot(minutes, means, color=colours(index % 10), label=family)
+        live.fill_between(minutes, lows, highs, color=colours(index % 10), alpha=0.15)
+    live.set_ylim(0, 1.02)
+    live.set_xlabel("minutes since the first call")
+    live.set_ylabel(f"agreement with the teacher (last {AGREEMENT_WINDOW} scored calls)")
+    live.set_title("live agreement and its interval")
+    if any(agreement.values() if agreement else ()):
+        live.legend(fontsize=7, loc="lower right")
     figure.suptitle(prices.describe(), fontsize=8)
     figure.tight_layout()
     out = io.BytesIO()

@@ -66,7 +66,14 @@ class GatewayMetrics:
         )
         self.shadow_agreement = Histogram(
             "protege_router_shadow_agreement",
-            "Task score of shadow answers against the answers returned.",
+            "Score of shadow answers against the teacher's answers (the Specialist's metric).",
+            ["specialist", "version"],
+            buckets=(0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0),
+            registry=self.registry,
+        )
+        self.teacher_agreement = Histogram(
+            "protege_router_teacher_agreement",
+            "Score of the answers a specialist version returned against teacher samples of the same calls.",
             ["specialist", "version"],
             buckets=(0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0),
             registry=self.registry,
@@ -122,11 +129,13 @@ class GatewayMetrics:
         self.routes.labels(
             route.target.value, route.specialist or "", route.version or "", route.reason.value
         ).inc()
-        alternate = record.alternate
+        alternate, sample = record.alternate, record.teacher_sample
         if alternate is not None and alternate.agreement is not None:
-            self.shadow_agreement.labels(route.specialist or "", route.version or "").observe(
-                alternate.agreement
-            )
+            shadow = alternate.upstream.version or ""
+            self.shadow_agreement.labels(route.specialist or "", shadow).observe(alternate.agreement)
+        if sample is not None and sample.agreement is not None:
+            served = route.version or ""
+            self.teacher_agreement.labels(route.specialist or "", served).observe(sample.agreement)
 
 
 class _PublisherCollector(Collector):

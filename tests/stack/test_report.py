@@ -6,6 +6,7 @@ import time
 from collections import Counter as Tally
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from rich.console import Console
 
@@ -15,6 +16,7 @@ from protege.stack.report import (
     HeldOutScores,
     PriceModel,
     TaskRow,
+    agreement_over_time,
     markdown_table,
     plots_png,
     task_rows,
@@ -25,7 +27,15 @@ from protege.stack.view import Snapshot, Traffic, parse_traffic, render
 START = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
 
 
-def record(seconds: float, *, specialist: bool, reason: str | None = None, ms: float = 100) -> CallRecord:
+def record(
+    seconds: float,
+    *,
+    specialist: bool,
+    reason: str | None = None,
+    ms: float = 100,
+    sampled: float | None = None,
+) -> CallRecord:
+    """A call; ``sampled``: the specialist's score against a teacher sample of it."""
     upstream = (
         {"kind": "specialist", "model": "intent@v1", "specialist": "intent", "version": "v1"}
         if specialist
@@ -46,6 +56,13 @@ def record(seconds: float, *, specialist: bool, reason: str | None = None, ms: f
             "latency": {"total_ms": ms},
             "upstream": upstream,
             "route": route,
+            "teacher_sample": None
+            if sampled is None
+            else {
+                "upstream": {"kind": "teacher", "model": "teacher"},
+                "usage": {"prompt_tokens": 900, "completion_tokens": 100, "total_tokens": 1000},
+                "agreement": sampled,
+            },
         }
     )
 
@@ -61,7 +78,8 @@ PRICES = PriceModel(
 def intent_row() -> TaskRow:
     """Four teacher calls, five by the specialist, a fallback; held-out 0.1 for the base, 0.95 for it."""
     records = [record(i, specialist=False, ms=800) for i in range(4)]
-    records += [record(10 + i, specialist=True, ms=50) for i in range(5)]
+    records += [record(10 + i, specialist=True, ms=50, sampled=x) for i, x in enumerate([1, 1, 1, 0])]
+    records.append(record(14, specialist=True, ms=50))  # not sampled
     records.append(record(20, specialist=False, reason="fallback_invalid_output", ms=900))
     status = SpecialistStatus.model_validate(
         {"activeVersion": "v1", "versions": [{"version": "v1", "state": "Serving"}]}
@@ -88,6 +106,18 @@ def test_rows_price_quality_latency_share_and_fallbacks() -> None:
     assert row.fallbacks == {"fallback_invalid_output": 1}
     table = markdown_table([row])
     assert "| intent | intent@v1 | 1 | exact_match | 1.00 | 0.10 | 0.95 | 95% |" in table
+    # live: four teacher samples (three agree) and the fallback (0) over five scored calls
+    assert row.live is not None and (row.live.calls, row.live.mean) == (5, 0.6)
+    assert row.sampled_share == 4 / 5 and row.samples_usd_per_1k == pytest.approx(1000 * 4 * 0.0028 / 10)
+    assert "0.60 [" in table and "n=5" in table and "80% (1.1200)" in table
+
+
+def test_agreement_over_time_follows_the_last_scored_calls() -> None:
+    records = [record(i, specialist=True, sampled=1.0) for i in range(10)]
+    records += [record(10 + i, specialist=True, sampled=0.0) for i in range(10)]
+    points = agreement_over_time(records, window=10)
+    assert len(points) == 20 and points[9][1] == 1.0 and points[-1][1] == 0.0
+    assert all(low <= mean <= high for _, mean, low, high in points)
 
 
 def test_traffic_share_over_time_bins() -> None:
@@ -147,5 +177,7 @@ def test_the_plots_render_with_a_bar_of_calls_per_bin() -> None:
     records = [record(i, specialist=i % 3 == 0) for i in range(0, 300, 4)] + [record(301, specialist=True)]
     traffic = traffic_over_time(records)
     assert traffic[-1] == (300, 1.0, 1)  # the share of a last bin of one call: hence its bar
-    png = plots_png([intent_row()], traffic, {"drift": 290.0}, PRICES)
+    scored = [record(i, specialist=True, sampled=float(i % 5 != 0)) for i in range(0, 300, 4)]
+    agreement = {"intent": agreement_over_time(scored)}
+    png = plots_png([intent_row()], traffic, {"drift": 290.0}, PRICES, agreement=agreement)
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
