@@ -66,10 +66,11 @@ def discover_tasks(
     examples = ExampleStore(store).load(tenant)
     if not examples:
         fail("no curated examples yet: send calls through the gateway, then run `protege curate`", code=3)
+    previous = load_registry(store)
     with console.status(f"embedding and clustering {len(examples)} examples ..."):
-        registry = discover(
-            examples, MiniLM(), load_registry(store), DiscoverySettings(min_task_size=min_task_size)
-        )
+        registry = discover(examples, MiniLM(), previous, DiscoverySettings(min_task_size=min_task_size))
+    if tenant is not None:  # the other tenants' tasks stay as they were
+        registry = registry.with_other_tenants(previous, tenant)
     save_registry(store, registry)
     _print_tasks(registry)
     if registry.unassigned:

@@ -170,3 +170,24 @@ def test_a_sql_task_carries_its_database_for_execution_scoring(tmp_path: Path) -
     sqlite3.connect(tmp_path / "empty.sqlite").close()
     with pytest.raises(DatasetError, match="no tables"):
         build_dataset(store, task, examples, sql_database=tmp_path / "empty.sqlite")
+
+
+def test_discovering_one_tenant_keeps_the_other_tenants_tasks() -> None:
+    """`protege tasks discover --tenant T` rewrote the registry with T's tasks alone."""
+    task, _ = small_task("intent", 20)
+
+    def of(tenant: str, task_id: str) -> Task:
+        fingerprint_ = task.router.fingerprint.model_copy(update={"tenant": tenant})
+        return task.model_copy(
+            update={"id": task_id, "router": task.router.model_copy(update={"fingerprint": fingerprint_})}
+        )
+
+    previous = TaskRegistry(
+        tasks=[of("acme", "task-old-acme"), of("globex", "task-globex")],
+        prompt_segments={"acme": {"a": 10}, "globex": {"g": 12}},
+    )
+    fresh = TaskRegistry(tasks=[of("acme", "task-new-acme")], prompt_segments={"acme": {"b": 11}})
+    merged = fresh.with_other_tenants(previous, "acme")
+    assert sorted(t.id for t in merged.tasks) == ["task-globex", "task-new-acme"]
+    assert merged.prompt_segments == {"acme": {"b": 11}, "globex": {"g": 12}}
+    assert fresh.with_other_tenants(None, "acme") == fresh

@@ -146,6 +146,20 @@ class TaskRegistry(BaseModel):
     def segment_counts(self, tenant: str) -> SegmentCounts:
         return self.prompt_segments.get(tenant, {})
 
+    def with_other_tenants(self, previous: TaskRegistry | None, tenant: str) -> TaskRegistry:
+        """This registry (one tenant's discovery) with every other tenant's tasks kept from ``previous``."""
+        if previous is None:
+            return self
+        others = [t for t in previous.tasks if t.router.fingerprint.tenant != tenant]
+        segments = {t: c for t, c in previous.prompt_segments.items() if t != tenant}
+        return self.model_copy(
+            update={
+                "tasks": sorted([*self.tasks, *others], key=lambda t: (-t.size, t.id)),
+                "prompt_segments": {**segments, **self.prompt_segments},
+                "examples": self.examples + sum(t.size for t in others),
+            }
+        )
+
     def get(self, task_id: str) -> Task:
         for task in self.tasks:
             if task_id in (task.id, task.name):
