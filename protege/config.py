@@ -162,7 +162,47 @@ class RouterSettings(BaseModel):
         description="Routing table (JSON) written by the flywheel driver; re-read when it changes.",
     )
     timeout_seconds: float = Field(
-        default=30, gt=0, description="Specialist answer deadline; past it the teacher answers."
+        default=30,
+        gt=0,
+        description="The longest wait for a specialist's answer (for a token stream: its first bytes); "
+        "past it the teacher answers. The deadline until a version's latencies are known, the ceiling of "
+        "its adaptive deadline, and the wait of a breaker's probe and of calls naming a specialist.",
+    )
+    deadline_quantile: float = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        description="A version's adaptive deadline is this quantile of its recent successful latencies, "
+        "times deadline_margin, within [deadline_floor_seconds, timeout_seconds].",
+    )
+    deadline_margin: float = Field(
+        default=3, ge=1, description="Adaptive deadline: the factor on the latency quantile."
+    )
+    deadline_floor_seconds: float = Field(
+        default=2,
+        gt=0,
+        description="Adaptive deadline: never below this (an adapter reloaded after eviction must still "
+        "fit) unless timeout_seconds is lower; at timeout_seconds or more, deadlines do not adapt.",
+    )
+    deadline_window: int = Field(
+        default=200, ge=1, description="Successful latencies kept per version and kind (whole, first bytes)."
+    )
+    deadline_min_observations: int = Field(
+        default=20,
+        ge=1,
+        description="Successful answers a version needs before its deadline adapts (timeout_seconds "
+        "until then).",
+    )
+    breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive failures (timeouts, an unreachable engine, errors) that open a version's "
+        "circuit breaker: its calls then go to the teacher without asking the engine.",
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=30,
+        gt=0,
+        description="How long an open breaker refuses calls before one probe call is let through.",
     )
     refresh_seconds: float = Field(default=2, gt=0, description="How often the table and tasks are re-read.")
     max_shadow_in_flight: int = Field(
@@ -184,6 +224,12 @@ class RouterSettings(BaseModel):
     def _engine(self) -> RouterSettings:
         if self.enabled and not self.engine_url:
             raise ValueError("router.enabled needs router.engine_url (PROTEGE_ROUTER__ENGINE_URL)")
+        if self.deadline_min_observations > self.deadline_window:
+            raise ValueError(
+                f"router.deadline_min_observations ({self.deadline_min_observations}) exceeds "
+                f"router.deadline_window ({self.deadline_window}), which keeps fewer latencies; lower it "
+                "or widen the window"
+            )
         return self
 
 

@@ -191,6 +191,7 @@ class RouteReason(StrEnum):
     FALLBACK_INVALID_OUTPUT = "fallback_invalid_output"
     FALLBACK_LOW_CONFIDENCE = "fallback_low_confidence"
     FALLBACK_SPECIALIST_ERROR = "fallback_specialist_error"
+    BREAKER_OPEN = "breaker_open"  # the version's circuit breaker is open: the engine was not asked
 
 
 class Endpoint(StrEnum):

@@ -73,8 +73,9 @@ from protege.serving.gateway.validation import (
     parse_embeddings_request,
     parse_responses_request,
 )
+from protege.serving.router.breaker import Admission
 from protege.serving.router.router import Plan, Router, SpecialistAnswer, streams_tokens
-from protege.serving.router.table import SpecialistRoute, UnknownAdapterError
+from protege.serving.router.table import CONVERSATION_HEADER, SpecialistRoute, UnknownAdapterError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -132,6 +133,8 @@ class Gateway:
         self.sink = sink
         self.metrics = metrics
         self.router = Router(settings) if settings.router.enabled else None
+        if self.router is not None:
+            metrics.watch_breakers(self.router)
         self.sampler = (
             TeacherSampler(
                 self.teacher,
@@ -217,7 +220,7 @@ class Gateway:
             observer.teacher_sample = self.sampler.ask(ask)
 
     def _shadow(
-        self, data: dict[str, Any], route: SpecialistRoute, version: str
+        self, data: dict[str, Any], route: SpecialistRoute, version: str, admission: Admission
     ) -> asyncio.Future[SpecialistAnswer] | None:
         """Ask the shadow version too, unless as many shadow answers as allowed are awaited.
 
@@ -227,8 +230,9 @@ class Gateway:
         assert self.router is not None
         if len(self._shadows) >= self.settings.router.max_shadow_in_flight:
             self.metrics.shadows_skipped.labels(route.specialist, version).inc()
+            self.router.abandon(route.specialist, version, admission)
             return None
-        shadow = asyncio.ensure_future(self.router.ask(data, route, version))
+        shadow = asyncio.ensure_future(self.router.ask(data, route, version, admission))
         self._shadows.add(shadow)
         shadow.add_done_callback(self._shadows.discard)
         return shadow
@@ -273,7 +277,13 @@ class Gateway:
         try:
             principal, body = await self._authenticated_body(request)
             parsed = parse_chat_request(body, models=self.models, is_specialist=self._is_specialist)
-            plan = await self.router.plan(principal.tenant, parsed.chat) if self.router is not None else None
+            plan = (
+                await self.router.plan(
+                    principal.tenant, parsed.chat, request.headers.get(CONVERSATION_HEADER)
+                )
+                if self.router is not None
+                else None
+            )
         except (GatewayError, UnknownAdapterError) as error:
             return self._refused(error)
         observer = self._observer(parsed.chat, principal, Endpoint.CHAT_COMPLETIONS)
@@ -291,7 +301,8 @@ class Gateway:
             parsed = parse_responses_request(body, models=self.models, is_specialist=self._is_specialist)
             plan = None
             if self.router is not None and parsed.view.teacher_only is None:
-                plan = await self.router.plan(principal.tenant, parsed.chat)
+                conversation = request.headers.get(CONVERSATION_HEADER)
+                plan = await self.router.plan(principal.tenant, parsed.chat, conversation)
         except (GatewayError, UnknownAdapterError) as error:
             return self._refused(error)
         observer = self._observer(parsed.chat, principal, Endpoint.RESPONSES)
@@ -368,7 +379,7 @@ class Gateway:
         assert self.router is not None
         route, choice = plan.route, plan.choice
         if route is not None and choice.shadow is not None:
-            observer.shadow = self._shadow(ask, route, choice.shadow)
+            observer.shadow = self._shadow(ask, route, choice.shadow, plan.shadow_admission)
         if route is None or choice.version is None:
             observer.route = plan.decision(UpstreamKind.TEACHER)
             return None
@@ -378,7 +389,9 @@ class Gateway:
                 plan, route, choice.version, ask=ask, parsed=parsed, observer=observer, request=request
             )
         try:
-            answer = await unless_disconnected(self.router.ask(ask, route, choice.version), request.receive)
+            answer = await unless_disconnected(
+                self.router.ask(ask, route, choice.version, plan.admission), request.receive
+            )
         except ClientDisconnected:
             return self._caller_left(observer)
         self.metrics.specialist_latency.labels(route.specialist, choice.version).observe(answer.seconds)
@@ -424,7 +437,9 @@ class Gateway:
         """The specialist's tokens as they come; the teacher's turn if it fails before the first."""
         assert self.router is not None
         try:
-            opened = await unless_disconnected(self.router.open_stream(ask, route, version), request.receive)
+            opened = await unless_disconnected(
+                self.router.open_stream(ask, route, version, plan.admission), request.receive
+            )
         except ClientDisconnected:
             return self._caller_left(observer)
         latency = self.metrics.specialist_latency.labels(route.specialist, version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -10,6 +11,10 @@ from prometheus_client.registry import Collector
 
 from protege.api.calls import CallRecord, CallStatus, Usage
 from protege.capture.publisher import CallLogPublisher
+from protege.serving.router.breaker import BreakerState
+
+if TYPE_CHECKING:
+    from protege.serving.router.router import Router
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -53,7 +58,8 @@ class GatewayMetrics:
         self.routes = Counter(
             "protege_router_calls",
             "Calls by route decision: where they went (target), specialist, version and reason "
-            "(specialist, canary, shadow, pinned, no_task_match, no_active_specialist, fallback_*).",
+            "(specialist, canary, shadow, pinned, no_task_match, no_active_specialist, breaker_open, "
+            "fallback_*).",
             ["target", "specialist", "version", "reason"],
             registry=self.registry,
         )
@@ -91,8 +97,24 @@ class GatewayMetrics:
             ["specialist", "outcome"],
             registry=self.registry,
         )
+        self.breaker_transitions = Counter(
+            "protege_router_breaker_transitions",
+            "Circuit breaker transitions of specialist versions, by the state entered "
+            "(open, half_open, closed).",
+            ["specialist", "version", "state"],
+            registry=self.registry,
+        )
         if publisher is not None:
             self.registry.register(_PublisherCollector(publisher))
+
+    def watch_breakers(self, router: Router) -> None:
+        """Export the router's breaker states and deadlines, and count its breakers' transitions."""
+        self.registry.register(_BreakerCollector(router))
+
+        def moved(specialist: str, version: str, state: BreakerState) -> None:
+            self.breaker_transitions.labels(specialist, version, state.value).inc()
+
+        router.on_breaker_change = moved
 
     def observe(self, record: CallRecord, status_code: int) -> None:
         self.requests.labels(
@@ -136,6 +158,33 @@ class GatewayMetrics:
         if sample is not None and sample.agreement is not None:
             served = route.version or ""
             self.teacher_agreement.labels(route.specialist or "", served).observe(sample.agreement)
+
+
+class _BreakerCollector(Collector):
+    """The breakers of the versions in the routing table, read at scrape time (on the event loop)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = GaugeMetricFamily(
+            "protege_router_breaker_state",
+            "Circuit breaker of a specialist version: 0 closed, 1 half-open (a probe may go), "
+            "2 open (its calls go to the teacher).",
+            labels=["specialist", "version"],
+        )
+        deadlines = GaugeMetricFamily(
+            "protege_router_deadline_seconds",
+            "A specialist version's deadline for ordinary calls, by wait (whole answer, first bytes of "
+            "a stream): adaptive once enough answers were timed, router.timeout_seconds until then.",
+            labels=["specialist", "version", "wait"],
+        )
+        for (specialist, version), breaker in list(self.router.breakers.items()):
+            states.add_metric([specialist, version], breaker.state.level)
+            deadlines.add_metric([specialist, version, "whole"], breaker.whole.deadline)
+            deadlines.add_metric([specialist, version, "first_bytes"], breaker.first.deadline)
+        yield states
+        yield deadlines
 
 
 class _PublisherCollector(Collector):

@@ -6,7 +6,10 @@ are re-read every ``router.refresh_seconds`` when they changed, by a background 
 the event loop (the store may be S3), never in a call's path. The engine is the pool's
 Ray Serve application (:mod:`protege.serving.pool.app`): the router names the adapter
 version, and a pool replica loads it on demand. A version the pool refuses is remembered
-as failed and not asked for again by this gateway.
+as failed and not asked for again by this gateway. Each version has a circuit breaker and
+an adaptive deadline (:mod:`protege.serving.router.breaker`): a version that stopped
+answering costs a call its deadline, not ``router.timeout_seconds``, and once its breaker
+is open, nothing: its calls go to the teacher without asking it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -25,6 +29,8 @@ from protege.api.calls import ChatRequest, RouteDecision, RouteReason, UpstreamK
 from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidation
 from protege.config import RouterSettings, Settings
 from protege.evaluation.metrics import resolve_metric, scorer
+from protege.flywheel.policy import RolloutStage
+from protege.serving.router.breaker import Admission, Breaker, BreakerPolicy, BreakerState
 from protege.serving.router.checks import confidence, rejection
 from protege.serving.router.classify import (
     CallEmbeddings,
@@ -38,6 +44,8 @@ from protege.serving.router.table import (
     SpecialistRoute,
     adapter_name,
     choose,
+    conversation_draw,
+    conversation_key,
 )
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.training.datasets import REGISTRY_KIND, REGISTRY_NAME, load_registry
@@ -54,6 +62,9 @@ class Plan:
     choice: Choice
     match: TaskMatch | None
     pinned: bool = False
+    admission: Admission = Admission.ASK  # how choice.version is asked (its breaker's word)
+    shadow_admission: Admission = Admission.ASK  # how choice.shadow is asked
+    refused: str | None = None  # the version whose open breaker sent the call to the teacher
 
     def decision(
         self, target: UpstreamKind, reason: RouteReason | None = None, **extra: Any
@@ -64,7 +75,7 @@ class Plan:
             task_id=self.match.task_id if self.match else (self.route.task_id if self.route else None),
             similarity=self.match.similarity if self.match else None,
             specialist=self.route.specialist if self.route else None,
-            version=self.choice.version or self.choice.shadow,
+            version=self.choice.version or self.refused or self.choice.shadow,
             **extra,
         )
 
@@ -120,8 +131,12 @@ class Router:
         self._table_text: str | None = None
         self._registry_version: str | None = None
         self._refresher: asyncio.Task[None] | None = None
-        self._random = random.Random()
         self._session: aiohttp.ClientSession | None = None
+        self.policy = BreakerPolicy.of(self.settings)
+        self.breakers: dict[tuple[str, str], Breaker] = {}  # (specialist, version) → its breaker
+        self.clock: Callable[[], float] = time.monotonic
+        # told (specialist, version, new state) on every breaker transition: the gateway's metrics
+        self.on_breaker_change: Callable[[str, str, BreakerState], None] | None = None
 
     # --- state ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -136,6 +151,7 @@ class Router:
                 await asyncio.to_thread(self.refresh)
             except Exception:  # a store hiccup must not stop routing on the last good state
                 log.exception("router: refreshing the routing table or tasks failed")
+            self.forget_unserved()  # on the loop, where the breakers live
 
     def refresh(self) -> None:
         """Re-read the routing table and the task registry if they changed (cheap when not)."""
@@ -166,12 +182,57 @@ class Router:
                 classifier = TaskClassifier(registry.tasks, registry.prompt_segments, self.embeddings)
             self.classifier = classifier
 
+    # --- breakers ------------------------------------------------------------------------
+    def breaker(self, specialist: str, version: str) -> Breaker:
+        """The version's breaker (made on first use; only ever touched on the event loop)."""
+        found = self.breakers.get((specialist, version))
+        if found is None:
+            found = Breaker(self.policy, partial(self._breaker_moved, specialist, version))
+            self.breakers[specialist, version] = found
+        return found
+
+    def _breaker_moved(self, specialist: str, version: str, old: BreakerState, new: BreakerState) -> None:
+        name = adapter_name(specialist, version)
+        if new is BreakerState.OPEN:
+            log.warning(
+                "router: %s's circuit breaker is open (%s); its calls go to the teacher for %g s, then "
+                "one probes it",
+                name,
+                "its probe failed"
+                if old is BreakerState.HALF_OPEN
+                else f"{self.policy.failures} failures in a row",
+                self.policy.cooldown,
+            )
+        elif new is BreakerState.CLOSED:
+            log.warning("router: %s's circuit breaker is closed again: its probe was answered", name)
+        if self.on_breaker_change is not None:
+            self.on_breaker_change(specialist, version, new)
+
+    def forget_unserved(self) -> None:
+        """Drop the breakers of versions the routing table no longer has."""
+        served = {(route.specialist, version) for route in self.table.routes for version in route.versions}
+        for key in [key for key in self.breakers if key not in served]:
+            del self.breakers[key]
+
+    def abandon(self, specialist: str, version: str, admission: Admission) -> None:
+        """A version admitted in a plan is not asked after all (a shadow left out): free its probe."""
+        self.breaker(specialist, version).abandoned(admission)
+
     # --- per call ------------------------------------------------------------------------
-    async def plan(self, tenant: str, request: ChatRequest) -> Plan:
-        """Route for one call; raises UnknownAdapterError for a named specialist that is not served."""
+    async def plan(self, tenant: str, request: ChatRequest, conversation: str | None = None) -> Plan:
+        """Route for one call; raises UnknownAdapterError for a named specialist that is not served.
+
+        ``conversation`` is the caller's ``x-protege-conversation`` header, if any: with the
+        request it makes the canary draw (:func:`conversation_key`), so a conversation keeps
+        its version. A version whose circuit breaker is open is not asked: the call goes to
+        the teacher (``breaker_open``), and an open shadow version gets no shadow call.
+        """
         if self.is_specialist_name(request.model):
             route, version = self.table.pinned(request.model, tenant)
-            return Plan(route, Choice(version, RouteReason.PINNED), None, pinned=True)
+            # no one else can answer it: never refused, asked within router.timeout_seconds
+            return Plan(
+                route, Choice(version, RouteReason.PINNED), None, pinned=True, admission=Admission.BYPASS
+            )
         try:
             match = await self.classifier.match(tenant, request)
         except RouterBusyError as error:
@@ -188,7 +249,22 @@ class Router:
         }
         if failed:
             route = route.model_copy(update={"failed": sorted(failed)})
-        return Plan(route, choose(route, self._random.random()), match)
+        draw = 0.0  # only a canary reads it
+        if route.candidate is not None and route.candidate.stage is RolloutStage.CANARY:
+            draw = conversation_draw(route, conversation_key(request, conversation))
+        choice = choose(route, draw)
+        now = self.clock()
+        shadow_admission = admission = Admission.ASK
+        if choice.shadow is not None:
+            shadow_admission = self.breaker(route.specialist, choice.shadow).admit(now)
+            if shadow_admission is Admission.REFUSE:
+                choice = replace(choice, shadow=None)
+        if choice.version is not None:
+            admission = self.breaker(route.specialist, choice.version).admit(now)
+            if admission is Admission.REFUSE:
+                refused = Choice(None, RouteReason.BREAKER_OPEN, choice.shadow)
+                return Plan(route, refused, match, shadow_admission=shadow_admission, refused=choice.version)
+        return Plan(route, choice, match, admission=admission, shadow_admission=shadow_admission)
 
     def is_specialist_name(self, model: str) -> bool:
         return self.table.for_specialist(model.split("@", 1)[0]) is not None
@@ -199,38 +275,81 @@ class Router:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    async def ask(self, body: dict[str, Any], route: SpecialistRoute, version: str) -> SpecialistAnswer:
-        """The version's answer to the call (non-streamed), or the reason there is none."""
+    def _deadline(self, breaker: Breaker, admission: Admission, *, first_bytes: bool) -> tuple[float, str]:
+        """Seconds to wait for a version, and what set them (for the failure message)."""
+        seconds = breaker.deadline(admission, first_bytes=first_bytes)
+        if admission is Admission.ASK and seconds < self.policy.timeout:
+            return seconds, "its adaptive deadline"
+        return seconds, "router.timeout_seconds"
+
+    def _engine_refused(
+        self, breaker: Breaker, admission: Admission, name: str, status: int, text: str
+    ) -> str:
+        """An engine's error status, told to the breaker; the failure message."""
+        if status == 422 and "adapter_unavailable" in text:  # the pool could not load it: stop asking
+            self.failed[name] = text[:500]
+            breaker.abandoned(admission)
+        elif status >= 500:
+            breaker.failed(self.clock(), admission)
+        else:  # the engine is alive; the request was the trouble
+            breaker.succeeded(self.clock(), admission)
+        return f"engine answered {status}: {text[:300]}"
+
+    async def ask(
+        self,
+        body: dict[str, Any],
+        route: SpecialistRoute,
+        version: str,
+        admission: Admission = Admission.ASK,
+    ) -> SpecialistAnswer:
+        """The version's answer to the call (non-streamed), or the reason there is none.
+
+        It waits the version's deadline (:meth:`Breaker.deadline` for ``admission``, the
+        plan's word) and tells the version's breaker how it went.
+        """
         started = time.perf_counter()
 
         def failed(message: str) -> SpecialistAnswer:
             return SpecialistAnswer(route.specialist, version, None, time.perf_counter() - started, message)
 
         name = adapter_name(route.specialist, version)
+        breaker = self.breaker(route.specialist, version)
         if name in self.failed:
+            breaker.abandoned(admission)
             return failed(self.failed[name])
         wants_confidence = route.fallback.min_confidence is not None
         request = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
         request["model"] = name
         if wants_confidence:
             request["logprobs"] = True
+        deadline, source = self._deadline(breaker, admission, first_bytes=False)
         try:
             async with self.session.post(
                 f"{str(self.settings.engine_url).rstrip('/')}/v1/chat/completions",
                 json=request,
                 # Ray Serve's model multiplexing: the call goes to a pool replica holding the adapter
                 headers={"serve_multiplexed_model_id": name},
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
+                timeout=aiohttp.ClientTimeout(total=deadline),
             ) as response:
                 text = await response.text()
                 status = response.status
-        except (TimeoutError, aiohttp.ClientError) as error:
-            return failed(f"engine unreachable or too slow: {error!r}")
+        except TimeoutError:
+            breaker.failed(self.clock(), admission)
+            return failed(f"engine too slow: no answer within {deadline:.3g} s ({source})")
+        except aiohttp.ClientError as error:
+            breaker.failed(self.clock(), admission)
+            return failed(f"engine unreachable: {error!r}")
+        except BaseException:  # cancelled (the caller left): no outcome to learn from
+            breaker.abandoned(admission)
+            raise
         if status != 200:
-            if status == 422 and "adapter_unavailable" in text:  # the pool could not load it: stop asking
-                self.failed[name] = text[:500]
-            return failed(f"engine answered {status}: {text[:300]}")
-        answer = json.loads(text)
+            return failed(self._engine_refused(breaker, admission, name, status, text))
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            breaker.failed(self.clock(), admission)
+            return failed(f"engine answered 200 with no JSON: {text[:300]}")
+        breaker.succeeded(self.clock(), admission, time.perf_counter() - started)
         choice = (answer.get("choices") or [{}])[0]
         score = confidence(choice) if wants_confidence else None
         if wants_confidence and not body.get("logprobs"):
@@ -239,14 +358,20 @@ class Router:
         return SpecialistAnswer(route.specialist, version, answer, time.perf_counter() - started, None, score)
 
     async def open_stream(
-        self, body: dict[str, Any], route: SpecialistRoute, version: str
+        self,
+        body: dict[str, Any],
+        route: SpecialistRoute,
+        version: str,
+        admission: Admission = Admission.ASK,
     ) -> SpecialistStream | SpecialistAnswer:
         """The version's streamed answer once its first bytes are in, or why there is none.
 
         A failure before the first bytes (unreachable, an error status, an error event or
-        the end of the stream first, nothing within ``router.timeout_seconds``) comes back
-        as a :class:`SpecialistAnswer` with its error, as :meth:`ask` gives it: the call can
-        still go to the teacher. Usage is always asked for (the call record keeps it).
+        the end of the stream first, nothing within the version's deadline for first bytes)
+        comes back as a :class:`SpecialistAnswer` with its error, as :meth:`ask` gives it:
+        the call can still go to the teacher. Past the first bytes, a silence longer than
+        ``router.timeout_seconds`` breaks the stream. Usage is always asked for (the call
+        record keeps it).
         """
         started = time.perf_counter()
 
@@ -254,35 +379,51 @@ class Router:
             return SpecialistAnswer(route.specialist, version, None, time.perf_counter() - started, message)
 
         name = adapter_name(route.specialist, version)
+        breaker = self.breaker(route.specialist, version)
         if name in self.failed:
+            breaker.abandoned(admission)
             return failed(self.failed[name])
         request = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
         request.update(model=name, stream=True, stream_options={"include_usage": True})
         wait = self.settings.timeout_seconds
+        deadline, source = self._deadline(breaker, admission, first_bytes=True)
+        response: aiohttp.ClientResponse | None = None
+        text, first = "", b""
         try:
-            response = await self.session.post(
-                f"{str(self.settings.engine_url).rstrip('/')}/v1/chat/completions",
-                json=request,
-                headers={"serve_multiplexed_model_id": name},
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=wait, sock_read=wait),
-            )
+            async with asyncio.timeout(deadline):
+                response = await self.session.post(
+                    f"{str(self.settings.engine_url).rstrip('/')}/v1/chat/completions",
+                    json=request,
+                    headers={"serve_multiplexed_model_id": name},
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=wait, sock_read=wait),
+                )
+                if response.status != 200:
+                    text = await response.text()
+                else:
+                    first = await response.content.readany()
         except (TimeoutError, aiohttp.ClientError) as error:
-            return failed(f"engine unreachable or too slow: {error!r}")
-        try:
-            if response.status != 200:
-                text = await response.text()
-                if response.status == 422 and "adapter_unavailable" in text:
-                    self.failed[name] = text[:500]
+            breaker.failed(self.clock(), admission)
+            if response is not None:
                 response.release()
-                return failed(f"engine answered {response.status}: {text[:300]}")
-            first = await response.content.readany()
-        except (TimeoutError, aiohttp.ClientError) as error:
-            response.release()
+            if isinstance(error, TimeoutError):
+                return failed(f"engine too slow: no first token within {deadline:.3g} s ({source})")
+            if response is None:
+                return failed(f"engine unreachable: {error!r}")
             return failed(f"engine broke off before its first token: {error!r}")
+        except BaseException:  # cancelled (the caller left): no outcome to learn from
+            if response is not None:
+                response.release()
+            breaker.abandoned(admission)
+            raise
+        if response.status != 200:
+            response.release()
+            return failed(self._engine_refused(breaker, admission, name, response.status, text))
         problem = _stream_opening_error(first)
         if problem is not None:
             response.release()
+            breaker.failed(self.clock(), admission)
             return failed(problem)
+        breaker.succeeded(self.clock(), admission, time.perf_counter() - started, first_bytes=True)
         return SpecialistStream(route.specialist, version, response, first, started)
 
     def verdict(

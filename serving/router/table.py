@@ -2,7 +2,9 @@
 
 Written by the flywheel driver (locally) or the operator (from Specialist status) and
 read by every gateway replica; the choice for one call is a pure function of the table
-and a random draw, so rollouts are testable without traffic.
+and a draw in [0, 1), so rollouts are testable without traffic. The draw comes from the
+call's conversation (:func:`conversation_key`, :func:`conversation_draw`): every turn of one
+conversation meets the same version, on every gateway replica and after restarts.
 
 Versions are addressed as ``<specialist>@<version>``: immutable and content-addressed, so
 a new version is always a new adapter name and never meets cached state of an older one.
@@ -10,19 +12,27 @@ a new version is always a new adapter name and never meets cached state of an ol
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from protege.api.calls import RouteReason
+from protege.api.calls import ChatRequest, RouteReason
 from protege.api.specialist import EvaluationMetric, FallbackSpec
 from protege.flywheel.policy import RolloutStage
 
 ADAPTER_NAME = re.compile(
     r"^(?P<specialist>[a-z0-9][a-z0-9.-]{0,62})(?:@(?P<version>[A-Za-z0-9._-]{1,128}))?$"
 )
+
+
+# A caller's name for its conversation: the canary draw is made from it when present.
+CONVERSATION_HEADER = "x-protege-conversation"
+# OpenAI request fields that name the end user or the conversation, in the order they are read.
+_CONVERSATION_FIELDS = ("user", "safety_identifier", "prompt_cache_key")
 
 
 class UnknownAdapterError(LookupError):
@@ -136,7 +146,11 @@ class Choice:
 
 
 def choose(route: SpecialistRoute, draw: float) -> Choice:
-    """The version for one call of ``route``'s task; ``draw`` is uniform in [0, 1)."""
+    """The version for one call of ``route``'s task.
+
+    ``draw`` is uniform in [0, 1) over calls (the router's: :func:`conversation_draw`); a
+    canary answers the calls whose draw is below its ``traffic_percent``.
+    """
     active = route.active if route.active not in route.failed else None
     candidate = route.candidate if route.candidate and route.candidate.version not in route.failed else None
     if (
@@ -149,3 +163,40 @@ def choose(route: SpecialistRoute, draw: float) -> Choice:
     if active is None:
         return Choice(None, RouteReason.SHADOW if shadow else RouteReason.NO_ACTIVE_SPECIALIST, shadow)
     return Choice(active, RouteReason.SPECIALIST, shadow)
+
+
+def conversation_key(request: ChatRequest, header: str | None = None) -> str:
+    """What makes calls one conversation, for the canary draw.
+
+    The caller's ``x-protege-conversation`` header when it sent one; else the request's
+    ``user``, ``safety_identifier`` or ``prompt_cache_key`` (the first present); else the
+    system prompt and the first user message, which every later turn of the conversation
+    repeats (two conversations that open alike are one to the draw).
+    """
+    if header:
+        return "header:" + header
+    extra = request.model_extra or {}
+    for field in _CONVERSATION_FIELDS:
+        value = request.user if field == "user" else extra.get(field)
+        if isinstance(value, str) and value:
+            return f"{field}:{value}"
+    opening = []
+    for message in request.messages:
+        if message.role in ("system", "developer", "user"):
+            opening.append([message.role, message.content])
+        if message.role == "user":
+            break
+    return "opening:" + json.dumps(opening, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def conversation_draw(route: SpecialistRoute, key: str) -> float:
+    """The draw in [0, 1) for a conversation of ``route``'s task: uniform over keys, and stable.
+
+    The first 8 bytes of a sha256 over the key and the candidate, as a fraction of 2**64:
+    the same on every replica and after restarts. With the candidate in it, each rollout
+    draws its own canary conversations (not always the same ones), and the conversations a
+    canary step holds stay in it at the next, larger step.
+    """
+    candidate = route.candidate.version if route.candidate is not None else ""
+    digest = hashlib.sha256(f"{route.specialist}@{candidate}\n{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64

@@ -232,7 +232,8 @@ class FakeEngine:
     """A vLLM-like engine behind Ray Serve: streams tokens ``delay`` apart; ``mode`` makes it fail.
 
     Modes: ``ok``; ``fail`` (HTTP 500); ``error-event`` (200, then an error event first);
-    ``break`` (two tokens, then the connection drops).
+    ``break`` (two tokens, then the connection drops); ``hang`` (no answer until the mode
+    changes, or a minute passed).
     """
 
     def __init__(self) -> None:
@@ -251,6 +252,9 @@ class FakeEngine:
         request = json.loads(await _read(receive))
         adapter = dict(scope["headers"]).get(b"serve_multiplexed_model_id", b"").decode()
         self.requests.append((request, adapter))
+        hung = time.monotonic()
+        while self.mode == "hang" and time.monotonic() - hung < 60:  # noqa: ASYNC110 (set by the test's thread)
+            await asyncio.sleep(0.05)
         if self.mode == "fail":
             body = _compact({"error": {"message": "engine exploded", "type": "server_error"}})
             await send(
@@ -654,9 +658,12 @@ def routed(
     file_artifact_store: ArtifactStore,
     tmp_path: Path,
 ) -> Callable[..., RunningGateway]:
-    """A routing gateway; ``routed(**fallback)`` routes its tenant's intent task to ``intent-spec@v1``."""
+    """A routing gateway; ``routed(**fallback)`` routes its tenant's intent task to ``intent-spec@v1``.
 
-    def start(**fallback: Any) -> RunningGateway:
+    ``router`` adds router settings.
+    """
+
+    def start(router: dict[str, Any] | None = None, **fallback: Any) -> RunningGateway:
         table = tmp_path / "routes.json"
         gateway = start_gateway(
             teacher_url=teacher[0].url + "/v1",
@@ -667,6 +674,7 @@ def routed(
                 "engine_url": engine[0].url,
                 "table": str(table),
                 "refresh_seconds": 0.05,
+                **(router or {}),
             },
         )
         route = SpecialistRoute(
@@ -942,3 +950,118 @@ def test_teacher_samples_stay_within_their_budget(
     assert sum(isinstance(r, CallRecord) and r.teacher_sample is not None for r in logged) == 2
     metrics = httpx.get(gateway.server.url + "/metrics").text
     assert 'protege_router_teacher_samples_total{outcome="budget",specialist="intent-spec"} 2.0' in metrics
+
+
+def _breaker_metrics(gateway: RunningGateway) -> dict[str, float]:
+    """The breaker lines of the gateway's /metrics, by their name and labels."""
+    found = {}
+    for line in httpx.get(gateway.server.url + "/metrics").text.splitlines():
+        if line.startswith(("protege_router_breaker_", "protege_router_deadline_seconds")):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_hung_engine_costs_calls_its_deadline_then_nothing_until_a_probe_finds_it_back(
+    routed: Callable[..., RunningGateway],
+    engine: tuple[ServerThread, FakeEngine],
+    file_artifact_store: ArtifactStore,
+    tmp_path: Path,
+    stream: bool,
+) -> None:
+    """A pool that stops answering: each version's calls wait its adaptive deadline (not
+    router.timeout_seconds) until its breaker opens; then they go to the teacher without the engine
+    being asked, shadows and teacher samples included; after the cool-down a probe finds it back."""
+    gateway = routed(
+        router={
+            "timeout_seconds": 5,
+            "deadline_min_observations": 3,
+            "deadline_window": 10,
+            "deadline_floor_seconds": 1,
+            "breaker_failures": 2,
+            "breaker_cooldown_seconds": 1.5,
+        }
+    )
+    _seed_intent_task(gateway, file_artifact_store)
+    route = SpecialistRoute(
+        specialist="intent-spec",
+        tenant=gateway.tenant,
+        task_id="t-intent",
+        active="v1",
+        candidate=Candidate(version="v2", stage=RolloutStage.SHADOW),
+        teacher_sample_rate=1.0,
+    )
+    _write_table(gateway, tmp_path / "routes.json", [route])
+    texts: dict[str, str] = {}
+
+    def call(seed: int, phase: str) -> None:
+        body = {**_intent_call(seed), "stream": stream}
+        texts[body["messages"][-1]["content"]] = phase
+        assert _post(gateway, "/chat/completions", body).status_code == 200
+
+    for seed in range(3):  # healthy: three answers of each version make their deadlines adapt
+        call(40 + seed, "healthy")
+    key = 'specialist="intent-spec",version="v1"'
+    wait = "first_bytes" if stream else "whole"
+    adapted = f'protege_router_deadline_seconds{{{key},wait="{wait}"}}'
+    assert _breaker_metrics(gateway)[adapted] == 1.0  # the floor: the fake engine is fast
+
+    engine[1].mode = "hang"
+    asked = len(engine[1].requests)
+    for seed in range(2):
+        started = time.monotonic()
+        call(50 + seed, "hung")
+        assert time.monotonic() - started < 4  # its deadline (1 s), not router.timeout_seconds (5 s)
+    assert len(engine[1].requests) == asked + 4  # v1 and its v2 shadow, twice
+    opened = time.monotonic()
+    while (
+        _breaker_metrics(gateway).get('protege_router_breaker_state{specialist="intent-spec",version="v2"}')
+        != 2
+    ):
+        assert time.monotonic() - opened < 5, "the shadow version's breaker never opened"
+        time.sleep(0.02)  # the second shadow's failure is in a moment after its call returned
+    assert _breaker_metrics(gateway)[f"protege_router_breaker_state{{{key}}}"] == 2
+
+    asked = len(engine[1].requests)
+    for seed in range(3):
+        call(60 + seed, "open")
+    assert len(engine[1].requests) == asked  # the engine was not asked: neither version, no shadow
+
+    time.sleep(1.6)  # the cool-down
+    engine[1].mode = "ok"
+    call(70, "probe")  # v1's probe, and v2's shadow as its own probe
+    call(71, "closed")
+    assert len(engine[1].requests) == asked + 4
+
+    _check_breaker_records(gateway, texts)
+
+
+def _check_breaker_records(gateway: RunningGateway, texts: dict[str, str]) -> None:
+    """The records and metrics of the hung-engine test: each phase's calls routed as they should."""
+    records = records_of(gateway.settings.nats_url, gateway.tenant, len(texts))
+    assert len(records) == len(texts) == 10
+    phases: dict[str, list[CallRecord]] = {}
+    for record in records:
+        assert isinstance(record, CallRecord) and record.status is CallStatus.OK
+        phases.setdefault(texts[str(record.request.messages[-1].content)], []).append(record)
+    for record in phases["healthy"] + phases["probe"] + phases["closed"]:
+        assert record.route.reason is RouteReason.SPECIALIST and record.route.version == "v1"
+        assert record.alternate is not None and record.alternate.error is None  # the v2 shadow answered
+        assert record.teacher_sample is not None
+    for record in phases["hung"]:
+        assert record.route.reason is RouteReason.FALLBACK_SPECIALIST_ERROR
+        assert record.alternate is not None and record.alternate.error is not None
+        assert "its adaptive deadline" in record.alternate.error.message
+    for record in phases["open"]:
+        assert record.route.reason is RouteReason.BREAKER_OPEN and record.route.target is UpstreamKind.TEACHER
+        assert record.route.specialist == "intent-spec" and record.route.version == "v1"
+        assert record.alternate is None and record.teacher_sample is None  # no shadow, no sample
+        assert record.upstream is not None and record.upstream.kind is UpstreamKind.TEACHER
+
+    metrics = _breaker_metrics(gateway)
+    for version in ("v1", "v2"):
+        labels = f'specialist="intent-spec",state="{{}}",version="{version}"'
+        for state in ("open", "half_open", "closed"):
+            assert metrics[f"protege_router_breaker_transitions_total{{{labels.format(state)}}}"] == 1
+        assert metrics[f'protege_router_breaker_state{{specialist="intent-spec",version="{version}"}}'] == 0

@@ -6,22 +6,34 @@ import asyncio
 import json
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from protege.api.calls import ChatRequest, RouteReason
 from protege.api.specialist import FallbackSpec, OutputKind, OutputValidation
+from protege.config import Settings
 from protege.flywheel.policy import RolloutStage
 from protege.serving.gateway.routing import caller_body
 from protege.serving.router.checks import confidence, rejection
-from protege.serving.router.classify import CallEmbeddings, RouterBusyError, TaskClassifier, request_structure
+from protege.serving.router.classify import (
+    CallEmbeddings,
+    RouterBusyError,
+    TaskClassifier,
+    TaskMatch,
+    request_structure,
+)
+from protege.serving.router.router import Router
 from protege.serving.router.table import (
     Candidate,
     RoutingTable,
     SpecialistRoute,
     UnknownAdapterError,
     choose,
+    conversation_draw,
+    conversation_key,
     parse_adapter_name,
 )
 from protege.training.discovery.features import count_segments
@@ -48,6 +60,99 @@ def test_canary_share_follows_the_draw_and_shadow_goes_alongside() -> None:
     failed = canary.model_copy(update={"failed": ["v2"]})
     assert choose(failed, 0.0).version == "v1"  # a failed candidate gets no traffic
     assert choose(ROUTE.model_copy(update={"failed": ["v1"]}), 0.5).reason is RouteReason.NO_ACTIVE_SPECIALIST
+
+
+CANARY_30 = ROUTE.model_copy(
+    update={"candidate": Candidate(version="v2", stage=RolloutStage.CANARY, traffic_percent=30)}
+)
+
+
+def _turns(system: str, first: str, **fields: Any) -> list[ChatRequest]:
+    """The requests of one agent conversation, turn by turn: each carries the whole history."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": first},
+    ]
+    turns = []
+    for step in range(4):
+        turns.append(ChatRequest.model_validate({"model": "m", "messages": list(messages), **fields}))
+        call = {"id": f"c{step}", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+        messages += [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"c{step}", "content": f"result {step}"},
+            {"role": "user", "content": f"and then {step}?"},
+        ]
+    return turns
+
+
+class OneTask:
+    async def match(self, tenant: str, request: ChatRequest) -> TaskMatch:
+        return TaskMatch("t1", None)
+
+
+def _canary_router(tmp_path: Path) -> Router:
+    router = Router(Settings(home=tmp_path, router={"enabled": True, "engine_url": "http://127.0.0.1:9"}))
+    router.classifier = OneTask()  # type: ignore[assignment]
+    router.table = RoutingTable(routes=[CANARY_30])
+    return router
+
+
+async def test_every_turn_of_a_conversation_meets_the_same_version(tmp_path: Path) -> None:
+    router, replica = _canary_router(tmp_path / "a"), _canary_router(tmp_path / "b")
+    seen = []
+    for number in range(40):
+        versions = {
+            (await gateway.plan("acme", turn)).choice.version
+            for turn in _turns("Label the intent.", f"where is order {number}?")
+            for gateway in (router, replica)  # another gateway replica draws alike
+        }
+        assert len(versions) == 1, f"conversation {number} met {versions}"
+        seen += versions
+    assert set(seen) == {"v1", "v2"}  # yet the canary gets its share of conversations
+    # A caller's own conversation id decides over the text: two turns that open differently agree.
+    headed = [
+        (await router.plan("acme", turn, "conv-7")).choice.version
+        for turn in _turns("Label it.", "one") + _turns("Label it.", "two")
+    ]
+    assert len(set(headed)) == 1
+
+
+def test_a_canary_gets_its_share_of_conversations() -> None:
+    openings = [
+        conversation_key(_turns("You are a support agent.", f"my parcel {n} is late")[0]) for n in range(2000)
+    ]
+    share = sum(choose(CANARY_30, conversation_draw(CANARY_30, key)).version == "v2" for key in openings)
+    assert 0.27 * 2000 <= share <= 0.33 * 2000
+    ids = sum(
+        choose(CANARY_30, conversation_draw(CANARY_30, f"header:{n}")).version == "v2" for n in range(2000)
+    )
+    assert 0.27 * 2000 <= ids <= 0.33 * 2000
+    # the conversations a 10 % step holds stay in the canary at 30 %
+    ten = CANARY_30.model_copy(
+        update={"candidate": Candidate(version="v2", stage=RolloutStage.CANARY, traffic_percent=10)}
+    )
+    at_ten = {key for key in openings if choose(ten, conversation_draw(ten, key)).version == "v2"}
+    assert at_ten and all(
+        choose(CANARY_30, conversation_draw(CANARY_30, key)).version == "v2" for key in at_ten
+    )
+    # stable across replicas and restarts: a function of the key, the specialist and the candidate only
+    assert conversation_draw(CANARY_30, "header:conv-1") == 0.6356771035398856
+    other = CANARY_30.model_copy(update={"candidate": Candidate(version="v3", stage=RolloutStage.CANARY)})
+    assert conversation_draw(other, "header:conv-1") != conversation_draw(CANARY_30, "header:conv-1")
+
+
+def test_the_conversation_key_prefers_what_the_caller_named() -> None:
+    first, later = _turns("Sys.", "hello")[0], _turns("Sys.", "hello")[3]
+    assert conversation_key(first) == conversation_key(later)  # later turns repeat the opening
+    assert conversation_key(first) != conversation_key(_turns("Other sys.", "hello")[0])
+    assert conversation_key(first) != conversation_key(_turns("Sys.", "hello!")[0])
+    named = _turns("Sys.", "hello", user="u1", safety_identifier="s1", prompt_cache_key="p1")[0]
+    assert conversation_key(named, "h1") == "header:h1"
+    assert conversation_key(named) == "user:u1"
+    assert conversation_key(_turns("Sys.", "x", safety_identifier="s1", prompt_cache_key="p1")[0]) == (
+        "safety_identifier:s1"
+    )
+    assert conversation_key(_turns("Sys.", "x", prompt_cache_key="p1")[0]) == "prompt_cache_key:p1"
 
 
 def test_names_pin_versions_and_unknown_names_say_what_is_served() -> None:
