@@ -916,34 +916,16 @@ def test_teacher_samples_score_the_specialist_and_a_shadow_against_the_teacher(
 
 
 def test_teacher_samples_stay_within_their_budget(
-    start_gateway: Callable[..., RunningGateway],
-    teacher: tuple[ServerThread, FakeOpenAI],
+    routed: Callable[..., RunningGateway],
     engine: tuple[ServerThread, FakeEngine],
     file_artifact_store: ArtifactStore,
     tmp_path: Path,
 ) -> None:
-    table = tmp_path / "routes.json"
-    gateway = start_gateway(
-        teacher_url=teacher[0].url + "/v1",
-        teacher={"model": MODEL},
-        artifact_store=file_artifact_store.url,
-        router={
-            "enabled": True,
-            "engine_url": engine[0].url,
-            "table": str(table),
-            "refresh_seconds": 0.05,
-            "teacher_samples_per_minute": 2,
-        },
-    )
+    gateway = routed(router={"teacher_samples_per_minute": 2})
     _seed_intent_task(gateway, file_artifact_store)
-    route = SpecialistRoute(
-        specialist="intent-spec",
-        tenant=gateway.tenant,
-        task_id="t-intent",
-        active="v1",
-        teacher_sample_rate=1,
-    )
-    _write_table(gateway, table, [route])
+    every = {"active": "v1", "teacher_sample_rate": 1}
+    route = SpecialistRoute(specialist="intent-spec", tenant=gateway.tenant, task_id="t-intent", **every)
+    _write_table(gateway, tmp_path / "routes.json", [route])
     for seed in range(4):
         assert _post(gateway, "/chat/completions", _intent_call(30 + seed)).status_code == 200
     logged = records_of(gateway.settings.nats_url, gateway.tenant, 4)
