@@ -26,7 +26,7 @@ def intent_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Art
     monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
     store = ArtifactStore(store_url)
     # Fixed ids: record ids are time-based and the splits hash them, so with fresh ids every run
-    # trained and tested on other examples (0.29 to 0.77 at 12 steps; with these, 0.625 twice).
+    # trained and tested on other examples (0.29 to 0.77 at 12 steps; with these it passed twice, 0.625).
     examples = [
         example_from_record(call.to_record()).model_copy(update={"id": f"example-{i:03d}"})
         for i, call in enumerate(generate(200, seed=8, families=("intent",)))
