@@ -17,7 +17,6 @@ queueing behind them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
@@ -39,9 +38,6 @@ from protege.training.discovery.features import (
 )
 from protege.training.discovery.tasks import Task
 from protege.training.pii import RecordRedaction
-
-log = logging.getLogger(__name__)
-
 
 WORD_CERTAINTY = 0.999  # posterior a word profile needs to decide without an embedding
 WORD_COVERAGE = 0.6  # share of the call's words the winning profile must know
@@ -114,7 +110,7 @@ class TaskClassifier:
                 return set(tools) <= offered
             return tools == answered_after
 
-        return [task for task in tasks if possible(task)] or tasks
+        return [task for task in tasks if possible(task)]  # none possible: the teacher answers
 
     async def match(self, tenant: str, request: ChatRequest) -> TaskMatch | None:
         """The call's task: by structure (a lookup), by meaning only when several tasks share it.

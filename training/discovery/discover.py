@@ -197,9 +197,9 @@ def by_tool_evidence(
     for index in indices:
         parts[tool_evidence(ordered[index])].append(index)
     big = max(settings.min_task_size, settings.min_part_share * whole)
-    kept = [(tools, members) for tools, members in sorted(parts.items()) if tools and len(members) >= big]
-    rest = sorted(i for tools, members in parts.items() if (tools, members) not in kept for i in members)
-    return kept + ([((), rest)] if rest else [])
+    own = {tools for tools, members in parts.items() if tools and len(members) >= big}
+    rest = sorted(i for tools, members in parts.items() if tools not in own for i in members)
+    return [(tools, parts[tools]) for tools in sorted(own)] + ([((), rest)] if rest else [])
 
 
 def discover(
