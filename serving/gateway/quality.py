@@ -21,6 +21,7 @@ from typing import Any
 
 from protege.api.calls import AlternateAnswer, ChatResponse, ErrorInfo, Latency, Upstream, UpstreamKind, Usage
 from protege.serving.gateway.teacher import TeacherClient
+from protege.serving.router.router import unstreamed
 from protege.serving.router.table import SpecialistRoute
 
 
@@ -67,8 +68,7 @@ class TeacherSampler:
         self._in_flight -= 1
 
     async def _ask(self, request: dict[str, Any]) -> AlternateAnswer:
-        body = {key: value for key, value in request.items() if key not in ("stream", "stream_options")}
-        body["model"] = self.model
+        body = {**unstreamed(request), "model": self.model}
         upstream = Upstream(kind=UpstreamKind.TEACHER, model=self.model)
         started = time.perf_counter()
         try:

@@ -22,6 +22,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,13 +50,16 @@ class TaskMatch:
     similarity: float | None  # None when the structure alone decided
 
 
-def request_structure(tenant: str, request: ChatRequest, counts: SegmentCounts) -> Structure:
-    messages = [m.model_dump(exclude_none=True) for m in request.messages]
+def request_messages(request: ChatRequest) -> list[dict[str, Any]]:
+    """The request's messages as plain dicts, as the features read them (once per call)."""
+    return [m.model_dump(exclude_none=True) for m in request.messages]
+
+
+def request_structure(
+    tenant: str, request: ChatRequest, counts: SegmentCounts, messages: list[dict[str, Any]] | None = None
+) -> Structure:
+    messages = request_messages(request) if messages is None else messages
     return call_structure(tenant, messages, request.tools, request.response_format, counts)
-
-
-def user_turn(request: ChatRequest) -> str:
-    return last_user_text([m.model_dump() for m in request.messages])
 
 
 def redacted(text: str) -> str:
@@ -88,19 +92,22 @@ class TaskClassifier:
     def needs_embeddings(self) -> bool:
         return any(len(tasks) > 1 for tasks in self._by_structure.values())
 
-    def candidates(self, tenant: str, request: ChatRequest) -> list[Task]:
+    def candidates(
+        self, tenant: str, request: ChatRequest, messages: list[dict[str, Any]] | None = None
+    ) -> list[Task]:
         """The tasks whose calls have this call's structure (a lookup), narrowed by the tools in play.
 
         Where several tasks share the structure, a task that calls a tool the call does not
         offer, or answers after another tool's results than the call carries, cannot be the
         call's: the tools decide before any embedding is needed.
         """
+        messages = request_messages(request) if messages is None else messages
         counts = self.segment_counts.get(tenant, {})
-        tasks = self._by_structure.get(request_structure(tenant, request, counts), [])
+        tasks = self._by_structure.get(request_structure(tenant, request, counts, messages), [])
         if len(tasks) < 2:
             return tasks
         offered = {str((t.get("function") or {}).get("name")) for t in request.tools or []}
-        answered_after = tools_answered_after([m.model_dump(exclude_none=True) for m in request.messages])
+        answered_after = tools_answered_after(messages)
 
         def possible(task: Task) -> bool:
             tools = task.router.fingerprint.tools
@@ -117,12 +124,13 @@ class TaskClassifier:
 
         Raises RouterBusyError when an embedding was needed and could not be had.
         """
-        candidates = self.candidates(tenant, request)
+        messages = request_messages(request)
+        candidates = self.candidates(tenant, request, messages)
         if len(candidates) == 1:
             return TaskMatch(candidates[0].id, None)
         if not candidates:
             return None
-        text = user_turn(request)
+        text = last_user_text(messages)
         by_words = self.by_words(candidates, text)
         if by_words is not None or self.embeddings is None:
             return by_words

@@ -295,6 +295,21 @@ class Router:
             breaker.succeeded(self.clock(), admission)
         return f"engine answered {status}: {text[:300]}"
 
+    @property
+    def chat_url(self) -> str:
+        return f"{str(self.settings.engine_url).rstrip('/')}/v1/chat/completions"
+
+    def _attempt(self, route: SpecialistRoute, version: str, admission: Admission) -> _Attempt:
+        """One ask of a version: its adapter name and breaker, timed from now.
+
+        A version the pool refused to load is not asked again: its admission is given back.
+        """
+        name = adapter_name(route.specialist, version)
+        breaker = self.breaker(route.specialist, version)
+        if name in self.failed:
+            breaker.abandoned(admission)
+        return _Attempt(route.specialist, version, name, breaker, time.perf_counter())
+
     async def ask(
         self,
         body: dict[str, Any],
@@ -307,25 +322,18 @@ class Router:
         It waits the version's deadline (:meth:`Breaker.deadline` for ``admission``, the
         plan's word) and tells the version's breaker how it went.
         """
-        started = time.perf_counter()
-
-        def failed(message: str) -> SpecialistAnswer:
-            return SpecialistAnswer(route.specialist, version, None, time.perf_counter() - started, message)
-
-        name = adapter_name(route.specialist, version)
-        breaker = self.breaker(route.specialist, version)
+        attempt = self._attempt(route, version, admission)
+        started, failed, name, breaker = attempt.started, attempt.failed, attempt.name, attempt.breaker
         if name in self.failed:
-            breaker.abandoned(admission)
             return failed(self.failed[name])
         wants_confidence = route.fallback.min_confidence is not None
-        request = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
-        request["model"] = name
+        request = {**unstreamed(body), "model": name}
         if wants_confidence:
             request["logprobs"] = True
         deadline, source = self._deadline(breaker, admission, first_bytes=False)
         try:
             async with self.session.post(
-                f"{str(self.settings.engine_url).rstrip('/')}/v1/chat/completions",
+                self.chat_url,
                 json=request,
                 # Ray Serve's model multiplexing: the call goes to a pool replica holding the adapter
                 headers={"serve_multiplexed_model_id": name},
@@ -373,18 +381,16 @@ class Router:
         ``router.timeout_seconds`` breaks the stream. Usage is always asked for (the call
         record keeps it).
         """
-        started = time.perf_counter()
-
-        def failed(message: str) -> SpecialistAnswer:
-            return SpecialistAnswer(route.specialist, version, None, time.perf_counter() - started, message)
-
-        name = adapter_name(route.specialist, version)
-        breaker = self.breaker(route.specialist, version)
+        attempt = self._attempt(route, version, admission)
+        started, failed, name, breaker = attempt.started, attempt.failed, attempt.name, attempt.breaker
         if name in self.failed:
-            breaker.abandoned(admission)
             return failed(self.failed[name])
-        request = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
-        request.update(model=name, stream=True, stream_options={"include_usage": True})
+        request = {
+            **unstreamed(body),
+            "model": name,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         wait = self.settings.timeout_seconds
         deadline, source = self._deadline(breaker, admission, first_bytes=True)
         response: aiohttp.ClientResponse | None = None
@@ -392,7 +398,7 @@ class Router:
         try:
             async with asyncio.timeout(deadline):
                 response = await self.session.post(
-                    f"{str(self.settings.engine_url).rstrip('/')}/v1/chat/completions",
+                    self.chat_url,
                     json=request,
                     headers={"serve_multiplexed_model_id": name},
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=wait, sock_read=wait),
@@ -468,6 +474,26 @@ class Router:
             await self._session.close()
         if self.embeddings is not None:
             self.embeddings.close()
+
+
+def unstreamed(body: dict[str, Any]) -> dict[str, Any]:
+    """A chat request without its streaming options (the caller's choice, not the upstream's)."""
+    return {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    specialist: str
+    version: str
+    name: str  # the adapter name the engine serves it under
+    breaker: Breaker
+    started: float  # time.perf_counter() when it began
+
+    def failed(self, message: str) -> SpecialistAnswer:
+        """No answer from the version, and why."""
+        return SpecialistAnswer(
+            self.specialist, self.version, None, time.perf_counter() - self.started, message
+        )
 
 
 def _stream_opening_error(first: bytes) -> str | None:
