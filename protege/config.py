@@ -146,6 +146,13 @@ class GatewaySettings(BaseModel):
     )
     max_body_bytes: int = Field(default=4 << 20, gt=0, description="Largest request body accepted.")
     upstream_connections: int = Field(default=512, gt=0, description="Pooled connections to the teacher.")
+    keep_alive_seconds: int = Field(
+        default=75,
+        gt=0,
+        description="How long an idle client connection is kept open. Longer than the idle expiry of "
+        "clients' own pools (httpx, so the OpenAI SDK: 5 s) and of load balancers (60 s), so that a client "
+        "never sends a call on a connection the gateway is closing at that moment.",
+    )
 
 
 class RouterSettings(BaseModel):

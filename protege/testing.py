@@ -207,7 +207,8 @@ def start_gateway(
             | overrides.pop("gateway", {}),
             **overrides,
         )
-        server = ServerThread(create_app(settings)).start()
+        keep_alive = settings.gateway.keep_alive_seconds
+        server = ServerThread(create_app(settings), timeout_keep_alive=keep_alive).start()
         started.append(server)
         return RunningGateway(server, settings, key, tenant)
 

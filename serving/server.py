@@ -16,6 +16,9 @@ class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, **options: Any) -> None:
         self.host = host
         self.port = port or free_port(host)
+        # Idle connections outlive the clients' own pool expiry (httpx: 5 s, aiohttp: 15 s), so a
+        # client never sends on a connection the server is closing at that moment.
+        options.setdefault("timeout_keep_alive", 75)
         config = uvicorn.Config(
             app, host=host, port=self.port, log_level="warning", access_log=False, **options
         )

@@ -49,6 +49,7 @@ def serve(
         port=port or current.gateway.port,
         log_level=log_level,
         access_log=False,
+        timeout_keep_alive=current.gateway.keep_alive_seconds,
         loop="uvloop",
         http="httptools",
     )

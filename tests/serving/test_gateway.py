@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ import openai
 import pytest
 
 from protege.api.calls import CallStatus, UpstreamKind
+from protege.config import load_settings
 from protege.services.process import free_port
 from protege.serving.server import ServerThread
 from protege.serving.stub_teacher import StubTeacher
@@ -287,3 +289,20 @@ def test_metrics_and_health(start_gateway: Callable[..., RunningGateway]) -> Non
     ready = httpx.get(gateway.server.url + "/readyz").json()
     assert ready["status"] == "ready" and ready["call_log"]["connected"] is True
     assert gateway.key not in metrics and gateway.key not in json.dumps(ready)
+
+
+def test_idle_connections_outlive_the_clients_pool_expiry(
+    start_gateway: Callable[..., RunningGateway],
+) -> None:
+    """A client reuses a pooled connection until its own expiry (httpx, so the OpenAI SDK: 5 s); a gateway
+    that closed idle connections at the same age would race it and fail a call now and then."""
+    assert load_settings().gateway.keep_alive_seconds > httpx.Limits().keepalive_expiry + 55  # LBs: 60 s
+    gateway = start_gateway(gateway={"keep_alive_seconds": 1})  # the setting reaches the server
+    ask = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    with socket.create_connection((gateway.server.host, gateway.server.port), timeout=5) as connection:
+        for _ in range(2):
+            connection.sendall(ask)
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(0.4)  # idle, yet under the keep-alive: the same connection answers again
+        time.sleep(1.5)
+        assert connection.recv(4096) == b""  # past it: closed by the gateway
