@@ -66,6 +66,7 @@ class EvalResult:
     per_example: list[float] = field(repr=False)
     latency_ms_p50: float
     generated_tokens: int
+    token_logprobs: list[list[float]] = field(repr=False)  # per answer, each generated token's
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,24 @@ class EvalResult:
             "latency_ms_p50": self.latency_ms_p50,
             "generated_tokens": self.generated_tokens,
         }
+
+
+@dataclass
+class Generations:
+    """Answers in order: their texts, their tokens' log-probabilities, per-answer latency (ms)."""
+
+    texts: list[str] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+
+def _through_first_stop(tokens: list[int], stops: Sequence[int | None]) -> list[int]:
+    """The generated tokens up to and including the first stop token (the padding after it dropped)."""
+    for index, token in enumerate(tokens):
+        if token in stops:
+            return tokens[: index + 1]
+    return tokens
 
 
 class TransformersGenerator:
@@ -100,13 +119,11 @@ class TransformersGenerator:
         end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.stop_ids = [self.tokenizer.eos_token_id, end_of_turn]
 
-    def generate(self, rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[float], int]:
-        """Texts, per-row latency (ms, a batch's time shared) and generated token count."""
+    def generate(self, rows: Sequence[dict[str, Any]]) -> Generations:
+        """Each row's answer, with its tokens' log-probabilities and the batch's time shared."""
         import torch
 
-        texts: list[str] = []
-        latencies: list[float] = []
-        generated = 0
+        out = Generations()
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
             prompts = []
@@ -127,15 +144,23 @@ class TransformersGenerator:
                     do_sample=False,
                     eos_token_id=[t for t in self.stop_ids if t is not None],
                     pad_token_id=self.tokenizer.pad_token_id,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+                # log-softmax of the logits, as vLLM's logprobs are: the chosen token's, per step
+                chosen = self.model.compute_transition_scores(
+                    output.sequences, output.scores, normalize_logits=True
                 )
             elapsed = (time.perf_counter() - started) * 1000
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for tokens in new_tokens:
-                ids = [int(t) for t in tokens if int(t) != self.tokenizer.pad_token_id]
-                generated += len(ids)
-                texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
-            latencies += [elapsed / len(batch)] * len(batch)
-        return texts, latencies, generated
+            new_tokens = output.sequences[:, encoded["input_ids"].shape[1] :]
+            for tokens, logprobs in zip(new_tokens.tolist(), chosen.tolist(), strict=True):
+                answer = _through_first_stop(tokens, self.stop_ids)
+                ids = [t for t in answer if t != self.tokenizer.pad_token_id]
+                out.tokens += len(ids)
+                out.texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+                out.logprobs.append([float(value) for value in logprobs[: len(answer)]])
+            out.latencies_ms += [elapsed / len(batch)] * len(batch)
+        return out
 
 
 def evaluate(
@@ -148,15 +173,16 @@ def evaluate(
 ) -> EvalResult:
     """Score the generator's answers to ``rows`` against the rows' own (teacher) answers."""
     prompts = [with_few_shot(row, shots) for row in rows] if shots else list(rows)
-    texts, latencies, generated = generator.generate(prompts)
+    answers = generator.generate(prompts)
     score = scorer(metric, database)
     per_example = [
-        score(parse_answer(text), row["messages"][-1]) for text, row in zip(texts, rows, strict=True)
+        score(parse_answer(text), row["messages"][-1]) for text, row in zip(answers.texts, rows, strict=True)
     ]
     return EvalResult(
         score=sum(per_example) / len(per_example) if per_example else 0.0,
         examples=len(per_example),
         per_example=per_example,
-        latency_ms_p50=statistics.median(latencies) if latencies else 0.0,
-        generated_tokens=generated,
+        latency_ms_p50=statistics.median(answers.latencies_ms) if answers.latencies_ms else 0.0,
+        generated_tokens=answers.tokens,
+        token_logprobs=answers.logprobs,
     )

@@ -158,6 +158,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
     """Train, evaluate, gate and store; returns the result that is also printed as JSON."""
     import torch
 
+    from protege.evaluation.calibration import calibrate, disagrees
     from protege.training.evaluation import TransformersGenerator, evaluate
     from protege.training.report import chart, markdown
     from protege.training.trainer import train_lora
@@ -195,10 +196,17 @@ def run(spec: JobSpec) -> dict[str, Any]:
 
         base = TransformersGenerator(model_path, max_new_tokens=spec.max_new_tokens)  # loaded once for both
         tuned = TransformersGenerator(model_path, trained.adapter_dir, max_new_tokens=spec.max_new_tokens)
+        specialist = evaluate(rows["test"], tuned, metric, database=database)
+        calibration = calibrate(
+            [
+                (logprobs, disagrees(metric, value))
+                for logprobs, value in zip(specialist.token_logprobs, specialist.per_example, strict=True)
+            ]
+        )
         results: dict[str, Any] = {
             "base_zero_shot": score(base, []),
             "base_few_shot": score(base, rows["train"][: spec.few_shot]) if spec.few_shot else None,
-            "specialist": score(tuned, []),
+            "specialist": specialist.as_dict(),
             "teacher": {
                 "score": 1.0,
                 "examples": len(rows["test"]),
@@ -229,6 +237,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
                 "dropped_too_long": trained.dropped_too_long,
             },
             "gate": {"passed": verdict.passed, "reasons": list(verdict.reasons)},
+            "confidence_calibration": calibration.as_dict(),
             "code_version": __version__,
         }
         adapter = store.put_artifact(ADAPTER_KIND, spec.specialist, trained.adapter_dir, metadata)
@@ -255,6 +264,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
         "dataset_version": dataset_version,
         "scores": scores.to_kube(),
         "gate": {"passed": verdict.passed, "reasons": list(verdict.reasons)},
+        "confidence_check": calibration.check.to_kube() if calibration.check else None,
     }
     store.put_object(RESULTS_AREA, result_key(spec), json.dumps(result).encode())
     return result

@@ -35,7 +35,27 @@ def markdown(report: dict[str, Any]) -> str:
     gate = report.get("gate", {})
     lines += ["", f"Gate: {'passed' if gate.get('passed') else 'failed'}."]
     lines += [f"- {reason}" for reason in gate.get("reasons", [])]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _calibration_lines(report.get("confidence_calibration"))) + "\n"
+
+
+def _calibration_lines(calibration: dict[str, Any] | None) -> list[str]:
+    """The fallback check calibrated on the test split: the one chosen, and each signal's best."""
+    if not calibration:
+        return []
+    chosen = "Fallback check: " + calibration["reason"] + "."
+    lines = ["", chosen]
+    if calibration["signals"]:
+        lines += [
+            "",
+            "| signal (token probability) | threshold | precision | recall | F1 | sent to the teacher |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {fit['signal']} | {fit['threshold']:.4g} | {fit['precision']:.2f} | {fit['recall']:.2f} | "
+            f"{fit['f1']:.2f} | {fit['fallback_rate']:.0%} |"
+            for fit in calibration["signals"]
+        ]
+    return lines
 
 
 def chart(report: dict[str, Any]) -> bytes:

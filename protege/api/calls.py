@@ -209,9 +209,25 @@ class RouteDecision(BaseModel):
     reason: RouteReason = Field(description="Why the call went there.")
     task_id: str | None = Field(default=None, description="Task the router matched, if any.")
     similarity: float | None = Field(default=None, description="Router similarity to the matched task.")
+    novelty: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of the user turn's words the matched task's vocabulary lacks (none without a "
+        "task, or with a task registry older than novelty bars).",
+    )
+    novel: bool | None = Field(
+        default=None,
+        description="The call's user turn is unlike the task's training calls: its unseen-word share is "
+        "above the task's novelty bar (about 5% of calls like the training calls are).",
+    )
     specialist: str | None = Field(default=None, description="Specialist considered for the call.")
     version: str | None = Field(default=None, description="Specialist version considered.")
-    confidence: float | None = Field(default=None, description="Specialist confidence (mean token prob.).")
+    confidence: float | None = Field(
+        default=None,
+        description="Specialist confidence: the token-probability signal its fallback check read "
+        "(the mean for fallback.minConfidence, the calibrated check's own otherwise).",
+    )
 
 
 class AlternateAnswer(BaseModel):

@@ -77,6 +77,14 @@ class DataPolicy(KubeModel):
         le=3650,
         description="Only examples logged in the last this many days go into a training's dataset.",
     )
+    max_input_drift: float | None = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Retrain, once new examples arrived, when more than this share of the task's calls are "
+        "unlike its training calls (status.drift: the lower bound of the novel share's interval at "
+        "rollout.confidence is above it; about 5% are when the traffic has not changed); never when unset.",
+    )
 
 
 class TrainingMethod(StrEnum):
@@ -227,6 +235,31 @@ class OutputValidation(StrEnum):
     SQL = "sql"
 
 
+class ConfidenceSignal(StrEnum):
+    MEAN = "mean"  # the mean token probability
+    MINIMUM = "minimum"  # the least likely token: where one wrong decisive token shows
+    LOW_DECILE = "low_decile"  # the bound of the lowest tenth of the token probabilities
+
+
+class ConfidenceCheck(KubeModel):
+    """A version's fallback check, calibrated on its held-out split: an answer whose signal is below
+    the threshold goes to the teacher."""
+
+    signal: ConfidenceSignal = Field(description="Which token-probability signal of the answer is read.")
+    threshold: float = Field(ge=0, le=1, description="Answers whose signal is below it go to the teacher.")
+    precision: float = Field(
+        ge=0, le=1, description="Of the held-out answers it sends to the teacher, the share that disagreed."
+    )
+    recall: float = Field(
+        ge=0, le=1, description="Of the held-out answers that disagreed, the share it catches."
+    )
+    fallback_rate: float = Field(
+        ge=0, le=1, description="Share of the held-out answers it sends to the teacher."
+    )
+    examples: int = Field(ge=0, description="Held-out answers it was calibrated on.")
+    disagreements: int = Field(ge=0, description="Of those, the answers that disagreed with the teacher.")
+
+
 class FallbackSpec(KubeModel):
     validate_output: OutputValidation = Field(
         default=OutputValidation.NONE, description="Check each answer; invalid ones go to the teacher."
@@ -237,7 +270,16 @@ class FallbackSpec(KubeModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     min_confidence: float | None = Field(
-        default=None, ge=0, le=1, description="Mean token probability below which the teacher answers."
+        default=None,
+        ge=0,
+        le=1,
+        description="Mean token probability below which the teacher answers; when set, it replaces the "
+        "calibrated check.",
+    )
+    calibrated_confidence: bool = Field(
+        default=True,
+        description="Send an answer to the teacher when the version's confidence check, calibrated on its "
+        "held-out split (status.versions[].confidenceCheck), says it likely disagrees with the teacher.",
     )
 
     @model_validator(mode="after")
@@ -306,6 +348,11 @@ class SpecialistVersion(KubeModel):
     job_name: str | None = Field(default=None, description="The RayJob (or local job) that trained it.")
     examples: int | None = Field(default=None, ge=0, description="Curated examples when training started.")
     scores: Scores | None = Field(default=None, description="Evaluation result.")
+    confidence_check: ConfidenceCheck | None = Field(
+        default=None,
+        description="Its fallback check calibrated on the held-out split; none when too few held-out "
+        "answers disagreed with the teacher, or no signal told them apart.",
+    )
     created_at: AwareDatetime | None = Field(default=None, description="When training started.")
     message: str = Field(default="", description="Why it is in its state.")
 
@@ -320,6 +367,27 @@ class LiveAgreement(KubeModel):
     low: float = Field(ge=0, le=1, description="Lower bound of the interval.")
     high: float = Field(ge=0, le=1, description="Upper bound of the interval.")
     confidence: float = Field(gt=0, lt=1, description="The interval's confidence level.")
+
+
+class InputDrift(KubeModel):
+    """How many of the task's recent calls are unlike its training calls, with a confidence interval."""
+
+    calls: int = Field(
+        ge=0, description="The task's matched calls measured (those the router gave a novelty)."
+    )
+    novel: float = Field(
+        ge=0,
+        le=1,
+        description="Share of them whose words the task's vocabulary lacks more than its novelty bar allows.",
+    )
+    low: float = Field(ge=0, le=1, description="Lower bound of the interval.")
+    high: float = Field(ge=0, le=1, description="Upper bound of the interval.")
+    confidence: float = Field(gt=0, lt=1, description="The interval's confidence level.")
+    expected: float = Field(
+        ge=0,
+        le=1,
+        description="The share expected of calls like the training calls (1 - the bar's quantile).",
+    )
 
 
 class SpecialistStatus(KubeModel):
@@ -350,4 +418,9 @@ class SpecialistStatus(KubeModel):
     )
     retrain_reason: str | None = Field(
         default=None, description="Why a retraining is due regardless of new examples (a rollback)."
+    )
+    drift: InputDrift | None = Field(
+        default=None,
+        description="Input drift: the share of the task's calls unlike its training calls, over the last "
+        "rollout.watchMinutes since the newest training started (checked against data.maxInputDrift).",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protege.api.specialist import DataPolicy, EvaluationSpec, RolloutSpec, Scores, TrainingSpec
+from protege.api.specialist import DataPolicy, EvaluationSpec, InputDrift, RolloutSpec, Scores, TrainingSpec
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ def should_train(
 
     ``examples`` counts the task's curated examples; ``new_examples`` those that arrived after
     the newest version's dataset; ``has_version`` whether any version was trained before;
-    ``retrain_reason`` why a retraining is due regardless (a version rolled back while serving).
+    ``retrain_reason`` why a retraining is due once new examples arrived (a version rolled back
+    while serving, input drift: :func:`drift_retrain_reason`).
     """
     if suspended:
         return TrainingDecision(False, "suspended")
@@ -57,6 +58,22 @@ def should_train(
         return TrainingDecision(True, f"{new_examples} new examples reached training.retrainAfterNewExamples")
     wanted = f"/{threshold}" if threshold is not None else ""
     return TrainingDecision(False, f"up to date: {new_examples}{wanted} new examples")
+
+
+def drift_retrain_reason(data: DataPolicy, drift: InputDrift | None) -> str | None:
+    """Why the task's input drift calls for a retraining (``should_train``'s ``retrain_reason``), or None.
+
+    Only when the drift is sure: the lower bound of the novel share's interval is above
+    ``data.maxInputDrift`` (by the novelty bar's construction about ``drift.expected`` of the
+    calls are novel while the traffic is like the training calls).
+    """
+    bar = data.max_input_drift
+    if bar is None or drift is None or drift.low <= bar:
+        return None
+    return (
+        f"input drift: {drift.novel:.0%} [{drift.low:.0%}, {drift.high:.0%}] of {drift.calls} calls unlike "
+        f"the training data ({drift.expected:.0%} expected), over data.maxInputDrift {bar:.0%}"
+    )
 
 
 @dataclass(frozen=True)

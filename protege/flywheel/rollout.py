@@ -11,6 +11,9 @@ own metric (the gateway scores, see docs/flywheel.md):
   sample (``CallRecord.teacher_sample``; ``rollout.teacherSampleRate`` of its calls);
 - a call that fell back (invalid output, low confidence, an error) scores 0, as does a
   shadow answer that failed. Calls nobody scored do not count.
+
+The same records give the task's **input drift** (:func:`input_drift`): the share of its
+matched calls the router found novel, unlike the task's training calls (``RouteDecision.novel``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from datetime import datetime
 from protege.api.calls import CallRecord, RouteReason, UpstreamKind
 from protege.api.specialist import RolloutSpec
 from protege.flywheel.policy import (
+    Estimate,
     RolloutAction,
     RolloutMove,
     RolloutObservation,
@@ -28,6 +32,7 @@ from protege.flywheel.policy import (
     estimate,
 )
 from protege.serving.router.table import Candidate, SpecialistRoute
+from protege.training.discovery.features import NOVELTY_QUANTILE
 
 _FALLBACKS = {
     RouteReason.FALLBACK_INVALID_OUTPUT,
@@ -105,6 +110,35 @@ def watch(
         return None
     scores = version_scores(records, route.specialist, route.active, since)
     return RolloutObservation(RolloutStage.SERVING, 0, len(scores), estimate(scores, policy.confidence))
+
+
+# The share of calls like the training calls that the router finds novel, by the bar's construction.
+EXPECTED_NOVEL_SHARE = round(1 - NOVELTY_QUANTILE, 4)
+
+
+def novel_flags(
+    records: Iterable[CallRecord], task_id: str | None, since: datetime | None = None
+) -> list[float]:
+    """1.0 for each of the task's matched calls since ``since`` that the router found novel, else 0.0.
+
+    ``task_id`` None: the calls of any task. Calls without a novelty (no bar in the router's
+    task registry, a user turn without words) do not count.
+    """
+    return [
+        float(record.route.novel)
+        for record in records
+        if task_id in (None, record.route.task_id)
+        and record.route.novel is not None
+        and (since is None or record.timestamp >= since)
+    ]
+
+
+def input_drift(
+    records: Iterable[CallRecord], task_id: str | None, confidence: float, since: datetime | None = None
+) -> Estimate | None:
+    """The share of the task's calls unlike its training calls, with its Wilson interval; None
+    without any measured call. About ``EXPECTED_NOVEL_SHARE`` when the traffic is unchanged."""
+    return estimate(novel_flags(records, task_id, since), confidence)
 
 
 def apply(route: SpecialistRoute, move: RolloutMove, now: datetime | None = None) -> SpecialistRoute:

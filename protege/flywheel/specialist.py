@@ -23,7 +23,9 @@ from croniter import croniter
 from protege.api.calls import CallRecord
 from protege.api.meta import ConditionStatus, set_condition
 from protege.api.specialist import (
+    ConfidenceCheck,
     DataPolicy,
+    InputDrift,
     LiveAgreement,
     Scores,
     SpecialistPhase,
@@ -35,14 +37,16 @@ from protege.api.specialist import (
     VersionState,
 )
 from protege.flywheel.policy import (
+    Estimate,
     RolloutAction,
     RolloutObservation,
     RolloutStage,
+    drift_retrain_reason,
     gate,
     next_rollout_move,
     should_train,
 )
-from protege.flywheel.rollout import apply, observe, watch
+from protege.flywheel.rollout import EXPECTED_NOVEL_SHARE, apply, input_drift, observe, watch
 from protege.serving.router.table import Candidate, SpecialistRoute
 from protege.training.job import JobSpec
 
@@ -183,8 +187,10 @@ async def reconcile(
     step = _Pass(name, spec, pool, io, now, outcome)
     route = await step.follow_training(route)
     route = await step.follow_rollout(route)
+    route = route.model_copy(update={"confidence_checks": _confidence_checks(current, route)})
     if route != stored_route:
         await io.write_route(route)
+    await step.watch_inputs(route)
     await step.maybe_train(route, task, trigger, job_options or {})
     current.active_version = route.active
     current.candidate_version = route.candidate.version if route.candidate else None
@@ -206,6 +212,28 @@ def _live(version: str, seen: RolloutObservation) -> LiveAgreement | None:
     )
 
 
+def _drift(est: Estimate | None) -> InputDrift | None:
+    if est is None:
+        return None
+    return InputDrift(
+        calls=est.calls,
+        novel=round(est.mean, 4),
+        low=round(est.low, 4),
+        high=round(est.high, 4),
+        confidence=est.confidence,
+        expected=EXPECTED_NOVEL_SHARE,
+    )
+
+
+def _confidence_checks(status: SpecialistStatus, route: SpecialistRoute) -> dict[str, ConfidenceCheck]:
+    """The calibrated fallback checks of the versions the route serves, by version."""
+    return {
+        version: entry.confidence_check
+        for version in route.versions
+        if (entry := _version(status, version)) is not None and entry.confidence_check is not None
+    }
+
+
 def _training(status: SpecialistStatus) -> SpecialistVersion | None:
     return next((v for v in reversed(status.versions) if v.state is VersionState.TRAINING), None)
 
@@ -224,6 +252,13 @@ class _Pass:
     io: FlywheelIO
     now: datetime
     outcome: Outcome
+    read: dict[tuple[str, datetime], Sequence[CallRecord]] = field(default_factory=dict)
+
+    async def records(self, tenant: str, since: datetime) -> Sequence[CallRecord]:
+        """The tenant's calls since ``since``, read once a pass (the serving watch and drift share it)."""
+        if (tenant, since) not in self.read:
+            self.read[tenant, since] = await self.io.records(tenant, since)
+        return self.read[tenant, since]
 
     async def follow_training(self, route: SpecialistRoute) -> SpecialistRoute:
         outcome, name, spec, io, now = self.outcome, self.name, self.spec, self.io, self.now
@@ -257,6 +292,8 @@ class _Pass:
         version.adapter_uri = result.get("adapter_uri")
         version.dataset_version = result.get("dataset_version", version.dataset_version)
         version.scores = scores
+        check = result.get("confidence_check")
+        version.confidence_check = ConfidenceCheck.model_validate(check) if check else None
         verdict = gate(spec.evaluation, scores)
         reasons = "; ".join(verdict.reasons)
         if not verdict.passed:
@@ -316,7 +353,7 @@ class _Pass:
             outcome.status.live = None
             return route
         since = now - timedelta(minutes=spec.rollout.watch_minutes)
-        seen = watch(await self.io.records(route.tenant, since), route, spec.rollout, since)
+        seen = watch(await self.records(route.tenant, since), route, spec.rollout, since)
         assert seen is not None  # a version serves
         outcome.status.live = _live(active, seen)
         move = next_rollout_move(spec.rollout, seen)
@@ -333,6 +370,27 @@ class _Pass:
         outcome.status.retrain_reason = f"{active} was rolled back while serving"
         outcome.status.live = None
         return moved
+
+    async def watch_inputs(self, route: SpecialistRoute) -> None:
+        """The task's input drift since its newest training started, within the watch window.
+
+        Once it is surely over data.maxInputDrift, a warning; the retraining it calls for starts
+        when new examples arrived (:meth:`maybe_train`).
+        """
+        outcome, spec, now = self.outcome, self.spec, self.now
+        status = outcome.status
+        newest = status.versions[-1] if status.versions else None
+        if newest is None:  # nothing trained yet: no training data to drift from
+            status.drift = None
+            return
+        window = now - timedelta(minutes=spec.rollout.watch_minutes)
+        since = max(window, newest.created_at) if newest.created_at is not None else window
+        records = await self.records(route.tenant, window)
+        was_over = drift_retrain_reason(spec.data, status.drift) is not None
+        status.drift = _drift(input_drift(records, route.task_id, spec.rollout.confidence, since))
+        reason = drift_retrain_reason(spec.data, status.drift)
+        if reason is not None and not was_over:
+            outcome.events.append(Event("InputDrift", reason, warning=True))
 
     async def maybe_train(
         self, route: SpecialistRoute, task: TaskData, trigger: str | None, job_options: dict[str, Any]
@@ -353,7 +411,7 @@ class _Pass:
             job_running=busy,
             manual_trigger=fresh_trigger is not None,
             schedule_due=schedule_due(spec.training.schedule, newest.created_at if newest else None, now),
-            retrain_reason=status.retrain_reason,
+            retrain_reason=status.retrain_reason or drift_retrain_reason(spec.data, status.drift),
         )
         if decision.train and not await io.training_slot_free(spec.training):
             outcome.waiting_for_slot = decision.reason  # a trigger stays fresh until its job starts

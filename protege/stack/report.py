@@ -1,6 +1,6 @@
 """The demo's report: per task, quality (teacher, base zero-shot, specialist), latency, tokens,
-cost per 1,000 calls, traffic share, fallbacks; versions over time. Pure: data in, rows out;
-the rendering (terminal table, Markdown, HTML with plots) is separate.
+cost per 1,000 calls, traffic share, fallbacks, live agreement, input drift; versions over time.
+Pure: data in, rows out; the rendering (terminal table, Markdown, HTML with plots) is separate.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import io
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, Field
 from rich.table import Table
@@ -19,7 +20,7 @@ from protege.api.calls import CallRecord, UpstreamKind
 from protege.api.specialist import SpecialistStatus
 from protege.capture.stats import percentile
 from protege.flywheel.policy import Estimate, estimate
-from protege.flywheel.rollout import record_scores
+from protege.flywheel.rollout import input_drift, record_scores
 
 
 class PriceModel(BaseModel):
@@ -88,6 +89,7 @@ class TaskRow:
     sampled_share: float = 0.0  # of the calls specialists answered, the share the teacher answered too
     samples_usd_per_1k: float = 0.0  # the teacher samples' cost per 1,000 calls of the task
     live: Estimate | None = None  # the agreement with the teacher over every scored call
+    drift: Estimate | None = None  # the share of its calls the router found unlike the training calls
 
     @property
     def relative(self) -> float | None:
@@ -158,6 +160,7 @@ def task_rows(
                 sampled_share=len(samples) / len(answered) if answered else 0.0,
                 samples_usd_per_1k=1000 * samples_usd / len(records),
                 live=estimate([x for r in records for x in record_scores(r)], confidence),
+                drift=input_drift(records, None, confidence),
             )
         )
     return rows
@@ -174,7 +177,7 @@ def _ms(value: float | None) -> str:
 COLUMNS = (
     "task", "specialist", "versions", "metric", "teacher", "base 0-shot", "specialist", "% of teacher",
     "p50/p95 ms teacher", "p50/p95 ms specialist", "tokens/call", "$/1k teacher", "$/1k specialist",
-    "traffic share", "fallbacks", "live agreement", "teacher-sampled ($/1k)",
+    "traffic share", "fallbacks", "live agreement", "input drift (novel calls)", "teacher-sampled ($/1k)",
 )  # fmt: skip
 
 
@@ -204,6 +207,9 @@ def row_cells(row: TaskRow) -> list[str]:
         "-"
         if row.live is None
         else f"{row.live.mean:.2f} [{row.live.low:.2f}, {row.live.high:.2f}] n={row.live.calls}",
+        "-"
+        if row.drift is None
+        else f"{row.drift.mean:.0%} [{row.drift.low:.0%}, {row.drift.high:.0%}] n={row.drift.calls}",
         f"{row.sampled_share:.0%} ({row.samples_usd_per_1k:.4f})",
     ]
 
@@ -298,24 +304,7 @@ def plots_png(
 
     figure, (quality, share, live) = plt.subplots(1, 3, figsize=(19, 5))
     colours = plt.get_cmap("tab10")
-    markers = {"teacher": "o", "base 0-shot": "x", "specialist": "*"}
-    for index, row in enumerate(rows):
-        points = {
-            "teacher": (row.teacher_usd_per_1k, row.teacher),
-            "base 0-shot": (row.specialist_usd_per_1k, row.base_zero_shot),
-            "specialist": (row.specialist_usd_per_1k, row.specialist_score),
-        }
-        for model, (cost, score) in points.items():
-            if score is not None:
-                quality.scatter(cost, score, marker=markers[model], s=90, color=colours(index % 10))
-        quality.scatter([], [], marker="s", color=colours(index % 10), label=row.family)
-    for model, marker in markers.items():
-        quality.scatter([], [], marker=marker, color="black", label=model)
-    quality.set_xscale("log")
-    quality.set_xlabel("$ per 1,000 calls (log)")
-    quality.set_ylabel("held-out score (teacher = reference)")
-    quality.set_title("quality vs cost per task")
-    quality.legend(fontsize=7, ncol=2, loc="center right")
+    _quality_vs_cost(quality, rows, colours)
     if traffic:
         # the calls behind each share: a last bin of a few calls swings to 0 or 100 %
         starts, shares, calls = zip(*traffic, strict=True)
@@ -358,6 +347,31 @@ def plots_png(
     figure.savefig(out, format="png", dpi=110)
     plt.close(figure)
     return out.getvalue()
+
+
+def _quality_vs_cost(quality: Any, rows: Sequence[TaskRow], colours: Any) -> None:
+    """Each task's teacher, base model and specialist: held-out score against the cost per call."""
+    markers = {"teacher": "o", "base 0-shot": "x", "specialist": "*"}
+    placed = False
+    for index, row in enumerate(rows):
+        points = {
+            "teacher": (row.teacher_usd_per_1k, row.teacher),
+            "base 0-shot": (row.specialist_usd_per_1k, row.base_zero_shot),
+            "specialist": (row.specialist_usd_per_1k, row.specialist_score),
+        }
+        for model, (cost, score) in points.items():
+            if score is not None and cost > 0:  # no calls of that kind yet: no cost to place it at
+                quality.scatter(cost, score, marker=markers[model], s=90, color=colours(index % 10))
+                placed = True
+        quality.scatter([], [], marker="s", color=colours(index % 10), label=row.family)
+    for model, marker in markers.items():
+        quality.scatter([], [], marker=marker, color="black", label=model)
+    if placed:  # a log axis needs a positive value to place its ticks
+        quality.set_xscale("log")
+    quality.set_xlabel("$ per 1,000 calls (log)")
+    quality.set_ylabel("held-out score (teacher = reference)")
+    quality.set_title("quality vs cost per task")
+    quality.legend(fontsize=7, ncol=2, loc="center right")
 
 
 def html_report(

@@ -384,7 +384,7 @@ class Gateway:
             observer.route = plan.decision(UpstreamKind.TEACHER)
             return None
         chat = parsed.chat
-        if chat.stream and streams_tokens(route, plan.pinned):
+        if chat.stream and streams_tokens(route, choice.version, plan.pinned):
             return await self._route_stream(
                 plan, route, choice.version, ask=ask, parsed=parsed, observer=observer, request=request
             )

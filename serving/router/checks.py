@@ -2,18 +2,21 @@
 
 Per the Specialist's ``fallback`` policy an answer must parse as JSON, satisfy a JSON
 schema, be a well-formed call of an offered tool, or be SQL that SQLite's own parser
-accepts; and its mean token probability must reach ``minConfidence``. Any failure sends
-the call to the teacher, and the reason is recorded with both answers.
+accepts; and its confidence must pass the version's rule: the mean token probability
+against ``minConfidence`` when that is set, otherwise the check calibrated on the version's
+held-out split (:mod:`protege.evaluation.calibration`). Any failure sends the call to the
+teacher, and the reason is recorded with both answers.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
-from protege.api.specialist import FallbackSpec, OutputValidation
+from protege.api.specialist import ConfidenceSignal, FallbackSpec, OutputValidation
+from protege.serving.router.table import SpecialistRoute
 
 
 def rejection(
@@ -90,10 +93,28 @@ def _sql_problem(text: str) -> str | None:
     return None
 
 
-def confidence(choice: dict[str, Any]) -> float | None:
-    """Mean token probability of a choice from its logprobs; None when it has none."""
-    tokens = ((choice.get("logprobs") or {}).get("content")) or []
-    values = [t["logprob"] for t in tokens if isinstance(t, dict) and t.get("logprob") is not None]
-    if not values:
+@dataclass(frozen=True)
+class ConfidenceRule:
+    """Below ``threshold`` on ``signal``, an answer goes to the teacher; ``source`` says who set it."""
+
+    signal: ConfidenceSignal
+    threshold: float
+    source: str
+
+
+def confidence_rule(route: SpecialistRoute, version: str) -> ConfidenceRule | None:
+    """The version's confidence rule: ``minConfidence`` when set, else its calibrated check, if any."""
+    fallback = route.fallback
+    if fallback.min_confidence is not None:
+        return ConfidenceRule(ConfidenceSignal.MEAN, fallback.min_confidence, "fallback.minConfidence")
+    check = route.confidence_checks.get(version)
+    if not fallback.calibrated_confidence or check is None:
         return None
-    return sum(math.exp(max(v, -100.0)) for v in values) / len(values)
+    source = f"calibrated on {check.examples} held-out answers, {check.disagreements} wrong"
+    return ConfidenceRule(check.signal, check.threshold, source)
+
+
+def token_logprobs(choice: dict[str, Any]) -> list[float]:
+    """The log-probabilities of a choice's tokens (OpenAI ``logprobs.content``); empty without them."""
+    tokens = ((choice.get("logprobs") or {}).get("content")) or []
+    return [float(t["logprob"]) for t in tokens if isinstance(t, dict) and t.get("logprob") is not None]

@@ -11,7 +11,9 @@ discovery) decide when they are near certain; only the calls still open are embe
 compared with the tasks' centroids, the closest above its threshold winning. Embedding
 runs in one worker thread, never on the event loop; vectors are cached by text, and when
 too many calls wait for one, the call goes to the teacher (``router_busy``) instead of
-queueing behind them.
+queueing behind them. A matched call carries its novelty against the task (the share of
+its words the task's vocabulary lacks, and whether that is above the task's bar), made by
+discovery's own definition (:mod:`protege.training.discovery.features`): set lookups.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from protege.api.calls import ChatRequest, last_user_text
 from protege.api.specialist import OutputKind
 from protege.training.discovery.discover import Embedder
 from protege.training.discovery.features import (
+    Novelty,
     SegmentCounts,
     Structure,
     call_structure,
@@ -48,6 +51,7 @@ WORD_COVERAGE = 0.6  # share of the call's words the winning profile must know
 class TaskMatch:
     task_id: str
     similarity: float | None  # None when the structure alone decided
+    novelty: Novelty | None = None  # the user turn against the task's vocabulary (None: no bar)
 
 
 def request_messages(request: ChatRequest) -> list[dict[str, Any]]:
@@ -126,21 +130,21 @@ class TaskClassifier:
         """
         messages = request_messages(request)
         candidates = self.candidates(tenant, request, messages)
+        text = last_user_text(messages)
         if len(candidates) == 1:
-            return TaskMatch(candidates[0].id, None)
+            return with_novelty(TaskMatch(candidates[0].id, None), candidates, text)
         if not candidates:
             return None
-        text = last_user_text(messages)
         by_words = self.by_words(candidates, text)
         if by_words is not None or self.embeddings is None:
-            return by_words
+            return with_novelty(by_words, candidates, text)
         try:
             vector = await self.embeddings.vector(text)
         except RouterBusyError:
             raise
         except Exception as error:  # no embedding model here (a serving image without it), say
             raise RouterBusyError(f"no embedding for the call ({error!r})") from error
-        return self.closest(candidates, vector)
+        return with_novelty(self.closest(candidates, vector), candidates, text)
 
     @staticmethod
     def by_words(candidates: Sequence[Task], text: str) -> TaskMatch | None:
@@ -172,6 +176,14 @@ class TaskClassifier:
             if similarity >= task.router.threshold and (best is None or similarity > (best.similarity or -1)):
                 best = TaskMatch(task.id, similarity)
         return best
+
+
+def with_novelty(match: TaskMatch | None, candidates: Sequence[Task], text: str) -> TaskMatch | None:
+    """The match with the call's novelty against its task: a word split and set lookups, no model."""
+    task = next((t for t in candidates if match is not None and t.id == match.task_id), None)
+    if match is None or task is None:
+        return match
+    return replace(match, novelty=task.router.novelty(text))
 
 
 class RouterBusyError(RuntimeError):

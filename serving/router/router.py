@@ -28,10 +28,11 @@ import aiohttp
 from protege.api.calls import ChatRequest, RouteDecision, RouteReason, UpstreamKind
 from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidation
 from protege.config import RouterSettings, Settings
+from protege.evaluation.calibration import signal_value
 from protege.evaluation.metrics import resolve_metric, scorer
 from protege.flywheel.policy import RolloutStage
 from protege.serving.router.breaker import Admission, Breaker, BreakerPolicy, BreakerState
-from protege.serving.router.checks import confidence, rejection
+from protege.serving.router.checks import confidence_rule, rejection, token_logprobs
 from protege.serving.router.classify import (
     CallEmbeddings,
     RouterBusyError,
@@ -53,6 +54,8 @@ from protege.training.discovery.tasks import Task
 
 log = logging.getLogger(__name__)
 
+ENGINE_KEEP_ALIVE_SECONDS = 4.0  # below the pool's own idle keep-alive (Ray Serve, vLLM: 5 s)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -69,11 +72,14 @@ class Plan:
     def decision(
         self, target: UpstreamKind, reason: RouteReason | None = None, **extra: Any
     ) -> RouteDecision:
+        novelty = self.match.novelty if self.match else None
         return RouteDecision(
             target=target,
             reason=reason or self.choice.reason,
             task_id=self.match.task_id if self.match else (self.route.task_id if self.route else None),
             similarity=self.match.similarity if self.match else None,
+            novelty=novelty.share if novelty else None,
+            novel=novelty.novel if novelty else None,
             specialist=self.route.specialist if self.route else None,
             version=self.choice.version or self.refused or self.choice.shadow,
             **extra,
@@ -89,7 +95,7 @@ class SpecialistAnswer:
     body: dict[str, Any] | None
     seconds: float
     error: str | None = None
-    confidence: float | None = None
+    confidence: float | None = None  # the value of the signal its confidence rule reads
 
     @property
     def message(self) -> dict[str, Any]:
@@ -108,15 +114,15 @@ class SpecialistStream:
     started: float  # time.perf_counter() when it was asked
 
 
-def streams_tokens(route: SpecialistRoute, pinned: bool) -> bool:
+def streams_tokens(route: SpecialistRoute, version: str, pinned: bool) -> bool:
     """Whether a streamed call may get the version's tokens as they come.
 
     Only when nothing about the whole answer must be checked before the caller sees it:
-    no output validation and no confidence threshold (or the caller named the specialist,
+    no output validation and no confidence rule (or the caller named the specialist,
     whose answers are returned unchecked).
     """
-    fallback = route.fallback
-    return pinned or (fallback.validate_output is OutputValidation.NONE and fallback.min_confidence is None)
+    unchecked = route.fallback.validate_output is OutputValidation.NONE
+    return pinned or (unchecked and confidence_rule(route, version) is None)
 
 
 class Router:
@@ -272,7 +278,10 @@ class Router:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # An idle connection is dropped before the pool's own keep-alive (Ray Serve's proxy and
+            # vLLM's server: 5 s) closes it, so no call is sent on a connection closing at that moment.
+            connector = aiohttp.TCPConnector(keepalive_timeout=ENGINE_KEEP_ALIVE_SECONDS)
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     def _deadline(self, breaker: Breaker, admission: Admission, *, first_bytes: bool) -> tuple[float, str]:
@@ -326,9 +335,9 @@ class Router:
         started, failed, name, breaker = attempt.started, attempt.failed, attempt.name, attempt.breaker
         if name in self.failed:
             return failed(self.failed[name])
-        wants_confidence = route.fallback.min_confidence is not None
+        rule = confidence_rule(route, version)
         request = {**unstreamed(body), "model": name}
-        if wants_confidence:
+        if rule is not None:
             request["logprobs"] = True
         deadline, source = self._deadline(breaker, admission, first_bytes=False)
         try:
@@ -359,8 +368,8 @@ class Router:
             return failed(f"engine answered 200 with no JSON: {text[:300]}")
         breaker.succeeded(self.clock(), admission, time.perf_counter() - started)
         choice = (answer.get("choices") or [{}])[0]
-        score = confidence(choice) if wants_confidence else None
-        if wants_confidence and not body.get("logprobs"):
+        score = signal_value(rule.signal, token_logprobs(choice)) if rule is not None else None
+        if rule is not None and not body.get("logprobs"):
             for item in answer.get("choices") or []:
                 item.pop("logprobs", None)
         return SpecialistAnswer(route.specialist, version, answer, time.perf_counter() - started, None, score)
@@ -441,12 +450,12 @@ class Router:
         problem = rejection(route.fallback, answer.message, tools)
         if problem is not None:
             return RouteReason.FALLBACK_INVALID_OUTPUT, problem
-        threshold = route.fallback.min_confidence
-        if threshold is not None and (answer.confidence is None or answer.confidence < threshold):
+        rule = confidence_rule(route, answer.version)
+        if rule is not None and (answer.confidence is None or answer.confidence < rule.threshold):
             shown = "none" if answer.confidence is None else f"{answer.confidence:.3f}"
             return (
                 RouteReason.FALLBACK_LOW_CONFIDENCE,
-                f"confidence {shown} < fallback.minConfidence {threshold}",
+                f"{rule.signal.value} token probability {shown} < {rule.threshold:.4g} ({rule.source})",
             )
         return None
 

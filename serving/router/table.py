@@ -21,7 +21,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protege.api.calls import ChatRequest, RouteReason
-from protege.api.specialist import EvaluationMetric, FallbackSpec
+from protege.api.specialist import ConfidenceCheck, EvaluationMetric, FallbackSpec
 from protege.flywheel.policy import RolloutStage
 
 ADAPTER_NAME = re.compile(
@@ -89,6 +89,10 @@ class SpecialistRoute(BaseModel):
     )
     teacher_sample_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of the calls it answers that the teacher answers too."
+    )
+    confidence_checks: dict[str, ConfidenceCheck] = Field(
+        default_factory=dict,
+        description="Each version's fallback check calibrated on its held-out split, by version.",
     )
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@ from protege.api.specialist import (
     DataPolicy,
     EvaluationMetric,
     EvaluationSpec,
+    InputDrift,
     RolloutSpec,
     Scores,
     TrainingSpec,
@@ -16,7 +17,7 @@ from protege.flywheel import (
     next_rollout_move,
     should_train,
 )
-from protege.flywheel.policy import calls_to_decide, estimate
+from protege.flywheel.policy import calls_to_decide, drift_retrain_reason, estimate
 
 DATA = DataPolicy(min_examples=100)
 TRAINING = TrainingSpec(retrain_after_new_examples=50)
@@ -176,3 +177,30 @@ def test_rollout_without_shadow_or_canary() -> None:
     no_shadow = RolloutSpec(shadow_calls=0, canary_steps=[25, 100])
     first = move(RolloutStage.SHADOW, 0, [], no_shadow)
     assert (first.action, first.traffic_percent) == (RolloutAction.ADVANCE, 25)
+
+
+def test_input_drift_retrains_only_when_its_lower_bound_is_over_the_bar() -> None:
+    def drift(novel: int, calls: int) -> InputDrift:
+        est = estimate([1.0] * novel + [0.0] * (calls - novel), 0.95)
+        assert est is not None
+        return InputDrift(
+            calls=calls, novel=est.mean, low=est.low, high=est.high, confidence=0.95, expected=0.05
+        )
+
+    data = DataPolicy()  # maxInputDrift 0.25
+    assert data.max_input_drift == 0.25
+    assert drift_retrain_reason(data, None) is None
+    assert drift_retrain_reason(data, drift(6, 120)) is None  # 5%: as expected
+    assert drift_retrain_reason(data, drift(4, 10)) is None  # 40%, but of 10 calls: low 0.17
+    assert drift_retrain_reason(data, drift(37, 120)) is None  # 31%: low 0.232, not sure yet
+    reason = drift_retrain_reason(data, drift(48, 120))  # 40%: low 0.316
+    assert reason == (
+        "input drift: 40% [32%, 49%] of 120 calls unlike the training data (5% expected), "
+        "over data.maxInputDrift 25%"
+    )
+    assert drift_retrain_reason(DataPolicy(max_input_drift=None), drift(120, 120)) is None
+    facts = {"examples": 500, "has_version": True, "job_running": False, "retrain_reason": reason}
+    decision = should_train(data, TRAINING, new_examples=1, **facts)  # type: ignore[arg-type]
+    assert decision.train and decision.reason == f"retraining on 1 new examples: {reason}"
+    # the new calls must be curated first: they are the new data
+    assert not should_train(data, TRAINING, new_examples=0, **facts).train  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from protege.api.calls import (
     UpstreamKind,
 )
 from protege.api.specialist import (
+    ConfidenceSignal,
     DataPolicy,
     SpecialistPhase,
     SpecialistSpec,
@@ -104,10 +105,11 @@ class MemoryIO:
     async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
         return [r for r in self.calls if since is None or r.timestamp >= since]
 
-    def finish(self, name: str, version: str, score: float) -> None:
+    def finish(self, name: str, version: str, score: float, check: dict[str, Any] | None = None) -> None:
         self.jobs[name] = JobState(JobPhase.SUCCEEDED)
         scores = {"metric": "exact_match", "specialist": score, "teacher": 1.0, "relativeToTeacher": score}
         self.results[name] = {"adapter_version": version, "dataset_version": "d", "scores": scores}
+        self.results[name]["confidence_check"] = check
 
     def call(
         self,
@@ -169,10 +171,14 @@ async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
     status, events = await step(io, status, T0)  # still running: nothing new, no second job
     assert events == [] and len(io.started) == 1
 
-    io.finish(status.versions[-1].job_name or "", "v1", 0.9)
+    check = {"signal": "minimum", "threshold": 0.4, "precision": 0.8, "recall": 0.6, "fallbackRate": 0.05}
+    io.finish(status.versions[-1].job_name or "", "v1", 0.9, check | {"examples": 60, "disagreements": 6})
     status, events = await step(io, status, T0 + timedelta(minutes=1))
     assert events == ["CandidateShadowing"] and status.phase is SpecialistPhase.SHADOW
     assert io.route.candidate is not None and io.route.candidate.version == "v1"
+    calibrated = status.versions[-1].confidence_check  # the job's calibrated check: in the status and route
+    assert calibrated is not None and calibrated.signal is ConfidenceSignal.MINIMUM
+    assert io.route.confidence_checks == {"v1": calibrated}
 
     for _ in range(2):  # shadowed calls, teacher answered, the candidate agreed
         io.call(T0 + timedelta(minutes=2), None, ("v1", 1.0))
@@ -190,6 +196,7 @@ async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
     ready = {c.type: c for c in status.conditions}["Ready"]
     assert ready.status.value == "True" and ready.reason == "Serving"
     assert status.versions[-1].state is VersionState.SERVING
+    assert io.route.confidence_checks == {"v1": calibrated}
 
 
 async def test_a_rejected_candidate_and_a_rollback_leave_the_active_version() -> None:
@@ -304,3 +311,62 @@ async def test_a_serving_version_that_turns_wrong_is_rolled_back_and_retrained()
     status, events = await step(io, status, T0 + timedelta(minutes=8))
     assert events == ["TrainingStarted"] and "rolled back while serving" in status.versions[-1].message
     assert status.retrain_reason is None
+
+
+def routed_calls(io: MemoryIO, at: datetime, calls: int, novel: int) -> None:
+    """``calls`` of the task answered by v1, the first ``novel`` unlike its training calls (router's word)."""
+    for index in range(calls):
+        route = RouteDecision(
+            target=UpstreamKind.SPECIALIST,
+            reason=RouteReason.SPECIALIST,
+            task_id="task-1",
+            specialist="s",
+            version="v1",
+            novelty=0.5 if index < novel else 0.0,
+            novel=index < novel,
+        )
+        io.calls.append(
+            CallRecord(
+                tenant="acme",
+                timestamp=at,
+                request=REQUEST,
+                response=ChatResponse.model_validate({"choices": [{"message": {"content": "x"}}]}),
+                latency=Latency(total_ms=1),
+                route=route,
+            )
+        )
+
+
+async def test_input_drift_is_reported_and_retrains_once_new_examples_arrive() -> None:
+    io = MemoryIO()
+    io.examples = 60
+    status, _ = await step(io, SpecialistStatus(), T0)  # v1's training starts at T0
+    io.finish(status.versions[-1].job_name or "", "v1", 0.95)
+    status, _ = await step(io, status, T0)
+    io.route = io.route.model_copy(update={"active": "v1", "candidate": None})  # v1 serves
+    status.versions[-1].state = VersionState.SERVING
+    routed_calls(io, T0 + timedelta(minutes=10), calls=100, novel=5)  # like the training calls
+    status, events = await step(io, status, T0 + timedelta(minutes=11))
+    assert events == [] and status.drift is not None
+    assert (status.drift.calls, status.drift.novel, status.drift.expected) == (100, 0.05, 0.05)
+
+    routed_calls(io, T0 + timedelta(minutes=20), calls=100, novel=60)  # the users ask otherwise now
+    status, events = await step(io, status, T0 + timedelta(minutes=21))
+    # 65 of 200 calls: the 80% interval's lower bound (about 0.28) is above maxInputDrift 0.25
+    assert events == ["InputDrift"] and status.drift is not None and status.drift.calls == 200
+    assert 0.25 < status.drift.low < status.drift.novel == 0.325 < status.drift.high
+    assert len(io.started) == 1  # no new example to learn from yet
+    status, events = await step(io, status, T0 + timedelta(minutes=22))
+    assert events == []  # said once, while it lasts
+
+    io.examples = 70  # the teacher's answers to new calls curated
+    off = SPEC.model_copy(update={"data": DataPolicy(min_examples=50, max_input_drift=None)})
+    outcome = await reconcile("s", off, POOL, status, io, now=T0 + timedelta(minutes=23))
+    assert outcome.events == [] and len(io.started) == 1  # unset: drift never retrains
+    status, events = await step(io, status, T0 + timedelta(minutes=23))
+    assert events == ["TrainingStarted"] and len(io.started) == 2
+    message = status.versions[-1].message
+    assert message.startswith("retraining on 10 new examples: input drift: ")
+    assert "of 200 calls unlike the training data (5% expected), over data.maxInputDrift 25%" in message
+    status, events = await step(io, status, T0 + timedelta(minutes=24))
+    assert events == [] and status.drift is None  # measured anew from the new training on

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,13 @@ from pydantic import TypeAdapter
 from starlette.types import Receive, Scope, Send
 
 from protege.api.calls import CallRecord, CallStatus, Endpoint, RouteReason, UpstreamKind
-from protege.api.specialist import EvaluationMetric, FallbackSpec, OutputValidation
+from protege.api.specialist import (
+    ConfidenceCheck,
+    ConfidenceSignal,
+    EvaluationMetric,
+    FallbackSpec,
+    OutputValidation,
+)
 from protege.flywheel.policy import RolloutStage
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 from protege.serving.server import ServerThread
@@ -241,7 +248,23 @@ class FakeEngine:
         self.delay = 0.0
         self.tokens = ["The", " answer", " is", " forty", " two"]
         self.tool_call: dict[str, str] | None = None
+        self.token_probabilities: list[float] | None = None  # its answer's, when logprobs are asked
         self.requests: list[tuple[dict[str, Any], str]] = []
+
+    def _choice(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The whole answer's choice (with its tokens' logprobs when asked and set)."""
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.tokens)}
+        if self.tool_call:
+            call = {"id": "call_e1", "type": "function", "function": self.tool_call}
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if self.tool_call else "stop"}
+        if request.get("logprobs") and self.token_probabilities:
+            tokens = zip(self.tokens, self.token_probabilities, strict=True)
+            content = [
+                {"token": t, "logprob": math.log(p), "bytes": None, "top_logprobs": []} for t, p in tokens
+            ]
+            choice["logprobs"] = {"content": content}
+        return choice
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -273,16 +296,8 @@ class FakeEngine:
             "model": request["model"],
         }
         if not request.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": "".join(self.tokens)}
-            if self.tool_call:
-                call = {"id": "call_e1", "type": "function", "function": self.tool_call}
-                message = {"role": "assistant", "content": None, "tool_calls": [call]}
-            choice = {
-                "index": 0,
-                "message": message,
-                "finish_reason": "tool_calls" if self.tool_call else "stop",
-            }
-            body = {**head, "object": "chat.completion", "choices": [choice], "usage": _usage("a b c d e")}
+            body = {**head, "object": "chat.completion", "choices": [self._choice(request)]}
+            body["usage"] = _usage("a b c d e")
             await send(
                 {
                     "type": "http.response.start",
@@ -808,6 +823,65 @@ def test_a_specialist_streams_its_tokens_as_they_come_unless_its_answer_is_check
     assert record.route.reason is RouteReason.SPECIALIST
 
 
+def test_a_calibrated_check_sends_an_answer_with_one_doubtful_token_to_the_teacher(
+    routed: Callable[..., RunningGateway],
+    engine: tuple[ServerThread, FakeEngine],
+    file_artifact_store: ArtifactStore,
+    tmp_path: Path,
+) -> None:
+    """The version's check, calibrated at training (lowest token probability below 0.5), decides;
+    the mean (0.82 here) would not have noticed. minConfidence, when set, replaces it; off, no check."""
+    gateway = routed()
+    _seed_intent_task(gateway, file_artifact_store)
+    check = ConfidenceCheck(
+        signal=ConfidenceSignal.MINIMUM,
+        threshold=0.5,
+        precision=0.8,
+        recall=0.75,
+        fallback_rate=0.1,
+        examples=40,
+        disagreements=8,
+    )
+
+    def route(**fallback: Any) -> None:
+        checked = SpecialistRoute(
+            specialist="intent-spec",
+            tenant=gateway.tenant,
+            task_id="t-intent",
+            active="v1",
+            fallback=FallbackSpec(**fallback),
+            confidence_checks={"v1": check},
+        )
+        _write_table(gateway, tmp_path / "routes.json", [checked])
+
+    def answered(seed: int, probabilities: list[float], **body: Any) -> CallRecord:
+        engine[1].token_probabilities = probabilities
+        response = _post(gateway, "/chat/completions", {**_intent_call(seed), **body})
+        assert response.status_code == 200
+        record = records_of(gateway.settings.nats_url, gateway.tenant, seed - 29)[-1]
+        assert isinstance(record, CallRecord)
+        return record
+
+    sure, doubtful = [0.97] * 5, [0.97, 0.97, 0.2, 0.97, 0.97]
+    route()
+    record = answered(30, sure)
+    assert record.route.reason is RouteReason.SPECIALIST and record.route.confidence == 0.97
+    assert engine[1].requests[-1][0]["logprobs"] is True  # asked of the engine, not shown to the caller
+    assert record.response is not None and record.response.choices[0].logprobs is None
+    record = answered(31, doubtful, stream=True)  # a checked answer is not streamed token by token
+    assert record.route.reason is RouteReason.FALLBACK_LOW_CONFIDENCE and record.alternate is not None
+    assert record.alternate.rejection == (
+        "minimum token probability 0.200 < 0.5 (calibrated on 40 held-out answers, 8 wrong)"
+    )
+    route(min_confidence=0.8)  # a fixed bar on the mean replaces the calibrated check
+    record = answered(32, doubtful)
+    assert record.route.reason is RouteReason.SPECIALIST and record.route.confidence == pytest.approx(0.816)
+    route(calibrated_confidence=False)
+    record = answered(33, doubtful)
+    assert record.route.reason is RouteReason.SPECIALIST and record.route.confidence is None
+    assert "logprobs" not in engine[1].requests[-1][0]
+
+
 @pytest.mark.parametrize("mode", ["fail", "error-event"])
 def test_a_specialist_failing_before_its_first_token_leaves_the_call_to_the_teacher(
     routed: Callable[..., RunningGateway],
@@ -1013,7 +1087,16 @@ def test_a_hung_engine_costs_calls_its_deadline_then_nothing_until_a_probe_finds
     time.sleep(1.6)  # the cool-down
     engine[1].mode = "ok"
     call(70, "probe")  # v1's probe, and v2's shadow as its own probe
+    probed = time.monotonic()
+    v2_state = 'protege_router_breaker_state{specialist="intent-spec",version="v2"}'
+    while _breaker_metrics(gateway).get(v2_state):
+        assert time.monotonic() - probed < 5, "the shadow version's probe never closed its breaker"
+        time.sleep(0.02)  # the shadow probe answers off the request path; until then v2 takes no other call
     call(71, "closed")
+    closed = time.monotonic()
+    while len(engine[1].requests) < asked + 4:  # v1 and v2 twice each; the last shadow may be on its way
+        assert time.monotonic() - closed < 5, f"{len(engine[1].requests) - asked} engine calls, not 4"
+        time.sleep(0.02)
     assert len(engine[1].requests) == asked + 4
 
     _check_breaker_records(gateway, texts)

@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 
 from protege.api.calls import ChatRequest, RouteReason
-from protege.api.specialist import FallbackSpec, OutputKind, OutputValidation
+from protege.api.specialist import (
+    ConfidenceCheck,
+    ConfidenceSignal,
+    FallbackSpec,
+    OutputKind,
+    OutputValidation,
+)
 from protege.config import Settings
+from protege.evaluation.calibration import signal_value
 from protege.flywheel.policy import RolloutStage
 from protege.serving.gateway.routing import caller_body
-from protege.serving.router.checks import confidence, rejection
+from protege.serving.router.checks import confidence_rule, rejection, token_logprobs
 from protege.serving.router.classify import (
     CallEmbeddings,
     RouterBusyError,
@@ -228,7 +235,37 @@ def test_json_schema_and_confidence() -> None:
         rejection(policy, {"content": '{"id": "x"}'}, None) or ""
     )
     choice = {"logprobs": {"content": [{"logprob": 0.0}, {"logprob": float(np.log(0.5))}]}}
-    assert confidence(choice) == pytest.approx(0.75) and confidence({}) is None
+    assert signal_value(ConfidenceSignal.MEAN, token_logprobs(choice)) == pytest.approx(0.75)
+    assert token_logprobs({}) == [] and signal_value(ConfidenceSignal.MEAN, []) is None
+
+
+def test_the_confidence_rule_is_the_fixed_bar_else_the_versions_calibrated_check() -> None:
+    check = ConfidenceCheck(
+        signal=ConfidenceSignal.MINIMUM,
+        threshold=0.3,
+        precision=0.9,
+        recall=0.6,
+        fallback_rate=0.05,
+        examples=50,
+        disagreements=5,
+    )
+
+    def rule(version: str, **fallback: Any) -> tuple[ConfidenceSignal, float] | None:
+        route = SpecialistRoute(
+            specialist="s",
+            tenant="acme",
+            task_id="t",
+            active="v1",
+            fallback=FallbackSpec(**fallback),
+            confidence_checks={"v1": check},
+        )
+        found = confidence_rule(route, version)
+        return None if found is None else (found.signal, found.threshold)
+
+    assert rule("v1") == (ConfidenceSignal.MINIMUM, 0.3)
+    assert rule("v2") is None  # a version whose training found no check
+    assert rule("v1", min_confidence=0.7) == rule("v2", min_confidence=0.7) == (ConfidenceSignal.MEAN, 0.7)
+    assert rule("v1", calibrated_confidence=False) is None
 
 
 COUNTS = {"acme": count_segments(["Label the intent.", "Help.", "Write SQL."] * 10, 10)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter as Tally
 from datetime import UTC, datetime, timedelta
@@ -181,3 +182,32 @@ def test_the_plots_render_with_a_bar_of_calls_per_bin() -> None:
     agreement = {"intent": agreement_over_time(scored)}
     png = plots_png([intent_row()], traffic, {"drift": 290.0}, PRICES, agreement=agreement)
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_each_task_shows_its_input_drift_beside_the_live_agreement() -> None:
+    row = intent_row()
+    assert row.drift is None and "n=5 | - | 80% (1.1200) |" in markdown_table([row])  # no novelty: "-"
+    records = [record(i, specialist=True, sampled=1.0) for i in range(20)]
+    for index, call in enumerate(records):  # the router found 5 of the 20 calls unlike the training calls
+        call.route.task_id, call.route.novel = "t-intent", index % 4 == 0
+    [row] = task_rows(
+        {"intent": records},
+        {"intent": "intent"},
+        {"intent": SpecialistStatus()},
+        {},
+        prices=PRICES,
+    )
+    assert row.drift is not None and (row.drift.calls, row.drift.mean) == (20, 0.25)
+    assert row.drift.low < 0.25 < row.drift.high
+    table = markdown_table([row])
+    header = table.splitlines()[0]
+    assert "| live agreement | input drift (novel calls) |" in header
+    assert f"n=20 | 25% [{row.drift.low:.0%}, {row.drift.high:.0%}] n=20 |" in table
+
+
+def test_the_plots_render_before_any_task_has_a_score_or_a_price() -> None:
+    """No point to place on the log cost axis yet (no held-out scores, or calls of no kind priced)."""
+    unscored = dataclasses.replace(intent_row(), teacher=None, base_zero_shot=None, specialist_score=None)
+    unpriced = dataclasses.replace(intent_row(), teacher_usd_per_1k=0.0, specialist_usd_per_1k=0.0)
+    for row in (unscored, unpriced):
+        assert plots_png([row], [], {}, PRICES).startswith(b"\x89PNG")

@@ -97,8 +97,14 @@ def test_job_through_local_ray_beats_the_base_model(
     )
     assert report["metrics"]["specialist"]["score"] == scores["specialist"]
     assert report["metrics"]["base_few_shot"]["examples"] == report["metrics"]["specialist"]["examples"]
+    calibration = report["confidence_calibration"]  # the fallback check, from the specialist's own answers
+    examples = report["metrics"]["specialist"]["examples"]
+    assert calibration["examples"] == examples
+    assert calibration["disagreements"] == round((1 - scores["specialist"]) * examples)  # exact match: 0 or 1
+    assert (calibration["check"] is None) == (result["confidence_check"] is None)
     table = store.read_file("report", "intent-router", result["report_version"], "evaluation.md").decode()
     assert "| specialist (LoRA) |" in table and "Gate: passed." in table
+    assert f"Fallback check: {calibration['reason']}." in table
     png = store.read_file("report", "intent-router", result["report_version"], "evaluation.png")
     assert png.startswith(b"\x89PNG")
 

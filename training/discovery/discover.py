@@ -42,7 +42,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from protege.api.specialist import OutputKind
-from protege.training.discovery.features import Structure, called_tools, tools_answered_after, words
+from protege.training.discovery.features import (
+    Structure,
+    called_tools,
+    novelty_bar,
+    tools_answered_after,
+    words,
+)
 from protege.training.discovery.tasks import (
     Exemplar,
     Fingerprint,
@@ -272,25 +278,27 @@ def discover(
     )
 
 
-MAX_PROFILE_WORDS = 300
+MAX_PROFILE_WORDS = 300  # a task's vocabulary: its most frequent words (bounds the registry's size)
 
 
 def word_profiles(
     found: list[tuple[Fingerprint, list[int], NDArray[np.float32]]], ordered: Sequence[Example]
 ) -> dict[int, dict[str, Any]]:
-    """Naive Bayes word profiles of the tasks that share a structure (none for a task alone in it).
+    """Naive Bayes word profiles of the tasks, among the tasks that share a structure, and novelty bars.
 
     Laplace-smoothed over the words of the group's user turns; each task keeps its most frequent
-    words, the log-probability of any other, and the log of its share of the group's calls.
+    words (at most ``MAX_PROFILE_WORDS``: its vocabulary), the log-probability of any other, and
+    the log of its share of the group's calls. A task alone in its structure gets its profile too
+    (the router never needs it to choose, but its vocabulary measures novelty), and every task
+    its novelty bar against its vocabulary (:func:`features.novelty_bar`).
     """
     groups: dict[Structure, list[int]] = defaultdict(list)
     for position, (fp, _, _) in enumerate(found):
         groups[fp.structure].append(position)
     profiles: dict[int, dict[str, Any]] = {}
     for positions in groups.values():
-        if len(positions) < 2:
-            continue
-        counts = {p: Counter(w for i in found[p][1] for w in words(ordered[i].user_text)) for p in positions}
+        turns = {p: [words(ordered[i].user_text) for i in found[p][1]] for p in positions}
+        counts = {p: Counter(w for turn in turns[p] for w in turn) for p in positions}
         vocabulary = len(set().union(*counts.values()))
         total = sum(len(found[p][1]) for p in positions)
         for position in positions:
@@ -301,6 +309,7 @@ def word_profiles(
                 "words": {w: round(math.log((mine[w] + 1) / denominator), 4) for w in kept},
                 "unseen_word": round(math.log(1 / denominator), 4),
                 "log_prior": round(math.log(len(found[position][1]) / total), 4),
+                "novelty_bar": novelty_bar(turns[position], set(kept)),
             }
     return profiles
 

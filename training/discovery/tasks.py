@@ -11,7 +11,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from protege.api.specialist import OutputKind
-from protege.training.discovery.features import SegmentCounts, Structure, call_structure, count_segments
+from protege.training.discovery.features import (
+    Novelty,
+    SegmentCounts,
+    Structure,
+    call_structure,
+    count_segments,
+    novelty,
+    words,
+)
 from protege.training.examples import Example
 
 
@@ -98,11 +106,28 @@ class RouterProfile(BaseModel):
     embedding_model: str = Field(description="The embedding model the centroids were made with.")
     words: dict[str, float] = Field(
         default_factory=dict,
-        description="Log-probabilities of the words of its user turns (naive Bayes, among the tasks "
-        "sharing its structure): settles most such calls before an embedding is needed.",
+        description="Log-probabilities of the most frequent words of its user turns (naive Bayes, among "
+        "the tasks sharing its structure): settles most such calls before an embedding is needed. "
+        "Its keys are the task's vocabulary, which a call's novelty is measured against.",
     )
     unseen_word: float = Field(default=0.0, description="Log-probability of a word not in `words`.")
     log_prior: float = Field(default=0.0, description="Log of its share of its structure's calls.")
+    novelty_bar: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="A call whose share of words the task's vocabulary lacks is above this is unlike "
+        "the task's calls (novel): the 0.95 quantile of its own calls' leave-one-out share "
+        "(features.novelty_bar). None for a task of fewer than 50 calls, and in registries written "
+        "before it: no novelty is recorded.",
+    )
+
+    def novelty(self, text: str) -> Novelty | None:
+        """How unlike the task's calls a user turn is; None without a bar or without words."""
+        if self.novelty_bar is None:
+            return None
+        share = novelty(words(text), self.words)
+        return None if share is None else Novelty(share, share > self.novelty_bar)
 
 
 class Exemplar(BaseModel):
