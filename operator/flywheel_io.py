@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from protege.api.jobs import JobSpec, job_name
 from protege.api.pool import SpecialistPoolSpec
+from protege.api.routes import RoutingTable, SpecialistRoute
 from protege.api.specialist import TrainingSpec
 from protege.flywheel.data import StoreData, StoreFacts
 from protege.flywheel.specialist import JobPhase, JobState
@@ -24,23 +26,28 @@ from protege.operator.render import (
     render_training_job,
     routes_config_map_name,
 )
-from protege.serving.router.table import RoutingTable, SpecialistRoute
-from protege.training.job import JobSpec, job_name
 
 _SUCCEEDED, _FAILED = {"SUCCEEDED"}, {"FAILED", "STOPPED"}
+# KubeRay's terminal deployment states without a success: the spec refused (name, fields), or the
+# job's cluster or submitter gave up (a deadline, a failed submission, the backoff limit)
+_DEPLOYMENT_FAILED = {"Failed", "ValidationFailed"}
 
 
 def job_state(ray_job: dict[str, Any] | None) -> JobState:
-    """A RayJob's status (KubeRay v1) as the flywheel sees it."""
+    """A RayJob's status (KubeRay v1) as the flywheel sees it: every terminal state without a
+    success is a failure, with KubeRay's reason and message."""
     if ray_job is None:
         return JobState(JobPhase.MISSING, "the RayJob is gone")
     status = ray_job.get("status") or {}
-    job_status = status.get("jobStatus")
+    job_status, deployment = status.get("jobStatus"), status.get("jobDeploymentStatus")
     message = status.get("message") or ""
     if job_status in _SUCCEEDED:
         return JobState(JobPhase.SUCCEEDED, message)
-    if job_status in _FAILED or status.get("jobDeploymentStatus") == "Failed":
-        return JobState(JobPhase.FAILED, message or f"RayJob {job_status or 'deployment failed'}")
+    if job_status in _FAILED or deployment in _DEPLOYMENT_FAILED:
+        state = deployment if deployment in _DEPLOYMENT_FAILED else job_status
+        reason = status.get("reason")
+        said = ": ".join(part for part in (reason if reason != state else None, message) if part)
+        return JobState(JobPhase.FAILED, f"RayJob {state}" + (f": {said}" if said else ""))
     return JobState(JobPhase.RUNNING, message)
 
 
@@ -85,7 +92,9 @@ class KubeFlywheelIO(StoreFacts):
         self.owner, self.pool, self.pool_spec = owner, pool, pool_spec
 
     async def start_job(self, job: JobSpec) -> str:
-        manifest = render_training_job(self.owner, job, self.pool_spec, self.platform)
+        manifest = render_training_job(
+            self.owner, job, self.pool_spec, self.platform, pool_name=self.pool.name
+        )
         name = job_name(job)
         if await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name) is None:
             await self.kube.apply(manifest)
@@ -95,7 +104,13 @@ class KubeFlywheelIO(StoreFacts):
         return job_state(await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name))
 
     async def training_slot_free(self, training: TrainingSpec) -> bool:
-        return True  # each RayJob brings its own cluster; GPU capacity is the autoscaler's to find
+        """Whether the pool's running training jobs leave room for one more (spec.maxTrainingJobs);
+        each RayJob brings its own cluster, the GPUs for it are the autoscaler's (or Kueue's) to find."""
+        jobs = await self.kube.list(
+            "ray.io/v1", "RayJob", self.pool.namespace, {f"{API_GROUP}/pool": self.pool.name}
+        )
+        running = sum(job_state(j).phase is JobPhase.RUNNING for j in jobs)
+        return running < self.pool_spec.max_training_jobs
 
     async def running_jobs(self, specialist: str) -> list[str]:
         jobs = await self.kube.list(

@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import ValidationError
 
+from protege.api.jobs import ADAPTER_KIND, REPORT_KIND, RESULTS_AREA
 from protege.api.meta import ConditionStatus, KubeModel, set_condition, spec_problems
 from protege.api.pool import PoolPhase, SpecialistPoolSpec, SpecialistPoolStatus
+from protege.api.routes import RoutingTable
 from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistStatus
 from protege.config import load_settings
 from protege.flywheel.data import StoreData
@@ -38,9 +40,7 @@ from protege.operator.render import (
     render_routes,
     routes_config_map_name,
 )
-from protege.serving.router.table import RoutingTable
 from protege.store.artifacts import ArtifactStore
-from protege.training.job import ADAPTER_KIND, REPORT_KIND, RESULTS_AREA
 
 GROUP, VERSION = "protege.dev", "v1alpha1"
 STATUS_INTERVAL = float(os.environ.get("PROTEGE_OPERATOR_STATUS_INTERVAL", "30"))
@@ -288,10 +288,14 @@ async def run_specialist(
 
 
 @kopf.on.delete(GROUP, VERSION, "specialists")
-async def delete_specialist(*, spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+async def delete_specialist(
+    *, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, **_: Any
+) -> None:
     """Take the Specialist out of its pool's routes, then delete its adapters, reports and results.
 
     The RayJobs go with it by owner reference; the finalizer holds the deletion until this ran.
+    Results are deleted by the names of the jobs its status recorded (never by a name prefix:
+    another Specialist's name may start with this one's).
     """
     name, namespace = meta["name"], meta["namespace"]
     memo.phases.set(namespace, name, None)
@@ -306,4 +310,12 @@ async def delete_specialist(*, spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo
     store: ArtifactStore = memo.store
     for kind in (ADAPTER_KIND, REPORT_KIND):
         await asyncio.to_thread(store.delete, kind, name)
-    await asyncio.to_thread(store.delete_objects, RESULTS_AREA, f"{name}.")
+    recorded = SpecialistStatus.model_validate(dict(status or {}))
+    jobs = sorted({v.job_name for v in recorded.versions if v.job_name})
+
+    def delete_results() -> None:
+        for job in jobs:
+            if store.has_object(RESULTS_AREA, job):  # a job that never finished left none
+                store.delete_object(RESULTS_AREA, job)
+
+    await asyncio.to_thread(delete_results)

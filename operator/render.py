@@ -21,17 +21,20 @@ from typing import Any
 import yaml
 
 from protege import __version__
+from protege.api.jobs import JobSpec, job_name
 from protege.api.meta import ComputeResources
+from protege.api.naming import KUBERAY_NAME_MAX, child_name
 from protege.api.pool import SpecialistPoolSpec
+from protege.api.routes import RoutingTable
 from protege.serving.pool.config import serve_application
-from protege.serving.router.table import RoutingTable
-from protege.training.job import JobSpec, job_name
 
 API_GROUP = "protege.dev"
 RAY_VERSION = "2.60.0"
 SERVE_PORT = 8000
 GATEWAY_PORT = 8080
 ROUTES_KEY = "routes.json"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+FINISHED_CLUSTER_TTL_SECONDS = 60  # a finished training job's Ray cluster (its GPUs) goes after this
 
 
 @dataclass(frozen=True)
@@ -147,14 +150,15 @@ def _worker_template(
 
 
 def ray_service_name(pool: str) -> str:
-    return f"{pool}-serve"
+    """``<pool>-serve``, within KubeRay's 47 characters (:func:`child_name`)."""
+    return child_name(pool, "serve", KUBERAY_NAME_MAX)
 
 
 def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -> dict[str, Any]:
     """The pool's RayService: its Serve app, autoscaled between replicas.min and replicas.max."""
     image = spec.image or platform.serving_image
     env = _store_env(platform)
-    gpus = spec.resources.gpu * spec.engine.tensor_parallel_size
+    gpus = spec.resources.gpu  # per worker pod: tensor parallelism shares them, it does not multiply them
     workers = {
         "groupName": "gpu" if gpus else "cpu",
         "replicas": spec.replicas.min,
@@ -197,7 +201,8 @@ def render_routes(owner: Owner, table: RoutingTable) -> dict[str, Any]:
 
 
 def gateway_name(pool: str) -> str:
-    return f"{pool}-gateway"
+    """``<pool>-gateway``: its Deployment's and its Service's name (a DNS-1035 label)."""
+    return child_name(pool, "gateway")
 
 
 def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -> list[dict[str, Any]]:
@@ -287,9 +292,14 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
 
 
 def render_training_job(
-    owner: Owner, job: JobSpec, pool: SpecialistPoolSpec, platform: Platform
+    owner: Owner, job: JobSpec, pool: SpecialistPoolSpec, platform: Platform, *, pool_name: str
 ) -> dict[str, Any]:
-    """A RayJob running the training entrypoint on ``training.workers`` GPU workers."""
+    """A RayJob running the training entrypoint on ``training.workers`` GPU workers.
+
+    Labelled with its pool (the pool's cap on concurrent training jobs counts them) and, with
+    ``training.queueName``, with its Kueue queue. Its cluster goes a minute after the job ends
+    (``ttlSecondsAfterFinished``): a GPU is not held idle; the result is in the artifact store.
+    """
     image = platform.training_image
     env = _store_env(platform)
     training = job.training
@@ -304,18 +314,23 @@ def render_training_job(
     spec_json = json.dumps(
         job.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
     )
+    metadata = _metadata(job_name(job), owner, "training")
+    metadata["labels"][f"{API_GROUP}/pool"] = pool_name
+    if training.queue_name:
+        metadata["labels"][KUEUE_QUEUE_LABEL] = training.queue_name
     return _plain(
         {
             "apiVersion": "ray.io/v1",
             "kind": "RayJob",
-            "metadata": _metadata(job_name(job), owner, "training"),
+            "metadata": metadata,
             "spec": {
                 "entrypoint": f"python -m protege.training.job --spec {shlex.quote(spec_json)}",
                 "entrypointNumCpus": 1,
                 # one worker trains in the entrypoint itself; with more, Ray Train's workers take the GPUs
                 "entrypointNumGpus": training.resources.gpu if training.workers == 1 else 0,
                 "shutdownAfterJobFinishes": True,
-                "ttlSecondsAfterFinished": 3600,
+                "ttlSecondsAfterFinished": FINISHED_CLUSTER_TTL_SECONDS,
+                "activeDeadlineSeconds": training.active_deadline_seconds,
                 "backoffLimit": 0,
                 "submissionMode": "K8sJobMode",
                 "rayClusterSpec": {

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import aiohttp
 
+from protege.api.jobs import ADAPTER_KIND
 from protege.serving.router.table import adapter_name
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore, CorruptedArtifactError
-from protege.training.job import ADAPTER_KIND
 
 
 class AdapterLoadError(RuntimeError):

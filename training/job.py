@@ -5,15 +5,16 @@
 It reads the task's dataset version from the artifact store, checks everything it can
 before spending compute (dataset size and splits, base model, rank against the pool's
 maxLoraRank), trains the LoRA adapter, evaluates base zero-shot, base few-shot and the
-adapter on the frozen test split against the teacher's answers, applies the
-Specialist's gate, and stores the adapter (content-addressed, with a manifest of its
-lineage) and the evaluation report. Its last line on stdout is the result as JSON.
+adapter on the frozen test split against the teacher's answers, calibrates the
+adapter's fallback check, and stores the adapter (content-addressed, with a manifest of
+its lineage) and the evaluation report. Its last line on stdout is the result
+(:class:`protege.api.jobs.JobResult`) as JSON. It reports scores; the gate is the
+flywheel's to apply (with the Specialist's spec as it is then), in one place.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -24,67 +25,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from protege import __version__
+from protege.api.jobs import (
+    ADAPTER_KIND,
+    REPORT_KIND,
+    RESULTS_AREA,
+    JobResult,
+    JobSpec,
+    job_id,
+    job_name,
+)
 from protege.api.meta import quantity_value
-from protege.api.specialist import EvaluationMetric, EvaluationSpec, OutputKind, Scores, TrainingSpec
+from protege.api.specialist import EvaluationMetric, OutputKind, Scores, TrainingSpec
 from protege.config import load_settings
 from protege.evaluation import resolve_metric
-from protege.flywheel.policy import gate
 from protege.models.catalogue import UnknownModelError
 from protege.models.pull import ModelUnavailableError, resolve_model
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.training.datasets import DATASET_KIND, SQL_DATABASE
 
-ADAPTER_KIND = "adapter"
-REPORT_KIND = "report"
-RESULTS_AREA = "job-results"  # one object per job: what the operator and the local driver read back
-
-
-class JobSpec(BaseModel):
-    """What one training job does (the RayJob's entrypoint argument)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    specialist: str = Field(
-        pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$", description="Specialist the adapter is for."
-    )
-    task: str = Field(description="Task id; its dataset is artifact dataset/<task>.")
-    dataset_version: str | None = Field(default=None, description="Dataset version; the latest when unset.")
-    base_model: str = Field(description="Catalogue id, file:///path or hf://org/name.")
-    max_lora_rank: int = Field(default=64, ge=1, description="The pool's engine.maxLoraRank.")
-    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Hyper-parameters.")
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Metric and gate.")
-    max_steps: int | None = Field(
-        default=None, ge=1, description="Stop after this many steps (tests, smoke runs)."
-    )
-    few_shot: int = Field(default=3, ge=0, le=16, description="Examples from train shown to the base model.")
-    max_new_tokens: int = Field(default=256, ge=1, description="Generation limit during evaluation.")
-    min_train_examples: int = Field(default=8, ge=1, description="Refuse smaller training splits.")
-
-
-def job_id(spec: JobSpec) -> str:
-    """Deterministic: the same spec always has the same id (the RayJob's name ends with it)."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:10]
-
-
-def job_name(spec: JobSpec) -> str:
-    """The job's name on Ray and Kubernetes (a RayJob's name): ``<specialist>-train-<id>``."""
-    return f"{spec.specialist[:40]}-train-{job_id(spec)}"
-
-
-def result_key(spec: JobSpec) -> str:
-    return f"{spec.specialist}.{job_id(spec)}"
-
-
-def read_result(store: ArtifactStore, specialist: str, id_: str) -> dict[str, Any] | None:
-    """A finished job's result (``{"error": ...}`` when it refused to run); None while there is none."""
-    key = f"{specialist}.{id_}"
-    if not store.has_object(RESULTS_AREA, key):
-        return None
-    result: dict[str, Any] = json.loads(store.get_object(RESULTS_AREA, key))
-    return result
+__all__ = ["ADAPTER_KIND", "REPORT_KIND", "JobError", "JobResult", "JobSpec", "job_id", "job_name", "run"]
 
 
 class JobError(RuntimeError):
@@ -154,8 +116,8 @@ def torch_threads(training: TrainingSpec, cpu_count: int | None) -> int:
     return max(1, min(int(quantity_value(training.resources.cpu)), cpu_count or 1))
 
 
-def run(spec: JobSpec) -> dict[str, Any]:
-    """Train, evaluate, gate and store; returns the result that is also printed as JSON."""
+def run(spec: JobSpec) -> JobResult:
+    """Train, evaluate and store; returns the result that is also printed as JSON."""
     import torch
 
     from protege.evaluation.calibration import calibrate, disagrees
@@ -220,7 +182,6 @@ def run(spec: JobSpec) -> dict[str, Any]:
             base_zero_shot=results["base_zero_shot"]["score"],
             relative_to_teacher=results["specialist"]["score"],
         )
-        verdict = gate(spec.evaluation, scores)
         metadata = {
             "specialist": spec.specialist,
             "task": spec.task,
@@ -236,7 +197,6 @@ def run(spec: JobSpec) -> dict[str, Any]:
                 "seconds": training_seconds,
                 "dropped_too_long": trained.dropped_too_long,
             },
-            "gate": {"passed": verdict.passed, "reasons": list(verdict.reasons)},
             "confidence_calibration": calibration.as_dict(),
             "code_version": __version__,
         }
@@ -246,6 +206,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
             "adapter_version": adapter.version,
             "metric": metric.value,
             "min_relative_to_teacher": spec.evaluation.min_relative_to_teacher,
+            "min_score": spec.evaluation.min_score,
         }
         report = store.put_artifact(
             REPORT_KIND,
@@ -257,16 +218,15 @@ def run(spec: JobSpec) -> dict[str, Any]:
             },
         )
         shutil.rmtree(trained.adapter_dir, ignore_errors=True)
-    result = {
-        "adapter_version": adapter.version,
-        "adapter_uri": store.uri(ADAPTER_KIND, spec.specialist, adapter.version),
-        "report_version": report.version,
-        "dataset_version": dataset_version,
-        "scores": scores.to_kube(),
-        "gate": {"passed": verdict.passed, "reasons": list(verdict.reasons)},
-        "confidence_check": calibration.check.to_kube() if calibration.check else None,
-    }
-    store.put_object(RESULTS_AREA, result_key(spec), json.dumps(result).encode())
+    result = JobResult(
+        adapter_version=adapter.version,
+        adapter_uri=store.uri(ADAPTER_KIND, spec.specialist, adapter.version),
+        report_version=report.version,
+        dataset_version=dataset_version,
+        scores=scores,
+        confidence_check=calibration.check,
+    )
+    store.put_object(RESULTS_AREA, job_name(spec), result.model_dump_json(exclude_none=True).encode())
     return result
 
 
@@ -287,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         try:  # so whoever started the job can say why without reading its logs
             store = ArtifactStore.from_settings(load_settings())
-            store.put_object(RESULTS_AREA, result_key(spec), json.dumps({"error": str(error)}).encode())
+            refused = JobResult(error=str(error)).model_dump_json(exclude_none=True)
+            store.put_object(RESULTS_AREA, job_name(spec), refused.encode())
         except Exception as unrecorded:  # the exit status still says it failed
             print(f"error: could not record the failure: {unrecorded}", file=sys.stderr)
         return 2
-    print(json.dumps(result), flush=True)
+    print(result.model_dump_json(exclude_none=True), flush=True)
     return 0
 
 

@@ -32,9 +32,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {label} | {values['score']:.3f} | {'' if latency is None else f'{latency:.0f}'} | "
             f"{'' if tokens is None else tokens} |"
         )
-    gate = report.get("gate", {})
-    lines += ["", f"Gate: {'passed' if gate.get('passed') else 'failed'}."]
-    lines += [f"- {reason}" for reason in gate.get("reasons", [])]
+    bars = [f"evaluation.minRelativeToTeacher {report['min_relative_to_teacher']}"]
+    if report.get("min_score") is not None:
+        bars.append(f"evaluation.minScore {report['min_score']}")
+    lines += [
+        "",
+        f"The flywheel gates these scores with the Specialist's bars ({', '.join(bars)} when it was "
+        "trained; its spec as it is then decides); the version's status gives the verdict.",
+    ]
     return "\n".join(lines + _calibration_lines(report.get("confidence_calibration"))) + "\n"
 
 
@@ -72,7 +77,7 @@ def chart(report: dict[str, Any]) -> bytes:
         axes.text(min(values["score"] + 0.01, 0.92), index, f"{values['score']:.2f}", va="center")
     threshold = report.get("min_relative_to_teacher")
     if threshold is not None:
-        axes.axvline(threshold, color="#1c7ed6", linestyle="--", linewidth=1, label="gate")
+        axes.axvline(threshold, color="#1c7ed6", linestyle="--", linewidth=1, label="bar (relative)")
         axes.legend(loc="lower right")
     axes.set_xlim(0, 1)
     axes.invert_yaxis()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
 import time
 from typing import Any
 
-from protege.training.job import JobSpec
+from protege.api.jobs import JobResult, JobSpec, job_name
+
+SPECIALIST = "protege.dev/specialist"  # job metadata: whose job it is (exact, never a name prefix)
+RESERVED_CPUS = "protege.dev/reserved-cpus"  # job metadata: the CPUs its entrypoint holds
+SUBMIT_ATTEMPTS = 60
 
 
 class JobFailedError(RuntimeError):
@@ -21,6 +24,52 @@ def entrypoint(spec: JobSpec, python: str = sys.executable) -> str:
     return f"{shlex.quote(python)} -m protege.training.job --spec {shlex.quote(spec.model_dump_json())}"
 
 
+def submit(
+    client: Any,
+    spec: JobSpec,
+    *,
+    env: dict[str, str],
+    reserved_cpus: float | None = None,
+    niceness: int | None = None,
+) -> str:
+    """Start the job on Ray unless it is there already; its name (:func:`job_name`) is its submission
+    id, so the same spec is always one job. The one way a job is launched through Ray's job API.
+
+    ``client`` is a ``ray.job_submission.JobSubmissionClient``; ``env`` the job's environment;
+    ``reserved_cpus`` the CPUs its entrypoint holds (None: none); ``niceness`` its CPU priority.
+    """
+    name = job_name(spec)
+    try:
+        client.get_job_info(name)
+        return name  # submitted before (by this process or one before it)
+    except RuntimeError:  # the client's way of saying 404
+        pass
+    command = entrypoint(spec)
+    if niceness is not None:
+        command = f"nice -n {niceness} {command}"
+    metadata = {SPECIALIST: spec.specialist, RESERVED_CPUS: str(reserved_cpus or 0)}
+    for attempt in range(SUBMIT_ATTEMPTS):
+        try:
+            client.submit_job(
+                entrypoint=command,
+                submission_id=name,
+                runtime_env={"env_vars": env},
+                entrypoint_num_cpus=reserved_cpus,
+                metadata=metadata,
+            )
+            break
+        except RuntimeError as error:  # a fresh head's job agent comes up after its dashboard
+            if "No available agent" not in str(error) or attempt == SUBMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(1)
+    return name
+
+
+def job_environment() -> dict[str, str]:
+    """What a job reads its settings from: this process's PROTEGE_* (and HF_*) variables."""
+    return {name: value for name, value in os.environ.items() if name.startswith(("PROTEGE_", "HF_"))}
+
+
 def run_on_ray(
     spec: JobSpec,
     address: str,
@@ -28,8 +77,8 @@ def run_on_ray(
     headers: dict[str, str] | None = None,
     timeout: float = 3600,
     poll: float = 2.0,
-) -> dict[str, Any]:
-    """Submit the job, wait for it, and return the JSON result it printed last.
+) -> JobResult:
+    """Submit the job, wait for it, and return the result it printed last.
 
     ``headers`` authenticate to a cluster with token authentication (``Authorization:
     Bearer <token>``); without them Ray's own token discovery applies.
@@ -37,9 +86,13 @@ def run_on_ray(
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address, headers=headers)
-    # The job reads the same settings as this process: pass the PROTEGE_* variables on.
-    env = {name: value for name, value in os.environ.items() if name.startswith(("PROTEGE_", "HF_"))}
-    job_id = client.submit_job(entrypoint=entrypoint(spec), runtime_env={"env_vars": env})
+    job_id = job_name(spec)
+    try:  # the same spec ran before: a success is returned again, a failure runs anew
+        if client.get_job_status(job_id) in (JobStatus.FAILED, JobStatus.STOPPED):
+            client.delete_job(job_id)
+    except RuntimeError:  # never submitted
+        pass
+    submit(client, spec, env=job_environment())
     deadline = time.monotonic() + timeout
     while (status := client.get_job_status(job_id)) not in (
         JobStatus.SUCCEEDED,
@@ -53,4 +106,4 @@ def run_on_ray(
     logs = client.get_job_logs(job_id)
     if status is not JobStatus.SUCCEEDED:
         raise JobFailedError(f"training job {job_id} {status.value.lower()}:\n{logs[-3000:]}")
-    return dict(json.loads(logs.strip().splitlines()[-1]))
+    return JobResult.model_validate_json(logs.strip().splitlines()[-1])

@@ -156,6 +156,13 @@ class SpecialistPoolSpec(KubeModel):
     )
     teacher: TeacherSpec = Field(description="The teacher model: source of labels and the fallback.")
     image: str | None = Field(default=None, description="Serving image; the operator's default when unset.")
+    max_training_jobs: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Training jobs of the pool's Specialists running at once; the others wait, with a "
+        "Trained=False WaitingForTrainingSlot condition, until one ends.",
+    )
 
     @model_validator(mode="after")
     def _tensor_parallel_fits(self) -> SpecialistPoolSpec:

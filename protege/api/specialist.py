@@ -128,6 +128,17 @@ class TrainingSpec(KubeModel):
         pattern=r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$",
         description="Cron schedule for retraining, in addition to the example count.",
     )
+    active_deadline_seconds: int = Field(
+        default=21600,
+        ge=60,
+        description="A training job still running after this long is stopped and recorded as failed "
+        "(the RayJob's activeDeadlineSeconds).",
+    )
+    queue_name: DnsLabel | None = Field(
+        default=None,
+        description="Kueue LocalQueue of the training job (its label kueue.x-k8s.io/queue-name): Kueue "
+        "admits it when the queue's quota allows.",
+    )
 
     @model_validator(mode="after")
     def _qlora_needs_gpu(self) -> TrainingSpec:

@@ -25,6 +25,8 @@ def render(
     ),
 ) -> None:
     """Print the RayService, gateway, routing ConfigMap and training RayJob the operator would apply."""
+    from protege.api.jobs import JobSpec
+    from protege.api.routes import RoutingTable
     from protege.operator.render import (
         Owner,
         Platform,
@@ -33,8 +35,6 @@ def render(
         render_routes,
         render_training_job,
     )
-    from protege.serving.router.table import RoutingTable
-    from protege.training.job import JobSpec
 
     documents: list[dict[str, Any]] = []
     for path in files:
@@ -83,7 +83,7 @@ def render(
             training=specialist.training,
             evaluation=specialist.evaluation,
         )
-        out.append(render_training_job(owner(document), job, pool, platform))
+        out.append(render_training_job(owner(document), job, pool, platform, pool_name=specialist.pool))
     if not out:
         fail("no SpecialistPool or Specialist in the files")
     console.print(yaml.safe_dump_all(out, sort_keys=False), highlight=False, end="", soft_wrap=True)

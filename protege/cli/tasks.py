@@ -190,6 +190,7 @@ def train(
     ),
 ) -> None:
     """Train, evaluate and gate a LoRA specialist for a task (the same job a RayJob runs)."""
+    from protege.flywheel.policy import gate
     from protege.training.job import JobError, JobSpec, run
 
     try:
@@ -218,12 +219,13 @@ def train(
                 result = run(spec)
     except JobError as error:
         fail(str(error), code=2)
-    scores = result["scores"]
-    verdict = "passed" if result["gate"]["passed"] else "FAILED"
+    scores = result.scores
+    assert scores is not None  # a job that ran has scores; one that refused raised JobError
+    verdict = gate(spec.evaluation, scores)  # the gate the flywheel would apply to them
     console.print(
-        f"adapter {specialist}@{result['adapter_version']}: {scores['metric']} {scores['specialist']:.3f} "
-        f"(base zero-shot {scores['baseZeroShot']:.3f}); "
-        f"gate {verdict}: {'; '.join(result['gate']['reasons'])}",
+        f"adapter {specialist}@{result.adapter_version}: {scores.metric.value} {scores.specialist:.3f} "
+        f"(base zero-shot {scores.base_zero_shot or 0:.3f}); "
+        f"gate {'passed' if verdict.passed else 'FAILED'}: {'; '.join(verdict.reasons)}",
         highlight=False,
     )
 

@@ -9,6 +9,7 @@ import yaml
 
 from protege import __version__
 from protege.api.meta import GROUP, VERSION
+from protege.api.naming import DNS_1035_PATTERN, DNS_LABEL_MAX, NAME_RULE
 from protege.api.resources import RESOURCE_KINDS, ResourceKind
 from protege.crds.schema import Schema, structural_errors, to_structural
 
@@ -29,6 +30,14 @@ def openapi_schema(kind: ResourceKind) -> Schema:
             "status": status,
         },
         "required": ["spec"],
+        # Rules at a CRD's root may read metadata.name: the names of its children are made from it.
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.metadata.name.size() <= {DNS_LABEL_MAX} && "
+                f"self.metadata.name.matches('^{DNS_1035_PATTERN}$')",
+                "message": NAME_RULE,
+            }
+        ],
     }
 
 

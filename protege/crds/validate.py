@@ -2,7 +2,9 @@
 
 Used for Protégé's own CRDs and for KubeRay's (the operator's rendered RayJobs and
 RayServices are checked against KubeRay's real CRDs). CEL rules (x-kubernetes-validations)
-are not evaluated here; the pydantic models enforce the same constraints.
+are evaluated too, with cel-python (a test dependency), as the API server evaluates them on
+a create: each rule with ``self`` bound to the value at its place in the object, transition
+rules (those reading ``oldSelf``) only when an old object is given.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class CrdCatalogue:
 
     def __init__(self, documents: Iterable[dict[str, Any]]) -> None:
         self._schemas: dict[tuple[str, str], Schema] = {}
+        self._openapi: dict[tuple[str, str], Schema] = {}
         for crd in documents:
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
@@ -77,6 +80,7 @@ class CrdCatalogue:
             for version in crd["spec"]["versions"]:
                 schema = version["schema"]["openAPIV3Schema"]
                 self._schemas[(f"{group}/{version['name']}", kind)] = openapi_to_jsonschema(schema)
+                self._openapi[(f"{group}/{version['name']}", kind)] = schema
 
     @classmethod
     def from_paths(cls, paths: Iterable[Path]) -> CrdCatalogue:
@@ -90,8 +94,9 @@ class CrdCatalogue:
     def kinds(self) -> list[tuple[str, str]]:
         return sorted(self._schemas)
 
-    def errors(self, obj: dict[str, Any]) -> list[str]:
-        """Every schema violation of ``obj`` as 'path: message' (empty when it is valid)."""
+    def errors(self, obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+        """Every schema violation and failed CEL rule of ``obj`` as 'path: message' (empty when it is
+        valid); ``old``, the stored object it would replace, for transition rules."""
         import jsonschema
 
         key = (obj.get("apiVersion", ""), obj.get("kind", ""))
@@ -99,7 +104,53 @@ class CrdCatalogue:
         if schema is None:
             return [f"no CRD for apiVersion {key[0]!r} kind {key[1]!r}"]
         validator = jsonschema.Draft202012Validator(schema)
-        return sorted(
+        found = sorted(
             f"{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
             for error in validator.iter_errors(obj)
         )
+        return found or cel_errors(self._openapi[key], obj, old)
+
+
+def cel_errors(schema: Schema, value: Any, old: Any = None, path: str = "") -> list[str]:
+    """The x-kubernetes-validations rules ``value`` breaks, at ``schema`` and below it."""
+    found = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        text = rule["rule"]
+        if "oldSelf" in text and old is None:
+            continue  # a transition rule: nothing to compare with on a create
+        if not _cel_holds(text, value, old):
+            found.append(f"{path or '(root)'}: {rule.get('message') or 'failed rule: ' + text}")
+    children: list[tuple[str, Schema, Any, Any]] = []
+    if isinstance(value, dict):
+        for name, sub in (schema.get("properties") or {}).items():
+            if name in value:
+                children.append((name, sub, value[name], old.get(name) if isinstance(old, dict) else None))
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            known = schema.get("properties") or {}
+            for name in value:
+                if name not in known:
+                    previous = old.get(name) if isinstance(old, dict) else None
+                    children.append((name, extra, value[name], previous))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        children = [(str(i), schema["items"], item, None) for i, item in enumerate(value)]
+    for name, sub, child, previous in children:
+        found += cel_errors(sub, child, previous, f"{path}.{name}" if path else name)
+    return found
+
+
+_PROGRAMS: dict[str, Any] = {}
+
+
+def _cel_holds(rule: str, value: Any, old: Any) -> bool:
+    import celpy
+    from celpy.adapter import json_to_cel
+
+    program = _PROGRAMS.get(rule)
+    if program is None:
+        environment = celpy.Environment()
+        program = _PROGRAMS[rule] = environment.program(environment.compile(rule))
+    bindings = {"self": json_to_cel(value)}
+    if old is not None:
+        bindings["oldSelf"] = json_to_cel(old)
+    return bool(program.evaluate(bindings))

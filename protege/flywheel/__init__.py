@@ -5,12 +5,12 @@ Written once and driven twice: by the kopf operator on Kubernetes and by the loc
 the step that uses it (``.specialist``) acts only through a ``FlywheelIO``.
 """
 
+from protege.api.routes import RolloutStage
 from protege.flywheel.policy import (
     GateResult,
     RolloutAction,
     RolloutMove,
     RolloutObservation,
-    RolloutStage,
     TrainingDecision,
     gate,
     next_rollout_move,

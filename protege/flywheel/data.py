@@ -11,9 +11,9 @@ import asyncio
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from protege.api.calls import CallRecord
+from protege.api.jobs import RESULTS_AREA, JobResult
 from protege.api.specialist import DataPolicy, TaskSelector
 from protege.capture.reader import StreamMissingError, read_records, subject_filter
 from protege.flywheel.specialist import Dataset, TaskData
@@ -21,7 +21,6 @@ from protege.store.artifacts import ArtifactStore
 from protege.training.curation.consumer import ExampleStore
 from protege.training.datasets import build_dataset, examples_in_window, load_registry
 from protege.training.discovery.tasks import Task, TaskRegistry
-from protege.training.job import read_result
 
 
 def match_task(registry: TaskRegistry, selector: TaskSelector) -> Task | None:
@@ -81,9 +80,16 @@ class StoreData:
 
         return await asyncio.to_thread(build)
 
-    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
-        """Job names end with the job's id (``<specialist>-train-<id>``)."""
-        return await asyncio.to_thread(read_result, self.store, specialist, name.rsplit("-", 1)[-1])
+    async def job_result(self, name: str) -> JobResult | None:
+        """The result the job named ``name`` stored under its name (:func:`job_name`); None while
+        there is none."""
+
+        def read() -> JobResult | None:
+            if not self.store.has_object(RESULTS_AREA, name):
+                return None
+            return JobResult.model_validate_json(self.store.get_object(RESULTS_AREA, name))
+
+        return await asyncio.to_thread(read)
 
 
 async def call_records(
@@ -121,8 +127,8 @@ class StoreFacts:
     async def build_dataset(self, task_id: str, data: DataPolicy) -> Dataset:
         return await self.data.build_dataset(task_id, data)
 
-    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
-        return await self.data.job_result(specialist, name)
+    async def job_result(self, name: str) -> JobResult | None:
+        return await self.data.job_result(name)
 
     async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
         return await call_records(self.nats_url, tenant, since)

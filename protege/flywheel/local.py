@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +24,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from protege.api.jobs import JobSpec
 from protege.api.meta import quantity_value, spec_problems
+from protege.api.naming import NAME_RULE, is_dns_1035_label
+from protege.api.routes import RoutingTable, SpecialistRoute
 from protege.api.specialist import SpecialistSpec, SpecialistStatus, TrainingSpec
 from protege.flywheel.data import StoreData, StoreFacts
 from protege.flywheel.specialist import (
@@ -35,11 +37,8 @@ from protege.flywheel.specialist import (
     PoolFacts,
     reconcile,
 )
-from protege.serving.router.table import RoutingTable, SpecialistRoute
-from protege.training.job import JobSpec, job_name
-from protege.training.submit import entrypoint
+from protege.training.submit import RESERVED_CPUS, SPECIALIST, job_environment, submit
 
-RESERVED_CPUS = "protege.dev/reserved-cpus"  # job metadata: the CPUs its entrypoint holds
 _RAY_PHASES = {
     "PENDING": JobPhase.RUNNING,
     "RUNNING": JobPhase.RUNNING,
@@ -68,8 +67,6 @@ class RayJobs:
     replica among them, at niceness 15), 19 keeps answers ahead of training.
     """
 
-    submit_attempts = 60
-
     def __init__(
         self,
         address: str,
@@ -83,29 +80,8 @@ class RayJobs:
         self.job_cpus, self.niceness = job_cpus, niceness
 
     def start(self, job: JobSpec) -> str:
-        name = job_name(job)
-        if self.state(name).phase is not JobPhase.MISSING:
-            return name
-        env = {k: v for k, v in os.environ.items() if k.startswith(("PROTEGE_", "HF_"))}
-        command = entrypoint(job)
         reserved = self._reserved_cpus(job.training)
-        if self.niceness is not None:
-            command = f"nice -n {self.niceness} {command}"
-        for attempt in range(self.submit_attempts):
-            try:
-                self.client.submit_job(
-                    entrypoint=command,
-                    submission_id=name,
-                    runtime_env={"env_vars": env},
-                    entrypoint_num_cpus=reserved,
-                    metadata={RESERVED_CPUS: str(reserved or 0)},
-                )
-                break
-            except RuntimeError as error:  # a fresh head's job agent comes up after its dashboard
-                if "No available agent" not in str(error) or attempt == self.submit_attempts - 1:
-                    raise
-                time.sleep(1)
-        return name
+        return submit(self.client, job, env=job_environment(), reserved_cpus=reserved, niceness=self.niceness)
 
     def _reserved_cpus(self, training: TrainingSpec) -> float | None:
         if self.job_cpus is None or training.workers > 1:  # Ray Train's workers reserve their own
@@ -134,11 +110,10 @@ class RayJobs:
         ]
 
     def running(self, specialist: str) -> list[str]:
-        prefix = f"{specialist[:40]}-train-"
         return sorted(
             job.submission_id
             for job in self._live_jobs()
-            if job.submission_id and job.submission_id.startswith(prefix)
+            if job.submission_id and (job.metadata or {}).get(SPECIALIST) == specialist
         )
 
 
@@ -209,6 +184,9 @@ class LocalDriver:
         for path in sorted((self.state / "specialists").glob("*.yaml")):
             document = yaml.safe_load(path.read_text()) or {}
             name = str((document.get("metadata") or {}).get("name") or path.stem)
+            if not is_dns_1035_label(name):  # what the CRD's rule refuses on a cluster
+                found[name] = (None, f"{path}: {NAME_RULE}; it is {name!r}")
+                continue
             try:
                 found[name] = (SpecialistSpec.model_validate(document.get("spec") or {}), "")
             except ValidationError as error:

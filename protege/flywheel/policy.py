@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from protege.api.routes import RolloutStage
 from protege.api.specialist import DataPolicy, EvaluationSpec, InputDrift, RolloutSpec, Scores, TrainingSpec
 
 
@@ -99,12 +100,6 @@ def gate(policy: EvaluationSpec, scores: Scores) -> GateResult:
         f"evaluation.minRelativeToTeacher {policy.min_relative_to_teacher:.3f}"
     )
     return GateResult(passed, tuple(reasons))
-
-
-class RolloutStage(StrEnum):
-    SHADOW = "shadow"
-    CANARY = "canary"
-    SERVING = "serving"
 
 
 _Z = {0.8: 1.2816, 0.9: 1.6449, 0.95: 1.96, 0.98: 2.3263, 0.99: 2.5758}

@@ -22,16 +22,9 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from protege.api.calls import CallRecord, RouteReason, UpstreamKind
+from protege.api.routes import Candidate, RolloutStage, SpecialistRoute
 from protege.api.specialist import RolloutSpec
-from protege.flywheel.policy import (
-    Estimate,
-    RolloutAction,
-    RolloutMove,
-    RolloutObservation,
-    RolloutStage,
-    estimate,
-)
-from protege.serving.router.table import Candidate, SpecialistRoute
+from protege.flywheel.policy import Estimate, RolloutAction, RolloutMove, RolloutObservation, estimate
 from protege.training.discovery.features import NOVELTY_QUANTILE
 
 _FALLBACKS = {

@@ -21,13 +21,14 @@ from typing import Any, Protocol
 from croniter import croniter
 
 from protege.api.calls import CallRecord
+from protege.api.jobs import JobResult, JobSpec
 from protege.api.meta import ConditionStatus, set_condition
+from protege.api.routes import Candidate, RolloutStage, SpecialistRoute
 from protege.api.specialist import (
     ConfidenceCheck,
     DataPolicy,
     InputDrift,
     LiveAgreement,
-    Scores,
     SpecialistPhase,
     SpecialistSpec,
     SpecialistStatus,
@@ -40,15 +41,12 @@ from protege.flywheel.policy import (
     Estimate,
     RolloutAction,
     RolloutObservation,
-    RolloutStage,
     drift_retrain_reason,
     gate,
     next_rollout_move,
     should_train,
 )
 from protege.flywheel.rollout import EXPECTED_NOVEL_SHARE, apply, input_drift, observe, watch
-from protege.serving.router.table import Candidate, SpecialistRoute
-from protege.training.job import JobSpec
 
 KEEP_VERSIONS = 10
 TRIGGER_ANNOTATION = "protege.dev/train"
@@ -104,7 +102,7 @@ class FlywheelIO(Protocol):
 
     async def job_state(self, name: str) -> JobState: ...
 
-    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None: ...
+    async def job_result(self, name: str) -> JobResult | None: ...
 
     async def running_jobs(self, specialist: str) -> list[str]: ...
 
@@ -281,20 +279,19 @@ class _Pass:
         state = await io.job_state(version.job_name)
         if state.phase is JobPhase.RUNNING:
             return route
-        result = await io.job_result(name, version.job_name)
-        if result is None or "error" in result:
-            why = (result or {}).get("error") or state.message or f"the job ended {state.phase.value}"
+        result = await io.job_result(version.job_name)
+        if result is None or result.error is not None or result.scores is None or not result.adapter_version:
+            why = (result.error if result else None) or state.message or f"the job ended {state.phase.value}"
             version.state, version.message = VersionState.FAILED, f"training failed: {why}"
             outcome.events.append(Event("TrainingFailed", f"{version.job_name}: {why}", warning=True))
             return route
-        scores = Scores.model_validate(result["scores"])
-        version.version = result["adapter_version"]
-        version.adapter_uri = result.get("adapter_uri")
-        version.dataset_version = result.get("dataset_version", version.dataset_version)
+        scores = result.scores
+        version.version = result.adapter_version
+        version.adapter_uri = result.adapter_uri
+        version.dataset_version = result.dataset_version or version.dataset_version
         version.scores = scores
-        check = result.get("confidence_check")
-        version.confidence_check = ConfidenceCheck.model_validate(check) if check else None
-        verdict = gate(spec.evaluation, scores)
+        version.confidence_check = result.confidence_check
+        verdict = gate(spec.evaluation, scores)  # the one gate: the Specialist's spec as it is now
         reasons = "; ".join(verdict.reasons)
         if not verdict.passed:
             version.state, version.message = VersionState.REJECTED, f"failed the gate: {reasons}"

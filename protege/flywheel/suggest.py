@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from typing import Any
 
+from protege.api.naming import as_dns_1035_label
 from protege.api.specialist import OutputKind, OutputValidation, SpecialistSpec
 from protege.evaluation import METRIC_FOR_KIND
 from protege.training.discovery.tasks import Task
@@ -23,9 +23,9 @@ def specialist_name(task: Task, taken: Collection[str] = ()) -> str:
     A name another Specialist already has gets the task id's tail: each task keeps its own
     Specialist, and the name stays the same on every heartbeat.
     """
-    name = re.sub(r"[^a-z0-9-]+", "-", task.name.lower()).strip("-")[:63] or task.id
+    name = as_dns_1035_label(task.name) or as_dns_1035_label(task.id)
     if name in taken:
-        name = f"{name[:52].rstrip('-')}-{task.id.removeprefix('task-')[:10]}"
+        name = f"{as_dns_1035_label(name, 52)}-{task.id.removeprefix('task-')[:10]}"
     return name
 
 

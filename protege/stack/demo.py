@@ -29,6 +29,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from protege.api.calls import CallRecord, CallStatus
+from protege.api.jobs import JobSpec
 from protege.api.specialist import EvaluationMetric, SpecialistPhase, SpecialistStatus
 from protege.evaluation.metrics import scorer
 from protege.flywheel.data import call_records
@@ -50,7 +51,6 @@ from protege.stack.report import (
     version_timeline,
 )
 from protege.stack.supervisor import Stack
-from protege.training.job import JobSpec
 from protege.workload import WorkloadCall, build_database, generate
 from protege.workload.replay import Outcome
 

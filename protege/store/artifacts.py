@@ -243,13 +243,6 @@ class ArtifactStore:
     def delete_object(self, area: str, key: str) -> None:
         self.fs.rm(self._object_path(area, key))
 
-    def delete_objects(self, area: str, prefix: str) -> int:
-        """Remove the objects of ``area`` whose keys start with ``prefix``; returns how many."""
-        keys = self.list_objects(area, prefix)
-        for key in keys:
-            self.delete_object(area, key)
-        return len(keys)
-
     def _read(self, path: str, what: str) -> bytes:
         try:
             return bytes(self.fs.cat_file(path))

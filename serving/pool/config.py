@@ -46,7 +46,7 @@ def deployment_options(spec: SpecialistPoolSpec) -> dict[str, Any]:
     resources = spec.resources
     actor: dict[str, Any] = {
         "num_cpus": quantity_value(resources.cpu),
-        "num_gpus": resources.gpu * spec.engine.tensor_parallel_size,
+        "num_gpus": resources.gpu,  # the replica's GPUs; tensor parallelism shards over them
         "memory": int(quantity_value(resources.memory)),
     }
     if resources.accelerator_type:

@@ -26,11 +26,11 @@ from typing import Any
 import aiohttp
 
 from protege.api.calls import ChatRequest, RouteDecision, RouteReason, UpstreamKind
+from protege.api.routes import RolloutStage
 from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidation
 from protege.config import RouterSettings, Settings
 from protege.evaluation.calibration import signal_value
 from protege.evaluation.metrics import resolve_metric, scorer
-from protege.flywheel.policy import RolloutStage
 from protege.serving.router.breaker import Admission, Breaker, BreakerPolicy, BreakerState
 from protege.serving.router.checks import confidence_rule, rejection, token_logprobs
 from protege.serving.router.classify import (

@@ -5,6 +5,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from protege.api.naming import NAME_RULE, is_dns_1035_label
 from protege.api.resources import RESOURCE_KINDS
 from protege.crds import CrdCatalogue, crd_files, drifted, render_crd, structural_errors
 from protege.crds.schema import to_structural
@@ -95,3 +96,30 @@ def test_example_manifests_validate_against_the_crds(repo: Path) -> None:
         "spec.engine.maxLoras: 0 is less than the minimum of 1",
         "spec.replicas: Additional properties are not allowed ('mn' was unexpected)",
     ]
+
+
+def _example(name: str, repo: Path) -> dict:  # type: ignore[type-arg]
+    document = yaml.safe_load((repo / "examples" / f"{name}.yaml").read_text())
+    document["metadata"]["namespace"] = "agents"
+    return dict(document)
+
+
+def test_the_crds_cel_rules_pass_the_examples_and_refuse_what_they_name(repo: Path) -> None:
+    """The rules evaluated as the API server evaluates them on a create (cel-python), and the Python
+    checks that mirror them (the local driver's, the models') agree with them."""
+    catalogue = CrdCatalogue.from_paths(sorted((repo / "crds").glob("*.yaml")))
+    specialist, pool = _example("specialist", repo), _example("pool", repo)
+    assert catalogue.errors(specialist) == [] and catalogue.errors(pool) == []
+
+    for name in ("sql-writer", "a", "x" * 63, "7-eleven", "Sql-writer", "sql-", "x" * 64, "sql_writer"):
+        renamed = {**specialist, "metadata": {**specialist["metadata"], "name": name}}
+        expected = [] if is_dns_1035_label(name) else [f"(root): {NAME_RULE}"]
+        assert catalogue.errors(renamed) == expected, name
+    assert not is_dns_1035_label("7-eleven") and is_dns_1035_label("x" * 63)  # both sides can say no
+
+    inverted = copy.deepcopy(pool)
+    inverted["spec"]["replicas"] = {"min": 3, "max": 2}
+    assert catalogue.errors(inverted) == ["spec.replicas: replicas.min must not exceed replicas.max"]
+    short = copy.deepcopy(specialist)
+    short["spec"]["rollout"]["canarySteps"] = [10, 50]
+    assert catalogue.errors(short) == ["spec.rollout: rollout.canarySteps must end at 100"]

@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from protege.api.calls import CallRecord, RouteReason, UpstreamKind
+from protege.api.jobs import JobSpec
 from protege.api.specialist import (
     RolloutSpec,
     SpecialistPhase,
@@ -57,7 +58,6 @@ from protege.serving.stub_teacher import StubTeacher
 from protege.store.artifacts import ArtifactStore
 from protege.testing import RunningGateway, seed_task
 from protege.training.datasets import load_registry
-from protege.training.job import JobSpec
 from protege.workload import WorkloadCall, generate
 
 pytestmark = pytest.mark.slow

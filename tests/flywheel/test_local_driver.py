@@ -78,3 +78,7 @@ async def test_the_driver_trains_once_and_puts_the_candidate_in_shadow(
         f"metadata: {{name: broken}}\nspec: {invalid.model_dump_json(by_alias=True)}\n"
     )
     assert "spec.pool" in driver().specialists()["broken"][1]
+    (tmp_path / "flywheel" / "specialists" / "digits.yaml").write_text(  # what the CRD's CEL rule refuses
+        f"metadata: {{name: 7-eleven}}\nspec: {SPEC.model_dump_json(by_alias=True)}\n"
+    )
+    assert "must be a DNS-1035 label" in driver().specialists()["7-eleven"][1]

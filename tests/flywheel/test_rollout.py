@@ -17,8 +17,9 @@ from protege.api.calls import (
     Upstream,
     UpstreamKind,
 )
+from protege.api.routes import RolloutStage
 from protege.api.specialist import RolloutSpec
-from protege.flywheel.policy import RolloutAction, RolloutStage, next_rollout_move
+from protege.flywheel.policy import RolloutAction, next_rollout_move
 from protege.flywheel.rollout import apply, observe, watch
 from protege.serving.router.table import Candidate, SpecialistRoute
 

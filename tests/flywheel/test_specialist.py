@@ -17,6 +17,7 @@ from protege.api.calls import (
     Upstream,
     UpstreamKind,
 )
+from protege.api.jobs import JobResult, JobSpec, job_id
 from protege.api.specialist import (
     ConfidenceSignal,
     DataPolicy,
@@ -38,7 +39,6 @@ from protege.flywheel.specialist import (
     schedule_due,
 )
 from protege.serving.router.table import SpecialistRoute
-from protege.training.job import JobSpec, job_id
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 POOL = PoolFacts(base_model="smollm2-135m", max_lora_rank=16)
@@ -66,7 +66,7 @@ class MemoryIO:
         self.examples = 0
         self.jobs: dict[str, JobState] = {}
         self.started: list[JobSpec] = []
-        self.results: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, JobResult] = {}
         self.route: SpecialistRoute | None = None
         self.calls: list[CallRecord] = []
         self.slot_free = True
@@ -87,7 +87,7 @@ class MemoryIO:
     async def job_state(self, name: str) -> JobState:
         return self.jobs.get(name, JobState(JobPhase.MISSING))
 
-    async def job_result(self, specialist: str, name: str) -> dict[str, Any] | None:
+    async def job_result(self, name: str) -> JobResult | None:
         return self.results.get(name)
 
     async def running_jobs(self, specialist: str) -> list[str]:
@@ -108,8 +108,9 @@ class MemoryIO:
     def finish(self, name: str, version: str, score: float, check: dict[str, Any] | None = None) -> None:
         self.jobs[name] = JobState(JobPhase.SUCCEEDED)
         scores = {"metric": "exact_match", "specialist": score, "teacher": 1.0, "relativeToTeacher": score}
-        self.results[name] = {"adapter_version": version, "dataset_version": "d", "scores": scores}
-        self.results[name]["confidence_check"] = check
+        self.results[name] = JobResult.model_validate(
+            {"adapter_version": version, "dataset_version": "d", "scores": scores, "confidence_check": check}
+        )
 
     def call(
         self,
@@ -230,7 +231,7 @@ async def test_a_failed_job_says_why_and_a_trigger_retrains_once() -> None:
     status, _ = await step(io, SpecialistStatus(), T0)
     name = status.versions[-1].job_name or ""
     io.jobs[name] = JobState(JobPhase.FAILED)
-    io.results[name] = {"error": "training.rank 32 exceeds the pool's engine.maxLoraRank 16"}
+    io.results[name] = JobResult(error="training.rank 32 exceeds the pool's engine.maxLoraRank 16")
     status, events = await step(io, status, T0)
     assert events == ["TrainingFailed"] and status.phase is SpecialistPhase.FAILED
     assert "maxLoraRank" in status.versions[-1].message

@@ -10,20 +10,23 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from protege.api.jobs import JobSpec, job_id, job_name
+from protege.api.naming import KUBERAY_NAME_MAX, child_name, is_dns_1035_label
 from protege.api.pool import SpecialistPoolSpec
+from protege.api.routes import RolloutStage
 from protege.api.specialist import SpecialistSpec
 from protege.crds.validate import CrdCatalogue
-from protege.flywheel.policy import RolloutStage
 from protege.operator.render import (
     Owner,
     Platform,
+    gateway_name,
+    ray_service_name,
     render_gateway,
     render_ray_service,
     render_routes,
     render_training_job,
 )
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
-from protege.training.job import JobSpec, job_name
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -70,9 +73,20 @@ def rendered() -> dict[str, Any]:
         ]
     )
     deployment, service = render_gateway(POOL_OWNER, pool, PLATFORM)
+    sharded = pool.model_copy(
+        update={
+            "resources": pool.resources.model_copy(update={"gpu": 2}),
+            "engine": pool.engine.model_copy(update={"tensor_parallel_size": 2}),
+        }
+    )
+    two_workers = job.model_copy(update={"training": job.training.model_copy(update={"workers": 2})})
     return {
         "rayservice": render_ray_service(POOL_OWNER, pool, PLATFORM),
-        "rayjob": render_training_job(SPECIALIST_OWNER, job, pool, PLATFORM),
+        "rayservice-tensor-parallel": render_ray_service(POOL_OWNER, sharded, PLATFORM),
+        "rayjob": render_training_job(SPECIALIST_OWNER, job, pool, PLATFORM, pool_name=POOL_OWNER.name),
+        "rayjob-two-workers": render_training_job(
+            SPECIALIST_OWNER, two_workers, pool, PLATFORM, pool_name=POOL_OWNER.name
+        ),
         "routes-configmap": render_routes(POOL_OWNER, table),
         "gateway-deployment": deployment,
         "gateway-service": service,
@@ -92,7 +106,7 @@ def test_renders_match_their_golden_files(name: str) -> None:
 def test_kuberay_objects_validate_against_kuberays_crds() -> None:
     catalogue = CrdCatalogue.from_paths(sorted(KUBERAY.glob("*.yaml")))
     objects = rendered()
-    for name in ("rayservice", "rayjob"):
+    for name in ("rayservice", "rayservice-tensor-parallel", "rayjob", "rayjob-two-workers"):
         assert catalogue.errors(objects[name]) == [], name
     broken = objects["rayjob"] | {"spec": {**objects["rayjob"]["spec"], "backoffLimit": "zero"}}
     assert catalogue.errors(broken)  # the check can fail
@@ -129,6 +143,38 @@ def test_the_pool_spec_reaches_the_serve_app_and_the_gpu_workers() -> None:
     pod = workers["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_a_tensor_parallel_pool_asks_for_each_replicas_gpus_once() -> None:
+    """resources.gpu is per replica; tensorParallelSize shards the model over them (2 and 2: 2 GPUs)."""
+    service = rendered()["rayservice-tensor-parallel"]
+    [workers] = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    [deployment] = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["deployments"]
+    assert deployment["ray_actor_options"]["num_gpus"] == 2
+
+
+def test_child_names_fit_kuberay_and_two_long_names_never_share_one() -> None:
+    """KubeRay refuses RayJob and RayService names over 47 characters or not DNS-1035 (ValidationFailed)."""
+    long_a, long_b = "a" * 50 + "-invoices", "a" * 50 + "-receipts"  # 59 characters, 50 in common
+    names = []
+    for specialist in (long_a, long_b, "sql-writer", "x" * 63):
+        job = JobSpec(specialist=specialist, task="t", base_model="smollm2-135m")
+        names.append(job_name(job))
+        assert is_dns_1035_label(job_name(job), KUBERAY_NAME_MAX), job_name(job)
+        assert job_name(job).endswith(f"-train-{job_id(job)}")
+    assert len(set(names)) == 4 and names[2].startswith("sql-writer-train-")  # short names stay whole
+    for pool in (long_a, long_b, "p" * 63, "smollm2-pool"):
+        assert is_dns_1035_label(ray_service_name(pool), KUBERAY_NAME_MAX), ray_service_name(pool)
+        assert is_dns_1035_label(gateway_name(pool)), gateway_name(pool)
+    assert ray_service_name(long_a) != ray_service_name(long_b)
+    assert (ray_service_name("smollm2-pool"), gateway_name("smollm2-pool")) == (
+        "smollm2-pool-serve",
+        "smollm2-pool-gateway",
+    )
+    assert is_dns_1035_label(
+        child_name("7-eleven", "serve", KUBERAY_NAME_MAX)
+    )  # DNS-1035 starts with a letter
 
 
 def test_training_job_names_are_deterministic() -> None:

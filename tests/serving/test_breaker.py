@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from protege.api.calls import ChatRequest, RouteReason, UpstreamKind
+from protege.api.routes import RolloutStage
 from protege.config import ConfigError, RouterSettings, Settings, load_settings
-from protege.flywheel.policy import RolloutStage
 from protege.serving.router.breaker import (
     Admission,
     Breaker,

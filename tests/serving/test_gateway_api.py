@@ -27,6 +27,7 @@ from pydantic import TypeAdapter
 from starlette.types import Receive, Scope, Send
 
 from protege.api.calls import CallRecord, CallStatus, Endpoint, RouteReason, UpstreamKind
+from protege.api.routes import RolloutStage
 from protege.api.specialist import (
     ConfidenceCheck,
     ConfidenceSignal,
@@ -34,7 +35,6 @@ from protege.api.specialist import (
     FallbackSpec,
     OutputValidation,
 )
-from protege.flywheel.policy import RolloutStage
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore

@@ -21,8 +21,8 @@ import pytest
 
 from protege.api.calls import CallRecord, RouteReason, UpstreamKind
 from protege.api.pool import SpecialistPoolSpec
+from protege.api.routes import RolloutStage
 from protege.api.specialist import FallbackSpec, OutputValidation
-from protege.flywheel.policy import RolloutStage
 from protege.services.nats import NatsServer
 from protege.serving.pool.config import deployment_options, serve_application
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute

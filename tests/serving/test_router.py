@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from protege.api.calls import ChatRequest, RouteReason
+from protege.api.routes import RolloutStage
 from protege.api.specialist import (
     ConfidenceCheck,
     ConfidenceSignal,
@@ -22,7 +23,6 @@ from protege.api.specialist import (
 )
 from protege.config import Settings
 from protege.evaluation.calibration import signal_value
-from protege.flywheel.policy import RolloutStage
 from protege.serving.gateway.routing import caller_body
 from protege.serving.router.checks import confidence_rule, rejection, token_logprobs
 from protege.serving.router.classify import (

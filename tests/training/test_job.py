@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from protege.api.specialist import TrainingSpec
+from protege.api.specialist import EvaluationMetric, TrainingSpec
 from protege.cli import app
+from protege.flywheel.policy import gate
 from protege.store.artifacts import ArtifactStore
 from protege.training.datasets import build_dataset
 from protege.training.discovery import MiniLM, discover
@@ -84,30 +85,29 @@ def test_job_through_local_ray_beats_the_base_model(
     store, task = intent_dataset
     with LocalRay(tmp_path / "ray", num_cpus=2) as ray:
         result = run_on_ray(spec(task, smollm2), ray.address, headers=ray.headers, timeout=900)
-    scores = result["scores"]
-    assert scores["metric"] == "exact_match"
-    assert scores["specialist"] >= scores["baseZeroShot"] + 0.4  # a clear margin over zero-shot
-    assert result["gate"]["passed"], result["gate"]["reasons"]
-    manifest = store.manifest(ADAPTER_KIND, "intent-router", result["adapter_version"])
-    assert manifest.metadata["dataset_version"] == result["dataset_version"]
+    scores = result.scores
+    assert scores is not None and scores.metric is EvaluationMetric.EXACT_MATCH
+    assert scores.specialist >= (scores.base_zero_shot or 0) + 0.4  # a clear margin over zero-shot
+    assert gate(spec(task, smollm2).evaluation, scores).passed  # the flywheel's gate; the job only scores
+    assert result.adapter_version and result.report_version
+    manifest = store.manifest(ADAPTER_KIND, "intent-router", result.adapter_version)
+    assert manifest.metadata["dataset_version"] == result.dataset_version and "gate" not in manifest.metadata
     assert manifest.metadata["training"]["tokens_seen"] > 0 and manifest.metadata["training"]["steps"] == 12
     assert {f.path for f in manifest.files} >= {"adapter_config.json", "adapter_model.safetensors"}
-    report = json.loads(
-        store.read_file("report", "intent-router", result["report_version"], "evaluation.json")
-    )
-    assert report["metrics"]["specialist"]["score"] == scores["specialist"]
+    report = json.loads(store.read_file("report", "intent-router", result.report_version, "evaluation.json"))
+    assert report["metrics"]["specialist"]["score"] == scores.specialist
     assert report["metrics"]["base_few_shot"]["examples"] == report["metrics"]["specialist"]["examples"]
     calibration = report["confidence_calibration"]  # the fallback check, from the specialist's own answers
     examples = report["metrics"]["specialist"]["examples"]
     assert calibration["examples"] == examples
-    assert calibration["disagreements"] == round((1 - scores["specialist"]) * examples)  # exact match: 0 or 1
-    assert (calibration["check"] is None) == (result["confidence_check"] is None)
-    table = store.read_file("report", "intent-router", result["report_version"], "evaluation.md").decode()
-    assert "| specialist (LoRA) |" in table and "Gate: passed." in table
+    assert calibration["disagreements"] == round((1 - scores.specialist) * examples)  # exact match: 0 or 1
+    assert (calibration["check"] is None) == (result.confidence_check is None)
+    table = store.read_file("report", "intent-router", result.report_version, "evaluation.md").decode()
+    assert "| specialist (LoRA) |" in table and "the version's status gives the verdict" in table
     assert f"Fallback check: {calibration['reason']}." in table
-    png = store.read_file("report", "intent-router", result["report_version"], "evaluation.png")
+    png = store.read_file("report", "intent-router", result.report_version, "evaluation.png")
     assert png.startswith(b"\x89PNG")
 
     again = CliRunner().invoke(app, ["eval", "intent-router", "--no-baseline", "--max-new-tokens", "8"])
     assert again.exit_code == 0, again.output
-    assert f"{scores['specialist']:.3f}" in again.stdout  # greedy decoding: the same score again
+    assert f"{scores.specialist:.3f}" in again.stdout  # greedy decoding: the same score again
