@@ -129,10 +129,13 @@ class RouteFile:
             return RoutingTable()
         return RoutingTable.model_validate_json(self.path.read_text())
 
-    async def update(self, route: SpecialistRoute) -> None:
+    async def update(self, specialist: str, route: SpecialistRoute | None) -> None:
+        """Put ``route`` in the table as ``specialist``'s, or take ``specialist`` out (None)."""
         async with self._lock:
-            table = self.read().replacing(route.specialist, route)
-            write_atomically(self.path, table.model_dump_json(indent=1))
+            table = self.read()
+            updated = table.replacing(specialist, route)
+            if updated != table:
+                write_atomically(self.path, updated.model_dump_json(indent=1))
 
 
 class LocalFlywheelIO(StoreFacts):
@@ -156,7 +159,7 @@ class LocalFlywheelIO(StoreFacts):
         return self.routes.read().for_specialist(specialist)
 
     async def write_route(self, route: SpecialistRoute) -> None:
-        await self.routes.update(route)
+        await self.routes.update(route.specialist, route)
 
 
 @dataclass
@@ -166,6 +169,7 @@ class Pass:
     statuses: dict[str, SpecialistStatus] = field(default_factory=dict)
     events: list[tuple[str, Event]] = field(default_factory=list)
     invalid: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)  # manifests gone: routes and statuses removed
 
 
 class LocalDriver:
@@ -229,4 +233,17 @@ class LocalDriver:
             write_atomically(self.state / "status" / f"{name}.json", outcome.status.model_dump_json(indent=1))
             done.statuses[name] = outcome.status
             done.events += [(name, event) for event in outcome.events]
+        await self.forget_removed(set(self.specialists()), done)
         return done
+
+    async def forget_removed(self, present: set[str], done: Pass) -> None:
+        """A Specialist whose manifest was removed is deleted, as on a cluster: its route leaves the
+        table (its calls go to the teacher) and its status goes; its adapters stay in the store."""
+        routes = self.io.routes
+        for route in routes.read().routes:
+            if route.specialist not in present:
+                await routes.update(route.specialist, None)
+                done.removed.append(route.specialist)
+        for path in (self.state / "status").glob("*.json"):
+            if path.stem not in present:
+                path.unlink(missing_ok=True)

@@ -138,7 +138,7 @@ class EpisodeIO(StoreFacts):
         return self.routes.read().for_specialist(specialist)
 
     async def write_route(self, route: SpecialistRoute) -> None:
-        await self.routes.update(route)
+        await self.routes.update(route.specialist, route)
 
 
 def expected_score(call: WorkloadCall) -> float:

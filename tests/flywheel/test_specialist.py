@@ -118,8 +118,10 @@ class MemoryIO:
         served: str | None,
         shadow: tuple[str, float] | None = None,
         sampled: float | None = None,
+        **decided: Any,
     ) -> None:
-        """A call answered by ``served`` (the teacher when None), with a shadow and a teacher sample."""
+        """A call answered by ``served`` (the teacher when None), with a shadow and a teacher sample;
+        ``decided``: more of the router's decision (its task, the call's novelty)."""
         teacher = Upstream(kind=UpstreamKind.TEACHER, model="big")
         sample = AlternateAnswer(upstream=teacher, agreement=sampled) if sampled is not None else None
         alternate = None
@@ -131,6 +133,7 @@ class MemoryIO:
             reason=RouteReason.SPECIALIST if served else RouteReason.SHADOW,
             specialist="s",
             version=served,
+            **decided,
         )
         self.calls.append(
             CallRecord(
@@ -317,25 +320,7 @@ async def test_a_serving_version_that_turns_wrong_is_rolled_back_and_retrained()
 def routed_calls(io: MemoryIO, at: datetime, calls: int, novel: int) -> None:
     """``calls`` of the task answered by v1, the first ``novel`` unlike its training calls (router's word)."""
     for index in range(calls):
-        route = RouteDecision(
-            target=UpstreamKind.SPECIALIST,
-            reason=RouteReason.SPECIALIST,
-            task_id="task-1",
-            specialist="s",
-            version="v1",
-            novelty=0.5 if index < novel else 0.0,
-            novel=index < novel,
-        )
-        io.calls.append(
-            CallRecord(
-                tenant="acme",
-                timestamp=at,
-                request=REQUEST,
-                response=ChatResponse.model_validate({"choices": [{"message": {"content": "x"}}]}),
-                latency=Latency(total_ms=1),
-                route=route,
-            )
-        )
+        io.call(at, "v1", task_id="task-1", novelty=0.5 if index < novel else 0.0, novel=index < novel)
 
 
 async def test_input_drift_is_reported_and_retrains_once_new_examples_arrive() -> None:
