@@ -70,7 +70,6 @@ class DataPolicy(KubeModel):
     max_examples: int | None = Field(
         default=None, ge=1, description="Newest examples used per training; all when unset."
     )
-    redact_pii: bool = Field(default=True, description="Remove PII before examples are stored. Keep it on.")
     retention_days: int = Field(
         default=30,
         ge=1,

@@ -32,7 +32,9 @@ def test_examples_parse(repo: Path) -> None:
 
 def test_specs_fill_defaults_and_dump_camel_case() -> None:
     spec = parse_spec(SPECIALIST, {"pool": "p", "task": {"id": "t-1"}})
-    assert spec.training.rank == 16 and spec.data.redact_pii is True
+    assert spec.training.rank == 16 and spec.data.retention_days == 30
+    with pytest.raises(SpecificationError, match="redactPii"):  # PII removal is curation's, per tenant
+        parse_spec(SPECIALIST, {"pool": "p", "task": {"id": "t-1"}, "data": {"redactPii": True}})
     dumped = spec.to_kube()
     assert dumped["training"]["retrainAfterNewExamples"] == 2000
     assert SpecialistSpec.model_validate(dumped) == spec
