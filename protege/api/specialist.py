@@ -320,7 +320,6 @@ class SpecialistPhase(StrEnum):
     PENDING = "Pending"
     COLLECTING_DATA = "CollectingData"
     TRAINING = "Training"
-    EVALUATING = "Evaluating"
     SHADOW = "Shadow"
     CANARY = "Canary"
     SERVING = "Serving"
@@ -330,7 +329,6 @@ class SpecialistPhase(StrEnum):
 
 class VersionState(StrEnum):
     TRAINING = "Training"
-    EVALUATING = "Evaluating"
     REJECTED = "Rejected"
     FAILED = "Failed"
     SHADOW = "Shadow"

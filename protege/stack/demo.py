@@ -56,7 +56,6 @@ from protege.workload.replay import Outcome
 
 ROLLING_OUT = (
     SpecialistPhase.TRAINING,
-    SpecialistPhase.EVALUATING,
     SpecialistPhase.SHADOW,
     SpecialistPhase.CANARY,
 )
