@@ -112,6 +112,23 @@ class KubeFlywheelIO(StoreFacts):
         running = sum(job_state(j).phase is JobPhase.RUNNING for j in jobs)
         return running < self.pool_spec.max_training_jobs
 
+    async def forget_finished_jobs(self, specialist: str, kept: set[str]) -> list[str]:
+        """Delete the Specialist's finished RayJobs that its status no longer names; their results are
+        in the store, and KubeRay (v1.7) deletes only a finished job's cluster, never the job."""
+        jobs = await self.kube.list(
+            "ray.io/v1", "RayJob", self.owner.namespace, {f"{API_GROUP}/specialist": specialist}
+        )
+        finished = [
+            job["metadata"]["name"]
+            for job in jobs
+            if job["metadata"]["name"] not in kept and job_state(job).phase is not JobPhase.RUNNING
+        ]
+        return [
+            name
+            for name in sorted(finished)
+            if await self.kube.delete("ray.io/v1", "RayJob", self.owner.namespace, name)
+        ]
+
     async def running_jobs(self, specialist: str) -> list[str]:
         jobs = await self.kube.list(
             "ray.io/v1", "RayJob", self.owner.namespace, {f"{API_GROUP}/specialist": specialist}

@@ -132,6 +132,15 @@ class KubeClient:
             patched: dict[str, Any] = await response.json()
             return patched
 
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete the object (its dependents in the background); whether it was there."""
+        url = self.connection.server + object_path(api_version, kind, namespace, name)
+        async with self.session.delete(url, json={"propagationPolicy": "Background"}) as response:
+            if response.status == 404:
+                return False
+            response.raise_for_status()
+            return True
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -40,6 +40,7 @@ from protege.operator.render import (
     render_routes,
     routes_config_map_name,
 )
+from protege.operator.serve_state import readiness
 from protege.store.artifacts import ArtifactStore
 
 GROUP, VERSION = "protege.dev", "v1alpha1"
@@ -169,7 +170,8 @@ async def reconcile_pool(
 async def follow_pool(
     *, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Ready once KubeRay reports the pool's Serve application running."""
+    """Ready once KubeRay reports the pool's Serve application running; otherwise why not, in KubeRay's
+    and Serve's words (:func:`readiness`)."""
     phase = status.get("phase") if status else None
     if phase == PoolPhase.FAILED.value:
         return
@@ -178,29 +180,16 @@ async def follow_pool(
     )
     if service is None:
         return
-    ray_status = service.get("status") or {}
-    if ray_status.get("serviceStatus") == "Running":
-        new = _status(
-            status,
-            meta,
-            PoolPhase.READY,
-            ready=True,
-            reason="ServeRunning",
-            message="the Serve application is running",
-        )
-    else:
-        detail = ray_status.get("serviceStatus") or "no status yet"
-        new = _status(
-            status,
-            meta,
-            PoolPhase.PROVISIONING,
-            ready=False,
-            reason="Provisioning",
-            message=f"RayService: {detail}",
-        )
-    if phase != new["phase"]:
-        kopf.info(body, reason=new["conditions"][-1]["reason"], message=new["conditions"][-1]["message"])
-    patch.status.update(new)
+    state = readiness(service.get("status") or {})
+    conditions: list[dict[str, Any]] = list(status.get("conditions") or []) if status else []
+    before = next((c.get("reason") for c in conditions if c.get("type") == "Ready"), None)
+    if state.warning and before != state.reason:  # once, when the pool goes wrong
+        kopf.warn(body, reason=state.reason, message=state.message)
+    elif phase != state.phase.value:
+        kopf.info(body, reason=state.reason, message=state.message)
+    patch.status.update(
+        _status(status, meta, state.phase, ready=state.ready, reason=state.reason, message=state.message)
+    )
 
 
 @kopf.on.resume(GROUP, VERSION, "specialists")
@@ -279,6 +268,8 @@ async def run_specialist(
             metrics.PASSES.labels(result="error").inc()
             raise  # kopf retries with backoff and logs it
     metrics.PASSES.labels(result="ok").inc()
+    kept = {v.job_name for v in outcome.status.versions if v.job_name}
+    await io.forget_finished_jobs(meta["name"], kept)  # jobs of versions past status.versions' window
     memo.phases.set(namespace, meta["name"], outcome.status.phase.value)
     for event in outcome.events:
         metrics.EVENTS.labels(reason=event.reason).inc()

@@ -63,6 +63,12 @@ class FakeKube:
 
     def __init__(self, jobs: list[dict[str, Any]]) -> None:
         self.jobs = jobs
+        self.deleted: list[str] = []
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        self.deleted.append(name)
+        self.jobs = [j for j in self.jobs if j["metadata"].get("name") != name]
+        return True
 
     async def list(
         self, api_version: str, kind: str, namespace: str, labels: dict[str, str]
@@ -104,3 +110,34 @@ async def test_a_pool_runs_at_most_its_max_training_jobs_at_once() -> None:
     one = [pool_job("gpu-pool", "Running"), pool_job("gpu-pool", "Complete", jobStatus="SUCCEEDED")]
     assert await io(others + one).training_slot_free(training)  # finished and other pools' jobs do not count
     assert not await io([*one, pool_job("gpu-pool", "Initializing")]).training_slot_free(training)
+
+
+async def test_finished_jobs_past_the_status_window_are_deleted_running_and_recorded_ones_kept() -> None:
+    """KubeRay v1.7 deletes a finished job's cluster, never the RayJob: one per training would pile up."""
+
+    def job(name: str, **status: str) -> dict[str, Any]:
+        labels = {"protege.dev/specialist": "s"}
+        return {"metadata": {"name": name, "namespace": "agents", "labels": labels}, "status": status}
+
+    kube = FakeKube(
+        [
+            job("s-train-old", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED"),
+            job("s-train-refused", jobDeploymentStatus="ValidationFailed"),
+            job("s-train-recorded", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED"),
+            job("s-train-running", jobDeploymentStatus="Running", jobStatus="RUNNING"),
+        ]
+    )
+    pool = SpecialistPoolSpec.model_validate(
+        {"baseModel": {"source": "smollm2-135m"}, "teacher": {"url": "http://t/v1", "model": "big"}}
+    )
+    io = KubeFlywheelIO(
+        StoreData(ArtifactStore("file:///nonexistent")),
+        kube,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        Platform(),
+        owner=Owner("Specialist", "s", "agents", "u-s"),
+        pool=Owner("SpecialistPool", "gpu-pool", "agents", "u-p"),
+        pool_spec=pool,
+    )
+    assert await io.forget_finished_jobs("s", {"s-train-recorded"}) == ["s-train-old", "s-train-refused"]
+    assert sorted(j["metadata"]["name"] for j in kube.jobs) == ["s-train-recorded", "s-train-running"]

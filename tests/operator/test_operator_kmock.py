@@ -1,4 +1,8 @@
-"""The real kopf operator against kmock's Kubernetes emulator: a pool's children and status."""
+"""The real kopf operator against kmock's Kubernetes emulator: a pool's children and status.
+
+KubeRay is the double of :mod:`protege.testing_kuberay` (KubeRay v1.7.0's validation and its RayJob and
+RayService state machines, on a clock the tests move); the operator reads what it writes.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,20 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from protege.api.jobs import RESULTS_AREA
 from protege.testing import register_kmock_resources
+from protege.testing_kuberay import KubeRayDouble, parse_timestamp
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
+KUBERAY_CRDS = Path(__file__).parent / "kuberay-crds"  # KubeRay v1.7.0, vendored
 
 
 @pytest.fixture(autouse=True)
@@ -32,14 +40,23 @@ def fast_timers(monkeypatch: pytest.MonkeyPatch) -> None:
         assert module is None or getattr(module, name) == 0.5, "imported before with other intervals"
 
 
-async def until(check: Callable[[], Any], seconds: float = 30) -> Any:
+@pytest.fixture(scope="session")
+def kuberay_crds() -> Any:
+    """KubeRay's CRDs: the double refuses, as the API server would, objects that break their schemas."""
+    from protege.crds.validate import CrdCatalogue
+
+    return CrdCatalogue.from_paths(sorted(KUBERAY_CRDS.glob("*.yaml")))
+
+
+async def until(check: Callable[[], Any], seconds: float = 30, what: Callable[[], str] | None = None) -> Any:
+    """``check()`` once it is truthy; after ``seconds``, an AssertionError saying ``what()`` (read then)."""
     deadline = asyncio.get_running_loop().time() + seconds
     while asyncio.get_running_loop().time() < deadline:
         value = check()
         if value:
             return value
         await asyncio.sleep(0.1)
-    raise AssertionError("timed out")
+    raise AssertionError(f"timed out: {what()}" if what else "timed out")
 
 
 def stored(kmock: Any, resource: str, name: str) -> dict[str, Any] | None:
@@ -50,48 +67,171 @@ def stored(kmock: Any, resource: str, name: str) -> dict[str, Any] | None:
     return None if history.deleted else dict(history.raw)
 
 
+def pool_body(name: str, uid: str, **spec: Any) -> dict[str, Any]:
+    pool = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text())
+    pool["metadata"] |= {
+        "name": name,
+        "namespace": "agents",
+        "uid": uid,
+        "generation": 1,
+        "resourceVersion": "1",
+    }
+    pool["spec"] |= spec
+    return dict(pool)
+
+
+def pool_status(kmock: Any, name: str) -> dict[str, Any]:
+    return dict(stored(kmock, "protege.dev/v1alpha1/specialistpools", name) or {}).get("status") or {}
+
+
+def labelled(kmock: Any, resource: str, label: str, value: str) -> list[dict[str, Any]]:
+    """The stored objects of a kind that carry a label (children are found by their owner's label)."""
+    found = []
+    for key in list(kmock.objects):
+        obj = stored(kmock, key[0], key[2]) if key[0] == resource else None
+        if obj is not None and (obj["metadata"].get("labels") or {}).get(label) == value:
+            found.append(obj)
+    return found
+
+
 async def test_a_pool_gets_its_children_and_becomes_ready(
-    kmock: Any, monkeypatch: pytest.MonkeyPatch
+    kmock: Any, monkeypatch: pytest.MonkeyPatch, kuberay_crds: Any
 ) -> None:
     from kopf.testing import KopfRunner
 
     register_kmock_resources(kmock)
     monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
-    pool = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text())
-    pool["metadata"] |= {"namespace": "agents", "uid": "u-1", "generation": 1, "resourceVersion": "1"}
-    broken = {**pool, "metadata": {**pool["metadata"], "name": "broken", "uid": "u-2"}}
-    broken["spec"] = {**pool["spec"], "engine": {"maxLoraRank": 33}}
+    pool = pool_body("smollm2-pool", "u-1")
+    broken = pool_body("broken", "u-2", engine={"maxLoraRank": 33})
 
-    with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
-        kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
-        kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "broken"] = broken
-        service = await until(lambda: stored(kmock, "ray.io/v1/rayservices", "smollm2-pool-serve"))
-        assert service["metadata"]["ownerReferences"][0]["uid"] == "u-1"
-        await until(lambda: stored(kmock, "apps/v1/deployments", "smollm2-pool-gateway"))  # applied in turn
-        await until(lambda: stored(kmock, "v1/configmaps", "smollm2-pool-routes"))
+    # KubeRay acts when the test says so (settle): the pool is seen Provisioning first, deterministically.
+    async with KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay:
+        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+            kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
+            kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "broken"] = broken
+            service = await until(lambda: stored(kmock, "ray.io/v1/rayservices", "smollm2-pool-serve"))
+            assert service["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+            # applied in turn
+            await until(lambda: stored(kmock, "apps/v1/deployments", "smollm2-pool-gateway"))
+            await until(lambda: stored(kmock, "v1/configmaps", "smollm2-pool-routes"))
 
-        def pool_status(name: str) -> dict[str, Any]:
-            return dict(stored(kmock, "protege.dev/v1alpha1/specialistpools", name) or {}).get("status") or {}
+            await until(lambda: pool_status(kmock, "smollm2-pool").get("phase") == "Provisioning")
+            await kuberay.settle()  # KubeRay: a cluster, the Serve app deployed, Ready
+            ray_status = (stored(kmock, "ray.io/v1/rayservices", "smollm2-pool-serve") or {})["status"]
+            assert ray_status["serviceStatus"] == "Running"
+            ready = await until(
+                lambda: (
+                    pool_status(kmock, "smollm2-pool").get("phase") == "Ready"
+                    and pool_status(kmock, "smollm2-pool")
+                )
+            )
+            [condition] = ready["conditions"]
+            assert (condition["type"], condition["status"], condition["reason"]) == (
+                "Ready",
+                "True",
+                "ServeRunning",
+            )
+            assert ready["observedGeneration"] == 1
 
-        await until(lambda: pool_status("smollm2-pool").get("phase") == "Provisioning")
-        kmock.objects["ray.io/v1/rayservices", "agents", "smollm2-pool-serve"].patch(
-            {"status": {"serviceStatus": "Running"}}
-        )
-        ready = await until(
-            lambda: pool_status("smollm2-pool").get("phase") == "Ready" and pool_status("smollm2-pool")
-        )
-        [condition] = ready["conditions"]
-        assert (condition["type"], condition["status"], condition["reason"]) == (
-            "Ready",
-            "True",
-            "ServeRunning",
-        )
-        assert ready["observedGeneration"] == 1
+            failed = await until(
+                lambda: pool_status(kmock, "broken").get("phase") == "Failed" and pool_status(kmock, "broken")
+            )
+            assert "spec.engine.maxLoraRank" in failed["conditions"][0]["message"]
+            assert stored(kmock, "ray.io/v1/rayservices", "broken-serve") is None  # nothing created
+        assert runner.exception is None
 
-        failed = await until(lambda: pool_status("broken").get("phase") == "Failed" and pool_status("broken"))
-        assert "spec.engine.maxLoraRank" in failed["conditions"][0]["message"]
-        assert stored(kmock, "ray.io/v1/rayservices", "broken-serve") is None  # nothing created
-    assert runner.exception is None
+
+async def test_a_pool_with_a_long_name_serves_or_says_why_kuberay_refused_it(
+    kmock: Any, monkeypatch: pytest.MonkeyPatch, kuberay_crds: Any
+) -> None:
+    """A 45-character pool: ``<pool>-serve`` would be 51, over KubeRay's 47 (ValidationFailed).
+
+    KubeRay must get a RayService name it takes, and the pool become Ready; or, if KubeRay refuses
+    the RayService, the pool must fail with KubeRay's message, never stay Provisioning.
+    """
+    from kopf.testing import KopfRunner
+
+    register_kmock_resources(kmock)
+    monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
+    name = "a-pool-whose-name-makes-its-rayservice-long-1"
+    assert len(name) == 45
+    async with KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay:
+        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+            kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", name] = pool_body(name, "u-long")
+            [service] = await until(
+                lambda: labelled(kmock, "ray.io/v1/rayservices", "protege.dev/specialistpool", name)
+            )
+            await kuberay.settle()
+            ray_status = (stored(kmock, "ray.io/v1/rayservices", service["metadata"]["name"]) or {})["status"]
+            refusal = next(
+                (c["message"] for c in ray_status.get("conditions", []) if c["reason"] == "ValidationFailed"),
+                None,
+            )
+            if refusal is None:
+                assert ray_status["serviceStatus"] == "Running"
+                await until(
+                    lambda: pool_status(kmock, name).get("phase") == "Ready", what=lambda: "the pool Ready"
+                )
+            else:  # KubeRay refused it: the pool says so, with KubeRay's words
+                failed = await until(
+                    lambda: pool_status(kmock, name).get("phase") == "Failed" and pool_status(kmock, name),
+                    what=lambda: (
+                        f"the pool Failed with KubeRay's refusal ({refusal}); it stays "
+                        f"{pool_status(kmock, name).get('phase')}"
+                    ),
+                )
+                [condition] = failed["conditions"]
+                assert condition["status"] == "False" and refusal in condition["message"]
+        assert runner.exception is None
+
+
+async def test_a_pool_says_why_its_serve_application_is_not_running(
+    kmock: Any, monkeypatch: pytest.MonkeyPatch, kuberay_crds: Any
+) -> None:
+    """KubeRay reports a failed Serve application only in applicationStatuses: a DEPLOY_FAILED app of a
+    new pool leaves serviceStatus empty, an UNHEALTHY app of a running one leaves it Running."""
+    from kopf.testing import KopfRunner
+
+    register_kmock_resources(kmock)
+    monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
+    engine_error = "ValueError: LoRA rank 32 needs max_lora_rank >= 32"
+
+    def ready_condition() -> dict[str, Any]:
+        conditions = pool_status(kmock, "smollm2-pool").get("conditions") or [{}]
+        return dict(conditions[-1])
+
+    async with KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay:
+        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+            kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool_body(
+                "smollm2-pool", "u-1"
+            )
+            await until(lambda: stored(kmock, "ray.io/v1/rayservices", "smollm2-pool-serve"))
+            kuberay.fail_serve_app("smollm2-pool-serve", "DEPLOY_FAILED", message=engine_error)
+            await kuberay.settle()
+            failed = await until(  # the operator looks every 0.5 s
+                lambda: engine_error in ready_condition().get("message", "") and ready_condition(),
+                seconds=10,
+                what=lambda: (
+                    f"the pool's Ready condition to carry Serve's error; it says {ready_condition()}"
+                ),
+            )
+            assert failed["status"] == "False"
+
+            kuberay.heal_serve_app("smollm2-pool-serve")
+            await kuberay.settle()
+            await until(lambda: pool_status(kmock, "smollm2-pool").get("phase") == "Ready")
+
+            kuberay.fail_serve_app("smollm2-pool-serve", "UNHEALTHY", message="replica PoolEngine#1 died")
+            await kuberay.settle()
+            unhealthy = await until(
+                lambda: "UNHEALTHY" in ready_condition().get("message", "") and ready_condition(),
+                seconds=10,
+                what=lambda: (
+                    f"the pool's Ready condition to say the app is UNHEALTHY; it says {ready_condition()}"
+                ),
+            )
+            assert unhealthy["status"] == "False"
+        assert runner.exception is None
 
 
 def task_size(store: Any) -> int:
@@ -162,6 +302,23 @@ async def scrape(url: str) -> str:
         return await response.text()
 
 
+async def more_operator_passes(count: int, seconds: float = 30) -> None:
+    """Wait until the operator has made ``count`` more Specialist passes (its metrics say how many)."""
+
+    async def passes() -> float:
+        exposition = await scrape(f"http://127.0.0.1:{os.environ['PROTEGE_OPERATOR_METRICS_PORT']}/metrics")
+        prefix = "protege_operator_specialist_passes_total{"
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(prefix)
+        )
+
+    target = await passes() + count
+    deadline = asyncio.get_running_loop().time() + seconds
+    while await passes() < target:
+        assert asyncio.get_running_loop().time() < deadline, f"the operator made fewer than {count} passes"
+        await asyncio.sleep(0.1)
+
+
 async def delete(kmock: Any, path: str) -> None:
     import aiohttp
 
@@ -169,14 +326,35 @@ async def delete(kmock: Any, path: str) -> None:
         assert response.status < 300
 
 
+def store_result(store: Any, job_name: str, version: str) -> None:
+    """What a training job leaves in the store when it ends: its result, under its name, and its adapter."""
+
+    scores = {"metric": "json_fields", "specialist": 0.9, "teacher": 1.0, "relativeToTeacher": 0.9}
+    result = {
+        "adapter_version": version,
+        "adapter_uri": "file:///a",
+        "dataset_version": "d",
+        "scores": scores,
+    }
+    store.put_object(RESULTS_AREA, job_name, json.dumps(result).encode())
+
+
+def posted_events(kmock: Any) -> list[dict[str, Any]]:
+    """The Events the operator posted (kmock's emulator has no generateName: it keeps only the first)."""
+    return [dict(r.data) for r in list(kmock) if r.resource == "v1/events" and r.data]
+
+
+def specialist_status(kmock: Any, name: str) -> dict[str, Any]:
+    return dict(stored(kmock, "protege.dev/v1alpha1/specialists", name) or {}).get("status") or {}
+
+
 async def test_a_specialist_trains_shadows_fails_and_cleans_up(
-    kmock: Any, flywheel_cluster: tuple[Any, dict[str, Any], dict[str, Any]]
+    kmock: Any, flywheel_cluster: tuple[Any, dict[str, Any], dict[str, Any]], kuberay_crds: Any
 ) -> None:
     from kopf.testing import KopfRunner
 
     from protege.services.process import free_port
     from protege.testing import seed_task
-    from protege.training.job import RESULTS_AREA
 
     store, pool, base = flywheel_cluster
 
@@ -184,85 +362,205 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
         return specialist_body(base, name, uid, **spec)
 
     def status_of(name: str) -> dict[str, Any]:
-        return dict(stored(kmock, "protege.dev/v1alpha1/specialists", name) or {}).get("status") or {}
-
-    def routes() -> dict[str, Any]:
-        return routes_of(kmock)
+        return specialist_status(kmock, name)
 
     resource = "protege.dev/v1alpha1/specialists"
-    with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
-        kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
-        kmock.objects[resource, "agents", "sql-writer"] = specialist("sql-writer", "s-1")
-        kmock.objects[resource, "agents", "bad-rank"] = specialist("bad-rank", "s-2", training={"rank": 0})
-        [job_name] = await until(lambda: children(kmock, "ray.io/v1/rayjobs", "sql-writer-train-"))
-        job = stored(kmock, "ray.io/v1/rayjobs", job_name)
-        assert job is not None and job["metadata"]["ownerReferences"][0]["uid"] == "s-1"
-        training = await until(
-            lambda: status_of("sql-writer").get("phase") == "Training" and status_of("sql-writer")
-        )
-        assert training["versions"][-1]["jobName"] == job_name and training["examples"] == task_size(store)
-        assert "sql-writer" in routes() and routes()["sql-writer"]["task_id"] == "t-extract"  # registered
-        failed = await until(lambda: status_of("bad-rank").get("phase") == "Failed" and status_of("bad-rank"))
-        assert "spec.training.rank" in failed["conditions"][0]["message"]
-    assert runner.exception is None
+    async with KubeRayDouble(kmock, crds=kuberay_crds) as kuberay:
+        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+            kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
+            kmock.objects[resource, "agents", "sql-writer"] = specialist("sql-writer", "s-1")
+            kmock.objects[resource, "agents", "bad-rank"] = specialist(
+                "bad-rank", "s-2", training={"rank": 0}
+            )
+            [job_name] = await until(lambda: children(kmock, "ray.io/v1/rayjobs", "sql-writer-train-"))
+            owner = (stored(kmock, "ray.io/v1/rayjobs", job_name) or {})["metadata"]["ownerReferences"][0]
+            assert owner["uid"] == "s-1"
+            training = await until(
+                lambda: status_of("sql-writer").get("phase") == "Training" and status_of("sql-writer")
+            )
+            assert training["versions"][-1]["jobName"] == job_name and training["examples"] == task_size(
+                store
+            )
+            assert (
+                "sql-writer" in routes_of(kmock) and routes_of(kmock)["sql-writer"]["task_id"] == "t-extract"
+            )  # registered
+            failed = await until(
+                lambda: status_of("bad-rank").get("phase") == "Failed" and status_of("bad-rank")
+            )
+            assert "spec.training.rank" in failed["conditions"][0]["message"]
+            # KubeRay runs it meanwhile: a cluster, the job submitted and RUNNING until Ray says it ended
+            await until(lambda: job_status(kmock, job_name).get("jobStatus") == "RUNNING")
+        assert runner.exception is None
 
-    # Restarted mid-training (with more data meanwhile): the job is found, not started again.
-    seed_task(store, "extract", 120, task_id="t-extract")
-    kmock.objects[resource, "agents", "other"] = specialist("other", "s-3")
-    os.environ["PROTEGE_OPERATOR_METRICS_PORT"] = str(free_port())  # the first one's server lives on
-    with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
-        await asyncio.sleep(2)
-        assert children(kmock, "ray.io/v1/rayjobs", "sql-writer-train-") == [job_name]
+        # Restarted mid-training (with more data meanwhile): the job is found, not started again.
+        seed_task(store, "extract", 120, task_id="t-extract")
+        kmock.objects[resource, "agents", "other"] = specialist("other", "s-3")
+        os.environ["PROTEGE_OPERATOR_METRICS_PORT"] = str(free_port())  # the first one's server lives on
+        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+            await asyncio.sleep(2)
+            assert children(kmock, "ray.io/v1/rayjobs", "sql-writer-train-") == [job_name]
 
-        # The job stores its result and KubeRay reports success: the candidate goes to shadow.
-        scores = {"metric": "json_fields", "specialist": 0.9, "teacher": 1.0, "relativeToTeacher": 0.9}
-        result = {
-            "adapter_version": "va1",
-            "adapter_uri": "file:///a",
-            "dataset_version": "d",
-            "scores": scores,
-        }
-        store.put_object(
-            RESULTS_AREA, f"sql-writer.{job_name.rsplit('-', 1)[-1]}", json.dumps(result).encode()
-        )
-        store.put_artifact("adapter", "sql-writer", {"adapter_config.json": b"{}"})
-        kmock.objects["ray.io/v1/rayjobs", "agents", job_name].patch({"status": {"jobStatus": "SUCCEEDED"}})
-        shadow = await until(
-            lambda: status_of("sql-writer").get("phase") == "Shadow" and status_of("sql-writer")
-        )
-        assert shadow["candidateVersion"] == "va1" and shadow["versions"][-1]["state"] == "Shadow"
-        assert routes()["sql-writer"]["candidate"] | {"since": None} == {
-            "version": "va1",
-            "stage": "shadow",
-            "traffic_percent": 0,
-            "since": None,
-        }
+            # The job stores its result and Ray reports success: the candidate goes to shadow.
+            store_result(store, job_name, "va1")
+            store.put_artifact("adapter", "sql-writer", {"adapter_config.json": b"{}"})
+            kuberay.finish_job(job_name)
+            shadow = await until(
+                lambda: status_of("sql-writer").get("phase") == "Shadow" and status_of("sql-writer")
+            )
+            assert job_status(kmock, job_name)["jobDeploymentStatus"] == "Complete"
+            assert shadow["candidateVersion"] == "va1" and shadow["versions"][-1]["state"] == "Shadow"
+            assert routes_of(kmock)["sql-writer"]["candidate"] | {"since": None} == {
+                "version": "va1",
+                "stage": "shadow",
+                "traffic_percent": 0,
+                "since": None,
+            }
 
-        # A second specialist whose job fails says why.
-        [other_job] = await until(lambda: children(kmock, "ray.io/v1/rayjobs", "other-train-"))
-        kmock.objects["ray.io/v1/rayjobs", "agents", other_job].patch(
-            {"status": {"jobStatus": "FAILED", "message": "Job entrypoint command failed with exit code 2"}}
-        )
-        broken = await until(lambda: status_of("other").get("phase") == "Failed" and status_of("other"))
-        assert "exit code 2" in broken["versions"][-1]["message"]
+            # A second specialist whose job fails says why (Ray's message, through KubeRay's status).
+            [other_job] = await until(lambda: children(kmock, "ray.io/v1/rayjobs", "other-train-"))
+            kuberay.finish_job(
+                other_job,
+                "FAILED",
+                message="Job entrypoint command failed with exit code 2. No logs available.",
+            )
+            broken = await until(lambda: status_of("other").get("phase") == "Failed" and status_of("other"))
+            assert "exit code 2" in broken["versions"][-1]["message"]
+            assert job_status(kmock, other_job)["jobDeploymentStatus"] == "Failed"
 
-        # kmock's emulator has no generateName, so it keeps only kopf's first Event: read what was posted.
-        # kopf posts events from a background queue, so the last one may land after the status patch.
-        def reasons() -> set[str]:
-            return {r.data.get("reason") for r in list(kmock) if r.resource == "v1/events" and r.data}
+            # kopf posts events from a background queue, so the last one may land after the status patch.
+            def reasons() -> set[str]:
+                return {e.get("reason") for e in posted_events(kmock)}
 
-        await until(lambda: {"TrainingStarted", "CandidateShadowing", "TrainingFailed"} <= reasons())
-        exposition = await scrape(f"http://127.0.0.1:{os.environ['PROTEGE_OPERATOR_METRICS_PORT']}/metrics")
-        for needle in (
-            'protege_operator_specialists{phase="Failed"} 1.0',
-            'events_total{reason="TrainingFailed"}',
-        ):
-            assert needle in exposition
+            await until(lambda: {"TrainingStarted", "CandidateShadowing", "TrainingFailed"} <= reasons())
+            exposition = await scrape(
+                f"http://127.0.0.1:{os.environ['PROTEGE_OPERATOR_METRICS_PORT']}/metrics"
+            )
+            for needle in (
+                'protege_operator_specialists{phase="Failed"} 1.0',
+                'events_total{reason="TrainingFailed"}',
+            ):
+                assert needle in exposition
 
-        # Delete: the finalizer takes it out of the routes and deletes its adapters first.
-        await delete(kmock, "/apis/protege.dev/v1alpha1/namespaces/agents/specialists/sql-writer")
-        await until(lambda: stored(kmock, resource, "sql-writer") is None, seconds=60)
-        assert "sql-writer" not in routes() and "other" in routes()
-        assert store.versions("adapter", "sql-writer") == []
-        assert store.list_objects(RESULTS_AREA, "sql-writer.") == []
-    assert runner.exception is None
+            # Delete: the finalizer takes it out of the routes and deletes its adapters first.
+            await delete(kmock, "/apis/protege.dev/v1alpha1/namespaces/agents/specialists/sql-writer")
+            await until(lambda: stored(kmock, resource, "sql-writer") is None, seconds=60)
+            assert "sql-writer" not in routes_of(kmock) and "other" in routes_of(kmock)
+            assert store.versions("adapter", "sql-writer") == []
+            assert not store.has_object(RESULTS_AREA, job_name)
+        assert runner.exception is None
+
+
+def job_status(kmock: Any, name: str) -> dict[str, Any]:
+    return dict(stored(kmock, "ray.io/v1/rayjobs", name) or {}).get("status") or {}
+
+
+async def test_a_specialist_with_a_long_name_trains_or_fails_with_kuberays_message(
+    kmock: Any, flywheel_cluster: tuple[Any, dict[str, Any], dict[str, Any]], kuberay_crds: Any
+) -> None:
+    """A 42-character Specialist: ``<specialist[:40]>-train-<10 hex>`` was 57 characters, over KubeRay's 47.
+
+    KubeRay must get a RayJob name it takes, and the job train a candidate; or, where KubeRay
+    refuses the RayJob (``ValidationFailed``), the version must fail with KubeRay's message and a
+    ``TrainingFailed`` event, never stay Training.
+    """
+    from kopf.testing import KopfRunner
+
+    store, pool, base = flywheel_cluster
+    name = "a-specialist-name-of-forty-two-characters1"
+    assert len(name) == 42
+    async with KubeRayDouble(kmock, crds=kuberay_crds) as kuberay:
+        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+            kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
+            kmock.objects["protege.dev/v1alpha1/specialists", "agents", name] = specialist_body(
+                base, name, "s-long"
+            )
+            [job] = await until(lambda: labelled(kmock, "ray.io/v1/rayjobs", "protege.dev/specialist", name))
+            job_name = job["metadata"]["name"]
+            deployment = await until(lambda: job_status(kmock, job_name).get("jobDeploymentStatus"))
+            if deployment == "ValidationFailed":
+                refusal = job_status(kmock, job_name)["message"]
+                assert (
+                    refusal
+                    == "The RayJob metadata is invalid: RayJob name should be no more than 47 characters"
+                )
+
+                def version() -> dict[str, Any]:
+                    return dict((specialist_status(kmock, name).get("versions") or [{}])[-1])
+
+                failed = await until(
+                    lambda: version().get("state") == "Failed" and version(),
+                    what=lambda: (
+                        f"the version Failed with KubeRay's refusal; it is {version().get('state')} "
+                        f"and the Specialist {specialist_status(kmock, name).get('phase')}"
+                    ),
+                )
+                assert refusal in failed["message"]
+                await until(
+                    lambda: any(
+                        e.get("reason") == "TrainingFailed" and refusal in e.get("message", "")
+                        for e in posted_events(kmock)
+                    ),
+                    what=lambda: "a TrainingFailed event with KubeRay's message",
+                )
+            else:  # KubeRay took the name: the job runs and trains a candidate
+                assert len(job_name) <= 47
+                store_result(store, job_name, "vlong1")
+                kuberay.finish_job(job_name)
+                shadow = await until(
+                    lambda: (
+                        specialist_status(kmock, name).get("phase") == "Shadow"
+                        and specialist_status(kmock, name)
+                    )
+                )
+                assert (
+                    shadow["candidateVersion"] == "vlong1" and shadow["versions"][-1]["jobName"] == job_name
+                )
+        assert runner.exception is None
+
+
+async def test_a_finished_training_jobs_cluster_is_gone_within_minutes(
+    kmock: Any, flywheel_cluster: tuple[Any, dict[str, Any], dict[str, Any]], kuberay_crds: Any
+) -> None:
+    """shutdownAfterJobFinishes and ttlSecondsAfterFinished: KubeRay deletes the job's RayCluster (and its
+    GPUs) that long after the job ended. KubeRay v1.7.0 keeps the RayJob itself; so does the operator."""
+    from kopf.testing import KopfRunner
+
+    store, pool, base = flywheel_cluster
+    async with KubeRayDouble(kmock, crds=kuberay_crds) as kuberay:
+        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+            kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
+            kmock.objects["protege.dev/v1alpha1/specialists", "agents", "sql-writer"] = specialist_body(
+                base, "sql-writer", "s-1"
+            )
+            [job] = await until(
+                lambda: labelled(kmock, "ray.io/v1/rayjobs", "protege.dev/specialist", "sql-writer")
+            )
+            job_name = job["metadata"]["name"]
+            await until(lambda: job_status(kmock, job_name).get("jobStatus") == "RUNNING")
+            cluster = job_status(kmock, job_name)["rayClusterName"]
+            assert stored(kmock, "ray.io/v1/rayclusters", cluster) is not None
+
+            store_result(store, job_name, "va1")
+            kuberay.finish_job(job_name)
+            await until(lambda: specialist_status(kmock, "sql-writer").get("phase") == "Shadow")
+            ended = parse_timestamp(job_status(kmock, job_name)["endTime"])
+
+            # KubeRay's clock, not the wall clock: half a minute at a time, two hours at most.
+            for _ in range(240):
+                if ("RayCluster", "agents", cluster) in kuberay.deletions:
+                    break
+                kuberay.advance(30)
+                await kuberay.settle()
+            assert ("RayCluster", "agents", cluster) in kuberay.deletions, (
+                "the cluster outlived the job by 2 h"
+            )
+            lived = kuberay.deletions["RayCluster", "agents", cluster] - ended
+            assert lived <= timedelta(minutes=5), (
+                f"the finished job's cluster (its GPUs) lived {lived} after it"
+            )
+            assert stored(kmock, "ray.io/v1/rayclusters", cluster) is None
+
+            await more_operator_passes(2)  # the RayJob KubeRay kept still reads as the success it was
+            assert job_status(kmock, job_name)["jobDeploymentStatus"] == "Complete"
+            assert specialist_status(kmock, "sql-writer")["phase"] == "Shadow"
+        assert runner.exception is None
