@@ -188,6 +188,7 @@ def run(spec: JobSpec) -> JobResult:
             "base_model": spec.base_model,
             "dataset_version": dataset_version,
             "hyperparameters": spec.training.to_kube(),
+            "metric": metric.value,  # the Specialist's evaluation.metric, resolved: `protege eval` reuses it
             "metrics": results,
             "training": {
                 "steps": trained.steps,
@@ -204,7 +205,6 @@ def run(spec: JobSpec) -> JobResult:
         document = {
             **metadata,
             "adapter_version": adapter.version,
-            "metric": metric.value,
             "min_relative_to_teacher": spec.evaluation.min_relative_to_teacher,
             "min_score": spec.evaluation.min_score,
         }

@@ -308,7 +308,9 @@ def evaluate_adapter(
         fail(f"{error}; train one with `protege train TASK --specialist {specialist}`")
     meta = manifest.metadata
     dataset = store.manifest(DATASET_KIND, meta["task"], meta["dataset_version"])
-    metric = resolve_metric(EvaluationMetric.AUTO, OutputKind(dataset.metadata["task"]["output_kind"]))
+    # the metric its job scored it with (the Specialist's); adapters from before it was recorded: the kind's
+    metric = EvaluationMetric(meta["metric"]) if meta.get("metric") else EvaluationMetric.AUTO
+    metric = resolve_metric(metric, OutputKind(dataset.metadata["task"]["output_kind"]))
     rows = read_rows(store, meta["task"], meta["dataset_version"], "test")
     database = (
         task_database(store, meta["task"], meta["dataset_version"])

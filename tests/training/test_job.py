@@ -92,6 +92,7 @@ def test_job_through_local_ray_beats_the_base_model(
     assert result.adapter_version and result.report_version
     manifest = store.manifest(ADAPTER_KIND, "intent-router", result.adapter_version)
     assert manifest.metadata["dataset_version"] == result.dataset_version and "gate" not in manifest.metadata
+    assert manifest.metadata["metric"] == scores.metric.value  # what `protege eval` scores it with again
     assert manifest.metadata["training"]["tokens_seen"] > 0 and manifest.metadata["training"]["steps"] == 12
     assert {f.path for f in manifest.files} >= {"adapter_config.json", "adapter_model.safetensors"}
     report = json.loads(store.read_file("report", "intent-router", result.report_version, "evaluation.json"))
@@ -111,3 +112,4 @@ def test_job_through_local_ray_beats_the_base_model(
     again = CliRunner().invoke(app, ["eval", "intent-router", "--no-baseline", "--max-new-tokens", "8"])
     assert again.exit_code == 0, again.output
     assert f"{scores.specialist:.3f}" in again.stdout  # greedy decoding: the same score again
+    assert scores.metric.value in again.stdout  # with the metric its job used
