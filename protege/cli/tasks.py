@@ -32,12 +32,7 @@ def curate(
     from protege.training.curation import Curator
 
     current = settings()
-    curator = Curator(
-        current.nats_url,
-        ArtifactStore.from_settings(current),
-        current.curation,
-        stream=current.call_log.stream,
-    )
+    curator = Curator.from_settings(current, ArtifactStore.from_settings(current))
     try:
         stats = asyncio.run(curator.run(until_idle=until_idle, idle_seconds=idle_seconds))
     except KeyboardInterrupt:

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from protege.config import CurationSettings
 from protege.flywheel.local import LocalDriver, Pass
 from protege.flywheel.suggest import specialist_name, suggest_specialist
 from protege.store.artifacts import ArtifactStore
@@ -43,7 +42,7 @@ class LocalFlywheel:
         policy: dict[str, Any] | None = None,
         min_task_size: int = 10,
         discover_every: float = 60.0,
-        curation: CurationSettings | None = None,
+        curator: Curator | None = None,
         embedder: Embedder | None = None,
         curate_seconds: float = 15.0,
     ) -> None:
@@ -52,7 +51,7 @@ class LocalFlywheel:
         self.discovery = DiscoverySettings(min_task_size=min_task_size)
         self.discover_every = discover_every
         self.curate_seconds = curate_seconds
-        self.curator = Curator(nats_url, store, curation)
+        self.curator = curator or Curator(nats_url, store)
         self.embedder = embedder or MiniLM()
         self._discovered_at = float("-inf")
         self._examples_at_discovery = -1

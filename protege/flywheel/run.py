@@ -27,6 +27,7 @@ from protege.flywheel.loop import LocalFlywheel, Tick
 from protege.flywheel.specialist import PoolFacts
 from protege.stack.config import FlywheelPace
 from protege.store.artifacts import ArtifactStore
+from protege.training.curation import Curator
 
 log = logging.getLogger("protege.flywheel")
 HEARTBEAT = "heartbeat.json"
@@ -74,7 +75,7 @@ def build_flywheel(config: FlywheelProcessConfig) -> LocalFlywheel:
         policy=config.policy,
         min_task_size=config.pace.min_task_size,
         discover_every=config.pace.discover_every_seconds,
-        curation=settings.curation,
+        curator=Curator.from_settings(settings, store),  # the configured stream and curation
     )
 
 

@@ -229,3 +229,16 @@ async def test_examples_past_their_tenants_retention_are_deleted(tmp_path: Path)
         await publish(server.url, [record("which warehouse ships the blue lamps")], stream_exists=True)
         # curated again: neither the store nor the near-duplicate index remembers the deleted one
         assert (await curator.run(until_idle=True, idle_seconds=1)).kept == 4
+
+
+def test_every_curator_of_an_installation_reads_its_configured_stream(tmp_path: Path) -> None:
+    """`protege curate` and the local flywheel build it the one way (the flywheel ignored the stream)."""
+    configured = load_settings(
+        home=tmp_path, call_log={"stream": "AGENT_CALLS"}, curation={"ack_wait_seconds": 5}
+    )
+    curator = Curator.from_settings(configured, ArtifactStore(tmp_path.as_uri()))
+    assert (curator.stream, curator.settings, curator.nats_url) == (
+        "AGENT_CALLS",
+        configured.curation,
+        configured.nats_url,
+    )

@@ -29,7 +29,7 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from protege.api.calls import SUBJECT_PREFIX, CallRecord
-from protege.config import CurationSettings
+from protege.config import CurationSettings, Settings
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.training.curation.filters import (
     NearDuplicateIndex,
@@ -136,6 +136,11 @@ class Curator:
         self.prune_every_seconds = prune_every_seconds
         self._pruned_at = float("-inf")
         self._near: dict[str, NearDuplicateIndex] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: ArtifactStore) -> Curator:
+        """The curator of a configured installation: its NATS, its call-log stream, its curation."""
+        return cls(settings.nats_url, store, settings.curation, stream=settings.call_log.stream)
 
     def _near_index(self, tenant: str) -> NearDuplicateIndex:
         if tenant not in self._near:
