@@ -21,6 +21,7 @@ from protege.api.meta import (
 MODEL_SOURCE_SCHEMES = ("hf", "s3", "gs", "pvc", "file")
 _CATALOGUE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_MAX_LORAS = 16
 
 
 def check_model_source(value: str) -> str:
@@ -60,8 +61,27 @@ class BaseModelSpec(KubeModel):
 class EngineSpec(KubeModel):
     """vLLM engine settings shared by every replica of the pool."""
 
+    # the same checks as the validators below, for the API server (a refused apply, not a Failed pool)
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!has(self.maxLoraRank) || self.maxLoraRank in {list(VLLM_LORA_RANKS)}",
+                    "message": "engine.maxLoraRank must be a rank vLLM supports: one of "
+                    f"{list(VLLM_LORA_RANKS)}",
+                },
+                {
+                    "rule": "!has(self.maxCpuLoras) || "
+                    f"self.maxCpuLoras >= (has(self.maxLoras) ? self.maxLoras : {DEFAULT_MAX_LORAS})",
+                    "message": "engine.maxCpuLoras must be at least engine.maxLoras; raise it or leave it "
+                    "unset",
+                },
+            ]
+        }
+    }
+
     max_loras: int = Field(
-        default=16, ge=1, le=256, description="Adapters resident on a replica at once (LRU)."
+        default=DEFAULT_MAX_LORAS, ge=1, le=256, description="Adapters resident on a replica at once (LRU)."
     )
     max_lora_rank: int = Field(
         default=32, description=f"Largest adapter rank accepted; one of {VLLM_LORA_RANKS}."
@@ -141,7 +161,34 @@ class TeacherSpec(KubeModel):
 
 
 class SpecialistPoolSpec(KubeModel):
-    base_model: BaseModelSpec = Field(description="The base model every specialist of the pool adapts.")
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.engine) || !has(self.engine.tensorParallelSize) || "
+                    "self.engine.tensorParallelSize <= 1 || "
+                    "(has(self.resources) && has(self.resources.gpu) && "
+                    "self.resources.gpu >= self.engine.tensorParallelSize)",
+                    "message": "engine.tensorParallelSize needs at least as many GPUs per replica "
+                    "(resources.gpu) as it shards the model over",
+                }
+            ]
+        }
+    }
+
+    base_model: BaseModelSpec = Field(
+        description="The base model every specialist of the pool adapts; immutable (adapters are "
+        "trained for it).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "baseModel is immutable: every adapter of the pool was trained for it; "
+                    "create a new pool for another base model",
+                }
+            ]
+        },
+    )
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
     replicas: ReplicaSpec = Field(default_factory=ReplicaSpec, description="Autoscaling bounds.")
     resources: ComputeResources = Field(

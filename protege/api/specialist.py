@@ -300,7 +300,18 @@ class FallbackSpec(KubeModel):
 
 
 class SpecialistSpec(KubeModel):
-    pool: DnsLabel = Field(description="Name of the SpecialistPool (same namespace) that serves it.")
+    pool: DnsLabel = Field(
+        description="Name of the SpecialistPool (same namespace) that serves it; immutable.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "spec.pool is immutable: its adapters are trained for that pool's base model; "
+                    "delete the Specialist and create it for the other pool",
+                }
+            ]
+        },
+    )
     task: TaskSelector = Field(description="Which calls make up the task.")
     data: DataPolicy = Field(
         default_factory=DataPolicy, description="When there is enough data, and its care."

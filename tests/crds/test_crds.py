@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from protege.api.naming import NAME_RULE, is_dns_1035_label
+from protege.api.pool import SpecialistPoolSpec
 from protege.api.resources import RESOURCE_KINDS
 from protege.crds import CrdCatalogue, crd_files, drifted, render_crd, structural_errors
 from protege.crds.schema import to_structural
@@ -123,3 +124,50 @@ def test_the_crds_cel_rules_pass_the_examples_and_refuse_what_they_name(repo: Pa
     short = copy.deepcopy(specialist)
     short["spec"]["rollout"]["canarySteps"] = [10, 50]
     assert catalogue.errors(short) == ["spec.rollout: rollout.canarySteps must end at 100"]
+
+
+def test_what_would_fail_only_later_is_refused_at_apply(repo: Path) -> None:
+    """vLLM's ranks, maxCpuLoras against maxLoras, tensor parallelism within the GPUs, and the fields a
+    resource cannot change (transition rules: evaluated against the stored object, as on an update)."""
+    catalogue = CrdCatalogue.from_paths(sorted((repo / "crds").glob("*.yaml")))
+    pool, specialist = _example("pool", repo), _example("specialist", repo)
+
+    def pool_with(**engine: object) -> dict:  # type: ignore[type-arg]
+        changed = copy.deepcopy(pool)
+        changed["spec"]["engine"] = {**changed["spec"].get("engine", {}), **engine}
+        return changed
+
+    assert catalogue.errors(pool_with(maxLoraRank=48)) == [
+        "spec.engine: engine.maxLoraRank must be a rank vLLM supports: one of "
+        "[8, 16, 32, 64, 128, 256, 320, 512]"
+    ]
+    assert catalogue.errors(pool_with(maxLoras=8, maxCpuLoras=4)) == [
+        "spec.engine: engine.maxCpuLoras must be at least engine.maxLoras; raise it or leave it unset"
+    ]
+    assert catalogue.errors(pool_with(maxCpuLoras=8)) == [  # maxLoras left to its default, 16
+        "spec.engine: engine.maxCpuLoras must be at least engine.maxLoras; raise it or leave it unset"
+    ]
+    sharded = pool_with(tensorParallelSize=4)
+    sharded["spec"]["resources"] = {**sharded["spec"].get("resources", {}), "gpu": 2}
+    assert catalogue.errors(sharded) == [
+        "spec: engine.tensorParallelSize needs at least as many GPUs per replica (resources.gpu) as it "
+        "shards the model over"
+    ]
+    for wrong in (pool_with(maxLoraRank=48), pool_with(maxLoras=8, maxCpuLoras=4), sharded):  # models agree
+        with pytest.raises(ValueError, match=r"maxLoraRank|maxCpuLoras|tensorParallelSize"):
+            SpecialistPoolSpec.model_validate(wrong["spec"])
+
+    moved = copy.deepcopy(pool)
+    moved["spec"]["baseModel"] = {"source": "smollm2-360m"}
+    assert catalogue.errors(moved, old=pool) == [
+        "spec.baseModel: baseModel is immutable: every adapter of the pool was trained for it; create a new "
+        "pool for another base model"
+    ]
+    assert catalogue.errors(moved) == []  # a create has nothing to compare with
+    elsewhere = copy.deepcopy(specialist)
+    elsewhere["spec"]["pool"] = "another-pool"
+    assert catalogue.errors(elsewhere, old=specialist) == [
+        "spec.pool: spec.pool is immutable: its adapters are trained for that pool's base model; delete the "
+        "Specialist and create it for the other pool"
+    ]
+    assert catalogue.errors(specialist, old=specialist) == []
