@@ -22,7 +22,7 @@ import yaml
 
 from protege import __version__
 from protege.api.jobs import JobSpec, job_name
-from protege.api.meta import ComputeResources
+from protege.api.meta import ComputeResources, Toleration
 from protege.api.naming import KUBERAY_NAME_MAX, child_name
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RoutingTable
@@ -137,15 +137,19 @@ def _head(image: str, env: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _worker_template(
-    image: str, env: list[dict[str, Any]], resources: dict[str, Any], spec: SpecialistPoolSpec
+    image: str,
+    env: list[dict[str, Any]],
+    resources: dict[str, Any],
+    node_selector: dict[str, str],
+    tolerations: list[Toleration],
 ) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "containers": [{"name": "ray-worker", "image": image, "env": env, "resources": resources}]
     }
-    if spec.node_selector:
-        pod["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod["tolerations"] = [t.to_kube() for t in spec.tolerations]
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod["tolerations"] = [t.to_kube() for t in tolerations]
     return {"spec": pod}
 
 
@@ -165,7 +169,9 @@ def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platfor
         "minReplicas": spec.replicas.min,
         "maxReplicas": spec.replicas.max,
         "rayStartParams": {},
-        "template": _worker_template(image, env, _resources(spec.resources, gpus), spec),
+        "template": _worker_template(
+            image, env, _resources(spec.resources, gpus), spec.node_selector, spec.tolerations
+        ),
     }
     serve_config = {"applications": [serve_application(owner.name, spec)]}
     return _plain(
@@ -309,7 +315,14 @@ def render_training_job(
         "minReplicas": training.workers,
         "maxReplicas": training.workers,
         "rayStartParams": {},
-        "template": _worker_template(image, env, _resources(training.resources), pool),
+        # training's own placement (other nodes than serving's, often), the pool's by default
+        "template": _worker_template(
+            image,
+            env,
+            _resources(training.resources),
+            pool.node_selector if training.node_selector is None else training.node_selector,
+            pool.tolerations if training.tolerations is None else training.tolerations,
+        ),
     }
     spec_json = json.dumps(
         job.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")

@@ -9,7 +9,14 @@ from typing import Any
 from pydantic import AwareDatetime, Field, field_validator, model_validator
 
 from protege.api.calls import check_subject_token
-from protege.api.meta import CONDITIONS_LIST_MAP, ComputeResources, Condition, DnsLabel, KubeModel
+from protege.api.meta import (
+    CONDITIONS_LIST_MAP,
+    ComputeResources,
+    Condition,
+    DnsLabel,
+    KubeModel,
+    Toleration,
+)
 
 
 class OutputKind(StrEnum):
@@ -137,6 +144,12 @@ class TrainingSpec(KubeModel):
         default=None,
         description="Kueue LocalQueue of the training job (its label kueue.x-k8s.io/queue-name): Kueue "
         "admits it when the queue's quota allows.",
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels for the training workers; the pool's when unset."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, description="Tolerations for the training workers; the pool's when unset."
     )
 
     @model_validator(mode="after")

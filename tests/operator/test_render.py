@@ -14,7 +14,7 @@ from protege.api.jobs import JobSpec, job_id, job_name
 from protege.api.naming import KUBERAY_NAME_MAX, child_name, is_dns_1035_label
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RolloutStage
-from protege.api.specialist import SpecialistSpec
+from protege.api.specialist import SpecialistSpec, TrainingSpec
 from protege.crds.validate import CrdCatalogue
 from protege.operator.render import (
     Owner,
@@ -205,3 +205,24 @@ def test_protege_render_prints_what_the_operator_would_apply(tmp_path: Path) -> 
     bad.write_text(Path(pool).read_text().replace("maxLoraRank: 32", "maxLoraRank: 33"))
     refused = CliRunner().invoke(app, ["render", "-f", str(bad)])
     assert refused.exit_code != 0 and "maxLoraRank 33 is not a rank vLLM supports" in refused.output
+
+
+def test_training_pods_go_where_the_specialist_says_else_where_the_pool_serves() -> None:
+    pool = SpecialistPoolSpec.model_validate(example("pool"))
+    job = JobSpec(specialist="sql-writer", task="t", base_model="smollm2-135m")
+
+    def placement(training: dict[str, Any]) -> dict[str, Any]:
+        placed = job.model_copy(update={"training": TrainingSpec.model_validate(training)})
+        rendered = render_training_job(SPECIALIST_OWNER, placed, pool, PLATFORM, pool_name=POOL_OWNER.name)
+        [workers] = rendered["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        pod = workers["template"]["spec"]
+        return {key: pod.get(key) for key in ("nodeSelector", "tolerations")}
+
+    assert placement({}) == {
+        "nodeSelector": pool.node_selector,
+        "tolerations": [t.to_kube() for t in pool.tolerations],
+    }
+    spot = {"key": "spot", "operator": "Exists", "effect": "NoSchedule"}
+    own = placement({"nodeSelector": {"pool": "training-a100"}, "tolerations": [spot]})
+    assert own == {"nodeSelector": {"pool": "training-a100"}, "tolerations": [spot]}
+    assert placement({"nodeSelector": {}, "tolerations": []}) == {"nodeSelector": None, "tolerations": None}
