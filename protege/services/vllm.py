@@ -37,6 +37,7 @@ class VllmServer(ServiceProcess):
         tool_call_parser: str | None = "hermes",
         max_loras: int | None = None,
         max_lora_rank: int = 16,
+        enforce_eager: bool = True,
         extra_args: Sequence[str] = (),
     ) -> None:
         # First start compiles and warms up the model: minutes on a small CPU.
@@ -50,6 +51,7 @@ class VllmServer(ServiceProcess):
         self.tool_call_parser = tool_call_parser
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
+        self.enforce_eager = enforce_eager
         self.extra_args = list(extra_args)
 
     @property
@@ -65,8 +67,9 @@ class VllmServer(ServiceProcess):
             "--host", self.host,
             "--port", str(self.port),
             "--max-model-len", str(self.max_model_len),
-            "--enforce-eager",  # no graph capture: starts faster, and CPU decoding barely gains
         ]  # fmt: skip
+        if self.enforce_eager:  # no graph capture: starts faster, and CPU decoding barely gains
+            command.append("--enforce-eager")
         if self.tool_call_parser:
             # Tool calls (named tool_choice too) need a parser; hermes fits ChatML models.
             command += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]

@@ -109,6 +109,7 @@ class PoolEngine:
             max_model_len=self.spec.engine.max_model_len,
             max_loras=self.spec.engine.max_loras,
             max_lora_rank=self.spec.engine.max_lora_rank,
+            enforce_eager=False,  # the pool's engine_args decide (eager on CPUs, CUDA graphs on GPUs)
             extra_args=engine_args(self.spec),
         ).start()
         self.engine_url = f"http://{self.engine.host}:{self.engine.port}"

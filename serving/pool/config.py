@@ -33,6 +33,8 @@ def engine_args(spec: SpecialistPoolSpec) -> list[str]:
     if spec.resources.gpu > 0:  # the CPU build sizes its cache from VLLM_CPU_KVCACHE_SPACE instead
         args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
         args += ["--tensor-parallel-size", str(engine.tensor_parallel_size)]
+    else:  # CUDA graphs on GPUs; on CPUs capture only slows the start, decoding barely gains
+        args.append("--enforce-eager")
     for name, value in sorted(engine.extra_args.items()):
         if value is True:
             args.append(_flag(name))

@@ -24,7 +24,7 @@ from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RolloutStage
 from protege.api.specialist import FallbackSpec, OutputValidation
 from protege.services.nats import NatsServer
-from protege.serving.pool.config import deployment_options, serve_application
+from protege.serving.pool.config import deployment_options, engine_args, serve_application
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 from protege.testing import RunningGateway, ServedPool, make_lora_adapter, records_of
 from protege.training.datasets import save_registry
@@ -63,6 +63,20 @@ def test_serve_config_comes_from_the_pool_spec() -> None:
         app["import_path"] == "protege.serving.pool.app:build"
         and app["args"]["spec"]["engine"]["maxLoras"] == 2
     )
+
+
+def test_gpu_pools_run_vllm_with_cuda_graphs_and_cpu_pools_eager() -> None:
+    """Graph capture costs a CPU pool minutes of start for little; a GPU pool loses decode speed without."""
+    assert "--enforce-eager" in engine_args(POOL) and "--tensor-parallel-size" not in engine_args(POOL)
+    gpu = POOL.model_copy(
+        update={
+            "resources": POOL.resources.model_copy(update={"gpu": 2}),
+            "engine": POOL.engine.model_copy(update={"tensor_parallel_size": 2}),
+        }
+    )
+    args = engine_args(gpu)
+    assert "--enforce-eager" not in args and args[args.index("--tensor-parallel-size") + 1] == "2"
+    assert deployment_options(gpu)["ray_actor_options"]["num_gpus"] == 2  # the replica's GPUs, once
 
 
 def _chat(url: str, adapter: str | None, text: str = "hello") -> httpx.Response:
