@@ -34,6 +34,7 @@ from protege.operator.metrics import PhaseBook
 from protege.operator.render import (
     Owner,
     Platform,
+    gateway_name,
     ray_service_name,
     render_gateway,
     render_ray_service,
@@ -107,7 +108,14 @@ def _owner(body: kopf.Body) -> Owner:
 
 
 def _status(
-    status: kopf.Status, meta: kopf.Meta, phase: PoolPhase, *, ready: bool, reason: str, message: str
+    status: kopf.Status,
+    meta: kopf.Meta,
+    phase: PoolPhase,
+    *,
+    ready: bool,
+    reason: str,
+    message: str,
+    ready_replicas: int | None = None,
 ) -> dict[str, Any]:
     current = SpecialistPoolStatus.model_validate(dict(status)) if status else SpecialistPoolStatus()
     generation = meta.get("generation")
@@ -126,6 +134,8 @@ def _status(
             "observed_generation": generation,
             "conditions": conditions,
             "service_name": ray_service_name(meta["name"]),
+            "endpoint": f"http://{gateway_name(meta['name'])}.{meta['namespace']}.svc/v1",
+            "ready_replicas": current.ready_replicas if ready_replicas is None else ready_replicas,
         }
     )
     return updated.to_kube()
@@ -187,8 +197,17 @@ async def follow_pool(
         kopf.warn(body, reason=state.reason, message=state.message)
     elif phase != state.phase.value:
         kopf.info(body, reason=state.reason, message=state.message)
+    replicas = int((service.get("status") or {}).get("numServeEndpoints") or 0)  # KubeRay's ready count
     patch.status.update(
-        _status(status, meta, state.phase, ready=state.ready, reason=state.reason, message=state.message)
+        _status(
+            status,
+            meta,
+            state.phase,
+            ready=state.ready,
+            reason=state.reason,
+            message=state.message,
+            ready_replicas=replicas,
+        )
     )
 
 

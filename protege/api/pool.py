@@ -12,7 +12,6 @@ from protege.api.meta import (
     CONDITIONS_LIST_MAP,
     ComputeResources,
     Condition,
-    DnsLabel,
     KubeModel,
     SecretKeyRef,
     Toleration,
@@ -229,27 +228,18 @@ class PoolPhase(StrEnum):
     FAILED = "Failed"
 
 
-class PoolAdapter(KubeModel):
-    """An adapter version registered with the pool."""
-
-    specialist: DnsLabel = Field(description="The Specialist that owns the adapter.")
-    version: str = Field(description="Content-addressed version id.")
-    uri: str = Field(description="Where the adapter files are (s3://... or file://...).")
-    state: str = Field(
-        pattern=r"^(Loading|Loaded|Failed)$", description="Whether the pool's replicas serve it."
-    )
-    message: str = Field(default="", description="Why a load failed.")
-
-
 class SpecialistPoolStatus(KubeModel):
     phase: PoolPhase = Field(default=PoolPhase.PENDING, description="Summary of the pool's state.")
     observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra=CONDITIONS_LIST_MAP,
-        description="Ready, Reconciling, Stalled, ...",
+        description="Ready: whether the Serve application runs, and why not, in KubeRay's and Serve's words.",
     )
-    ready_replicas: int = Field(default=0, ge=0, description="Serving replicas that are up.")
-    endpoint: str | None = Field(default=None, description="In-cluster URL of the pool's gateway.")
+    ready_replicas: int = Field(
+        default=0, ge=0, description="Serving replicas that are up (KubeRay's numServeEndpoints)."
+    )
+    endpoint: str | None = Field(
+        default=None, description="In-cluster OpenAI base URL of the pool's gateway (agents point here)."
+    )
     service_name: str | None = Field(default=None, description="Name of the RayService serving the pool.")
-    adapters: list[PoolAdapter] = Field(default_factory=list, description="Adapter versions registered.")

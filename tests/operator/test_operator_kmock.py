@@ -132,6 +132,9 @@ async def test_a_pool_gets_its_children_and_becomes_ready(
                 "ServeRunning",
             )
             assert ready["observedGeneration"] == 1
+            # the declared fields, filled: where agents point, and KubeRay's count of ready Serve endpoints
+            assert ready["endpoint"] == "http://smollm2-pool-gateway.agents.svc/v1"
+            assert ready["readyReplicas"] == ray_status["numServeEndpoints"] >= 1
 
             failed = await until(
                 lambda: pool_status(kmock, "broken").get("phase") == "Failed" and pool_status(kmock, "broken")
