@@ -31,6 +31,7 @@ from protege.operator import metrics
 from protege.operator.flywheel_io import KubeFlywheelIO, RouteBook
 from protege.operator.kube import Connection, KubeClient
 from protege.operator.metrics import PhaseBook
+from protege.operator.passes import Passes
 from protege.operator.render import (
     Owner,
     Platform,
@@ -69,6 +70,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.data = StoreData(memo.store, ttl_seconds=min(10.0, SPECIALIST_INTERVAL))
     memo.routes = RouteBook(memo.kube)
     memo.phases = PhaseBook()
+    memo.passes = Passes()
     metrics.serve(int(os.environ.get("PROTEGE_OPERATOR_METRICS_PORT", "9090")))
 
 
@@ -82,7 +84,11 @@ def _store(platform: Platform) -> ArtifactStore:
 
 
 @kopf.on.cleanup()
-async def close(memo: kopf.Memo, **_: Any) -> None:
+async def close(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    # a pass reads the call log for at most 20 s (flywheel.data.call_records): wait a little longer
+    passes: Passes = memo.passes
+    if not await passes.drain(30):
+        logger.warning(f"stopping with {passes.count} flywheel passes still under way")
     await memo.kube.close()
 
 
@@ -241,7 +247,20 @@ async def run_specialist(
     body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
     memo: kopf.Memo, **_: Any,
 ) -> None:  # fmt: skip
-    """One flywheel pass (:func:`protege.flywheel.specialist.reconcile`) with Kubernetes I/O."""
+    """One flywheel pass (:func:`protege.flywheel.specialist.reconcile`) with Kubernetes I/O; none once
+    the operator is stopping (:func:`close` waits for those under way)."""
+    passes: Passes = memo.passes
+    if passes.stopping:
+        return
+    async with passes.one():
+        await _specialist_pass(body=body, spec=spec, meta=meta, status=status, patch=patch, memo=memo)
+
+
+async def _specialist_pass(
+    *,
+    body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
+    memo: kopf.Memo,
+) -> None:  # fmt: skip
     try:
         specialist = _validated(SpecialistSpec, spec, "Specialist")
     except kopf.PermanentError:
