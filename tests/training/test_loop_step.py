@@ -69,10 +69,12 @@ async def test_a_loop_step_specialist_learns_its_step_and_is_routed_only_that_st
     assert scored.examples == 2 and all(scored.token_logprobs) and scored.generated_tokens > 0
     assert all(value <= 0 for answer_logprobs in scored.token_logprobs for value in answer_logprobs)
 
-    classifier = TaskClassifier(registry.tasks, registry.prompt_segments, CallEmbeddings(embedder))
+    embeddings = CallEmbeddings(embedder)
+    classifier = TaskClassifier(registry.tasks, registry.prompt_segments, embeddings)
     routed: Counter[tuple[str, bool]] = Counter()
     for call in tool_loop(120, 12):  # held out, raw: the router sees what the agent sends
         match = await classifier.match(call.to_record().tenant, ChatRequest.model_validate(call.request))
         routed[call.task, match is not None and match.task_id == task.id] += 1
+    embeddings.close()
     assert routed[STEP, True] >= 0.9 * (routed[STEP, True] + routed[STEP, False])
     assert sum(count for (label, hit), count in routed.items() if label != STEP and hit) == 0
