@@ -250,13 +250,18 @@ class _Pass:
     io: FlywheelIO
     now: datetime
     outcome: Outcome
-    read: dict[tuple[str, datetime], Sequence[CallRecord]] = field(default_factory=dict)
+    read: dict[str, tuple[datetime | None, Sequence[CallRecord]]] = field(default_factory=dict)
 
-    async def records(self, tenant: str, since: datetime) -> Sequence[CallRecord]:
-        """The tenant's calls since ``since``, read once a pass (the serving watch and drift share it)."""
-        if (tenant, since) not in self.read:
-            self.read[tenant, since] = await self.io.records(tenant, since)
-        return self.read[tenant, since]
+    async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
+        """The tenant's calls, from ``since`` or earlier: one read of the call log a pass, from the
+        earliest time a step needs (the watch window at least), shared by the rollout, the serving
+        watch and the drift; each filters the calls by its own time."""
+        window = self.now - timedelta(minutes=self.spec.rollout.watch_minutes)
+        start = None if since is None else min(since, window)
+        cached = self.read.get(tenant)
+        if cached is None or (cached[0] is not None and (start is None or start < cached[0])):
+            cached = self.read[tenant] = (start, await self.io.records(tenant, start))
+        return cached[1]
 
     async def follow_training(self, route: SpecialistRoute) -> SpecialistRoute:
         outcome, name, spec, io, now = self.outcome, self.name, self.spec, self.io, self.now
@@ -307,12 +312,12 @@ class _Pass:
         )
 
     async def follow_rollout(self, route: SpecialistRoute) -> SpecialistRoute:
-        outcome, spec, io, now = self.outcome, self.spec, self.io, self.now
+        outcome, spec, now = self.outcome, self.spec, self.now
         candidate = route.candidate
         if candidate is None:
             return await self.watch_serving(route)
-        records = await io.records(route.tenant, candidate.since)
-        seen = observe(records, route, spec.rollout)
+        records = await self.records(route.tenant, candidate.since)
+        seen = observe(records, route, spec.rollout)  # the calls since candidate.since
         assert seen is not None  # there is a candidate
         outcome.status.live = _live(candidate.version, seen)
         move = next_rollout_move(spec.rollout, seen)

@@ -70,6 +70,7 @@ class MemoryIO:
         self.route: SpecialistRoute | None = None
         self.calls: list[CallRecord] = []
         self.slot_free = True
+        self.reads = 0  # of the call log
 
     async def resolve_task(self, selector: TaskSelector) -> TaskData | None:
         return TaskData("task-1", self.examples) if selector.id == "task-1" and self.examples else None
@@ -103,6 +104,7 @@ class MemoryIO:
         self.route = route
 
     async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
+        self.reads += 1
         return [r for r in self.calls if since is None or r.timestamp >= since]
 
     def finish(self, name: str, version: str, score: float, check: dict[str, Any] | None = None) -> None:
@@ -194,7 +196,9 @@ async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
     for _ in range(2):  # canary answers, scored by teacher samples
         io.call(T0 + timedelta(minutes=5), "v1", sampled=1.0)
     io.call(T0 + timedelta(minutes=5), "v1")  # not sampled: does not count
+    reads = io.reads
     status, events = await step(io, status, T0 + timedelta(minutes=6))
+    assert io.reads == reads + 1  # one read of the call log a pass: the canary's and the drift's
     assert events == ["Promoted"] and status.phase is SpecialistPhase.SERVING
     assert (status.active_version, status.traffic_share, status.score_vs_teacher) == ("v1", 100, 0.9)
     ready = {c.type: c for c in status.conditions}["Ready"]
