@@ -131,20 +131,24 @@ class TaskClassifier:
         messages = request_messages(request)
         candidates = self.candidates(tenant, request, messages)
         text = last_user_text(messages)
+        match = await self._among(candidates, text)
+        return with_novelty(match, candidates, text)
+
+    async def _among(self, candidates: Sequence[Task], text: str) -> TaskMatch | None:
         if len(candidates) == 1:
-            return with_novelty(TaskMatch(candidates[0].id, None), candidates, text)
+            return TaskMatch(candidates[0].id, None)
         if not candidates:
             return None
         by_words = self.by_words(candidates, text)
         if by_words is not None or self.embeddings is None:
-            return with_novelty(by_words, candidates, text)
+            return by_words
         try:
             vector = await self.embeddings.vector(text)
         except RouterBusyError:
             raise
         except Exception as error:  # no embedding model here (a serving image without it), say
             raise RouterBusyError(f"no embedding for the call ({error!r})") from error
-        return with_novelty(self.closest(candidates, vector), candidates, text)
+        return self.closest(candidates, vector)
 
     @staticmethod
     def by_words(candidates: Sequence[Task], text: str) -> TaskMatch | None:
