@@ -9,6 +9,7 @@ from typing import Any, Self
 
 import uvicorn
 
+from protege.config import GatewaySettings
 from protege.services.process import free_port
 
 
@@ -17,8 +18,8 @@ class ServerThread:
         self.host = host
         self.port = port or free_port(host)
         # Idle connections outlive the clients' own pool expiry (httpx: 5 s, aiohttp: 15 s), so a
-        # client never sends on a connection the server is closing at that moment.
-        options.setdefault("timeout_keep_alive", 75)
+        # client never sends on a connection the server is closing at that moment: the gateway's rule.
+        options.setdefault("timeout_keep_alive", GatewaySettings.model_fields["keep_alive_seconds"].default)
         config = uvicorn.Config(
             app, host=host, port=self.port, log_level="warning", access_log=False, **options
         )
