@@ -216,7 +216,8 @@ class LocalDriver:
     async def step(self, trigger: dict[str, str] | None = None) -> Pass:
         """One pass over every Specialist; ``trigger`` maps names to manual trigger values."""
         done = Pass()
-        for name, (spec, problem) in self.specialists().items():
+        specialists = self.specialists()
+        for name, (spec, problem) in specialists.items():
             if spec is None:
                 done.invalid[name] = problem
                 continue
@@ -233,7 +234,7 @@ class LocalDriver:
             write_atomically(self.state / "status" / f"{name}.json", outcome.status.model_dump_json(indent=1))
             done.statuses[name] = outcome.status
             done.events += [(name, event) for event in outcome.events]
-        await self.forget_removed(set(self.specialists()), done)
+        await self.forget_removed(set(specialists), done)
         return done
 
     async def forget_removed(self, present: set[str], done: Pass) -> None:
