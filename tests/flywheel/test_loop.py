@@ -1,4 +1,7 @@
-"""The local flywheel's heartbeat: calls through the gateway become tasks, Specialists and jobs."""
+"""The local flywheel's heartbeat: calls through the gateway become tasks and Specialists.
+
+The whole path to routed specialists, with training, is tests/flywheel/test_shapes_replay.py.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from protege.serving.recorded_teacher import RecordedTeacher
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore
 from protege.testing import RunningGateway
-from protege.workload import generate
 from protege.workload.replay import replay
 
 pytestmark = pytest.mark.slow
@@ -25,53 +27,6 @@ POLICY = {
     "training": {"rank": 8, "epochs": 1, "batchSize": 8, "maxSeqLen": 512, "resources": {"gpu": 0}},
     "evaluation": {"minRelativeToTeacher": 0.0},
 }
-
-
-async def test_calls_become_tasks_specialists_and_one_job_each(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    smollm2: Path,
-    start_gateway: Callable[..., RunningGateway],
-) -> None:
-    from protege.services.nats import NatsServer
-    from protege.services.ray import LocalRay
-
-    store = ArtifactStore((tmp_path / "store").as_uri())
-    monkeypatch.setenv("PROTEGE_ARTIFACT_STORE", store.url)
-    monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
-    calls = [c for c in generate(160, seed=4, families=("intent", "extract")) if not c.heldout]
-    # A call log of its own: the curator reads every tenant's calls, other tests' too.
-    with (
-        NatsServer(tmp_path / "nats") as nats_server,
-        ServerThread(RecordedTeacher(calls)) as teacher,
-        LocalRay(tmp_path / "ray", num_cpus=2) as ray,
-    ):
-        gateway = start_gateway(teacher_url=teacher.url + "/v1", nats_url=nats_server.url)
-        outcomes = await replay(calls, gateway.base_url, gateway.key, model=gateway.settings.teacher.model)
-        assert all(o.error is None for o in outcomes)
-        jobs = RayJobs(ray.address, ray.headers)
-
-        def flywheel() -> LocalFlywheel:  # a new one each time: a restarted `protege up`
-            io = LocalFlywheelIO(
-                StoreData(store, ttl_seconds=0), jobs, RouteFile(tmp_path / "routes.json"), nats_server.url
-            )
-            driver = LocalDriver(
-                tmp_path / "flywheel", io, PoolFacts(smollm2.as_uri(), 16), job_options={"max_steps": 2}
-            )
-            return LocalFlywheel(store, nats_server.url, driver, policy=POLICY, discover_every=0)
-
-        first = await flywheel().tick()
-        assert first.curated >= 100 and first.discovered and first.tasks == 2
-        assert len(first.created) == 2
-        started = [event for _, event in first.driven.events if event.reason == "TrainingStarted"]
-        assert len(started) == 2
-        for name in first.created:
-            spec, _ = flywheel().driver.specialists()[name]
-            assert spec is not None and spec.data.min_examples == 30 and spec.training.rank == 8
-
-        again = await flywheel().tick()  # restarted: nothing new to curate, no new Specialist or job
-        assert again.curated == 0 and again.created == [] and again.tasks == 2
-        assert len(jobs.client.list_jobs()) == 2
 
 
 async def test_one_tool_set_shared_by_several_tasks_gives_a_specialist_each_kept_across_heartbeats(

@@ -171,29 +171,52 @@ _WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
 _MONTHS = ["January", "March", "June", "September", "November", "December"]
 _FIRST = ["Amara", "Jonas", "Priya", "Mateo", "Ingrid", "Kwame", "Sofia", "Hiroshi", "Leila", "Tomasz"]
 _LAST = ["Okafor", "Lindqvist", "Raman", "Herrera", "Solberg", "Mensah", "Rossi", "Tanaka", "Haddad", "Nowak"]
+# Questions a customer asks, each with the passage (an index into _PASSAGES) that answers it.
 _QUESTIONS = [
-    "Can I return a gift card?", "How long does a refund take?", "Do you ship to Norway?",
-    "My parcel arrived broken, what now?", "Is shipping free for my order of 80 euros?",
-    "Can I still change my order?", "When will I be charged for a pre-order?",
-    "Do my loyalty points expire?", "Can I return something I bought online in a store?",
-    "How fast is express delivery?",
+    ("Can I return a gift card?", 2), ("How long does a refund take?", 0),
+    ("Do you ship to Norway?", 6), ("My parcel arrived broken, what now?", 7),
+    ("Is shipping free for my order of 80 euros?", 1), ("Can I still change my order?", 10),
+    ("When will I be charged for a pre-order?", 13), ("Do my loyalty points expire?", 9),
+    ("Can I return something I bought online in a store?", 14), ("How fast is express delivery?", 5),
+    ("I'm a premium member, how long do I have to return a jacket?", 3),
+    ("The sofa I ordered, how is it delivered?", 11), ("Do you match prices from other shops?", 8),
+    ("Is there a student discount?", 12), ("My laptop broke after 18 months, who fixes it?", 15),
+    ("Can I return a final sale item?", 4),
 ]  # fmt: skip
-_TICKETS = {
-    "refund": ["I want my money back for order 4471", "refund please, the blender never worked"],
-    "shipping": ["where is my parcel?", "the delivery is three days late"],
-    "account": ["I can't log in to my account", "please change the e-mail on my account"],
+_TICKET_PARTS = {
+    "refund": (
+        ["I want my money back for", "please refund", "refund request for", "I'd like a refund on"],
+        ["order {n}", "the {item} from order {n}", "my {item}, it never worked", "the broken {item}"],
+    ),
+    "shipping": (
+        ["where is", "still waiting for", "tracking shows nothing for", "no delivery yet of"],
+        ["order {n}", "my {item}", "the parcel with my {item}", "order {n}, it is {d} days late"],
+    ),
+    "account": (
+        ["I can't log in to", "please change the e-mail on", "how do I delete", "password reset fails for"],
+        ["my account", "the account of order {n}", "my shop account", "my profile"],
+    ),
 }
+_ITEMS = ["blender", "rain jacket", "desk lamp", "kettle", "backpack", "headphones", "tent", "coffee grinder"]
 
 
-def _context(rng: random.Random) -> str:
-    name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+def _context(rng: random.Random, needed: int | None = None) -> tuple[str, str]:
+    """Per-call context for a system prompt (today, the customer, three passages) and the customer's name."""
+    first = rng.choice(_FIRST)
+    name = f"{first} {rng.choice(_LAST)}"
     tier, since = rng.choice(["gold", "silver", "basic"]), rng.randint(2010, 2025)
-    passages = "\n".join(rng.sample(_PASSAGES, 3))
-    return (
+    picked = rng.sample([p for i, p in enumerate(_PASSAGES) if i != needed], 2)
+    if needed is not None:
+        picked.insert(rng.randint(0, 2), _PASSAGES[needed])
+    else:
+        picked.append(rng.choice([p for p in _PASSAGES if p not in picked]))
+    passages = "\n".join(picked)
+    text = (
         f"Today is {rng.choice(_WEEKDAYS)}, {rng.choice(_MONTHS)} {rng.randint(1, 28)}, 2026.\n"
         f"Customer: {name}, {tier} member since {since}.\n"
         f"Relevant help-centre passages:\n{passages}"
     )
+    return text, first
 
 
 def rag_templates(count: int, seed: int = 2) -> list[ShapedCall]:
@@ -201,22 +224,27 @@ def rag_templates(count: int, seed: int = 2) -> list[ShapedCall]:
     calls = []
     for _ in range(count):
         if rng.random() < 0.6:
+            question, needed = rng.choice(_QUESTIONS)
+            context, first = _context(rng, needed)
             system = (
                 "You are Nimbus, the help-centre assistant of an online shop.\n"
                 "Answer in two sentences at most, using only the passages below.\n"
-                "If the passages do not answer the question, say you will hand over to a person.\n"
-                + _context(rng)
+                "If the passages do not answer the question, say you will hand over to a person.\n" + context
             )
-            question = rng.choice(_QUESTIONS)
-            answer = {"role": "assistant", "content": f"Based on our policy: {question.lower()} Yes, it is."}
+            policy = _PASSAGES[needed].split(": ", 1)[1]
+            greeting = rng.choice([f"Hi {first}!", f"Hello {first},", f"Thanks for asking, {first}."])
+            answer = {"role": "assistant", "content": f"{greeting} {policy}"}
             task = "rag-answer"
         else:
+            context, _ = _context(rng)
             system = (
                 "Classify the customer's ticket as one of: refund, shipping, account.\n"
-                "Reply with the label only.\n" + _context(rng)
+                "Reply with the label only.\n" + context
             )
-            label = rng.choice(sorted(_TICKETS))
-            question = rng.choice(_TICKETS[label])
+            label = rng.choice(sorted(_TICKET_PARTS))
+            opening, subject = (rng.choice(part) for part in _TICKET_PARTS[label])
+            fill = {"n": rng.randint(1000, 9999), "item": rng.choice(_ITEMS), "d": rng.randint(2, 9)}
+            question = f"{opening} {subject.format(**fill)}" + rng.choice(["", "?", ".", "!!", " please"])
             answer = {"role": "assistant", "content": label}
             task = "ticket-label"
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
@@ -230,11 +258,32 @@ _DOCTORS = [
     ("Wei Chen", "wei.chen@stlukes-clinic.example", "+1 415 555 0178"),
     ("Oluwaseun Adeyemi", "o.adeyemi@stlukes-clinic.example", "+1 415 555 0199"),
 ]
+# What patients write, composed from parts as their messages vary: (what, detail, ask) per label.
 _TRIAGE = {
-    "urgent": ["I have chest pain since this morning", "my child has a fever of 40 and is very drowsy"],
-    "routine": ["I need a repeat prescription for my inhaler", "can I book my yearly check-up?"],
-    "billing": ["I was charged twice for my last visit", "my insurance did not cover the lab test"],
-}
+    "urgent": (
+        ["I have chest pain", "my child has a fever of 40", "my father can't feel his left arm",
+         "I cut my hand badly", "my wife is short of breath",
+         "I have a severe headache and blurred vision"],
+        ["since this morning", "for two hours", "and it is getting worse", "after a fall",
+         "since last night"],
+        ["what should I do?", "can the doctor see me now?", "please help", "is this an emergency?"],
+    ),
+    "routine": (
+        ["I need a repeat prescription for my inhaler", "can I book my yearly check-up",
+         "I'd like a flu shot", "I need a sick note for work", "can I get my blood test results",
+         "I want to renew my blood pressure pills"],
+        ["next week", "sometime in March", "when the doctor has time", "this month",
+         "on a Friday if possible"],
+        ["thanks", "is that possible?", "please let me know", "what times are free?"],
+    ),
+    "billing": (
+        ["I was charged twice for my last visit", "my insurance did not cover the lab test",
+         "the invoice shows a visit I never had", "I got a bill for a free vaccination",
+         "can I pay my bill in instalments", "the amount on my statement looks wrong"],
+        ["from January", "of 120 dollars", "for my son", "from the clinic in May", "on my card ending 4411"],
+        ["who can I talk to?", "please check", "can you fix it?", "what do I do now?"],
+    ),
+}  # fmt: skip
 
 
 def pii_prompts(count: int, seed: int = 3) -> list[ShapedCall]:
@@ -248,9 +297,10 @@ def pii_prompts(count: int, seed: int = 3) -> list[ShapedCall]:
             "Reply with the label only."
         )
         label = rng.choice(sorted(_TRIAGE))
+        what, detail, ask = (rng.choice(part) for part in _TRIAGE[label])
         messages = [
             {"role": "system", "content": system},
-            {"role": "user", "content": rng.choice(_TRIAGE[label])},
+            {"role": "user", "content": f"{what} {detail}, {ask}"},
         ]
         calls.append(
             ShapedCall(
