@@ -20,7 +20,7 @@ import kopf
 from pydantic import ValidationError
 
 from protege.api.jobs import ADAPTER_KIND, REPORT_KIND, RESULTS_AREA
-from protege.api.meta import ConditionStatus, KubeModel, set_condition, spec_problems
+from protege.api.meta import ConditionStatus, KubeModel, set_condition, set_progress, spec_problems
 from protege.api.pool import PoolPhase, SpecialistPoolSpec, SpecialistPoolStatus
 from protege.api.routes import RoutingTable
 from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistStatus
@@ -113,6 +113,10 @@ def _owner(body: kopf.Body) -> Owner:
     return Owner(body["kind"], meta["name"], meta["namespace"], meta["uid"])
 
 
+# Pool phases on their way to Ready (kstatus Reconciling): KubeRay creates or recovers the cluster.
+POOL_ON_ITS_WAY = frozenset({PoolPhase.PENDING, PoolPhase.PROVISIONING, PoolPhase.DEGRADED})
+
+
 def _status(
     status: kopf.Status,
     meta: kopf.Meta,
@@ -124,7 +128,7 @@ def _status(
     ready_replicas: int | None = None,
 ) -> dict[str, Any]:
     current = SpecialistPoolStatus.model_validate(dict(status)) if status else SpecialistPoolStatus()
-    generation = meta.get("generation")
+    generation, now = meta.get("generation"), datetime.now(UTC).replace(microsecond=0)
     conditions = set_condition(
         current.conditions,
         "Ready",
@@ -132,7 +136,14 @@ def _status(
         reason,
         message=message,
         observed_generation=generation,
-        now=datetime.now(UTC).replace(microsecond=0),
+        now=now,
+    )
+    conditions = set_progress(
+        conditions,
+        reconciling=(reason, message) if phase in POOL_ON_ITS_WAY else None,
+        stalled=(reason, message) if phase is PoolPhase.FAILED else None,
+        observed_generation=generation,
+        now=now,
     )
     updated = current.model_copy(
         update={
@@ -237,6 +248,11 @@ async def check_specialist(
             message=str(error),
             observed_generation=current.observed_generation,
         )
+        current.conditions = set_progress(
+            current.conditions,
+            stalled=("InvalidSpec", str(error)),
+            observed_generation=current.observed_generation,
+        )
         patch.status.update(current.to_merge_patch())
         raise
 
@@ -277,6 +293,12 @@ async def _specialist_pass(
             ConditionStatus.FALSE,
             "PoolNotFound",
             message=f"no SpecialistPool {specialist.pool!r} in {namespace}; create it or fix spec.pool",
+            observed_generation=generation,
+        )
+        # Waiting, not stalled: a GitOps sync may create the pool a moment after its Specialists.
+        current.conditions = set_progress(
+            current.conditions,
+            reconciling=("PoolNotFound", f"waiting for SpecialistPool {specialist.pool!r} in {namespace}"),
             observed_generation=generation,
         )
         patch.status.update(current.to_merge_patch())

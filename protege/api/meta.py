@@ -138,6 +138,40 @@ def set_condition(
     return [c for c in conditions if c.type != type] + [updated]
 
 
+def set_progress(
+    conditions: list[Condition],
+    *,
+    reconciling: tuple[str, str] | None = None,
+    stalled: tuple[str, str] | None = None,
+    observed_generation: int | None = None,
+    now: datetime | None = None,
+) -> list[Condition]:
+    """Return ``conditions`` with kstatus's two abnormal-true conditions as they are now.
+
+    ``Reconciling`` (reason, message) while the controller works towards the spec (a job runs,
+    a rollout moves, a pool comes up), ``Stalled`` (reason, message) when it cannot get there
+    without a change from outside (an invalid spec, a failed job with no new data). Each is
+    removed when it does not hold: kstatus, Flux and ``kubectl wait`` read an absent one as
+    False, and the resource is Current once neither is True and ``observedGeneration`` is
+    the generation.
+    """
+    for type, held in (("Reconciling", reconciling), ("Stalled", stalled)):
+        if held is None:
+            conditions = [c for c in conditions if c.type != type]
+        else:
+            reason, message = held
+            conditions = set_condition(
+                conditions,
+                type,
+                ConditionStatus.TRUE,
+                reason,
+                message=message,
+                observed_generation=observed_generation,
+                now=now,
+            )
+    return conditions
+
+
 class SecretKeyRef(KubeModel):
     """A key of a Secret in the resource's namespace; secrets are only ever referenced."""
 

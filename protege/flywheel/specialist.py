@@ -22,7 +22,7 @@ from croniter import croniter
 
 from protege.api.calls import CallRecord
 from protege.api.jobs import JobResult, JobSpec
-from protege.api.meta import ConditionStatus, set_condition
+from protege.api.meta import ConditionStatus, set_condition, set_progress
 from protege.api.routes import Candidate, RolloutStage, SpecialistRoute
 from protege.api.specialist import (
     ConfidenceCheck,
@@ -543,4 +543,32 @@ def _summarize(
         if serving
         else (newest.message if newest else "no version trained yet"),
     )
+    status.conditions = set_progress(
+        status.conditions,
+        reconciling=_reconciling(status, newest, route),
+        stalled=(newest.state.value, newest.message)
+        if status.phase is SpecialistPhase.FAILED and newest is not None
+        else None,
+        observed_generation=status.observed_generation,
+        now=now,
+    )
     return outcome
+
+
+def _reconciling(
+    status: SpecialistStatus, newest: SpecialistVersion | None, route: SpecialistRoute | None
+) -> tuple[str, str] | None:
+    """What the Specialist is on its way to, for kstatus: a job training, a candidate rolling out.
+
+    Collecting data is not reconciling: the spec is acted on and the rest waits for the agent's
+    traffic, which may take days (GitOps tools would hold their sync waves that long).
+    """
+    if status.phase is SpecialistPhase.TRAINING and newest is not None:
+        return "Training", newest.message
+    candidate = route.candidate if route is not None else None
+    if status.phase in (SpecialistPhase.SHADOW, SpecialistPhase.CANARY) and candidate is not None:
+        if candidate.stage is RolloutStage.CANARY:
+            share = candidate.traffic_percent
+            return "Canary", f"rolling out {candidate.version}: it answers {share}% of the calls"
+        return "Shadow", f"rolling out {candidate.version}: in shadow, its answers scored and not returned"
+    return None

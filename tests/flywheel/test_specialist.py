@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from argocd_health import argocd_health
+
 from protege.api.calls import (
     AlternateAnswer,
     CallRecord,
@@ -158,6 +160,12 @@ async def step(
     return outcome.status, [event.reason for event in outcome.events]
 
 
+def progress(status: SpecialistStatus) -> tuple[str | None, str | None, str]:
+    """kstatus's Reconciling and Stalled reasons (None: absent) and the health Argo CD shows."""
+    held = {c.type: c.reason for c in status.conditions if c.status.value == "True"}
+    return held.get("Reconciling"), held.get("Stalled"), argocd_health(status.to_kube(), None)[0]
+
+
 async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
     io, status = MemoryIO(), SpecialistStatus()
     status, events = await step(io, status, T0)
@@ -167,11 +175,13 @@ async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
     io.examples = 30
     status, _ = await step(io, status, T0)
     assert status.phase is SpecialistPhase.COLLECTING_DATA and status.examples == 30
+    assert progress(status) == (None, None, "Healthy")  # waiting for traffic is not work in progress
     assert io.route is not None and io.route.task_id == "task-1" and io.route.active is None  # registered
 
     io.examples = 60
     status, events = await step(io, status, T0)
     assert events == ["TrainingStarted"] and status.phase is SpecialistPhase.TRAINING
+    assert progress(status) == ("Training", None, "Progressing")
     [job] = io.started
     assert (job.dataset_version, job.base_model, job.max_lora_rank) == ("d60", "smollm2-135m", 16)
     status, events = await step(io, status, T0)  # still running: nothing new, no second job
@@ -181,6 +191,7 @@ async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
     io.finish(status.versions[-1].job_name or "", "v1", 0.9, check | {"examples": 60, "disagreements": 6})
     status, events = await step(io, status, T0 + timedelta(minutes=1))
     assert events == ["CandidateShadowing"] and status.phase is SpecialistPhase.SHADOW
+    assert progress(status) == ("Shadow", None, "Progressing")
     assert io.route.candidate is not None and io.route.candidate.version == "v1"
     calibrated = status.versions[-1].confidence_check  # the job's calibrated check: in the status and route
     assert calibrated is not None and calibrated.signal is ConfidenceSignal.MINIMUM
@@ -190,6 +201,7 @@ async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
         io.call(T0 + timedelta(minutes=2), None, ("v1", 1.0))
     status, events = await step(io, status, T0 + timedelta(minutes=3))
     assert events == ["CanaryStep"] and status.phase is SpecialistPhase.CANARY and status.traffic_share == 50
+    assert progress(status) == ("Canary", None, "Progressing")
     status, events = await step(io, status, T0 + timedelta(minutes=4))
     assert events == []  # the canary step starts empty: old shadow calls do not count
 
@@ -203,6 +215,7 @@ async def test_data_then_training_then_shadow_canary_and_promotion() -> None:
     assert (status.active_version, status.traffic_share, status.score_vs_teacher) == ("v1", 100, 0.9)
     ready = {c.type: c for c in status.conditions}["Ready"]
     assert ready.status.value == "True" and ready.reason == "Serving"
+    assert progress(status) == (None, None, "Healthy")
     assert status.versions[-1].state is VersionState.SERVING
     assert io.route.confidence_checks == {"v1": calibrated}
 
@@ -242,6 +255,8 @@ async def test_a_failed_job_says_why_and_a_trigger_retrains_once() -> None:
     status, events = await step(io, status, T0)
     assert events == ["TrainingFailed"] and status.phase is SpecialistPhase.FAILED
     assert "maxLoraRank" in status.versions[-1].message
+    assert progress(status) == (None, "Failed", "Degraded")  # stalled: it needs new data or a trigger
+    assert "maxLoraRank" in argocd_health(status.to_kube(), None)[1]
     status, events = await step(io, status, T0)
     assert events == [] and len(io.started) == 1  # no retry loop without new data
 
@@ -287,6 +302,7 @@ async def test_suspended_and_schedule() -> None:
     suspended = SPEC.model_copy(update={"suspend": True})
     outcome = await reconcile("s", suspended, POOL, SpecialistStatus(), io, now=T0)
     assert outcome.status.phase is SpecialistPhase.SUSPENDED and io.started == []
+    assert progress(outcome.status) == (None, None, "Suspended")
     assert schedule_due("@daily", T0, T0 + timedelta(hours=25))
     assert not schedule_due("@daily", T0 + timedelta(hours=1), T0 + timedelta(hours=20))
     assert not schedule_due(None, T0, T0 + timedelta(days=9))

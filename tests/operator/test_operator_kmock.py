@@ -200,8 +200,8 @@ async def test_a_pool_says_why_its_serve_application_is_not_running(
     engine_error = "ValueError: LoRA rank 32 needs max_lora_rank >= 32"
 
     def ready_condition() -> dict[str, Any]:
-        conditions = pool_status(kmock, "smollm2-pool").get("conditions") or [{}]
-        return dict(conditions[-1])
+        conditions = pool_status(kmock, "smollm2-pool").get("conditions") or []
+        return next((dict(c) for c in conditions if c["type"] == "Ready"), {})
 
     async with KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay:
         with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
@@ -390,7 +390,11 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
             failed = await until(
                 lambda: status_of("bad-rank").get("phase") == "Failed" and status_of("bad-rank")
             )
-            assert "spec.training.rank" in failed["conditions"][0]["message"]
+            assert [  # kstatus: Failed, naming the field
+                (c["type"], c["reason"], "spec.training.rank" in c["message"])
+                for c in failed["conditions"]
+                if c["status"] == "True"
+            ] == [("Stalled", "InvalidSpec", True)]
             # KubeRay runs it meanwhile: a cluster, the job submitted and RUNNING until Ray says it ended
             await until(lambda: job_status(kmock, job_name).get("jobStatus") == "RUNNING")
         assert runner.exception is None

@@ -64,3 +64,32 @@ def test_running_refused_failing_and_unhealthy_pools_say_so_in_kuberays_and_serv
         "RayService: Initializing: waiting for the cluster",
     )
     assert readiness({}).message == "RayService: no status yet"
+
+
+def test_the_pool_status_is_kstatus_and_argocd_health_reads_it() -> None:
+    from argocd_health import argocd_health
+
+    from protege.operator.main import _status
+
+    meta = {"name": "pool", "namespace": "team", "generation": 3}
+    running_ready = [ready("True", "NonZeroServeEndpoints")]
+    running = readiness({"conditions": running_ready, "serviceStatus": "Running"})
+    refused = readiness({"conditions": [ready("False", "ValidationFailed", "name too long")]})
+    unhealthy = readiness(
+        {"conditions": running_ready, "activeServiceStatus": apps("UNHEALTHY", PoolEngine="replica died")}
+    )
+    provisioning = readiness({})
+    seen = {}
+    for state in (running, refused, unhealthy, provisioning):
+        status = _status({}, meta, state.phase, ready=state.ready, reason=state.reason, message=state.message)
+        held = {c["type"]: c["reason"] for c in status["conditions"] if c["status"] == "True"}
+        seen[state.phase] = (held.get("Reconciling"), held.get("Stalled"), argocd_health(status, 3)[0])
+    assert seen == {
+        PoolPhase.READY: (None, None, "Healthy"),
+        PoolPhase.FAILED: (None, "RayServiceInvalid", "Degraded"),
+        PoolPhase.DEGRADED: (unhealthy.reason, None, "Degraded"),
+        PoolPhase.PROVISIONING: (provisioning.reason, None, "Progressing"),
+    }
+    ahead = _status({}, meta, running.phase, ready=True, reason=running.reason, message="")
+    assert argocd_health(ahead, 4) == ("Progressing", "waiting for the operator to observe generation 4")
+    assert argocd_health(None, 1)[0] == "Progressing"  # no status yet
