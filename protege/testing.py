@@ -5,6 +5,11 @@ each test its own prefix in the real S3 store. ``stub_teacher`` is an OpenAI-sha
 on loopback; ``start_gateway`` starts real gateways (uvicorn) in front of it, each with its
 own API key and tenant, logging to ``nats_server``; ``records_of`` reads a tenant's records
 back from the call log.
+
+``nats_server`` has authentication on, as every local NATS: :func:`call_log` gives the identity
+a component has on it (bare URLs of a server started in this process find theirs), and
+``nats_server.tenant_endpoint(tenant)`` a listener-SDK tenant's. ``smollm2_pool`` requires
+its ``token``, as every pool.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import pytest
 
 from protege.api.calls import CallRecord
 from protege.api.pool import SpecialistPoolSpec
+from protege.capture.access import GATEWAY, OPERATOR
+from protege.capture.connection import NatsEndpoint, NatsTarget
 from protege.capture.reader import StreamMissingError, UnreadableRecord, read_records, subject_filter
 from protege.config import ApiKey, Settings, load_settings
 from protege.services.nats import NatsServer
@@ -83,6 +90,12 @@ class ServedPool:
     spec: SpecialistPoolSpec
     store: ArtifactStore
     s3: dict[str, str]  # the store's S3 settings, for a gateway's settings
+    token: str  # the pool token: a gateway's pool_token (the engine refuses calls without it)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a direct caller of the engine sends (as a gateway does)."""
+        return {"Authorization": f"Bearer {self.token}"}
 
 
 TEST_POOL = {
@@ -110,8 +123,10 @@ def smollm2_pool(seaweed_s3: SeaweedS3, model_store: Path, smollm2: Path) -> Ite
     store = ArtifactStore(f"s3://protege-test/{uuid.uuid4().hex}", seaweed_s3.storage_options())
     key, secret = seaweed_s3.credentials
     s3 = {"endpoint_url": seaweed_s3.endpoint_url, "access_key_id": key, "secret_access_key": secret}
+    token = uuid.uuid4().hex
     env = {
         "PROTEGE_MODEL_STORE": str(model_store),
+        "PROTEGE_POOL_TOKEN": token,
         "PROTEGE_ARTIFACT_STORE": store.url,
         **{f"PROTEGE_S3__{name.upper()}": value for name, value in s3.items()},
     }
@@ -126,7 +141,7 @@ def smollm2_pool(seaweed_s3: SeaweedS3, model_store: Path, smollm2: Path) -> Ite
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build({"pool": "test", "spec": spec.to_kube()}), name="test", route_prefix="/")
-        yield ServedPool(f"http://127.0.0.1:{port}", spec, store, s3)
+        yield ServedPool(f"http://127.0.0.1:{port}", spec, store, s3, token)
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
@@ -153,25 +168,67 @@ class RunningGateway:
     def base_url(self) -> str:
         return self.server.url + "/v1"
 
+    @property
+    def metrics_url(self) -> str:
+        """Where the gateway serves /metrics: its own port (gateway.metrics_port), or the API's."""
+        app: Any = self.server.server.config.app  # the gateway's FastAPI app
+        url: str | None = app.state.gateway.metrics_url
+        return url or self.server.url
+
+
+def call_log(nats: NatsTarget | NatsServer, user: str = OPERATOR) -> NatsEndpoint:
+    """The call log as ``user`` (by default the operator, who reads) reaches it: an endpoint as
+    is; a server, or bare URLs of one started in this process, with ``user``'s identity."""
+    if isinstance(nats, NatsEndpoint):
+        return nats
+    server = nats if isinstance(nats, NatsServer) else NatsServer.at(nats)
+    return server.endpoint(user) if server is not None else NatsEndpoint(str(nats))
+
+
+def ensure_call_stream(nats: NatsServer) -> None:
+    """The call-log stream, made as a gateway (or the curator) makes it: a tenant's identity may
+    not, so tests of the listener SDK alone need it made first."""
+    from protege.capture.publisher import StreamSettings, ensure_stream
+
+    async def make() -> None:
+        client = await nats.endpoint(GATEWAY).connect()
+        try:
+            await ensure_stream(client.jetstream(), StreamSettings(name=nats.stream))
+        finally:
+            await client.close()
+
+    asyncio.run(make())
+
+
+def nats_settings(nats: NatsServer | str) -> dict[str, Any]:
+    """Settings reaching ``nats`` (a server, or the URL of one started here) with its identities."""
+    server = nats if isinstance(nats, NatsServer) else NatsServer.at(nats)
+    url = nats if isinstance(nats, str) else nats.url
+    if server is None or not server.auth:
+        return {"nats_url": url}
+    return {"nats_url": url, "nats_auth": {"credentials_dir": str(server.credentials_dir)}}
+
 
 def records_of(
-    nats_url: str, tenant: str, expect: int, seconds: float = 30
+    nats_url: NatsTarget, tenant: str, expect: int, seconds: float = 30
 ) -> list[CallRecord | UnreadableRecord]:
     """:func:`wait_for_records` for synchronous tests."""
     return asyncio.run(wait_for_records(nats_url, tenant, expect, seconds))
 
 
 async def wait_for_records(
-    nats_url: str, tenant: str, expect: int, seconds: float = 30
+    nats_url: NatsTarget, tenant: str, expect: int, seconds: float = 30
 ) -> list[CallRecord | UnreadableRecord]:
     """The tenant's records once ``expect`` of them are in the call log (fails after ``seconds``).
 
     It waits a moment more and reads again, so a test also sees records beyond ``expect``.
+    Bare URLs are read as the operator (:func:`call_log`).
     """
+    reader = call_log(nats_url)
 
     async def read() -> list[CallRecord | UnreadableRecord]:
         try:
-            return [r async for r in read_records(nats_url, subject=subject_filter(tenant))]
+            return [r async for r in read_records(reader, subject=subject_filter(tenant))]
         except StreamMissingError:
             return []
 
@@ -189,7 +246,10 @@ async def wait_for_records(
 def start_gateway(
     nats_server: NatsServer, stub_teacher: ServerThread, tmp_path: Path
 ) -> Iterator[Callable[..., RunningGateway]]:
-    """Start gateways with ``start_gateway(app=..., teacher_url=..., **settings)``; stopped after the test."""
+    """Start gateways with ``start_gateway(app=..., teacher_url=..., **settings)``; stopped after the test.
+
+    Each logs to ``nats_server`` (or the server at ``nats_url``) with the gateway's identity.
+    """
     from protege.serving.gateway.app import create_app
     from protege.serving.gateway.auth import hash_key, new_key
     from protege.serving.server import ServerThread
@@ -198,12 +258,16 @@ def start_gateway(
 
     def start(app: str = "default", teacher_url: str | None = None, **overrides: Any) -> RunningGateway:
         key, tenant = new_key(), f"t{uuid.uuid4().hex[:12]}"
+        nats = nats_settings(overrides.pop("nats_url", nats_server.url)) | {
+            k: overrides.pop(k) for k in ("nats_auth",) if k in overrides
+        }
         settings = load_settings(
             home=tmp_path / f"gateway{len(started)}",
-            nats_url=overrides.pop("nats_url", nats_server.url),
+            **nats,
             teacher={"url": teacher_url or stub_teacher.url + "/v1", "model": "stub-teacher"}
             | overrides.pop("teacher", {}),
-            gateway={"api_keys": [ApiKey(sha256=hash_key(key), tenant=tenant, app=app)]}
+            # /metrics on a free port of its own (the default, 9090, would clash between gateways)
+            gateway={"api_keys": [ApiKey(sha256=hash_key(key), tenant=tenant, app=app)], "metrics_port": 0}
             | overrides.pop("gateway", {}),
             **overrides,
         )

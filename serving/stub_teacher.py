@@ -1,7 +1,8 @@
 """A small, fast, deterministic OpenAI-shaped upstream for tests and benchmarks.
 
 It is clearly not a model: it echoes the last user message, answers with a tool call when
-tools are offered, and obeys a few commands in the last user message so tests can make
+tools are offered (chat completions, and the Responses API in the shapes the gateway
+writes: :mod:`protege.api.responses`), and obeys a few commands in the last user message so tests can make
 the upstream misbehave:
 
 - ``!status 503`` — answer with that HTTP status and an OpenAI error body;
@@ -23,6 +24,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from protege.api.calls import last_user_text
+from protege.api.responses import ResponsesStream, answer_chunk, chat_request
 
 MODEL = "stub-teacher"
 CREATED = 1_767_225_600  # fixed, like the id: the same request always gets the same bytes
@@ -92,7 +94,8 @@ class StubTeacher:
             models = [{"id": self.model, "object": "model", "created": 0, "owned_by": "protege"}]
             await _send_json(send, 200, {"object": "list", "data": models})
             return
-        if scope["method"] != "POST" or not path.endswith("/chat/completions"):
+        responses = path.endswith("/responses")
+        if scope["method"] != "POST" or not (path.endswith("/chat/completions") or responses):
             await _send_json(
                 send, 404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}}
             )
@@ -104,7 +107,8 @@ class StubTeacher:
             if not message.get("more_body"):
                 break
         self.calls += 1
-        request = json.loads(raw)
+        asked = json.loads(raw)
+        request = chat_request(asked).body if responses else asked  # a Responses call in chat shape
         completion_id = "chatcmpl-" + hashlib.sha256(raw).hexdigest()[:24]
         text = last_user_text(request.get("messages") or [])
         if (status := _command(text, "!status")) is not None:
@@ -124,14 +128,25 @@ class StubTeacher:
             }
             await _send_json(send, 404, {"error": error})
             return
+        if responses:
+            await self._responses(send, asked, self._completion(request, completion_id, content, tool_calls))
+            return
         if request.get("stream"):
             broken = "!stream-error" in text
             await self._stream(
                 send, request, completion_id, content=content, tool_calls=tool_calls, error=broken
             )
             return
-        finish = "tool_calls" if tool_calls else "stop"
-        body: dict[str, Any] = {
+        await _send_json(send, 200, self._completion(request, completion_id, content, tool_calls))
+
+    def _completion(
+        self,
+        request: dict[str, Any],
+        completion_id: str,
+        content: str | None,
+        tool_calls: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        return {
             "id": completion_id,
             "object": "chat.completion",
             "created": CREATED,
@@ -140,13 +155,24 @@ class StubTeacher:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": content, "tool_calls": tool_calls},
-                    "finish_reason": finish,
+                    "finish_reason": "tool_calls" if tool_calls else "stop",
                     "logprobs": None,
                 }
             ],
             "usage": _usage(request, content, tool_calls),
         }
-        await _send_json(send, 200, body)
+
+    async def _responses(self, send: Send, request: dict[str, Any], completion: dict[str, Any]) -> None:
+        """The answer as the Responses API gives it: a response object, or its events when streamed."""
+        writer = ResponsesStream(request, completion["model"], CREATED)
+        writer.response["id"] = "resp_" + completion["id"].removeprefix("chatcmpl-")  # a teacher's id, fixed
+        events = writer.start() + writer.chunk(answer_chunk(completion)) + writer.finish()
+        if not request.get("stream"):
+            await _send_json(send, 200, writer.response)
+            return
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": events, "more_body": False})
 
     async def _stream(
         self,

@@ -82,3 +82,22 @@ def test_bad_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.setenv("PROTEGE_CONFIG", str(path))
     with pytest.raises(ConfigError, match=r"PROTEGE_NATS_URLL .*is not a Protégé setting"):
         load_settings()
+
+
+def test_a_nats_identity_comes_whole_and_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from protege.capture.connection import NatsEndpoint
+
+    monkeypatch.setenv("PROTEGE_NATS_AUTH__USER", "gateway")
+    with pytest.raises(ConfigError, match=r"nats_auth.user and nats_auth.password go together"):
+        load_settings()
+    monkeypatch.setenv("PROTEGE_NATS_AUTH__PASSWORD", "s3cret-pw")
+    monkeypatch.setenv("PROTEGE_POOL_TOKEN", "t0ken-value")
+    settings = load_settings(
+        nats_auth={"user": "gateway", "password": "s3cret-pw", "credentials_dir": tmp_path}
+    )
+    assert "s3cret-pw" not in repr(settings) and "t0ken-value" not in repr(settings)
+    endpoint = NatsEndpoint.from_settings(settings, "curator")  # a pod has one identity: its user wins
+    assert (endpoint.user, endpoint.password, str(endpoint)) == ("gateway", "s3cret-pw", settings.nats_url)
+    assert "s3cret-pw" not in repr(endpoint)

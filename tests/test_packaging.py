@@ -40,3 +40,19 @@ def test_nothing_imports_a_top_level_package_by_folder_name(repo: Path) -> None:
             if stripped.startswith("from operator import") and "protege" in str(path.parent):
                 offenders.append(f"{path}: {stripped}")
     assert offenders == []
+
+
+def test_the_gateway_runs_without_training_libraries(repo: Path) -> None:
+    """The gateway image installs the serving extra alone: no torch, transformers, sentence-transformers."""
+    import tomllib
+
+    extras = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    heavy = ("torch", "transformers", "sentence-transformers", "peft", "scikit-learn")
+    assert not [d for d in extras["serving"] if d.split("[")[0].split(">")[0].split("=")[0] in heavy]
+    probe = (
+        "import sys, protege.serving.gateway.app, protege.serving.router.router; "
+        "heavy = ('torch', 'transformers', 'sentence_transformers', 'sklearn'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # and a call that needs an embedding: tests/serving/test_router.py

@@ -1,8 +1,8 @@
 """A curated example: one logged call, cleaned of PII, in chat format, ready for a dataset.
 
 Built from a :class:`CallRecord` the teacher answered successfully. Everything a person
-wrote or the model answered — messages, tool-call arguments — goes through one
-:class:`RecordRedaction`, so placeholders stay consistent across the whole example.
+wrote or the model answered — messages, their ``name``, tool-call arguments — goes through
+one :class:`RecordRedaction`, so placeholders stay consistent across the whole example.
 """
 
 from __future__ import annotations
@@ -90,19 +90,10 @@ def example_from_record(record: CallRecord, redaction: RecordRedaction | None = 
     if record.response is None or not record.response.choices:
         raise ValueError(f"record {record.id} has no answer to learn from")
     redaction = redaction or RecordRedaction()
-    messages = []
-    for message in record.request.messages:
-        data = message.model_dump(exclude_none=True)
-        data["content"] = redaction.value(data.get("content"))
-        for call in data.get("tool_calls") or []:
-            call["function"]["arguments"] = redaction.json_text(call["function"]["arguments"])
-        messages.append(data)
+    messages = [redaction.message(m.model_dump(exclude_none=True)) for m in record.request.messages]
     answer = record.response.choices[0].message.model_dump(exclude_none=True)
     answer.pop("refusal", None)
-    if answer.get("content") is not None:
-        answer["content"] = redaction.text(answer["content"])
-    for call in answer.get("tool_calls") or []:
-        call["function"]["arguments"] = redaction.json_text(call["function"]["arguments"])
+    answer = redaction.message(answer)
     return Example(
         id=record.id,
         tenant=record.tenant,

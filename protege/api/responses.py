@@ -386,6 +386,10 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+# The ids of the responses the gateway writes (a specialist's answers), told apart from the teacher's.
+RESPONSE_ID_PREFIX = "resp_protege"
+
+
 class ResponsesStream:
     """Chat completion chunks in, Responses server-sent events out (one choice: the first).
 
@@ -399,7 +403,7 @@ class ResponsesStream:
 
     def __init__(self, request: dict[str, Any], model: str, created: int | None = None) -> None:
         self.response: dict[str, Any] = {
-            "id": new_id("resp"),
+            "id": new_id(RESPONSE_ID_PREFIX),
             "object": "response",
             "created_at": created if created is not None else int(time.time()),
             "status": "in_progress",

@@ -1,5 +1,6 @@
 """Capture (S1): the call-log publisher, its disk spool, and the listener SDK."""
 
+from protege.capture.connection import NatsEndpoint
 from protege.capture.publisher import (
     BackgroundPublisher,
     CallLogPublisher,
@@ -8,7 +9,7 @@ from protege.capture.publisher import (
     ensure_stream,
 )
 from protege.capture.recorder import CallObserver, RecordSink
-from protege.capture.sdk import AsyncCapturingTransport, CapturingTransport, capture_openai
+from protege.capture.sdk import AsyncCapturingTransport, CapturingTransport, capture_openai, capture_tenant
 from protege.capture.spool import DiskSpool, SpoolFullError, SpoolInUseError
 
 __all__ = [
@@ -18,11 +19,13 @@ __all__ = [
     "CallObserver",
     "CapturingTransport",
     "DiskSpool",
+    "NatsEndpoint",
     "PublisherStats",
     "RecordSink",
     "SpoolFullError",
     "SpoolInUseError",
     "StreamSettings",
     "capture_openai",
+    "capture_tenant",
     "ensure_stream",
 ]

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -26,6 +25,8 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from protege.api.calls import SUBJECT_PREFIX, CallRecord
+from protege.capture.access import GATEWAY
+from protege.capture.connection import NatsEndpoint, NatsTarget
 from protege.capture.journal import Journal
 from protege.capture.spool import DiskSpool, SpoolFullError
 from protege.config import Settings
@@ -39,8 +40,22 @@ class StreamSettings:
     subjects: tuple[str, ...] = (f"{SUBJECT_PREFIX}.>",)
     max_age_seconds: float = 30 * 86400
     max_bytes: int = -1
+    replicas: int = 1  # JetStream copies of the stream (a clustered NATS)
     # Must outlast the longest outage a spool can bridge, or a replay could duplicate.
     duplicate_window_seconds: float = 24 * 3600
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamSettings:
+        """The call-log stream as configured (call_log.*): the gateways and the curator create or
+        update it with this, whichever comes first."""
+        log_settings = settings.call_log
+        return cls(
+            name=log_settings.stream,
+            max_age_seconds=log_settings.max_age_days * 86400,
+            max_bytes=log_settings.max_bytes,
+            replicas=log_settings.replicas,
+            duplicate_window_seconds=log_settings.duplicate_window_hours * 3600,
+        )
 
     def config(self) -> StreamConfig:
         return StreamConfig(
@@ -49,6 +64,7 @@ class StreamSettings:
             storage=StorageType.FILE,
             max_age=self.max_age_seconds,
             max_bytes=self.max_bytes,
+            num_replicas=self.replicas,
             duplicate_window=self.duplicate_window_seconds,
         )
 
@@ -158,9 +174,14 @@ class _PendingBatch:
 
 
 class CallLogPublisher:
+    """Publishes as the identity of ``nats_url`` (an endpoint, or bare URLs for a NATS without
+    authentication). A listener-SDK tenant's identity (:attr:`tenant`) publishes its own calls
+    only: records of another tenant are refused here (dropped, logged), and the stream is left
+    to the gateways and the curator to create."""
+
     def __init__(
         self,
-        nats_url: str,
+        nats_url: NatsTarget,
         spool_dir: Path,
         *,
         stream: StreamSettings | None = None,
@@ -171,7 +192,8 @@ class CallLogPublisher:
         spool_max_bytes: int = 1 << 30,
         linger_seconds: float = 0.02,
     ) -> None:
-        self.nats_url = nats_url
+        self.endpoint = NatsEndpoint.of(nats_url)
+        self.nats_url = str(self.endpoint)  # the servers only: never the credentials
         self.stream = stream or StreamSettings()
         self.spool = DiskSpool(spool_dir, max_bytes=spool_max_bytes)
         self.stats = PublisherStats()
@@ -193,16 +215,10 @@ class CallLogPublisher:
     @classmethod
     def from_settings(cls, settings: Settings) -> CallLogPublisher:
         log_settings = settings.call_log
-        stream = StreamSettings(
-            name=log_settings.stream,
-            max_age_seconds=log_settings.max_age_days * 86400,
-            max_bytes=log_settings.max_bytes,
-            duplicate_window_seconds=log_settings.duplicate_window_hours * 3600,
-        )
         return cls(
-            settings.nats_url,
+            NatsEndpoint.from_settings(settings, GATEWAY),
             settings.spool_dir,
-            stream=stream,
+            stream=StreamSettings.from_settings(settings),
             queue_size=log_settings.queue_size,
             batch_size=log_settings.batch_size,
             linger_seconds=log_settings.linger_ms / 1000,
@@ -225,8 +241,7 @@ class CallLogPublisher:
 
     async def _connect(self) -> None:
         """Connect, retrying for as long as it takes; after that the client reconnects by itself."""
-        client = await nats.connect(
-            self.nats_url.split(","),
+        client = await self.endpoint.connect(
             connect_timeout=1,
             reconnect_time_wait=min(self.retry_seconds, 2.0),
             max_reconnect_attempts=-1,  # the first connection too: retried until NATS answers
@@ -234,6 +249,11 @@ class CallLogPublisher:
         )
         self._js = client.jetstream(timeout=self.ack_timeout)
         self._nc = client
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant whose calls alone this publisher's identity may publish; None: any tenant's."""
+        return self.endpoint.tenant
 
     @property
     def queue_depth(self) -> int:
@@ -269,6 +289,8 @@ class CallLogPublisher:
 
     async def _on_error(self, error: Exception) -> None:
         name = type(error).__name__
+        if name not in self.stats.errors:  # say why, once per kind of error
+            log.warning("call log: NATS at %s: %s: %s", self.nats_url, name, str(error)[:300])
         self.stats.errors[name] = self.stats.errors.get(name, 0) + 1
 
     # --- the request path --------------------------------------------------------------
@@ -278,6 +300,16 @@ class CallLogPublisher:
         Call it from the publisher's event loop (use :class:`BackgroundPublisher` from
         other threads).
         """
+        if self.tenant is not None and record.tenant != self.tenant:
+            self.stats.dropped += 1
+            self.stats.errors["TenantMismatch"] = self.stats.errors.get("TenantMismatch", 0) + 1
+            log.error(
+                "call log: record %s is tenant %s's, but these NATS credentials are tenant %s's: dropped",
+                record.id,
+                record.tenant,
+                self.tenant,
+            )
+            return
         message = _message(record)
         self.hold_message(message)
         try:
@@ -356,7 +388,7 @@ class CallLogPublisher:
         if self._js is None or client is None or not client.is_connected:
             return False
         try:
-            if not self._stream_ready:
+            if not self._stream_ready and self.tenant is None:  # a tenant may not manage the stream
                 await ensure_stream(self._js, self.stream)
                 self._stream_ready = True
             if self._acks is None:
@@ -395,7 +427,7 @@ class BackgroundPublisher:
     caller's code may be synchronous or run its own event loop.
     """
 
-    def __init__(self, nats_url: str, spool_dir: Path, **options: Any) -> None:
+    def __init__(self, nats_url: NatsTarget, spool_dir: Path, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self.publisher = CallLogPublisher(nats_url, spool_dir, **options)
         self._thread = threading.Thread(target=self._loop.run_forever, name="protege-call-log", daemon=True)
@@ -406,6 +438,10 @@ class BackgroundPublisher:
     @property
     def stats(self) -> PublisherStats:
         return self.publisher.stats
+
+    @property
+    def tenant(self) -> str | None:
+        return self.publisher.tenant
 
     def submit(self, record: CallRecord) -> None:
         if self._closed:

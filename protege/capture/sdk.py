@@ -4,11 +4,16 @@ For agents that call their LLM directly rather than through the gateway (the pap
 "listener decorating the model call interface")::
 
     from openai import OpenAI
-    from protege.capture import BackgroundPublisher, capture_openai
+    from protege.capture import BackgroundPublisher, NatsEndpoint, capture_openai
 
-    log = BackgroundPublisher("nats://127.0.0.1:4222", spool_dir)
-    client = capture_openai(OpenAI(), log, tenant="acme", app="sql-agent")
+    log = BackgroundPublisher(NatsEndpoint.from_credentials("acme.json"), spool_dir)
+    client = capture_openai(OpenAI(), log, app="sql-agent")
     client.chat.completions.create(...)   # unchanged; every call is now logged
+    client.responses.create(...)          # so are Responses API calls, in chat shape
+
+The tenant is the one of the NATS credentials (``tenant-acme``: `protege calls credentials
+acme` makes them), whose identity may publish that tenant's calls only; naming another
+tenant is refused (ValueError) before any call is made.
 
 It works at the HTTP layer, under the client: an ``httpx2`` transport (the HTTP library
 of openai>=3) sees the request body and the response bytes as they pass (streamed or not,
@@ -27,29 +32,69 @@ import httpx2
 import openai
 from pydantic import ValidationError
 
-from protege.api.calls import CallRecord, CallStatus, ChatRequest, Upstream, UpstreamKind, check_subject_token
+from protege.api.calls import (
+    CallRecord,
+    CallStatus,
+    ChatRequest,
+    Endpoint,
+    Upstream,
+    UpstreamKind,
+    check_subject_token,
+)
+from protege.api.responses import chat_request
 from protege.capture.recorder import CallObserver, RecordSink
 
 log = logging.getLogger(__name__)
 
 
+def capture_tenant(sink: RecordSink, tenant: str | None) -> str:
+    """The tenant whose calls ``sink`` may log: its credentials' (a ``tenant`` naming another is
+    refused), else ``tenant`` (credentials of a component, or a NATS without authentication)."""
+    bound = getattr(sink, "tenant", None)
+    if bound is not None:
+        if tenant is not None and tenant != bound:
+            raise ValueError(
+                f"tenant={tenant!r} is refused: the call log credentials are tenant {bound!r}'s, and they "
+                f"may publish {bound!r}'s calls only; leave tenant out (it comes from the credentials) "
+                f"or publish with {tenant!r}'s credentials"
+            )
+        return str(bound)
+    if tenant is None:
+        raise ValueError(
+            "no tenant: the call log credentials name none; publish with a tenant's credentials "
+            "(NatsEndpoint.from_credentials; `protege calls credentials <tenant>` makes them), or pass "
+            "tenant= when logging to a NATS without authentication"
+        )
+    return tenant
+
+
 class _Capture:
     """What the sync and async transports share: which calls to observe, and where records go."""
 
-    def __init__(self, sink: RecordSink, tenant: str, app: str) -> None:
+    def __init__(self, sink: RecordSink, tenant: str | None, app: str) -> None:
         self.sink = sink
-        self.tenant = check_subject_token(tenant, "tenant")
+        self.tenant = check_subject_token(capture_tenant(sink, tenant), "tenant")
         self.app = check_subject_token(app, "app")
 
     def observe(self, request: httpx2.Request) -> CallObserver | None:
-        if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
+        """An observer for a chat completion or a Responses call (recorded in chat shape, as the
+        gateway records it); None for anything else, which passes unlogged."""
+        path = request.url.path
+        endpoint = Endpoint.RESPONSES if path.endswith("/responses") else Endpoint.CHAT_COMPLETIONS
+        if request.method != "POST" or not (
+            path.endswith("/chat/completions") or path.endswith("/responses")
+        ):
             return None
         try:
-            chat = ChatRequest.model_validate(json.loads(request.content))
+            body = json.loads(request.content)
+            shape = chat_request(body).body if endpoint is Endpoint.RESPONSES else body
+            chat = ChatRequest.model_validate(shape)
         except (ValueError, ValidationError, httpx2.RequestNotRead):
-            return None  # not a chat completion we can read: pass it on, unlogged
+            return None  # not a call we can read: pass it on, unlogged
         upstream = Upstream(kind=UpstreamKind.TEACHER, model=chat.model)
-        return CallObserver(chat, tenant=self.tenant, app=self.app, source="sdk", upstream=upstream)
+        return CallObserver(
+            chat, tenant=self.tenant, app=self.app, source="sdk", upstream=upstream, endpoint=endpoint
+        )
 
     def submit(self, record: CallRecord) -> None:
         try:
@@ -155,7 +200,7 @@ class CapturingTransport(httpx2.BaseTransport):
         self,
         sink: RecordSink,
         *,
-        tenant: str,
+        tenant: str | None = None,
         app: str = "default",
         inner: httpx2.BaseTransport | None = None,
     ):
@@ -187,7 +232,7 @@ class AsyncCapturingTransport(httpx2.AsyncBaseTransport):
         self,
         sink: RecordSink,
         *,
-        tenant: str,
+        tenant: str | None = None,
         app: str = "default",
         inner: httpx2.AsyncBaseTransport | None = None,
     ):
@@ -215,8 +260,12 @@ class AsyncCapturingTransport(httpx2.AsyncBaseTransport):
 Client = TypeVar("Client", openai.OpenAI, openai.AsyncOpenAI)
 
 
-def capture_openai(client: Client, sink: RecordSink, *, tenant: str, app: str = "default") -> Client:
+def capture_openai(
+    client: Client, sink: RecordSink, *, tenant: str | None = None, app: str = "default"
+) -> Client:
     """A copy of an ``openai.OpenAI`` / ``AsyncOpenAI`` (or Azure) client that logs its chat calls.
+
+    The calls are ``sink``'s tenant's, the one of its NATS credentials (:func:`capture_tenant`).
 
     The copy keeps the client's key, base URL, headers, retries and timeouts; only its HTTP
     transport gains the listener. ``sink`` is a :class:`BackgroundPublisher` (any thread),

@@ -7,19 +7,31 @@ import json
 import math
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from protege.api.calls import CallRecord, CallStatus
+from protege.capture.access import OPERATOR, tenant_user
+from protege.capture.connection import CredentialsError, NatsEndpoint, write_credentials
 from protege.capture.reader import StreamMissingError, UnreadableRecord, read_records, subject_filter
 from protege.capture.stats import parse_duration, summarize
 from protege.cli.common import console, errors, fail, settings
+from protege.config import Settings
 
 app = typer.Typer(help="Read the call log: follow it, or summarize it.", no_args_is_help=True)
 
 TENANT = typer.Option(None, "--tenant", "-t", help="Only this tenant.")
 APP = typer.Option(None, "--app", "-a", help="Only this app.")
+
+
+def _reader(current: Settings) -> NatsEndpoint:
+    """The call log as the operator's identity reads it (`protege calls` reads, never writes)."""
+    try:
+        return NatsEndpoint.from_settings(current, OPERATOR)
+    except CredentialsError as error:
+        fail(str(error))
 
 
 def _preview(text: object, width: int = 60) -> str:
@@ -56,7 +68,7 @@ def tail(
 
     async def run() -> None:
         async for record in read_records(
-            current.nats_url,
+            _reader(current),
             stream=current.call_log.stream,
             subject=subject_filter(tenant, app_name),
             follow=follow,
@@ -75,7 +87,7 @@ def tail(
         fail(str(error), code=3)
     except KeyboardInterrupt:
         pass
-    except ConnectionError as error:
+    except (ConnectionError, PermissionError) as error:
         fail(str(error))
 
 
@@ -98,7 +110,7 @@ def stats(
         return [
             r
             async for r in read_records(
-                current.nats_url, stream=current.call_log.stream, subject=subject, since=start
+                _reader(current), stream=current.call_log.stream, subject=subject, since=start
             )
             if isinstance(r, CallRecord)
         ]
@@ -107,7 +119,7 @@ def stats(
         records = asyncio.run(collect())
     except StreamMissingError as error:
         fail(str(error), code=3)
-    except ConnectionError as error:
+    except (ConnectionError, PermissionError) as error:
         fail(str(error))
     rows = summarize(records)
     if as_json:
@@ -137,3 +149,39 @@ def stats(
     console.print(table)
     if not records:
         console.print("no calls in that window")
+
+
+@app.command("credentials")
+def credentials(
+    tenant: str = typer.Argument(help="The tenant whose listener SDK logs its own calls."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where to write them (mode 0600); <credentials dir>/tenant-<tenant>.json."
+    ),
+) -> None:
+    """Give a tenant's listener SDK its own identity on the local NATS: it may publish its own calls only.
+
+    The file (user, password, URL) goes to the agent: ``NatsEndpoint.from_credentials(path)``.
+    A running server reloads its config; the password is never printed. In Kubernetes, list the
+    tenant in the chart's callLog.auth.tenants and put its password in the Secret instead.
+    """
+    from protege.services.nats import NatsServer
+    from protege.services.process import ServiceError
+
+    current = settings()
+    directory = current.nats_auth.credentials_dir
+    if directory is None:
+        fail(
+            "no local NATS identities to add to: start one with `protege services up` or `protege up`, "
+            "or set nats_auth.credentials_dir (PROTEGE_NATS_AUTH__CREDENTIALS_DIR) to its credentials"
+        )
+    try:
+        server = NatsServer.configured_in(directory.parent, stream=current.call_log.stream)
+        made = server.add_tenant(tenant)
+        identity = server.endpoint(tenant_user(tenant))
+    except (ServiceError, ValueError) as error:
+        fail(str(error))
+    assert identity.password is not None
+    path = write_credentials(out or made, identity.user or "", identity.password, current.nats_url)
+    console.print(f"tenant {tenant}: credentials in {path} (mode 0600; the password is not shown)")
+    usage = f"  log = BackgroundPublisher(NatsEndpoint.from_credentials({str(path)!r}), spool_dir)"
+    console.print(usage, highlight=False)

@@ -18,6 +18,9 @@ def serve(
     ctx: typer.Context,
     host: str | None = typer.Option(None, help="Listen address (default: the gateway.host setting)."),
     port: int | None = typer.Option(None, help="Listen port (default: the gateway.port setting)."),
+    metrics_port: int | None = typer.Option(
+        None, help="Port of /metrics (default: the gateway.metrics_port setting; 0: any free port)."
+    ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve the gateway (when no subcommand is given)."""
@@ -28,6 +31,10 @@ def serve(
     from protege.serving.gateway.app import create_app
 
     current = settings()
+    given = {"host": host, "port": port, "metrics_port": metrics_port}
+    chosen = {name: value for name, value in given.items() if value is not None}
+    if chosen:  # the options win over the settings (the metrics listener reads them too)
+        current = current.model_copy(update={"gateway": current.gateway.model_copy(update=chosen)})
     if current.teacher.url is None:
         fail(
             "teacher.url is not set: export PROTEGE_TEACHER__URL=https://your-llm/v1 "
@@ -45,8 +52,8 @@ def serve(
         )
     uvicorn.run(
         gateway_app,
-        host=host or current.gateway.host,
-        port=port or current.gateway.port,
+        host=current.gateway.host,
+        port=current.gateway.port,
         log_level=log_level,
         access_log=False,
         timeout_keep_alive=current.gateway.keep_alive_seconds,

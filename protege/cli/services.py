@@ -7,6 +7,7 @@ from rich.table import Table
 
 from protege.cli.common import console, fail, settings
 from protege.services.local import is_healthy, read_state, services_down, services_up
+from protege.services.nats import CREDENTIALS_DIR
 from protege.services.process import ServiceError
 from protege.services.seaweedfs import CREDENTIALS_FILE, read_credentials
 
@@ -21,14 +22,17 @@ def up(
     s3_port: int = typer.Option(8333, help="S3 gateway port."),
 ) -> None:
     """Start the services in the background and print the settings that reach them."""
-    home = settings().home
+    current = settings()
+    home = current.home
     try:
-        running = services_up(home, nats_port=nats_port, s3_port=s3_port)
+        running = services_up(home, nats_port=nats_port, s3_port=s3_port, stream=current.call_log.stream)
     except ServiceError as error:
         fail(str(error))
     access_key_id, _ = read_credentials(Path(running["s3"].data_dir))
     console.print(f"# services running; logs under {home / 'services'}", highlight=False)
     console.print(f"export PROTEGE_NATS_URL={running['nats'].url}", highlight=False)
+    credentials = Path(running["nats"].data_dir) / CREDENTIALS_DIR
+    console.print(f"export PROTEGE_NATS_AUTH__CREDENTIALS_DIR={credentials}", highlight=False)
     console.print("export PROTEGE_ARTIFACT_STORE=s3://protege/artifacts", highlight=False)
     console.print(f"export PROTEGE_S3__ENDPOINT_URL={running['s3'].url}", highlight=False)
     console.print(f"export PROTEGE_S3__ACCESS_KEY_ID={access_key_id}", highlight=False)

@@ -15,6 +15,7 @@ from datetime import datetime
 from protege.api.calls import CallRecord
 from protege.api.jobs import RESULTS_AREA, JobResult
 from protege.api.specialist import DataPolicy, TaskSelector
+from protege.capture.connection import NatsTarget
 from protege.capture.reader import StreamMissingError, read_records, subject_filter
 from protege.flywheel.specialist import Dataset, TaskData
 from protege.store.artifacts import ArtifactStore
@@ -93,7 +94,7 @@ class StoreData:
 
 
 async def call_records(
-    nats_url: str, tenant: str, since: datetime | None, limit_seconds: float = 20.0
+    nats_url: NatsTarget, tenant: str, since: datetime | None, limit_seconds: float = 20.0
 ) -> Sequence[CallRecord]:
     """A tenant's logged calls since a time (rollout observations); a TimeoutError after ``limit_seconds``
     seconds, so a slow call log delays one pass instead of holding it (and a deletion) forever."""
@@ -118,7 +119,7 @@ class StoreFacts:
     The operator and the local driver add their own jobs and routing table to it.
     """
 
-    def __init__(self, data: StoreData, nats_url: str) -> None:
+    def __init__(self, data: StoreData, nats_url: NatsTarget) -> None:
         self.data, self.nats_url = data, nats_url
 
     async def resolve_task(self, selector: TaskSelector) -> TaskData | None:

@@ -29,6 +29,7 @@ from protege.api.meta import quantity_value, spec_problems
 from protege.api.naming import NAME_RULE, is_dns_1035_label
 from protege.api.routes import RoutingTable, SpecialistRoute
 from protege.api.specialist import SpecialistSpec, SpecialistStatus, TrainingSpec
+from protege.capture.connection import NatsTarget
 from protege.flywheel.data import StoreData, StoreFacts
 from protege.flywheel.specialist import (
     Event,
@@ -139,7 +140,7 @@ class RouteFile:
 
 
 class LocalFlywheelIO(StoreFacts):
-    def __init__(self, data: StoreData, jobs: RayJobs, routes: RouteFile, nats_url: str) -> None:
+    def __init__(self, data: StoreData, jobs: RayJobs, routes: RouteFile, nats_url: NatsTarget) -> None:
         super().__init__(data, nats_url)
         self.jobs, self.routes = jobs, routes
 

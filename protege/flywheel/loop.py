@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from protege.capture.connection import NatsTarget
 from protege.flywheel.local import LocalDriver, Pass
 from protege.flywheel.suggest import specialist_name, suggest_specialist
 from protege.store.artifacts import ArtifactStore
@@ -35,7 +36,7 @@ class LocalFlywheel:
     def __init__(
         self,
         store: ArtifactStore,
-        nats_url: str,
+        nats_url: NatsTarget,
         driver: LocalDriver,
         *,
         pool: str = "local",

@@ -20,6 +20,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from protege.api.pool import SpecialistPoolSpec
+from protege.capture.access import OPERATOR
+from protege.capture.connection import NatsEndpoint
 from protege.config import load_settings
 from protege.flywheel.data import StoreData
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile, write_atomically
@@ -60,7 +62,8 @@ def build_flywheel(config: FlywheelProcessConfig) -> LocalFlywheel:
         job_cpus=config.job_cpus,
         niceness=config.job_niceness,
     )
-    io = LocalFlywheelIO(StoreData(store), jobs, RouteFile(config.routes), settings.nats_url)
+    reader = NatsEndpoint.from_settings(settings, OPERATOR)  # curation has the curator's identity
+    io = LocalFlywheelIO(StoreData(store), jobs, RouteFile(config.routes), reader)
     driver = LocalDriver(
         config.state,
         io,
@@ -69,7 +72,7 @@ def build_flywheel(config: FlywheelProcessConfig) -> LocalFlywheel:
     )
     return LocalFlywheel(
         store,
-        settings.nats_url,
+        reader,
         driver,
         pool=config.pool_name,
         policy=config.policy,

@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from protege.capture.access import CALL_STREAM
 from protege.services.nats import NatsServer
 from protege.services.process import ServiceError, http_ok, pid_alive, terminate_pid
 from protege.services.seaweedfs import SeaweedS3
@@ -45,12 +46,17 @@ def is_healthy(service: RunningService) -> bool:
     return pid_alive(service.pid) and http_ok(service.probe_url, accept=accept)
 
 
-def services_up(home: Path, nats_port: int = 4222, s3_port: int = 8333) -> dict[str, RunningService]:
-    """Start whatever of NATS and SeaweedFS is not running; return all of them."""
+def services_up(
+    home: Path, nats_port: int = 4222, s3_port: int = 8333, stream: str = CALL_STREAM
+) -> dict[str, RunningService]:
+    """Start whatever of NATS (authentication on: identities under its data directory) and
+    SeaweedFS is not running; return all of them."""
     running = {name: s for name, s in read_state(home).items() if is_healthy(s)}
     base = home / "services"
     if "nats" not in running:
-        nats = NatsServer(base / "nats", port=nats_port, monitor_port=nats_port + 4000, detach=True).start()
+        nats = NatsServer(
+            base / "nats", port=nats_port, monitor_port=nats_port + 4000, detach=True, stream=stream
+        ).start()
         running["nats"] = RunningService(
             "nats",
             _pid(nats.pid),

@@ -28,10 +28,11 @@ class ProtegeProcess(ServiceProcess):
 class GatewayProcess(ProtegeProcess):
     name = "gateway"
 
-    def __init__(self, data_dir: Path, host: str, port: int, env: dict[str, str]) -> None:
-        arguments = ["gateway", "--host", host, "--port", str(port), "--log-level", "warning"]
-        super().__init__(data_dir, arguments, env)
+    def __init__(self, data_dir: Path, host: str, port: int, env: dict[str, str], metrics_port: int) -> None:
+        arguments = ["gateway", "--host", host, "--port", str(port), "--metrics-port", str(metrics_port)]
+        super().__init__(data_dir, [*arguments, "--log-level", "warning"], env)
         self.url = f"http://{host}:{port}"
+        self.metrics_url = f"http://{host}:{metrics_port}"  # /metrics: apart from the API
 
     def is_ready(self) -> bool:
         return http_ok(f"{self.url}/readyz", accept=lambda status: status == 200)

@@ -31,9 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from protege.api.calls import CallRecord, CallStatus
 from protege.api.jobs import JobSpec
 from protege.api.specialist import EvaluationMetric, SpecialistPhase, SpecialistStatus
+from protege.capture.access import OPERATOR
 from protege.evaluation.metrics import scorer
 from protege.flywheel.data import call_records
 from protege.flywheel.specialist import WAITING_FOR_SLOT
+from protege.serving.pool.auth import bearer
 from protege.serving.recorded_teacher import RecordedTeacher
 from protege.stack.agent import Agent
 from protege.stack.config import LOCAL_POLICY, StackConfig
@@ -270,7 +272,8 @@ class Demo:
             "max_new_tokens", JobSpec.model_fields["max_new_tokens"].default
         )
         slots = asyncio.Semaphore(self.plan.concurrency)
-        async with httpx.AsyncClient(timeout=300) as client:
+        # the engine answers holders of the pool token only (the gateway, and the report here)
+        async with httpx.AsyncClient(timeout=300, headers=bearer(self.stack.pool_token())) as client:
 
             async def ask(call: WorkloadCall, adapter: str | None) -> dict[str, Any] | None:
                 headers = {"serve_multiplexed_model_id": adapter} if adapter else {}
@@ -470,7 +473,8 @@ class Demo:
         return result
 
     async def _records(self) -> Sequence[CallRecord]:
-        return await call_records(self.stack.nats.url, self.plan.stack.tenant, None, limit_seconds=300)
+        reader = self.stack.nats.endpoint(OPERATOR)
+        return await call_records(reader, self.plan.stack.tenant, None, limit_seconds=300)
 
     def write(self, result: DemoResult, records: Sequence[CallRecord]) -> None:
         out = result.report_dir

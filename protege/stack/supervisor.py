@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 import urllib.request
 from collections.abc import Callable
@@ -58,7 +59,7 @@ class Stack:
         self.settings: Settings = load_settings()
         self.teacher_app = teacher
         self.teacher_server: Any = None
-        self.nats = NatsServer(self.dir / "nats", detach=True)
+        self.nats = NatsServer(self.dir / "nats", detach=True, stream=self.settings.call_log.stream)
         self.s3 = SeaweedS3(self.dir / "s3", detach=True)
         self.ray: LocalRay | None = None
         self.gateway: GatewayProcess | None = None
@@ -108,11 +109,24 @@ class Stack:
             write_atomically(self.dir / "api-keys.yaml", yaml.safe_dump([{**entry, "name": "agent"}]))
         return path.read_text().strip()
 
+    def pool_token(self) -> str:
+        """The token the gateway sends the pool's engine, which refuses calls without it (made at
+        the first start, kept in ``<dir>/pool-token``, 0600; never logged)."""
+        path = self.dir / "pool-token"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
     def environment(self) -> dict[str, str]:
-        """Settings every part shares: call log, store, models (S3 credentials included: local only)."""
+        """Settings every part shares: call log (each part takes its own identity from the NATS
+        credentials directory), store, models (S3 credentials included: local only)."""
+        shared = shared_settings(
+            self.nats.url, self.s3.endpoint_url, self.s3.data_dir, self.nats.credentials_dir
+        )
         return {
             **os.environ,
-            **as_environment(shared_settings(self.nats.url, self.s3.endpoint_url, self.s3.data_dir)),
+            **as_environment(shared),
             "PROTEGE_MODEL_STORE": str(self.settings.model_dir.resolve()),
             "PYTHONUNBUFFERED": "1",
         }
@@ -128,7 +142,8 @@ class Stack:
             pull(source, self.settings.model_dir)
         env = self.environment()
         # Jobs wait for CPUs on purpose (one at a time beside serving): never time them out waiting.
-        ray_env = {**env, "RAY_JOB_START_TIMEOUT_SECONDS": "86400"}
+        # The pool's replicas require the pool token; the gateway sends it.
+        ray_env = {**env, "RAY_JOB_START_TIMEOUT_SECONDS": "86400", "PROTEGE_POOL_TOKEN": self.pool_token()}
         self.ray = LocalRay(self.dir / "ray", num_cpus=self.config.ray_cpus, env=ray_env, detach=True)
         self._start("ray", self.ray)
         self.deploy_pool()
@@ -143,9 +158,10 @@ class Stack:
             "PROTEGE_ROUTER__TABLE": str(self.routes_path),
             "PROTEGE_ROUTER__TIMEOUT_SECONDS": str(self.config.specialist_timeout_seconds),
             "PROTEGE_CALL_LOG__SPOOL_DIR": str(self.dir / "gateway" / "spool"),
+            "PROTEGE_POOL_TOKEN": self.pool_token(),
         }
         port = self.config.gateway_port or free_port(HOST)
-        self.gateway = GatewayProcess(self.dir / "gateway", HOST, port, gateway_env)
+        self.gateway = GatewayProcess(self.dir / "gateway", HOST, port, gateway_env, free_port(HOST))
         self._start("gateway", self.gateway)
         self.flywheel = FlywheelProcess(
             self.flywheel_state, self._flywheel_config(), self.flywheel_state / "heartbeat.json", env
@@ -293,6 +309,7 @@ class Stack:
             "gateway": self.gateway.url + "/v1" if self.gateway else None,
             "engine": self.engine_url,
             "nats": self.nats.url,
+            "nats_credentials": str(self.nats.credentials_dir),
             "s3": {"endpoint": self.s3.endpoint_url, "dir": str(self.s3.data_dir)},
             "ray": self.ray.address if self.ray else None,
             "model": self.teacher_model,
@@ -305,11 +322,16 @@ class Stack:
 STORE_URL = "s3://protege/stack"
 
 
-def shared_settings(nats_url: str, s3_endpoint: str, s3_dir: Path) -> dict[str, Any]:
+def shared_settings(
+    nats_url: str, s3_endpoint: str, s3_dir: Path, nats_credentials: Path | None = None
+) -> dict[str, Any]:
     """The call log and the store of a local stack, as settings (``load_settings(**...)``)."""
     key, secret = read_credentials(s3_dir)
     s3 = {"endpoint_url": s3_endpoint, "access_key_id": key, "secret_access_key": secret}
-    return {"nats_url": nats_url, "artifact_store": STORE_URL, "s3": s3}
+    shared: dict[str, Any] = {"nats_url": nats_url, "artifact_store": STORE_URL, "s3": s3}
+    if nats_credentials is not None:
+        shared["nats_auth"] = {"credentials_dir": str(nats_credentials)}
+    return shared
 
 
 def as_environment(settings: dict[str, Any], prefix: str = "PROTEGE_") -> dict[str, str]:
@@ -329,7 +351,8 @@ def running_stack_settings(directory: Path) -> dict[str, Any]:
     supervisor = int(state.get("supervisor") or 0)
     if not (supervisor and pid_alive(supervisor) and state.get("s3") and state.get("nats")):
         return {}
-    return shared_settings(state["nats"], state["s3"]["endpoint"], Path(state["s3"]["dir"]))
+    credentials = Path(state["nats_credentials"]) if state.get("nats_credentials") else None
+    return shared_settings(state["nats"], state["s3"]["endpoint"], Path(state["s3"]["dir"]), credentials)
 
 
 def stop_stack(directory: Path, timeout: float = 120) -> list[str]:

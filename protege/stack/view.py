@@ -59,9 +59,10 @@ def parse_traffic(metrics_text: str) -> Traffic:
     return traffic
 
 
-def gateway_traffic(gateway_url: str) -> Traffic | None:
+def gateway_traffic(metrics_url: str) -> Traffic | None:
+    """The traffic the gateway counted, from its /metrics (on its own port, ``metrics_url``)."""
     try:
-        with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=2) as response:
+        with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=2) as response:
             return parse_traffic(response.read().decode())
     except OSError:
         return None
@@ -100,7 +101,7 @@ def snapshot(stack: Stack) -> Snapshot:
         path.stem: SpecialistStatus.model_validate_json(path.read_text())
         for path in sorted((stack.flywheel_state / "status").glob("*.json"))
     }
-    traffic = gateway_traffic(stack.gateway.url) if stack.gateway else None
+    traffic = gateway_traffic(stack.gateway.metrics_url) if stack.gateway else None
     return Snapshot(parts, stack.serving_status(), heartbeat, tasks, specialists, traffic)
 
 

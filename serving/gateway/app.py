@@ -9,6 +9,11 @@ per call, whatever the outcome. A streamed call whose caller did not ask for usa
 asked for it anyway, and the usage chunk is taken out of what the caller gets. Logging
 happens after the answer is on its way and never fails or slows a call: the publisher
 spools to disk when NATS is away.
+
+The trust boundary: a call must fit its key's and its tenant's limits (:mod:`.limits`:
+429 with ``retry-after``) and the body's bounds (:class:`.validation.Bounds`); keys are
+re-read while the gateway runs (:class:`.auth.KeySource`); ``/metrics``, which holds every
+tenant's figures, is served on its own port (:class:`.metrics.MetricsListener`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 import aiohttp
@@ -48,11 +53,15 @@ from protege.api.responses import ResponsesStream
 from protege.capture.assemble import ResponsesAssembler
 from protege.capture.publisher import CallLogPublisher
 from protege.capture.recorder import CallObserver, RecordSink
+from protege.capture.redaction import RedactingSink
 from protege.config import Settings
-from protege.serving.gateway.auth import KeyRing, Principal, load_keys_file
+from protege.serving.gateway.auth import KeySource, Principal
 from protege.serving.gateway.errors import GatewayError, error_body
 from protege.serving.gateway.headers import forwarded_headers
-from protege.serving.gateway.metrics import GatewayMetrics
+from protege.serving.gateway.kept_responses import KeptResponses
+from protege.serving.gateway.limits import Lease, Limiter, RateLimited, Subject, effective
+from protege.serving.gateway.metrics import GatewayMetrics, MetricsListener
+from protege.serving.gateway.openapi import openapi_document
 from protege.serving.gateway.quality import TeacherSampler, first_message
 from protege.serving.gateway.routing import alternate, specialist_reply, specialist_upstream
 from protege.serving.gateway.sse import (
@@ -67,6 +76,7 @@ from protege.serving.gateway.sse import (
 )
 from protege.serving.gateway.teacher import TeacherClient, UpstreamReply, chunks
 from protege.serving.gateway.validation import (
+    Bounds,
     Parsed,
     parse_chat_request,
     parse_completions_request,
@@ -81,6 +91,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLIENT_GONE = "the caller closed the connection before the answer was complete"
+LEASE = "protege.lease"  # the ASGI scope key of a call's rate-limit lease (freed when the response ends)
 
 
 class ClientDisconnected(Exception):
@@ -118,21 +129,32 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
         watcher.cancel()
 
 
+class GatewayCall(CallObserver):
+    """A call's observer, with the rate-limit lease its tokens are charged to when it ends."""
+
+    def __init__(self, *args: Any, lease: Lease | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lease = lease
+
+
 class Gateway:
     """The gateway's state: keys, models, the teacher client, the record sink and metrics."""
 
     def __init__(self, settings: Settings, sink: RecordSink | None, metrics: GatewayMetrics) -> None:
         self.settings = settings
-        keys = list(settings.gateway.api_keys)
-        if settings.gateway.api_keys_file is not None:
-            keys += load_keys_file(settings.gateway.api_keys_file)
-        self.keys = KeyRing(keys)
-        models = settings.gateway.models or ([settings.teacher.model] if settings.teacher.model else [])
-        self.models = tuple(models)
-        self.teacher = TeacherClient(settings.teacher, settings.gateway.upstream_connections)
-        self.sink = sink
+        gateway = settings.gateway
+        self.key_source = KeySource(gateway.api_keys, gateway.api_keys_file)
         self.metrics = metrics
+        self.keys = self.key_source.load()
+        self._keys_changed()
+        self.limiter = Limiter()
+        self.bounds = Bounds(gateway.max_json_depth, gateway.max_n, gateway.max_output_tokens)
+        models = gateway.models or ([settings.teacher.model] if settings.teacher.model else [])
+        self.models = tuple(models)
+        self.teacher = TeacherClient(settings.teacher, gateway.upstream_connections)
+        self.sink = sink
         self.router = Router(settings) if settings.router.enabled else None
+        self.kept_responses = KeptResponses(gateway.kept_responses_bytes, gateway.kept_responses_seconds)
         if self.router is not None:
             metrics.watch_breakers(self.router)
         self.sampler = (
@@ -148,6 +170,53 @@ class Gateway:
         self._pending: set[asyncio.Task[None]] = set()
         self._shadows: set[asyncio.Future[SpecialistAnswer]] = set()
         self.teacher_takes_usage = True  # False once the teacher refused stream_options
+        self.metrics_url: str | None = None  # where /metrics is served, once its listener is up
+
+    # --- keys and limits -----------------------------------------------------------------
+    def _keys_changed(self) -> None:
+        self.metrics.api_keys.set(len(self.keys))
+        self.metrics.keep_apps(self.keys.apps | set(self.settings.gateway.metrics_apps))
+
+    async def watch_keys(self) -> None:
+        """Re-read gateway.api_keys_file every gateway.api_keys_refresh_seconds (off the event loop)."""
+        while True:
+            await asyncio.sleep(self.settings.gateway.api_keys_refresh_seconds)
+            errors = self.key_source.errors
+            try:
+                ring = await asyncio.to_thread(self.key_source.refresh)
+            except Exception:  # the last good keys stay, whatever happens
+                log.exception("gateway: re-reading the keys failed")
+                continue
+            if self.key_source.errors > errors:
+                self.metrics.key_file_errors.inc(self.key_source.errors - errors)
+            if ring is not None:
+                self.keys = ring  # one assignment: a call sees the old keys or the new, never a mix
+                self._keys_changed()
+
+    def _admit(self, principal: Principal) -> Lease:
+        """The call's lease on its key's and its tenant's limits, or a 429 GatewayError."""
+        limits = self.settings.gateway.limits
+        tenant = principal.tenant
+        key = Subject(
+            "key",
+            principal.key_id,
+            f"the API key '{principal.key_name}'" if principal.key_name else "this API key",
+        )
+        subjects = [
+            (key, effective(limits.key, principal.limits)),
+            (
+                Subject("tenant", tenant, f"the tenant '{tenant}'"),
+                effective(limits.tenant, limits.tenants.get(tenant)),
+            ),
+        ]
+        try:
+            return self.limiter.admit(subjects)
+        except RateLimited as limited:
+            refusal = limited.refusal
+            self.metrics.rate_limited.labels(tenant, refusal.subject.kind, refusal.limit).inc()
+            raise _rate_limited(
+                refusal.subject, refusal.limit, refusal.value, refusal.retry_after_header
+            ) from None
 
     # --- helpers -----------------------------------------------------------------------
     def log_call(self, record: CallRecord, status_code: int) -> None:
@@ -158,13 +227,15 @@ class Gateway:
     def finish(self, observer: CallObserver, record: CallRecord, status_code: int) -> None:
         """Log the call; with a shadow answer or a teacher sample pending, once they are in.
 
-        The caller never waits for either.
+        The caller never waits for either. Its tokens are charged to its limits now.
         """
+        if isinstance(observer, GatewayCall) and observer.lease is not None and record.usage is not None:
+            observer.lease.spend(record.usage.prompt_tokens + record.usage.completion_tokens)
         shadow, sample = observer.shadow, observer.teacher_sample
         if shadow is None and sample is None:
             self.log_call(record, status_code)
             return
-        if isinstance(self.sink, CallLogPublisher):
+        if isinstance(self.sink, CallLogPublisher | RedactingSink):
             self.sink.hold(record)  # journaled now: a crash before the extras come loses only them
         task = asyncio.ensure_future(self._log_with_extras(shadow, sample, record, status_code))
         self._pending.add(task)
@@ -179,6 +250,8 @@ class Gateway:
     async def drain(self) -> None:
         """Wait for the records still waiting on shadow answers (at shutdown: none is lost)."""
         await asyncio.gather(*self._pending, return_exceptions=True)
+        if isinstance(self.sink, RedactingSink):
+            await self.sink.drain()  # and for those being redacted at capture
 
     async def _log_with_extras(
         self,
@@ -249,12 +322,20 @@ class Gateway:
                 raise _too_large(limit)
         return bytes(body)
 
-    @property
-    def _is_specialist(self) -> Callable[[str], bool] | None:
-        return self.router.is_specialist_name if self.router is not None else None
+    def _is_specialist(self, tenant: str) -> Callable[[str], bool] | None:
+        """Whether a model names one of ``tenant``'s specialists: another tenant's is as good as unknown
+        (the same 404 as for a model that does not exist)."""
+        router = self.router
+        if router is None:
+            return None
+        return lambda model: router.is_specialist_name(model, tenant)
 
-    async def _authenticated_body(self, request: Request) -> tuple[Principal, bytes]:
-        return self.keys.authenticate(request.headers), await self._read_body(request)
+    async def _admitted(self, request: Request) -> tuple[Principal, Lease, bytes]:
+        """The caller, its lease on its limits (freed by ApiRoutes when the response ends), the body."""
+        principal = self.keys.authenticate(request.headers)
+        lease = self._admit(principal)
+        request.scope[LEASE] = lease
+        return principal, lease, await self._read_body(request)
 
     def _refused(self, error: GatewayError | UnknownAdapterError) -> Response:
         if isinstance(error, UnknownAdapterError):
@@ -263,20 +344,24 @@ class Gateway:
         return error.response()
 
     @staticmethod
-    def _observer(chat: ChatRequest, principal: Principal, endpoint: Endpoint) -> CallObserver:
-        return CallObserver(
+    def _observer(chat: ChatRequest, principal: Principal, endpoint: Endpoint, lease: Lease) -> GatewayCall:
+        return GatewayCall(
             chat,
             tenant=principal.tenant,
             app=principal.app,
             upstream=Upstream(kind=UpstreamKind.TEACHER, model=chat.model),
             endpoint=endpoint,
+            lease=lease,
         )
 
     # --- POST /v1/chat/completions -----------------------------------------------------
     async def chat_completions(self, request: Request) -> Response:
         try:
-            principal, body = await self._authenticated_body(request)
-            parsed = parse_chat_request(body, models=self.models, is_specialist=self._is_specialist)
+            principal, lease, body = await self._admitted(request)
+            specialist = self._is_specialist(principal.tenant)
+            parsed = parse_chat_request(
+                body, models=self.models, is_specialist=specialist, bounds=self.bounds
+            )
             plan = (
                 await self.router.plan(
                     principal.tenant, parsed.chat, request.headers.get(CONVERSATION_HEADER)
@@ -286,7 +371,7 @@ class Gateway:
             )
         except (GatewayError, UnknownAdapterError) as error:
             return self._refused(error)
-        observer = self._observer(parsed.chat, principal, Endpoint.CHAT_COMPLETIONS)
+        observer = self._observer(parsed.chat, principal, Endpoint.CHAT_COMPLETIONS, lease)
         if plan is not None:
             answered = await self._route(plan, parsed.data, parsed, observer, request)
             if answered is not None:
@@ -297,15 +382,24 @@ class Gateway:
     async def responses(self, request: Request) -> Response:
         """The Responses API: routed like chat completions, in chat shape (protege.api.responses)."""
         try:
-            principal, body = await self._authenticated_body(request)
-            parsed = parse_responses_request(body, models=self.models, is_specialist=self._is_specialist)
+            principal, lease, body = await self._admitted(request)
+            specialist = self._is_specialist(principal.tenant)
+            parsed = parse_responses_request(
+                body,
+                models=self.models,
+                is_specialist=specialist,
+                bounds=self.bounds,
+                continued=lambda data: self._continued(principal.tenant, data),
+            )
+            if parsed.continued:  # a specialist answered the previous response: the teacher gets it all
+                body = json.dumps(parsed.data).encode()
             plan = None
             if self.router is not None and parsed.view.teacher_only is None:
                 conversation = request.headers.get(CONVERSATION_HEADER)
                 plan = await self.router.plan(principal.tenant, parsed.chat, conversation)
         except (GatewayError, UnknownAdapterError) as error:
             return self._refused(error)
-        observer = self._observer(parsed.chat, principal, Endpoint.RESPONSES)
+        observer = self._observer(parsed.chat, principal, Endpoint.RESPONSES, lease)
         if plan is not None:
             answered = await self._route(plan, parsed.view.specialist_body(), parsed, observer, request)
             if answered is not None:
@@ -314,15 +408,29 @@ class Gateway:
             observer.route = RouteDecision(target=UpstreamKind.TEACHER, reason=RouteReason.TEACHER_ONLY)
         return await self._teacher("/responses", body, parsed.data, observer, request)
 
+    def _continued(self, tenant: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return self.kept_responses.continued(tenant, data)
+        except LookupError as error:
+            raise GatewayError(400, str(error), param="previous_response_id") from None
+
+    def _keeper(
+        self, observer: CallObserver, data: dict[str, Any]
+    ) -> Callable[[dict[str, Any]], None] | None:
+        """Where a specialist's Responses answer goes, for a call that continues it (None for chat calls)."""
+        if observer.endpoint is not Endpoint.RESPONSES:
+            return None
+        return lambda response: self.kept_responses.keep(observer.tenant, data, response)
+
     # --- POST /v1/completions ----------------------------------------------------------
     async def completions(self, request: Request) -> Response:
         """Legacy completions: to the teacher, logged with the prompt as one user message."""
         try:
-            principal, body = await self._authenticated_body(request)
-            parsed = parse_completions_request(body, models=self.models)
+            principal, lease, body = await self._admitted(request)
+            parsed = parse_completions_request(body, models=self.models, bounds=self.bounds)
         except GatewayError as error:
             return self._refused(error)
-        observer = self._observer(parsed.chat, principal, Endpoint.COMPLETIONS)
+        observer = self._observer(parsed.chat, principal, Endpoint.COMPLETIONS, lease)
         if self.router is not None:
             observer.route = RouteDecision(target=UpstreamKind.TEACHER, reason=RouteReason.TEACHER_ONLY)
         return await self._teacher("/completions", body, parsed.data, observer, request)
@@ -332,13 +440,15 @@ class Gateway:
         """Embeddings: to the teacher; counted in the metrics, not in the call log."""
         started = time.perf_counter()
         try:
-            principal, body = await self._authenticated_body(request)
-            parse_embeddings_request(body, models=self.models)
+            principal, lease, body = await self._admitted(request)
+            parse_embeddings_request(body, models=self.models, bounds=self.bounds)
         except GatewayError as error:
             return self._refused(error)
 
         def count(status: CallStatus, code: int, usage: Usage | None = None) -> None:
             seconds = time.perf_counter() - started
+            if usage is not None:
+                lease.spend(usage.prompt_tokens + usage.completion_tokens)
             self.metrics.observe_unlogged(
                 "embeddings",
                 tenant=principal.tenant,
@@ -411,6 +521,7 @@ class Gateway:
                 stream=chat.stream,
                 request=parsed.data,
                 include_usage=wants_usage(parsed.data),
+                on_response=self._keeper(observer, parsed.data),
             )
             observer.on_status(200)
             observer.on_bytes(seen)
@@ -454,8 +565,16 @@ class Gateway:
         observer.on_status(200)
         model = parsed.chat.model if not plan.pinned else observer.upstream.model
         transform: StreamTransform
-        if observer.endpoint is Endpoint.RESPONSES:
-            transform = ResponsesEvents(ResponsesStream(parsed.data, model))
+        keep = self._keeper(observer, parsed.data)
+        writer = ResponsesStream(parsed.data, model) if keep is not None else None
+
+        def ended() -> None:
+            latency.observe(time.perf_counter() - opened.started)
+            if keep is not None and writer is not None:
+                keep(writer.response)
+
+        if writer is not None:
+            transform = ResponsesEvents(writer)
         else:
             transform = SpecialistChunks(model, wants_usage(parsed.data))
         return RelayResponse(
@@ -466,7 +585,7 @@ class Gateway:
             first=opened.first,
             transform=transform,
             upstream_name="specialist",
-            on_end=lambda: latency.observe(time.perf_counter() - opened.started),
+            on_end=ended,
         )
 
     def _not_answered(
@@ -706,12 +825,19 @@ class ApiRoutes:
             await self.app(scope, receive, send)
             return
         try:
-            response = await handler(Request(scope, receive))
-        except Exception:
-            log.exception("gateway: unexpected failure")
-            message = "The gateway failed unexpectedly; the error is in its log."
-            response = Response(error_body(message, type="server_error"), 500, media_type="application/json")
-        await response(scope, receive, send)
+            try:
+                response = await handler(Request(scope, receive))
+            except Exception:
+                log.exception("gateway: unexpected failure")
+                message = "The gateway failed unexpectedly; the error is in its log."
+                response = Response(
+                    error_body(message, type="server_error"), 500, media_type="application/json"
+                )
+            await response(scope, receive, send)
+        finally:  # the call's concurrent slots, once its last byte (and record) is out, whatever happened
+            lease: Lease | None = scope.get(LEASE)
+            if lease is not None:
+                lease.release()
 
 
 def _whole_response(reply: UpstreamReply, background: BackgroundTask | None = None) -> Response:
@@ -737,6 +863,68 @@ def _embedding_usage(reply: UpstreamReply) -> Usage | None:
         return None
 
 
+def _rate_limited(subject: Subject, limit: str, value: int, retry_after: str) -> GatewayError:
+    what = {
+        "requests_per_minute": f"{value} requests per minute",
+        "tokens_per_minute": f"{value} tokens (prompt plus completion) per minute",
+        "concurrent_calls": f"{value} calls in progress at once",
+    }[limit]
+    setting = (
+        f"its api_keys entry's limits.{limit} or gateway.limits.key.{limit}"
+        if subject.kind == "key"
+        else f"gateway.limits.tenants.<tenant>.{limit} or gateway.limits.tenant.{limit}"
+    )
+    return GatewayError(
+        429,
+        f"Rate limit reached for {subject.label}: {what}. Try again in {retry_after} s (the retry-after "
+        f"header), or ask your Protégé operator to raise the limit ({setting}).",
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+        headers={"retry-after": retry_after},
+    )
+
+
+def _lifespan(
+    gateway: Gateway, publisher: CallLogPublisher | None, listener: MetricsListener | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """What starts with the app and stops with it: metrics listener, publisher, router, keys watch."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if listener is not None:
+            await listener.start()
+            gateway.metrics_url = listener.url
+        if publisher is not None:
+            await publisher.start()
+        if gateway.router is not None:
+            await gateway.router.start()
+        watching = gateway.settings.gateway.api_keys_file is not None
+        watcher = asyncio.ensure_future(gateway.watch_keys()) if watching else None
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if listener is not None:
+                await listener.close()
+            await gateway.drain()
+            await gateway.teacher.close()
+            if gateway.router is not None:
+                await gateway.router.close()
+            if publisher is not None:
+                await publisher.close()
+
+    return lifespan
+
+
+def _metrics_listener(settings: Settings, metrics: GatewayMetrics) -> MetricsListener | None:
+    """The listener of gateway.metrics_port (None: /metrics is served on the API port)."""
+    gateway = settings.gateway
+    if gateway.metrics_port is None:
+        return None
+    return MetricsListener(metrics.registry, gateway.metrics_host or gateway.host, gateway.metrics_port)
+
+
 def _too_large(limit: int) -> GatewayError:
     return GatewayError(
         413,
@@ -760,23 +948,10 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
     if sink is None and settings.call_log.enabled:
         publisher = CallLogPublisher.from_settings(settings)
         sink = publisher
+    sink = RedactingSink.wrap(settings, sink)  # tenants with curation redact_at_capture: before it is kept
     gateway = Gateway(settings, sink, GatewayMetrics(publisher))
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if publisher is not None:
-            await publisher.start()
-        if gateway.router is not None:
-            await gateway.router.start()
-        try:
-            yield
-        finally:
-            await gateway.drain()
-            await gateway.teacher.close()
-            if gateway.router is not None:
-                await gateway.router.close()
-            if publisher is not None:
-                await publisher.close()
+    listener = _metrics_listener(settings, gateway.metrics)
+    lifespan = _lifespan(gateway, publisher, listener)
 
     app = FastAPI(
         title="Protégé gateway",
@@ -787,6 +962,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
         openapi_url=None,
     )
     app.state.gateway = gateway
+    document = openapi_document()
     app.add_middleware(ApiRoutes, gateway=gateway)
 
     @app.exception_handler(StarletteHTTPException)
@@ -836,9 +1012,15 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
             body["status"] = "not ready: no models or no API keys configured"
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/openapi.json")
+    async def openapi() -> JSONResponse:
+        return JSONResponse(document)
+
+    if listener is None:  # gateway.metrics_port: null puts every tenant's figures on the API port
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

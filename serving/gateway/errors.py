@@ -18,6 +18,7 @@ class GatewayError(Exception):
         type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
@@ -25,13 +26,15 @@ class GatewayError(Exception):
         self.type = type
         self.code = code
         self.param = param
+        self.headers = dict(headers or {})
+        if status_code == 401:
+            self.headers.setdefault("WWW-Authenticate", "Bearer")
 
     def body(self) -> bytes:
         return error_body(self.message, type=self.type, code=self.code, param=self.param)
 
     def response(self) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status_code == 401 else None
-        return Response(self.body(), self.status_code, headers=headers, media_type="application/json")
+        return Response(self.body(), self.status_code, headers=self.headers, media_type="application/json")
 
 
 def error_body(

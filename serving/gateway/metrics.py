@@ -1,11 +1,27 @@
-"""Prometheus metrics of one gateway (its own registry, so several can live in one process)."""
+"""Prometheus metrics of one gateway (its own registry, so several can live in one process).
+
+They hold every tenant's traffic, so they are served on their own port
+(:class:`MetricsListener`, ``gateway.metrics_port``), not to the API's callers. Label values
+stay bounded: tenants come from the configured keys, and an ``X-Protege-App`` value that is
+neither a key's own app nor in ``gateway.metrics_apps`` counts as ``other``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import socket
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -17,11 +33,26 @@ if TYPE_CHECKING:
     from protege.serving.router.router import Router
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OTHER_APP = "other"  # the app label of every X-Protege-App value not kept
 
 
 class GatewayMetrics:
     def __init__(self, publisher: CallLogPublisher | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.apps: frozenset[str] = frozenset()  # app label values kept as they are
+        self.rate_limited = Counter(
+            "protege_gateway_rate_limited_requests",
+            "Calls refused with 429 by a key's or a tenant's limit (requests_per_minute, tokens_per_minute, "
+            "concurrent_calls); subject is key or tenant.",
+            ["tenant", "subject", "limit"],
+            registry=self.registry,
+        )
+        self.api_keys = Gauge("protege_gateway_api_keys", "API keys accepted now.", registry=self.registry)
+        self.key_file_errors = Counter(
+            "protege_gateway_api_keys_file_errors",
+            "Re-reads of gateway.api_keys_file that failed (the last good keys stayed).",
+            registry=self.registry,
+        )
         self.requests = Counter(
             "protege_gateway_requests",
             "Calls by tenant, app, endpoint (chat.completions, responses, completions, embeddings), "
@@ -116,17 +147,23 @@ class GatewayMetrics:
 
         router.on_breaker_change = moved
 
+    def keep_apps(self, apps: Iterable[str]) -> None:
+        """The app label values kept as they are (the keys' own apps and gateway.metrics_apps)."""
+        self.apps = frozenset(apps)
+
+    def app(self, app: str) -> str:
+        return app if app in self.apps else OTHER_APP
+
     def observe(self, record: CallRecord, status_code: int) -> None:
-        self.requests.labels(
-            record.tenant, record.app, record.endpoint.value, record.status.value, str(status_code)
-        ).inc()
+        tenant, app = record.tenant, self.app(record.app)
+        self.requests.labels(tenant, app, record.endpoint.value, record.status.value, str(status_code)).inc()
         stream = "true" if record.request.stream else "false"
-        self.latency.labels(record.tenant, record.app, stream).observe(record.latency.total_ms / 1000)
+        self.latency.labels(tenant, app, stream).observe(record.latency.total_ms / 1000)
         if record.latency.ttft_ms is not None:
-            self.ttft.labels(record.tenant, record.app).observe(record.latency.ttft_ms / 1000)
+            self.ttft.labels(tenant, app).observe(record.latency.ttft_ms / 1000)
         if record.usage is not None:
-            self.tokens.labels(record.tenant, record.app, "prompt").inc(record.usage.prompt_tokens)
-            self.tokens.labels(record.tenant, record.app, "completion").inc(record.usage.completion_tokens)
+            self.tokens.labels(tenant, app, "prompt").inc(record.usage.prompt_tokens)
+            self.tokens.labels(tenant, app, "completion").inc(record.usage.completion_tokens)
         self.observe_route(record)
 
     def observe_unlogged(
@@ -141,6 +178,7 @@ class GatewayMetrics:
         usage: Usage | None,
     ) -> None:
         """A call that has no call record (embeddings): counted, timed, its tokens added."""
+        app = self.app(app)
         self.requests.labels(tenant, app, endpoint, status.value, str(status_code)).inc()
         self.latency.labels(tenant, app, "false").observe(seconds)
         if usage is not None:
@@ -221,3 +259,48 @@ class _PublisherCollector(Collector):
         yield GaugeMetricFamily(
             "protege_calllog_connected", "1 when connected to NATS.", value=int(self.publisher.connected)
         )
+
+
+class MetricsListener:
+    """``GET /metrics`` on its own address, served on the event loop it is started on.
+
+    Apart from the API's port, so that callers cannot read every tenant's traffic; a
+    Prometheus (or a PodMonitor) scrapes this port instead.
+    """
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port  # the bound port once started (a free one when asked for 0)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            sock = socket.create_server((self.host, self.port), family=family)
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise RuntimeError(
+                f"gateway.metrics_port: cannot listen on {self.host}:{self.port} ({reason}); "
+                "free the port or choose another (PROTEGE_GATEWAY__METRICS_PORT)"
+            ) from None
+        self.port = sock.getsockname()[1]
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

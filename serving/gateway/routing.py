@@ -8,6 +8,7 @@ as server-sent events. A rejected or shadow answer is kept in the record's ``alt
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from protege.api.calls import (
@@ -20,7 +21,7 @@ from protege.api.calls import (
     UpstreamKind,
     Usage,
 )
-from protege.api.responses import ResponsesStream, answer_chunk, response_object
+from protege.api.responses import ResponsesStream, answer_chunk
 from protege.serving.router.router import SpecialistAnswer, SpecialistStream
 from protege.serving.router.table import adapter_name
 
@@ -85,19 +86,20 @@ def specialist_reply(
     stream: bool,
     request: dict[str, Any],
     include_usage: bool,
+    on_response: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[bytes, bytes]:
     """A specialist's whole answer as the caller's response, and as the call record reads it.
 
     Chat callers get a chat completion (or its chunks); Responses callers a response object
-    (or its events), made from the same answer. The record's copy of a chat stream always
-    holds the usage, whether the caller asked for it or not.
+    (or its events), made from the same answer, and ``on_response`` the response object. The
+    record's copy of a chat stream always holds the usage, whether the caller asked for it or not.
     """
     if endpoint is Endpoint.RESPONSES:
-        if not stream:
-            content = json.dumps(response_object(answer, request, model)).encode()
-        else:
-            writer = ResponsesStream(request, model, answer.get("created"))
-            content = writer.start() + writer.chunk(answer_chunk(answer)) + writer.finish()
+        writer = ResponsesStream(request, model, answer.get("created"))
+        events = writer.start() + writer.chunk(answer_chunk(answer)) + writer.finish()
+        content = events if stream else json.dumps(writer.response).encode()
+        if on_response is not None:
+            on_response(writer.response)
         return content, content
     content = caller_body(answer, model, stream, include_usage)
     if not stream or include_usage:

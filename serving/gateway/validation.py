@@ -4,7 +4,8 @@ The gateway forwards every field it does not know unchanged: an SDK that sends a
 parameter must not break. It refuses only what it cannot pass on or read itself — a body
 that is not a JSON object, a field it reads (``model``, ``messages``, ``stream``,
 ``stream_options``, ``tools``, ...) of the wrong type, a model it does not offer — with a
-400/404 that says what is wrong and how to fix it.
+400/404 that says what is wrong and how to fix it; and what its operator bounds
+(:class:`Bounds`): how deeply the body nests, ``n``, the output-token caps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from protege.serving.gateway.errors import GatewayError
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """What the operator lets one call ask for (gateway.max_json_depth, max_n, max_output_tokens)."""
+
+    max_json_depth: int = 64
+    max_n: int | None = None
+    max_output_tokens: int | None = None
+
+
+NO_BOUNDS = Bounds()
+
+
+@dataclass(frozen=True)
 class Parsed:
     data: dict[str, Any]  # the body as the caller sent it
     chat: ChatRequest  # the call in chat-completions shape: what the record holds and the router reads
@@ -30,11 +43,37 @@ class Parsed:
 @dataclass(frozen=True)
 class ParsedResponses(Parsed):
     view: ChatView  # the chat shape, and whether only the teacher can answer
+    continued: bool = False  # ``data`` holds the conversation of the response it continues, put back
 
 
-def _json_object(body: bytes, api: str) -> dict[str, Any]:
+def _too_deep(api: str, limit: int) -> GatewayError:
+    return GatewayError(
+        400,
+        f"The JSON body of your request nests arrays and objects more than {limit} levels deep, more "
+        f"than this gateway accepts (gateway.max_json_depth). Send {api} parameters nested less deeply.",
+        code="json_too_deep",
+    )
+
+
+def _depth_within(data: object, limit: int) -> bool:
+    """Whether ``data`` nests at most ``limit`` arrays and objects deep (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
+
+
+def _json_object(body: bytes, api: str, bounds: Bounds = NO_BOUNDS) -> dict[str, Any]:
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise _too_deep(api, bounds.max_json_depth) from None
     except ValueError as error:
         raise GatewayError(
             400,
@@ -43,7 +82,45 @@ def _json_object(body: bytes, api: str) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise GatewayError(400, f"The request body must be a JSON object of {api} parameters.")
+    limit = bounds.max_json_depth
+    # fewer brackets than the limit cannot nest deeper than it (counted in C: most bodies stop here)
+    if body.count(b"[") + body.count(b"{") > limit and not _depth_within(data, limit):
+        raise _too_deep(api, limit)
     return data
+
+
+def _bounded(name: str, value: object, bound: int | None, setting: str, what: str) -> None:
+    """A 400 naming the field, its value and the bound when an integer field is above its bound."""
+    if bound is None or not isinstance(value, int) or isinstance(value, bool) or value <= bound:
+        return
+    raise GatewayError(
+        400,
+        f"Invalid value for '{name}': {value} is above this gateway's limit of {bound} ({setting}). "
+        f"Ask for at most {bound} {what}, or ask your Protégé operator to raise {setting}.",
+        param=name,
+        code="integer_above_max_value",
+    )
+
+
+def _as_int(value: object) -> object:
+    """An integer field as an upstream's lax parser would read it ("5" and 5.0 are 5)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_bounds(
+    request: ChatRequest, data: dict[str, Any], bounds: Bounds, *, responses: bool = False
+) -> None:
+    choices, tokens = "choices per call", "output tokens"
+    _bounded("n", request.n, bounds.max_n, "gateway.max_n", choices)
+    _bounded("best_of", _as_int(data.get("best_of")), bounds.max_n, "gateway.max_n", choices)
+    _bounded("max_tokens", request.max_tokens, bounds.max_output_tokens, "gateway.max_output_tokens", tokens)
+    name = "max_output_tokens" if responses else "max_completion_tokens"
+    cap = request.max_completion_tokens
+    _bounded(name, cap, bounds.max_output_tokens, "gateway.max_output_tokens", tokens)
 
 
 def _shown(value: object) -> str:
@@ -111,25 +188,30 @@ def _model(data: dict[str, Any]) -> str:
 
 
 def parse_chat_request(
-    body: bytes, *, models: Collection[str], is_specialist: Callable[[str], bool] | None = None
+    body: bytes,
+    *,
+    models: Collection[str],
+    is_specialist: Callable[[str], bool] | None = None,
+    bounds: Bounds = NO_BOUNDS,
 ) -> Parsed:
     """A ``/v1/chat/completions`` body, or a 400/404 GatewayError saying what is wrong and how to fix it."""
     api = "chat-completions"
-    data = _json_object(body, api)
+    data = _json_object(body, api, bounds)
     try:
         request = ChatRequest.model_validate(data)
     except ValidationError as error:
         raise _invalid(error, data, api) from None
     _strict_bool(data, "stream", api)
     _strict_bool(data, "logprobs", api)
+    _check_bounds(request, data, bounds)
     _model_offered(request.model, models, is_specialist)
     return Parsed(data, request)
 
 
-def parse_completions_request(body: bytes, *, models: Collection[str]) -> Parsed:
+def parse_completions_request(body: bytes, *, models: Collection[str], bounds: Bounds = NO_BOUNDS) -> Parsed:
     """A legacy ``/v1/completions`` body; its record holds the prompt as one user message."""
     api = "completions"
-    data = _json_object(body, api)
+    data = _json_object(body, api, bounds)
     model = _model(data)
     prompt = data.get("prompt")
     if not isinstance(prompt, str | list):
@@ -152,14 +234,17 @@ def parse_completions_request(body: bytes, *, models: Collection[str]) -> Parsed
         request = ChatRequest.model_validate(record)
     except ValidationError as error:
         raise _invalid(error, data, api) from None
+    _check_bounds(request, data, bounds)
     _model_offered(model, models)
     return Parsed(data, request)
 
 
-def parse_embeddings_request(body: bytes, *, models: Collection[str]) -> dict[str, Any]:
+def parse_embeddings_request(
+    body: bytes, *, models: Collection[str], bounds: Bounds = NO_BOUNDS
+) -> dict[str, Any]:
     """A ``/v1/embeddings`` body: a JSON object with a model the gateway offers and an input."""
     api = "embeddings"
-    data = _json_object(body, api)
+    data = _json_object(body, api, bounds)
     model = _model(data)
     if not isinstance(data.get("input"), str | list):
         shown = "it is missing" if data.get("input") is None else f"got {_shown(data['input'])}"
@@ -173,11 +258,22 @@ def parse_embeddings_request(body: bytes, *, models: Collection[str]) -> dict[st
 
 
 def parse_responses_request(
-    body: bytes, *, models: Collection[str], is_specialist: Callable[[str], bool] | None = None
+    body: bytes,
+    *,
+    models: Collection[str],
+    is_specialist: Callable[[str], bool] | None = None,
+    bounds: Bounds = NO_BOUNDS,
+    continued: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> ParsedResponses:
-    """A ``/v1/responses`` body and its chat-completions shape (:mod:`protege.api.responses`)."""
+    """A ``/v1/responses`` body and its chat-completions shape (:mod:`protege.api.responses`).
+
+    ``continued`` gives the request with the conversation of the response it continues put back
+    (:mod:`protege.serving.gateway.kept_responses`), or None to take it as it came.
+    """
     api = "Responses"
-    data = _json_object(body, api)
+    data = _json_object(body, api, bounds)
+    whole = continued(data) if continued is not None else None
+    data = whole or data
     model = _model(data)
     try:
         view = chat_request(data)
@@ -188,6 +284,7 @@ def parse_responses_request(
         request = ChatRequest.model_validate(view.body)
     except ValidationError as error:
         raise _invalid(error, data, api) from None
+    _check_bounds(request, data, bounds, responses=True)
     specialist = bool(is_specialist and is_specialist(model))
     if specialist and view.teacher_only is not None:
         raise GatewayError(
@@ -198,4 +295,4 @@ def parse_responses_request(
             param="model",
         )
     _model_offered(model, models, is_specialist)
-    return ParsedResponses(data, request, view)
+    return ParsedResponses(data, request, view, continued=whole is not None)

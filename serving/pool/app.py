@@ -11,7 +11,8 @@ resident when there is one, and each replica keeps at most ``engine.maxLoras`` a
 unloading the least recently used.
 
 Each replica runs vLLM's OpenAI server (CUDA build in Ray's LLM images, CPU build
-locally) as a child process on a loopback port, and relays calls to it. Autoscaling
+locally) as a child process on a loopback port, and relays to it the calls that carry the
+pool token (:mod:`protege.serving.pool.auth`: gateways hold it; others get 401). Autoscaling
 (min/max replicas, target ongoing requests) and resources come from the pool's spec
 (:mod:`protege.serving.pool.config`).
 """
@@ -36,6 +37,7 @@ from protege.models.chat import chat_template_of, template_knows_tools, tools_in
 from protege.models.pull import resolve_model
 from protege.services.vllm import VllmServer
 from protege.serving.adapters import AdapterLoadError, AdapterManager
+from protege.serving.pool.auth import pool_token, refusal
 from protege.serving.pool.config import deployment_options, engine_args
 from protege.serving.router.table import UnknownAdapterError, parse_adapter_name
 from protege.store.artifacts import ArtifactStore
@@ -100,6 +102,7 @@ class PoolEngine:
         self.pool = pool
         self.spec = SpecialistPoolSpec.model_validate(spec)
         settings = load_settings()
+        self.token = pool_token(settings)  # no token, no pool: it would answer anyone
         model = resolve_model(self.spec.base_model.source, settings.model_dir)
         work = Path(tempfile.mkdtemp(prefix=f"protege-pool-{pool}-"))
         self.engine = VllmServer(
@@ -158,6 +161,9 @@ class PoolEngine:
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
+        refused = refusal(path, request.headers, self.token)
+        if refused is not None:
+            return refused
         if path in ("/health", "/-/healthz"):
             return Response("ok")
         if path == "/v1/models" and request.method == "GET":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -67,7 +67,7 @@ def request_structure(
 
 
 def redacted(text: str) -> str:
-    """A user turn as discovery embedded it: with its PII replaced."""
+    """A user turn with its PII replaced by the built-in detectors."""
     return RecordRedaction().text(text)
 
 
@@ -191,15 +191,24 @@ def with_novelty(match: TaskMatch | None, candidates: Sequence[Task], text: str)
 
 
 class RouterBusyError(RuntimeError):
-    """Too many calls wait for an embedding: this one goes to the teacher."""
+    """The call needs an embedding the router cannot make now (too many wait for one, or the
+    embedder failed: a gateway image without the embedding model, say): it goes to the teacher."""
 
 
 class CallEmbeddings:
     """Embeddings of user turns off the event loop (redacted, then embedded, in one worker thread),
-    with an LRU cache by text and a bound on the calls waiting."""
+    with an LRU cache by text and a bound on the calls waiting. ``redact`` is the redaction
+    curation ran before discovery embedded the task's calls, so both embed the same text."""
 
-    def __init__(self, embedder: Embedder, *, cache_size: int = 4096, max_waiting: int = 32) -> None:
-        self.embedder = embedder
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        redact: Callable[[str], str] = redacted,
+        cache_size: int = 4096,
+        max_waiting: int = 32,
+    ) -> None:
+        self.embedder, self.redact = embedder, redact
         self.cache_size = cache_size
         self.max_waiting = max_waiting
         self._cache: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
@@ -218,6 +227,8 @@ class CallEmbeddings:
         try:
             loop = asyncio.get_running_loop()
             vector: NDArray[np.float32] = (await loop.run_in_executor(self._executor, self._encode, text))[0]
+        except Exception as error:  # a call is never failed for routing: the teacher answers it
+            raise RouterBusyError(f"the embedder failed: {type(error).__name__}: {error}") from error
         finally:
             self._waiting -= 1
         self.made += 1
@@ -227,7 +238,7 @@ class CallEmbeddings:
         return vector
 
     def _encode(self, text: str) -> NDArray[np.float32]:
-        return self.embedder.encode([redacted(text)])
+        return self.embedder.encode([self.redact(text)])
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

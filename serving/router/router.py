@@ -24,8 +24,9 @@ from functools import partial
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
-from protege.api.calls import ChatRequest, RouteDecision, RouteReason, UpstreamKind
+from protege.api.calls import ChatRequest, ChatResponse, RouteDecision, RouteReason, UpstreamKind, Usage
 from protege.api.routes import RolloutStage
 from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidation
 from protege.config import RouterSettings, Settings
@@ -51,6 +52,8 @@ from protege.serving.router.table import (
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.training.datasets import REGISTRY_KIND, REGISTRY_NAME, load_registry
 from protege.training.discovery.tasks import Task
+from protege.training.pii import RecordRedaction
+from protege.training.pii.settings import backend_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +131,18 @@ def streams_tokens(route: SpecialistRoute, version: str, pinned: bool) -> bool:
 class Router:
     def __init__(self, settings: Settings) -> None:
         self.settings: RouterSettings = settings.router
+        self.curation = settings.curation
+        # the pool's engine answers only callers with its token (protege.serving.pool.auth)
+        self.pool_token = settings.pool_token.get_secret_value() if settings.pool_token else None
+        if self.settings.enabled and not self.pool_token:
+            log.warning("router: no pool_token (PROTEGE_POOL_TOKEN): the pool's engine refuses this gateway")
         self.store = ArtifactStore.from_settings(settings)
         self.failed: dict[str, str] = {}  # adapter name → why the pool could not serve it
         self.table = RoutingTable()
         self.tasks: dict[str, Task] = {}
         self.classifier = TaskClassifier([])
         self.embeddings: CallEmbeddings | None = None
+        self._busy_said: set[str] = set()
         self._table_text: str | None = None
         self._registry_version: str | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -183,10 +192,14 @@ class Router:
             if classifier.needs_embeddings and self.embeddings is None:
                 from protege.training.discovery import MiniLM
 
-                self.embeddings = CallEmbeddings(MiniLM())
+                self.embeddings = CallEmbeddings(MiniLM(), redact=self._redact)
             if self.embeddings is not None:
                 classifier = TaskClassifier(registry.tasks, registry.prompt_segments, self.embeddings)
             self.classifier = classifier
+
+    def _redact(self, text: str) -> str:
+        """A user turn redacted as curation redacted the calls discovery embedded (in the embed thread)."""
+        return RecordRedaction(backend_from_settings(self.curation)).text(text)
 
     # --- breakers ------------------------------------------------------------------------
     def breaker(self, specialist: str, version: str) -> Breaker:
@@ -233,7 +246,7 @@ class Router:
         its version. A version whose circuit breaker is open is not asked: the call goes to
         the teacher (``breaker_open``), and an open shadow version gets no shadow call.
         """
-        if self.is_specialist_name(request.model):
+        if self.is_specialist_name(request.model, tenant):
             route, version = self.table.pinned(request.model, tenant)
             # no one else can answer it: never refused, asked within router.timeout_seconds
             return Plan(
@@ -242,7 +255,9 @@ class Router:
         try:
             match = await self.classifier.match(tenant, request)
         except RouterBusyError as error:
-            log.warning("router: %s; the teacher answers", error)
+            if str(error) not in self._busy_said:  # once per cause, not once per call
+                self._busy_said.add(str(error))
+                log.warning("router: %s; the teacher answers such calls", error)
             return Plan(None, Choice(None, RouteReason.ROUTER_BUSY), None)
         if match is None:
             return Plan(None, Choice(None, RouteReason.NO_TASK_MATCH), None)
@@ -272,8 +287,10 @@ class Router:
                 return Plan(route, refused, match, shadow_admission=shadow_admission, refused=choice.version)
         return Plan(route, choice, match, admission=admission, shadow_admission=shadow_admission)
 
-    def is_specialist_name(self, model: str) -> bool:
-        return self.table.for_specialist(model.split("@", 1)[0]) is not None
+    def is_specialist_name(self, model: str, tenant: str | None = None) -> bool:
+        """Whether ``model`` names a served specialist (of ``tenant``: another's is as good as unknown)."""
+        route = self.table.for_specialist(model.split("@", 1)[0])
+        return route is not None and (tenant is None or route.tenant == tenant)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -281,7 +298,8 @@ class Router:
             # An idle connection is dropped before the pool's own keep-alive (Ray Serve's proxy and
             # vLLM's server: 5 s) closes it, so no call is sent on a connection closing at that moment.
             connector = aiohttp.TCPConnector(keepalive_timeout=ENGINE_KEEP_ALIVE_SECONDS)
-            self._session = aiohttp.ClientSession(connector=connector)
+            headers = {"Authorization": f"Bearer {self.pool_token}"} if self.pool_token else None
+            self._session = aiohttp.ClientSession(connector=connector, headers=headers)
         return self._session
 
     def _deadline(self, breaker: Breaker, admission: Admission, *, first_bytes: bool) -> tuple[float, str]:
@@ -348,7 +366,7 @@ class Router:
                 headers={"serve_multiplexed_model_id": name},
                 timeout=aiohttp.ClientTimeout(total=deadline),
             ) as response:
-                text = await response.text()
+                text = (await response.read()).decode(errors="replace")  # an engine's bytes may be anything
                 status = response.status
         except TimeoutError:
             breaker.failed(self.clock(), admission)
@@ -363,9 +381,13 @@ class Router:
             return failed(self._engine_refused(breaker, admission, name, status, text))
         try:
             answer = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             breaker.failed(self.clock(), admission)
             return failed(f"engine answered 200 with no JSON: {text[:300]}")
+        problem = _not_a_chat_completion(answer)
+        if problem is not None:
+            breaker.failed(self.clock(), admission)
+            return failed(f"engine answered 200 with {problem}: {text[:300]}")
         breaker.succeeded(self.clock(), admission, time.perf_counter() - started)
         choice = (answer.get("choices") or [{}])[0]
         score = signal_value(rule.signal, token_logprobs(choice)) if rule is not None else None
@@ -505,11 +527,34 @@ class _Attempt:
         )
 
 
+def _not_a_chat_completion(answer: object) -> str | None:
+    """Why an engine's JSON is no chat completion the gateway can return or check (None if it is one)."""
+    if not isinstance(answer, dict):
+        return "JSON that is not an object"
+    try:
+        ChatResponse.model_validate(answer)
+        if answer.get("usage") is not None:
+            Usage.model_validate(answer["usage"])
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        return f"no chat completion ({where}: {first['msg']})"
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return "no choices"
+    return None
+
+
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
 def _stream_opening_error(first: bytes) -> str | None:
-    """Why the first bytes of an engine's stream are no answer (empty, or an error event)."""
+    """Why the first bytes of an engine's stream are no answer (empty, not SSE, or an error event)."""
     if not first.strip():
         return "engine ended the stream before its first token"
     head = first.lstrip()
+    if not head.startswith(_SSE_FIELDS):
+        return f"engine answered 200 with no event stream: {first[:300].decode(errors='replace')}"
     if not head.startswith(b"data:"):
         return None
     try:

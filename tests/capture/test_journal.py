@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from protege.capture import CallLogPublisher
+from protege.capture.access import GATEWAY, OPERATOR
 from protege.capture.journal import Journal
 from protege.capture.reader import read_records, subject_filter
 from protege.services.nats import NatsServer
@@ -74,13 +75,14 @@ async def test_a_killed_publisher_loses_no_record_it_took(tmp_path: Path) -> Non
         command = [sys.executable, "-c", KILLED_PUBLISHER, nats_server.url, str(spool), here]
         died = await asyncio.to_thread(subprocess.run, command, check=False)
         assert died.returncode == -9
-        successor = CallLogPublisher(nats_server.url, spool)
+        successor = CallLogPublisher(nats_server.endpoint(GATEWAY), spool)
         await successor.start()
         ids: list[str] = []
         for _ in range(100):  # the spool is replayed within a second or two
             await asyncio.sleep(0.2)
             if successor.spool.is_empty() and successor.stats.replayed:
-                ids = [r.id async for r in read_records(nats_server.url, subject=subject_filter("journal"))]
+                reader = nats_server.endpoint(OPERATOR)
+                ids = [r.id async for r in read_records(reader, subject=subject_filter("journal"))]
                 break
         await successor.close()
         assert len(ids) == 200 and len(set(ids)) == 200  # every record once: JetStream drops replays

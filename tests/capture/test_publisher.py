@@ -4,13 +4,14 @@ import asyncio
 import uuid
 from pathlib import Path
 
-import nats
 import pytest
 
 from protege.api import CallRecord, ChatRequest, ChatResponse, Latency
 from protege.capture import CallLogPublisher, DiskSpool, StreamSettings, ensure_stream
+from protege.capture.access import ADMIN, GATEWAY
 from protege.capture.reader import read_records, subject_filter
 from protege.services.nats import NatsServer
+from protege.testing import call_log
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def make_record(i: int, tenant: str = "acme") -> CallRecord:
 
 async def stream_ids(url: str, tenant: str | None = None) -> list[str]:
     ids = []
-    async for record in read_records(url, subject=subject_filter(tenant)):
+    async for record in read_records(call_log(url), subject=subject_filter(tenant)):
         assert isinstance(record, CallRecord)
         ids.append(record.id)
     return ids
@@ -44,7 +45,7 @@ async def wait_for(condition, seconds: float = 30) -> None:  # type: ignore[no-u
 
 
 async def test_records_reach_jetstream_once_each(nats_server: NatsServer, tmp_path: Path) -> None:
-    publisher = CallLogPublisher(nats_server.url, tmp_path / "spool")
+    publisher = CallLogPublisher(nats_server.endpoint(GATEWAY), tmp_path / "spool")
     await publisher.start()
     tenant = f"pub{uuid.uuid4().hex[:8]}"
     records = [make_record(i, tenant) for i in range(300)]
@@ -59,7 +60,9 @@ async def test_a_stream_jetstream_refuses_spools_rather_than_drops(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     clash = StreamSettings(name="CLASHING", subjects=("protege.calls.>",))  # overlaps PROTEGE_CALLS
-    publisher = CallLogPublisher(nats_server.url, tmp_path / "spool", stream=clash, retry_seconds=0.2)
+    # the admin may manage any stream: JetStream itself refuses this one
+    admin = nats_server.endpoint(ADMIN)
+    publisher = CallLogPublisher(admin, tmp_path / "spool", stream=clash, retry_seconds=0.2)
     await asyncio.gather(publisher.start(), ensure_default_stream(nats_server.url))
     publisher.submit(make_record(0, "clash"))
     await wait_for(lambda: publisher.stats.spooled == 1)
@@ -70,14 +73,15 @@ async def test_a_stream_jetstream_refuses_spools_rather_than_drops(
 
 
 async def ensure_default_stream(url: str) -> None:
-    client = await nats.connect(url)
+    client = await call_log(url, GATEWAY).connect()
     await ensure_stream(client.jetstream(), StreamSettings())
     await client.close()
 
 
 async def test_nats_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     server = NatsServer(tmp_path / "nats").start()
-    publisher = CallLogPublisher(server.url, tmp_path / "spool", ack_timeout=0.5, retry_seconds=0.2)
+    gateway = server.endpoint(GATEWAY)
+    publisher = CallLogPublisher(gateway, tmp_path / "spool", ack_timeout=0.5, retry_seconds=0.2)
     await publisher.start()
     submitted: list[str] = []
     try:
@@ -104,8 +108,9 @@ async def test_nats_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) 
 
 
 async def test_nats_down_at_start_then_up(tmp_path: Path) -> None:
-    server = NatsServer(tmp_path / "nats")  # ports chosen, not started yet
-    publisher = CallLogPublisher(server.url, tmp_path / "spool", ack_timeout=0.5, retry_seconds=0.2)
+    server = NatsServer(tmp_path / "nats")  # ports chosen and identities made, not started yet
+    gateway = server.endpoint(GATEWAY)
+    publisher = CallLogPublisher(gateway, tmp_path / "spool", ack_timeout=0.5, retry_seconds=0.2)
     await publisher.start()
     records = [make_record(i) for i in range(50)]
     for record in records:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,20 +15,22 @@ from protege.capture import BackgroundPublisher, CallLogPublisher, capture_opena
 from protege.services.nats import NatsServer
 from protege.services.process import free_port
 from protege.serving.server import ServerThread
-from protege.testing import records_of, wait_for_records
+from protege.testing import ensure_call_stream, records_of, wait_for_records
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def publisher(nats_server: NatsServer, tmp_path: Path) -> Iterator[BackgroundPublisher]:
-    with BackgroundPublisher(nats_server.url, tmp_path / "spool") as background:
-        yield background
+def tenant() -> str:
+    return f"sdk{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture
-def tenant() -> str:
-    return f"sdk{uuid.uuid4().hex[:10]}"
+def publisher(nats_server: NatsServer, tmp_path: Path, tenant: str) -> Iterator[BackgroundPublisher]:
+    """A publisher with the tenant's own credentials (it may publish the tenant's calls only)."""
+    ensure_call_stream(nats_server)
+    with BackgroundPublisher(nats_server.tenant_endpoint(tenant), tmp_path / "spool") as background:
+        yield background
 
 
 def messages(text: str) -> list[dict[str, str]]:
@@ -58,10 +61,33 @@ def test_sync_client_calls_are_unchanged_and_logged(
     assert by_text["stream it"].latency.ttft_ms is not None
 
 
+def test_responses_api_calls_are_logged_in_chat_shape(
+    stub_teacher: ServerThread, publisher: BackgroundPublisher, nats_server: NatsServer, tenant: str
+) -> None:
+    """The Agents SDK's default API: whole and streamed, recorded as the gateway records them."""
+    from protege.api.calls import Endpoint
+
+    plain = openai.OpenAI(base_url=stub_teacher.url + "/v1", api_key="teacher-key")
+    client = capture_openai(plain, publisher, tenant=tenant, app="agent")
+    whole = client.responses.create(model="stub-teacher", instructions="You are terse.", input="hello")
+    assert whole.output_text == "echo: hello"
+    with client.responses.stream(model="stub-teacher", input="stream it") as stream:
+        streamed = stream.get_final_response()
+    assert streamed.output_text == "echo: stream it"
+    records = [r for r in records_of(nats_server.url, tenant, 2) if isinstance(r, CallRecord)]
+    by_text = {r.request.messages[-1].content: r for r in records}
+    assert set(by_text) == {"hello", "stream it"} and all(r.endpoint is Endpoint.RESPONSES for r in records)
+    assert [m.role for m in by_text["hello"].request.messages] == ["system", "user"]
+    for text, record in by_text.items():
+        assert record.response is not None and record.response.content == f"echo: {text}"
+        assert record.status is CallStatus.OK and record.usage is not None and record.usage.total_tokens
+
+
 async def test_async_client_with_a_publisher_in_the_same_loop(
     stub_teacher: ServerThread, nats_server: NatsServer, tmp_path: Path, tenant: str
 ) -> None:
-    log = CallLogPublisher(nats_server.url, tmp_path / "spool")
+    await asyncio.to_thread(ensure_call_stream, nats_server)
+    log = CallLogPublisher(nats_server.tenant_endpoint(tenant), tmp_path / "spool")
     await log.start()
     client = capture_openai(
         openai.AsyncOpenAI(base_url=stub_teacher.url + "/v1", api_key="k"), log, tenant=tenant
@@ -112,8 +138,15 @@ def test_a_broken_sink_never_fails_the_call(stub_teacher: ServerThread, tenant: 
     assert answer.choices[0].message.content == "echo: still fine"
 
 
-def test_bad_tenant_and_client_type_are_refused_up_front(publisher: BackgroundPublisher) -> None:
+def test_bad_tenant_and_client_type_are_refused_up_front(
+    publisher: BackgroundPublisher, tmp_path: Path
+) -> None:
+    unbound = CallLogPublisher("nats://127.0.0.1:9", tmp_path / "unbound")  # no identity, never started
     with pytest.raises(ValueError, match=r"may only hold 1-64 letters"):
-        capture_openai(openai.OpenAI(api_key="k"), publisher, tenant="acme corp")
+        capture_openai(openai.OpenAI(api_key="k"), unbound, tenant="acme corp")
+    with pytest.raises(ValueError, match=r"no tenant: the call log credentials name none"):
+        capture_openai(openai.OpenAI(api_key="k"), unbound)
+    with pytest.raises(ValueError, match=r"tenant='acme' is refused"):  # the credentials are another's
+        capture_openai(openai.OpenAI(api_key="k"), publisher, tenant="acme")
     with pytest.raises(TypeError, match=r"openai\.OpenAI or openai\.AsyncOpenAI"):
-        capture_openai(object(), publisher, tenant="acme")  # type: ignore[type-var]
+        capture_openai(object(), publisher)  # type: ignore[type-var]

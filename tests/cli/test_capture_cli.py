@@ -15,6 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from protege.capture.access import ADMIN
 from protege.cli import app
 from protege.services.nats import NatsServer
 from protege.services.process import free_port, terminate_pid
@@ -37,11 +38,12 @@ def test_gateway_from_the_command_line_then_tail_and_stats(
     assert entry[0]["tenant"] == tenant and key not in created.stdout.split("\n", 2)[2]
     (tmp_path / "keys.yaml").write_text(yaml.safe_dump(entry))
 
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "PROTEGE_HOME": str(tmp_path / "home"),
         "PROTEGE_NATS_URL": nats_server.url,
+        "PROTEGE_NATS_AUTH__CREDENTIALS_DIR": str(nats_server.credentials_dir),  # it logs as the gateway
         "PROTEGE_TEACHER__URL": stub_teacher.url + "/v1",
         "PROTEGE_TEACHER__MODEL": "stub-teacher",
         "PROTEGE_TEACHER__API_KEY": "teacher-secret-value",
@@ -49,7 +51,10 @@ def test_gateway_from_the_command_line_then_tail_and_stats(
     }
     log = (tmp_path / "gateway.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "protege.cli", "gateway", "--port", str(port), "--log-level", "warning"],
+        [
+            *[sys.executable, "-m", "protege.cli", "gateway", "--port", str(port)],
+            *["--metrics-port", str(metrics_port), "--log-level", "warning"],
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -69,12 +74,16 @@ def test_gateway_from_the_command_line_then_tail_and_stats(
             assert httpx.post(url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
         bad = {"model": "stub-teacher", "messages": [{"role": "user", "content": "!status 500"}]}
         assert httpx.post(url + "/v1/chat/completions", json=bad, headers=headers).status_code == 500
+        assert httpx.get(url + "/metrics").status_code == 404  # /metrics is on its own port
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert f'app="shell",code="200",endpoint="chat.completions",status="ok",tenant="{tenant}"' in metrics
     finally:
         terminate_pid(process.pid)
         log.close()
     assert "teacher-secret-value" not in (tmp_path / "gateway.log").read_text()
 
     monkeypatch.setenv("PROTEGE_NATS_URL", nats_server.url)
+    monkeypatch.setenv("PROTEGE_NATS_AUTH__CREDENTIALS_DIR", str(nats_server.credentials_dir))
     for _ in range(50):  # the gateway flushed its log on shutdown; wait until all six are readable
         lines = runner.invoke(
             app, ["calls", "tail", "--tenant", tenant, "--json", "-n", "100"]
@@ -108,8 +117,15 @@ def test_calls_commands_explain_what_is_wrong(
 ) -> None:
     monkeypatch.setenv("PROTEGE_NATS_URL", nats_server.url)
     monkeypatch.setenv("PROTEGE_CALL_LOG__STREAM", "NO_SUCH_STREAM")
+    monkeypatch.setenv("PROTEGE_NATS_AUTH__CREDENTIALS_DIR", str(nats_server.credentials_dir))
+    denied = runner.invoke(app, ["calls", "tail"])  # the operator may read the configured stream only
+    assert denied.exit_code == 1 and "does not let operator read the call log" in denied.stderr
+    admin = nats_server.endpoint(ADMIN)  # who may ask about any stream
+    monkeypatch.setenv("PROTEGE_NATS_AUTH__USER", str(admin.user))
+    monkeypatch.setenv("PROTEGE_NATS_AUTH__PASSWORD", str(admin.password))
     missing = runner.invoke(app, ["calls", "tail"])
     assert missing.exit_code == 3 and "does not exist yet" in missing.stderr
+    assert str(admin.password) not in missing.stderr + missing.stdout
     bad_window = runner.invoke(app, ["calls", "stats", "--since", "yesterday"])
     assert bad_window.exit_code == 2 and "e.g. 90s, 15m, 1h or 7d" in bad_window.stderr
     monkeypatch.setenv("PROTEGE_NATS_URL", f"nats://127.0.0.1:{free_port()}")

@@ -10,17 +10,20 @@ import sys
 import time
 from pathlib import Path
 
-import nats
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from protege.capture.access import CURATOR, GATEWAY
 from protege.cli import app
 from protege.services.nats import NatsServer
 from protege.store.artifacts import ArtifactStore
+from protege.testing import call_log
 from protege.training.curation import Curator, ExampleStore, NearDuplicateIndex
 from protege.training.curation.consumer import near_text
 from protege.training.examples import example_from_record
+from protege.training.pii import RecordRedaction
+from protege.training.pii.settings import backend_from_settings
 from protege.workload import generate
 
 pytestmark = pytest.mark.slow
@@ -29,7 +32,7 @@ CALLS = 600  # the five families, 120 calls each: every kind of task is found
 
 
 async def publish_workload(url: str, count: int) -> None:
-    client = await nats.connect(url)
+    client = await call_log(url, GATEWAY).connect()
     js = client.jetstream()
     await js.add_stream(name="PROTEGE_CALLS", subjects=["protege.calls.>"])
     for call in generate(count, seed=41):
@@ -47,6 +50,7 @@ def test_curate_killed_mid_run_then_discover_suggest_and_build(
             **os.environ,
             "PROTEGE_HOME": str(tmp_path / "home"),
             "PROTEGE_NATS_URL": server.url,
+            "PROTEGE_NATS_AUTH__CREDENTIALS_DIR": str(server.credentials_dir),  # it curates as the curator
             "PROTEGE_ARTIFACT_STORE": (tmp_path / "store").as_uri(),
         }
         for name, value in env.items():
@@ -74,13 +78,15 @@ def test_curate_killed_mid_run_then_discover_suggest_and_build(
         stored = examples.load("acme")
         index = NearDuplicateIndex()
         assert all(index.add(examples.key(e), near_text(e)) is None for e in stored)
+        backend = backend_from_settings()  # the curator's redaction (NER where installed)
         for call in generate(CALLS, seed=41):
-            example = example_from_record(call.to_record("acme"))
+            example = example_from_record(call.to_record("acme"), RecordRedaction(backend))
             assert examples.key(example) in set(examples.keys()) or index.find(near_text(example)) is not None
         assert written_before_restart < len(stored)
         # And it keeps as many as one uninterrupted run does (near-duplicate choices may differ).
         reference = ArtifactStore((tmp_path / "reference").as_uri())
-        asyncio.run(Curator(server.url, reference, durable="reference").run(until_idle=True, idle_seconds=1))
+        again = Curator(server.endpoint(CURATOR), reference, durable="reference")
+        asyncio.run(again.run(until_idle=True, idle_seconds=1))
         assert abs(len(ExampleStore(reference).keys()) - len(stored)) <= 0.02 * len(stored)
 
     discovered = runner.invoke(app, ["tasks", "discover"])

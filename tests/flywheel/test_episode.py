@@ -38,6 +38,7 @@ from protege.api.specialist import (
     TrainingSpec,
     VersionState,
 )
+from protege.capture.connection import NatsTarget
 from protege.evaluation.metrics import exact_match
 from protege.flywheel.data import StoreData, StoreFacts, call_records
 from protege.flywheel.local import RouteFile
@@ -56,7 +57,7 @@ from protege.serving.router.table import SpecialistRoute, parse_adapter_name
 from protege.serving.server import ServerThread
 from protege.serving.stub_teacher import StubTeacher
 from protege.store.artifacts import ArtifactStore
-from protege.testing import RunningGateway, seed_task
+from protege.testing import RunningGateway, call_log, seed_task
 from protege.training.datasets import load_registry
 from protege.workload import WorkloadCall, generate
 
@@ -118,7 +119,7 @@ class EpisodeIO(StoreFacts):
     """The flywheel's I/O: the store's facts and the call log (:class:`StoreFacts`, as the operator
     and the local driver use them) and the local driver's routing file; no training job runs."""
 
-    def __init__(self, store: ArtifactStore, nats_url: str, table: Path) -> None:
+    def __init__(self, store: ArtifactStore, nats_url: NatsTarget, table: Path) -> None:
         super().__init__(StoreData(store, ttl_seconds=0), nats_url)
         self.routes = RouteFile(table)
 
@@ -303,7 +304,7 @@ async def test_a_serving_version_that_turns_wrong_is_rolled_back_within_the_call
         spec = specialist_spec(gateway.tenant)
         policy = spec.rollout
         bar, confidence = policy.min_agreement, policy.confidence
-        episode = Episode(gateway, spec, EpisodeIO(store, gateway.settings.nats_url, table))
+        episode = Episode(gateway, spec, EpisodeIO(store, call_log(gateway.settings.nats_url), table))
         before, rest = calls[:BEFORE], calls[BEFORE:]
 
         # The bounds. Before the turn every answer agrees: the lower bound clears 0.9 at 95 % after

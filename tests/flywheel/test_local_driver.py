@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from protege.api.specialist import SpecialistPhase, SpecialistSpec, VersionState
+from protege.capture.access import OPERATOR
 from protege.flywheel.data import StoreData
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile
 from protege.flywheel.specialist import PoolFacts
@@ -48,7 +49,7 @@ async def test_the_driver_trains_once_and_puts_the_candidate_in_shadow(
         jobs = RayJobs(ray.address, ray.headers, job_cpus=1)  # one job at a time
 
         def driver() -> LocalDriver:  # a new one each time: a restarted `protege up`
-            io = LocalFlywheelIO(StoreData(store), jobs, routes, nats_server.url)
+            io = LocalFlywheelIO(StoreData(store), jobs, routes, nats_server.endpoint(OPERATOR))
             return LocalDriver(tmp_path / "flywheel", io, pool, job_options=options)
 
         driver().add("intent-router", SPEC)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from protege.capture.access import CURATOR, OPERATOR
 from protege.flywheel.data import StoreData
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile
 from protege.flywheel.loop import LocalFlywheel
@@ -18,6 +19,7 @@ from protege.serving.recorded_teacher import RecordedTeacher
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore
 from protege.testing import RunningGateway
+from protege.training.curation import Curator
 from protege.workload.replay import replay
 
 pytestmark = pytest.mark.slow
@@ -61,11 +63,13 @@ async def test_one_tool_set_shared_by_several_tasks_gives_a_specialist_each_kept
             StoreData(store, ttl_seconds=0),
             RayJobs(ray.address, ray.headers),
             RouteFile(tmp_path / "routes.json"),
-            nats_server.url,
+            nats_server.endpoint(OPERATOR),  # the flywheel reads as the operator...
         )
         driver = LocalDriver(tmp_path / "flywheel", io, PoolFacts(smollm2.as_uri(), 16))
         never_trains = {**POLICY, "data": {"minExamples": 100_000}}
-        wheel = LocalFlywheel(store, nats_server.url, driver, policy=never_trains, discover_every=0)
+        curator = Curator(nats_server.endpoint(CURATOR), store)  # ...and curates as the curator
+        reader = nats_server.endpoint(OPERATOR)
+        wheel = LocalFlywheel(store, reader, driver, policy=never_trains, discover_every=0, curator=curator)
 
         first = await wheel.tick()
         assert first.tasks == 4 and len(set(first.created)) == 4

@@ -289,6 +289,9 @@ def flywheel_cluster(
         "NATS_URL": nats_server.url,
     }.items():
         monkeypatch.setenv(f"PROTEGE_OPERATOR_{name}", value)
+    identity = nats_server.endpoint("operator")  # as the chart passes it: a user, its password from a Secret
+    monkeypatch.setenv("PROTEGE_NATS_AUTH__USER", identity.user)
+    monkeypatch.setenv("PROTEGE_NATS_AUTH__PASSWORD", identity.password)
     pool = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text())
     pool["metadata"] |= {"namespace": "agents", "uid": "u-1", "generation": 1, "resourceVersion": "1"}
     base = yaml.safe_load((ROOT / "examples" / "specialist.yaml").read_text())

@@ -226,3 +226,46 @@ def test_training_pods_go_where_the_specialist_says_else_where_the_pool_serves()
     own = placement({"nodeSelector": {"pool": "training-a100"}, "tolerations": [spot]})
     assert own == {"nodeSelector": {"pool": "training-a100"}, "tolerations": [spot]}
     assert placement({"nodeSelector": {}, "tolerations": []}) == {"nodeSelector": None, "tolerations": None}
+
+
+def test_gateway_metrics_are_scraped_from_their_own_port_which_the_service_leaves_out() -> None:
+    objects = rendered()
+    template = objects["gateway-deployment"]["spec"]["template"]
+    [container] = template["spec"]["containers"]
+    assert {"containerPort": 9090, "name": "metrics"} in container["ports"]
+    assert {"name": "PROTEGE_GATEWAY__METRICS_PORT", "value": "9090"} in container["env"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    assert [port["name"] for port in objects["gateway-service"]["spec"]["ports"]] == ["http"]
+
+
+def test_gateways_get_their_call_log_identity_and_pools_their_token_by_reference() -> None:
+    """The gateway's NATS password and the pool token are secretKeyRefs; a NATS without
+    authentication gets no identity; with TLS the CA is mounted where the setting says."""
+    pool = SpecialistPoolSpec.model_validate(example("pool"))
+
+    def gateway_env(platform: Platform) -> dict[str, dict[str, Any]]:
+        deployment, _ = render_gateway(POOL_OWNER, pool, platform)
+        return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    env = gateway_env(PLATFORM)
+    assert env["PROTEGE_NATS_AUTH__USER"]["value"] == "gateway"
+    assert env["PROTEGE_NATS_AUTH__PASSWORD"]["valueFrom"] == {
+        "secretKeyRef": {"name": "protege-nats-auth", "key": "gateway"}
+    }
+    assert env["PROTEGE_POOL_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "protege-pool-token", "key": "token"}
+    }
+    head = render_ray_service(POOL_OWNER, pool, PLATFORM)["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert env["PROTEGE_POOL_TOKEN"] in head["template"]["spec"]["containers"][0]["env"]
+    assert not any(
+        name.startswith("PROTEGE_NATS_AUTH") for name in gateway_env(Platform(nats_auth_secret=""))
+    )
+    tls = Platform(nats_url="tls://nats.messaging:4222", nats_tls_ca_secret="nats-ca", call_log_replicas="3")
+    deployment, _ = render_gateway(POOL_OWNER, pool, tls)
+    pod = deployment["spec"]["template"]["spec"]
+    mounted = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    ca_file = gateway_env(tls)["PROTEGE_NATS_AUTH__TLS_CA_FILE"]["value"]
+    assert ca_file == f"{mounted['nats-ca']}/ca.crt"
+    assert {"name": "nats-ca", "secret": {"secretName": "nats-ca"}} in pod["volumes"]
+    assert gateway_env(tls)["PROTEGE_CALL_LOG__REPLICAS"]["value"] == "3"
+    kubernetes_validate.validate(deployment, "1.31", strict=True)

@@ -2,7 +2,6 @@
 
 import asyncio
 
-import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
@@ -13,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_jetstream_publish_consume_ack(nats_server: NatsServer) -> None:
-    client = await nats.connect(nats_server.url)
+    client = await nats_server.endpoint().connect()  # the admin: any stream
     try:
         js = client.jetstream()
         await js.add_stream(StreamConfig(name="T1", subjects=["t1.>"], storage=StorageType.FILE))
@@ -39,7 +38,7 @@ async def test_jetstream_publish_consume_ack(nats_server: NatsServer) -> None:
 async def test_restart_after_kill_keeps_the_stream(tmp_path: object) -> None:
     server = NatsServer(tmp_path)  # type: ignore[arg-type]
     with server:
-        client = await nats.connect(server.url)
+        client = await server.endpoint().connect()
         js = client.jetstream()
         await js.add_stream(StreamConfig(name="K", subjects=["k.>"], storage=StorageType.FILE))
         await js.publish("k.a", b"kept")
@@ -47,7 +46,7 @@ async def test_restart_after_kill_keeps_the_stream(tmp_path: object) -> None:
         server.kill()
         assert not port_open(server.host, server.port)
         server.start()
-        client = await nats.connect(server.url)
+        client = await server.endpoint().connect()  # the identities outlive a restart too
         info = await client.jetstream().stream_info("K")
         assert info.state.messages == 1
         await client.close()

@@ -199,7 +199,7 @@ def test_bad_input_gets_an_openai_4xx_and_no_record(
     assert response.status_code == status
     error = response.json()["error"]
     assert message in error["message"] and error["type"] == "invalid_request_error"
-    metrics = httpx.get(gateway.server.url + "/metrics").text
+    metrics = httpx.get(gateway.metrics_url + "/metrics").text
     assert f'protege_gateway_rejected_requests_total{{code="{status}"}} 1.0' in metrics
 
 
@@ -279,7 +279,7 @@ def test_metrics_and_health(start_gateway: Callable[..., RunningGateway]) -> Non
     gateway = start_gateway(app="metered")
     post(gateway, chat("count me"))
     records_of(gateway.settings.nats_url, gateway.tenant, 1)
-    metrics = httpx.get(gateway.server.url + "/metrics").text
+    metrics = httpx.get(gateway.metrics_url + "/metrics").text
     labels = f'app="metered",code="200",endpoint="chat.completions",status="ok",tenant="{gateway.tenant}"'
     assert f"protege_gateway_requests_total{{{labels}}} 1.0" in metrics
     assert 'protege_calllog_records_total{outcome="published"} 1.0' in metrics

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import openai
@@ -240,8 +240,17 @@ class FakeEngine:
 
     Modes: ``ok``; ``fail`` (HTTP 500); ``error-event`` (200, then an error event first);
     ``break`` (two tokens, then the connection drops); ``hang`` (no answer until the mode
-    changes, or a minute passed).
+    changes, or a minute passed); the keys of ``GARBAGE`` (200 with that body, streamed or not).
     """
+
+    GARBAGE: ClassVar[dict[str, bytes]] = {
+        "html": b"<html><body>502 Bad Gateway</body></html>",
+        "json-array": b"[1, 2, 3]",
+        "no-completion": b'{"choices": "none", "usage": 7}',
+        "bad-usage": b'{"choices": [{"index": 0, "message": {"content": "x"}}], "usage": "lots"}',
+        "bytes": b"\xff\xfe\x00garbage",
+        "deep": b"[" * 5000 + b"]" * 5000,
+    }
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -278,6 +287,12 @@ class FakeEngine:
         hung = time.monotonic()
         while self.mode == "hang" and time.monotonic() - hung < 60:  # noqa: ASYNC110 (set by the test's thread)
             await asyncio.sleep(0.05)
+        if self.mode in self.GARBAGE:
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]}
+            )
+            await send({"type": "http.response.body", "body": self.GARBAGE[self.mode]})
+            return
         if self.mode == "fail":
             body = _compact({"error": {"message": "engine exploded", "type": "server_error"}})
             await send(
@@ -578,7 +593,7 @@ def test_embeddings_pass_through_are_counted_and_not_logged(gateway: RunningGate
     _post(gateway, "/chat/completions", _chat("a chat call"))  # the one record
     [record] = records_of(gateway.settings.nats_url, gateway.tenant, 1)
     assert record.endpoint is Endpoint.CHAT_COMPLETIONS
-    metrics = httpx.get(gateway.server.url + "/metrics").text
+    metrics = httpx.get(gateway.metrics_url + "/metrics").text
     labels = f'app="agent",code="200",endpoint="embeddings",status="ok",tenant="{gateway.tenant}"'
     assert f"protege_gateway_requests_total{{{labels}}} 2.0" in metrics
     assert (
@@ -761,6 +776,43 @@ def test_previous_response_id_goes_to_the_teacher(
     assert record.request.model_extra == {"previous_response_id": "resp_earlier"}
 
 
+def test_a_specialists_response_is_kept_for_the_call_that_continues_it(
+    routed: Callable[..., RunningGateway],
+    engine: tuple[ServerThread, FakeEngine],
+    teacher: tuple[ServerThread, FakeOpenAI],
+) -> None:
+    """Only the gateway knows the id of a response a specialist answered: it puts that conversation back."""
+    gateway = routed()
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key)
+    first = client.responses.create(model="intent-spec", instructions="Label it.", input="where is my parcel")
+    assert first.id.startswith("resp_protege_")
+    again = client.responses.create(
+        model="intent-spec", input="and the other one?", previous_response_id=first.id
+    )
+    assert again.output_text == "The answer is forty two"
+    sent, _ = engine[1].requests[-1]
+    assert [(m["role"], m["content"]) for m in sent["messages"]] == [  # earlier instructions are not carried
+        ("user", "where is my parcel"),
+        ("assistant", "The answer is forty two"),
+        ("user", "and the other one?"),
+    ]
+    to_teacher = client.responses.create(model=MODEL, input="thanks", previous_response_id=again.id)
+    asked = json.loads(_sent_to_teacher(teacher[1], "/responses"))
+    assert to_teacher.id == "resp_fake" and "previous_response_id" not in asked
+    assert [item.get("role") for item in asked["input"]] == ["user", "assistant", "user", "assistant", "user"]
+
+    unkept = client.responses.create(model="intent-spec", input="where is my parcel", store=False)
+    refused = _post(
+        gateway, "/responses", {"model": MODEL, "input": "and?", "previous_response_id": unkept.id}
+    )
+    assert refused.status_code == 400 and "no longer keeps it" in refused.json()["error"]["message"]
+    records = records_of(gateway.settings.nats_url, gateway.tenant, 4)
+    continued = [r for r in records if len(r.request.messages) == 3]
+    assert (
+        continued and continued[0].route.target is UpstreamKind.SPECIALIST
+    )  # logged as the whole conversation
+
+
 def _intent_call(seed: int) -> dict[str, Any]:
     request = generate(1, seed=seed, families=("intent",))[0].to_record().request
     return {**request.model_dump(exclude_none=True), "model": MODEL}
@@ -906,6 +958,30 @@ def test_a_specialist_failing_before_its_first_token_leaves_the_call_to_the_teac
     assert record.alternate is not None and record.alternate.error is not None
 
 
+def test_an_engine_answering_200_with_garbage_leaves_the_call_to_the_teacher(
+    routed: Callable[..., RunningGateway],
+    engine: tuple[ServerThread, FakeEngine],
+    file_artifact_store: ArtifactStore,
+) -> None:
+    """Not JSON, not a chat completion, not an event stream: never a 5xx, the teacher answers."""
+    gateway = routed(router={"breaker_failures": 100})  # every call asks the engine first
+    _seed_intent_task(gateway, file_artifact_store)
+    for number, mode in enumerate(sorted(FakeEngine.GARBAGE)):
+        engine[1].mode = mode
+        asked = len(engine[1].requests)
+        whole = _post(gateway, "/chat/completions", _intent_call(40 + 2 * number))
+        assert whole.status_code == 200 and "x-protege-upstream" not in whole.headers, mode
+        assert whole.json()["choices"][0]["message"]["content"].startswith("fake: "), mode  # the teacher's
+        _, events = _arrivals(gateway, {**_intent_call(41 + 2 * number), "stream": True})
+        text = "".join(
+            e["choices"][0]["delta"].get("content") or ""
+            for e in events
+            if isinstance(e, dict) and e["choices"]
+        )
+        assert text.startswith("fake: "), mode
+        assert len(engine[1].requests) == asked + 2, mode  # both were asked of the engine first
+
+
 @pytest.mark.parametrize("api", ["chat", "responses"])
 def test_a_specialist_breaking_off_mid_stream_ends_it_with_an_error_logged_once(
     routed: Callable[..., RunningGateway],
@@ -985,7 +1061,7 @@ def test_teacher_samples_score_the_specialist_and_a_shadow_against_the_teacher(
         shadow = record.alternate
         assert shadow is not None and shadow.upstream.version == "v2"
         assert shadow.agreement == 0.0  # against the serving v1's identical answer it would be 1.0
-    metrics = httpx.get(gateway.server.url + "/metrics").text
+    metrics = httpx.get(gateway.metrics_url + "/metrics").text
     assert 'protege_router_teacher_samples_total{outcome="taken",specialist="intent-spec"} 3.0' in metrics
 
 
@@ -1004,14 +1080,14 @@ def test_teacher_samples_stay_within_their_budget(
         assert _post(gateway, "/chat/completions", _intent_call(30 + seed)).status_code == 200
     logged = records_of(gateway.settings.nats_url, gateway.tenant, 4)
     assert sum(isinstance(r, CallRecord) and r.teacher_sample is not None for r in logged) == 2
-    metrics = httpx.get(gateway.server.url + "/metrics").text
+    metrics = httpx.get(gateway.metrics_url + "/metrics").text
     assert 'protege_router_teacher_samples_total{outcome="budget",specialist="intent-spec"} 2.0' in metrics
 
 
 def _breaker_metrics(gateway: RunningGateway) -> dict[str, float]:
     """The breaker lines of the gateway's /metrics, by their name and labels."""
     found = {}
-    for line in httpx.get(gateway.server.url + "/metrics").text.splitlines():
+    for line in httpx.get(gateway.metrics_url + "/metrics").text.splitlines():
         if line.startswith(("protege_router_breaker_", "protege_router_deadline_seconds")):
             name, value = line.rsplit(" ", 1)
             found[name] = float(value)

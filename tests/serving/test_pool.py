@@ -79,21 +79,30 @@ def test_gpu_pools_run_vllm_with_cuda_graphs_and_cpu_pools_eager() -> None:
     assert deployment_options(gpu)["ray_actor_options"]["num_gpus"] == 2  # the replica's GPUs, once
 
 
-def _chat(url: str, adapter: str | None, text: str = "hello") -> httpx.Response:
-    headers = {"serve_multiplexed_model_id": adapter} if adapter else {}
+def _chat(pool: ServedPool, adapter: str | None, text: str = "hello") -> httpx.Response:
+    """A call as a gateway makes it: with the pool token."""
+    headers = {"serve_multiplexed_model_id": adapter, **pool.headers} if adapter else pool.headers
     body = {
         "model": adapter or "smollm2-135m",
         "messages": [{"role": "user", "content": text}],
         "max_tokens": 5,
     }
-    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=180)
+    return httpx.post(f"{pool.url}/v1/chat/completions", json=body, headers=headers, timeout=180)
 
 
 @pytest.mark.slow
 def test_a_pool_replica_multiplexes_adapters_from_the_store(
     smollm2_pool: ServedPool, smollm2: Path, tmp_path: Path
 ) -> None:
-    serve_pool, pool_store = smollm2_pool.url, smollm2_pool.store
+    serve_pool, pool_store = smollm2_pool, smollm2_pool.store
+    # only a holder of the pool token (a gateway) is answered; health stays open
+    anyone = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        chat = f"{serve_pool.url}/v1/chat/completions"
+        refused = httpx.post(chat, json=anyone, headers=headers, timeout=30)
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{serve_pool.url}/v1/models", timeout=30).status_code == 401
+    assert httpx.get(f"{serve_pool.url}/health", timeout=30).status_code == 200
     ours = {"base_model": "smollm2-135m"}
     versions = [
         pool_store.put_artifact(
@@ -106,7 +115,12 @@ def test_a_pool_replica_multiplexes_adapters_from_the_store(
     # SmolLM2's template knows no tools: the replica writes them into the prompt (Hermes)
     [call] = generate(1, seed=3, families=("tool",))
     body = {**call.request, "model": "smollm2-135m", "messages": [{"role": "user", "content": "hello"}]}
-    with_tools = httpx.post(f"{serve_pool}/v1/chat/completions", json={**body, "max_tokens": 5}, timeout=180)
+    with_tools = httpx.post(
+        f"{serve_pool.url}/v1/chat/completions",
+        json={**body, "max_tokens": 5},
+        headers=serve_pool.headers,
+        timeout=180,
+    )
     assert with_tools.status_code == 200, with_tools.text
     added = with_tools.json()["usage"]["prompt_tokens"] - plain.json()["usage"]["prompt_tokens"]
     assert added > 80  # the preamble and search_flights' schema reached the model
@@ -116,9 +130,8 @@ def test_a_pool_replica_multiplexes_adapters_from_the_store(
     assert first.json()["model"] == f"spec0@{versions[0]}"  # vLLM answered with the adapter
     for i in (1, 2):
         assert _chat(serve_pool, f"spec{i}@{versions[i]}").status_code == 200
-    resident = {m["id"] for m in httpx.get(f"{serve_pool}/v1/models", timeout=30).json()["data"]} - {
-        "smollm2-135m"
-    }
+    models = httpx.get(f"{serve_pool.url}/v1/models", headers=serve_pool.headers, timeout=30)
+    resident = {m["id"] for m in models.json()["data"]} - {"smollm2-135m"}
     assert resident == {f"spec1@{versions[1]}", f"spec2@{versions[2]}"}  # maxLoras 2: spec0 evicted (LRU)
     assert _chat(serve_pool, f"spec0@{versions[0]}").status_code == 200  # and loaded again on demand
 
@@ -191,6 +204,7 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     gateway = start_gateway(
         artifact_store=store.url,
         s3=smollm2_pool.s3,
+        pool_token=smollm2_pool.token,  # the gateway holds the pool's token; without it the engine refuses
         router={"enabled": True, "engine_url": engine, "table": str(table_file), "refresh_seconds": 0.01},
     )
     tenant = gateway.tenant
@@ -285,7 +299,7 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     unshadowed = call(request_of("intent", seed=20))
     assert unshadowed.headers["x-protege-upstream"] == f"intent-spec@{v_new}"
     settings.router.max_shadow_in_flight = 16
-    skipped = httpx.get(gateway.server.url + "/metrics").text
+    skipped = httpx.get(gateway.metrics_url + "/metrics").text
     assert (
         f'protege_router_shadows_skipped_total{{specialist="intent-spec",version="{v_intent}"}} 1.0'
         in skipped
@@ -346,9 +360,9 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     assert "the engine refused the adapter" in messages
     assert "above the pool's engine.maxLoraRank 16" in messages
     assert "trained on 'qwen2.5-0.5b'" in messages
-    loaded = httpx.get(f"{engine}/v1/models", timeout=30).json()["data"]
+    loaded = httpx.get(f"{engine}/v1/models", headers=smollm2_pool.headers, timeout=30).json()["data"]
     names = {m["id"] for m in loaded}
     assert f"intent-spec@{v_broken}" not in names and f"wide-spec@{v_wide}" not in names
     assert len(names - {"smollm2-135m"}) <= 2  # at most engine.maxLoras resident (LRU eviction)
-    metrics = client.get("/metrics").text
+    metrics = httpx.get(gateway.metrics_url + "/metrics", timeout=30).text
     assert 'protege_router_calls_total{reason="fallback_invalid_output"' in metrics

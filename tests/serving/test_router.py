@@ -325,6 +325,23 @@ async def test_structure_decides_alone_and_embeddings_only_split_shared_prompts(
     assert await TaskClassifier(shared, COUNTS).match("acme", _request("Help.", "x")) is None  # no embedder
 
 
+class MissingEmbedder(FakeEmbedder):
+    def encode(self, texts: list[str]) -> np.ndarray:
+        raise ModuleNotFoundError("No module named 'sentence_transformers'")
+
+
+async def test_a_gateway_without_the_embedding_model_sends_such_calls_to_the_teacher(tmp_path: Path) -> None:
+    """The serving image needs no sentence-transformers: a call that needs an embedding is the teacher's."""
+    shared = [_task("refunds", "Help.", [1.0, 0.0]), _task("other", "Help.", [0.0, 1.0])]
+    classifier = TaskClassifier(shared, COUNTS, CallEmbeddings(MissingEmbedder()))
+    with pytest.raises(RouterBusyError, match="the embedder failed: ModuleNotFoundError"):
+        await classifier.match("acme", _request("Help.", "I want a refund"))
+    router = Router(Settings(home=tmp_path, router={"enabled": True, "engine_url": "http://127.0.0.1:9"}))
+    router.classifier = classifier
+    plan = await router.plan("acme", _request("Help.", "I want a refund"))
+    assert plan.route is None and plan.choice.reason is RouteReason.ROUTER_BUSY
+
+
 class OtherEmbedder(FakeEmbedder):
     name = "minilm"
 

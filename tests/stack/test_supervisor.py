@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from protege.cli import app
+from protege.cli.common import settings
 from protege.services.nats import NatsServer
 from protege.services.process import pid_alive
 from protege.services.seaweedfs import SeaweedS3
@@ -100,6 +101,7 @@ def test_commands_beside_a_running_stack_read_its_store(
     state = {
         "supervisor": os.getpid(),  # alive: the stack is up
         "nats": nats_server.url,
+        "nats_credentials": str(nats_server.credentials_dir),
         "s3": {"endpoint": seaweed_s3.endpoint_url, "dir": str(seaweed_s3.data_dir)},
         "pids": {},
     }
@@ -109,3 +111,5 @@ def test_commands_beside_a_running_stack_read_its_store(
     assert listed.exit_code == 0 and "task-beside" in listed.output, listed.output
     shown = runner.invoke(app, ["tasks", "show", "task-beside"])
     assert shown.exit_code == 0 and "fingerprint" in shown.output, shown.output
+    # and its call log, each command with its own identity from the stack's NATS credentials
+    assert settings().nats_auth.credentials_dir == nats_server.credentials_dir

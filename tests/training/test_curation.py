@@ -6,14 +6,15 @@ import json
 import time
 from pathlib import Path
 
-import nats
 import pytest
 
 from protege.api.calls import CallRecord, CallStatus, Endpoint, ErrorInfo, Upstream, UpstreamKind
 from protege.api.ids import uuid7_at
+from protege.capture.access import ADMIN, CURATOR, GATEWAY
 from protege.config import ConfigError, CurationPolicy, CurationSettings, load_settings
 from protege.services.nats import NatsServer
 from protege.store.artifacts import ArtifactStore
+from protege.testing import call_log
 from protege.training.curation import (
     DEAD_LETTER_STREAM,
     Curator,
@@ -93,7 +94,7 @@ async def publish(
     raw: list[tuple[str, bytes]] = (),  # type: ignore[assignment]
     stream_exists: bool = False,
 ) -> None:
-    client = await nats.connect(url)
+    client = await call_log(url, GATEWAY).connect()  # as a gateway: it may make the stream
     js = client.jetstream()
     if not stream_exists:
         await js.add_stream(name="PROTEGE_CALLS", subjects=["protege.calls.>"])
@@ -129,7 +130,7 @@ async def test_curator_keeps_clean_unique_examples_and_parks_bad_messages(tmp_pa
     with NatsServer(tmp_path / "nats") as server:
         await publish(server.url, good + extra, bad)
         store = ArtifactStore((tmp_path / "store").as_uri())
-        stats = await Curator(server.url, store, batch=64).run(until_idle=True, idle_seconds=1)
+        stats = await Curator(server.endpoint(CURATOR), store, batch=64).run(until_idle=True, idle_seconds=1)
         distinct = {
             (c.request["messages"][-1]["content"], json.dumps(c.answer, sort_keys=True)) for c in calls
         }
@@ -139,17 +140,20 @@ async def test_curator_keeps_clean_unique_examples_and_parks_bad_messages(tmp_pa
         assert stats.rejected == {"failed": 1, "empty": 1} and stats.dead_lettered == 3
         # Calls that differ only in punctuation or one value in a long text are near duplicates.
         assert 0.8 * len(distinct) <= stats.kept <= len(distinct) + 2
-        assert stats.redactions == {"EMAIL": 1, "PHONE": 1}
+        # The extra call's email and phone; the workload's customers sign with their first names.
+        assert stats.redactions["EMAIL"] == 1 and stats.redactions["PHONE"] == 1
+        assert set(stats.redactions) == {"EMAIL", "PHONE", "PERSON"}
         examples = ExampleStore(store).load("acme")
         assert len(examples) == stats.kept
         texts = [e.user_text for e in examples]
-        assert texts.count(LONG_EMAIL.format(n=4, tail="Thanks, Anna")) == 1
+        # Anna's name is redacted; Ann's call is then a duplicate of hers.
+        assert texts.count(LONG_EMAIL.format(n=4, tail="Thanks, <PERSON_1>")) == 1
         assert LONG_EMAIL.format(n=4, tail="Thanks, Ann") not in texts
         assert texts.count(str(good[0].request.messages[-1].content)) == 1
         dumped = "".join(e.model_dump_json() for e in examples)
         assert "jane.doe@example.com" not in dumped and "555-0132" not in dumped
 
-        client = await nats.connect(server.url)
+        client = await server.endpoint(ADMIN).connect()
         parked = await client.jetstream().pull_subscribe("protege.deadletter.>", stream=DEAD_LETTER_STREAM)
         messages = await parked.fetch(3, timeout=5)
         assert [m.data for m in messages] == [data for _, data in bad]
@@ -158,9 +162,9 @@ async def test_curator_keeps_clean_unique_examples_and_parks_bad_messages(tmp_pa
 
         # A restarted curator (same durable) has nothing left; a second one re-reading the
         # whole log (another durable) writes nothing new: writes are idempotent.
-        again = await Curator(server.url, store, batch=64).run(until_idle=True, idle_seconds=1)
+        again = await Curator(server.endpoint(CURATOR), store, batch=64).run(until_idle=True, idle_seconds=1)
         assert again.seen == 0
-        reread = await Curator(server.url, store, durable="second-reader").run(
+        reread = await Curator(server.endpoint(CURATOR), store, durable="second-reader").run(
             until_idle=True, idle_seconds=1
         )
         assert reread.kept == 0 and len(ExampleStore(store).keys("acme")) == stats.kept
@@ -169,8 +173,8 @@ async def test_curator_keeps_clean_unique_examples_and_parks_bad_messages(tmp_pa
 class _Message:
     """Just enough of a JetStream message for a batch that never reaches NATS."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, call: CallRecord) -> None:
+        self.data, self.subject = call.to_json(), call.subject
         self.acked = False
 
     async def ack(self) -> None:
@@ -185,7 +189,7 @@ async def test_a_failed_write_acknowledges_nothing(tmp_path: Path, monkeypatch: 
         raise OSError("disk full")
 
     monkeypatch.setattr(curator, "_write", broken)
-    messages = [_Message(record(f"hello {i}").to_json()) for i in range(3)]
+    messages = [_Message(record(f"hello {i}")) for i in range(3)]
     with pytest.raises(OSError, match="disk full"):
         await curator._curate_batch(None, messages)  # type: ignore[arg-type]
     assert not any(m.acked for m in messages)
@@ -195,7 +199,8 @@ async def test_a_failed_write_acknowledges_nothing(tmp_path: Path, monkeypatch: 
 async def test_before_the_first_call_there_is_nothing_to_curate(tmp_path: Path) -> None:
     """A fresh flywheel ticks before any gateway made the call log: no error, nothing curated."""
     with NatsServer(tmp_path / "nats") as server:
-        stats = await Curator(server.url, ArtifactStore((tmp_path / "store").as_uri())).run(until_idle=True)
+        curator = Curator(server.endpoint(CURATOR), ArtifactStore((tmp_path / "store").as_uri()))
+        stats = await curator.run(until_idle=True)
         assert stats.seen == 0 and stats.kept == 0
 
 
@@ -217,7 +222,7 @@ async def test_examples_past_their_tenants_retention_are_deleted(tmp_path: Path)
     with NatsServer(tmp_path / "nats") as server:
         await publish(server.url, records)
         store = ArtifactStore((tmp_path / "store").as_uri())
-        curator = Curator(server.url, store, settings)
+        curator = Curator(server.endpoint(CURATOR), store, settings)
         stats = await curator.run(until_idle=True, idle_seconds=1)
         assert stats.kept == 3 and stats.expired == 0  # pruned before anything was stored
         curator.prune_every_seconds = 0  # the next pass is due
@@ -242,3 +247,5 @@ def test_every_curator_of_an_installation_reads_its_configured_stream(tmp_path: 
         configured.curation,
         configured.nats_url,
     )
+    # it makes the stream when no gateway has yet (a tenant's listener SDK may not), as configured
+    assert curator.create_stream is not None and curator.create_stream.name == "AGENT_CALLS"

@@ -1,13 +1,8 @@
 """Curation (S2): from the call log to filtered, de-duplicated, PII-free examples."""
 
+from protege.capture.access import DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT
 from protege.config import CurationPolicy, CurationSettings
-from protege.training.curation.consumer import (
-    DEAD_LETTER_STREAM,
-    DEAD_LETTER_SUBJECT,
-    CurationStats,
-    Curator,
-    ExampleStore,
-)
+from protege.training.curation.consumer import CurationStats, Curator, ExampleStore
 from protege.training.curation.filters import NearDuplicateIndex, reject_reason
 
 __all__ = [

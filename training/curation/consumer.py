@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
@@ -29,6 +28,10 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from protege.api.calls import SUBJECT_PREFIX, CallRecord
+from protege.capture.access import CURATOR, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT
+from protege.capture.connection import NatsEndpoint, NatsTarget
+from protege.capture.publisher import StreamSettings, ensure_stream
+from protege.capture.reader import record_on_subject
 from protege.config import CurationSettings, Settings
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.training.curation.filters import (
@@ -39,13 +42,11 @@ from protege.training.curation.filters import (
     teacher_view,
 )
 from protege.training.examples import DAY_MS, Example, example_from_record
-from protege.training.pii import Finding, RecordRedaction
+from protege.training.pii import Finding, PiiBackend, RecordRedaction, backend_from_settings
 
 log = logging.getLogger(__name__)
 
 EXAMPLES_AREA = "examples"
-DEAD_LETTER_STREAM = "PROTEGE_DEADLETTER"
-DEAD_LETTER_SUBJECT = "protege.deadletter.calls"
 
 
 def tenant_prefix(tenant: str) -> str:
@@ -117,7 +118,7 @@ class CurationStats:
 class Curator:
     def __init__(
         self,
-        nats_url: str,
+        nats_url: NatsTarget,
         store: ArtifactStore,
         settings: CurationSettings | None = None,
         *,
@@ -125,12 +126,15 @@ class Curator:
         durable: str = "protege-curator",
         batch: int = 256,
         prune_every_seconds: float = 3600.0,
+        create_stream: StreamSettings | None = None,
     ) -> None:
-        self.nats_url = nats_url
+        self.endpoint = NatsEndpoint.of(nats_url)
+        self.nats_url = str(self.endpoint)  # the servers only: never the credentials
         self.examples = ExampleStore(store)
         self.settings = settings or CurationSettings()
         self.stream = stream
         self.durable = durable
+        self.create_stream = create_stream  # made (or updated) before consuming, as a gateway does
         self.batch = batch
         self.stats = CurationStats()
         self.prune_every_seconds = prune_every_seconds
@@ -140,7 +144,16 @@ class Curator:
     @classmethod
     def from_settings(cls, settings: Settings, store: ArtifactStore) -> Curator:
         """The curator of a configured installation: its NATS, its call-log stream, its curation."""
-        return cls(settings.nats_url, store, settings.curation, stream=settings.call_log.stream)
+        endpoint = NatsEndpoint.from_settings(settings, CURATOR)
+        stream = StreamSettings.from_settings(settings)  # a tenant's SDK may not make it: the curator does
+        return cls(endpoint, store, settings.curation, stream=stream.name, create_stream=stream)
+
+    def pii_backend(self) -> PiiBackend:
+        """The PII detectors ``curation.pii_detector`` names (Presidio's NER where installed)."""
+        return backend_from_settings(self.settings)
+
+    def _example(self, record: CallRecord, redact_pii: bool) -> Example:
+        return example_from_record(record, RecordRedaction(self.pii_backend() if redact_pii else _no_pii))
 
     def _near_index(self, tenant: str) -> NearDuplicateIndex:
         if tenant not in self._near:
@@ -154,12 +167,12 @@ class Curator:
         self, *, until_idle: bool = False, idle_seconds: float = 2.0, stop: asyncio.Event | None = None
     ) -> CurationStats:
         """Curate until ``stop`` is set, or (``until_idle``) until no record came for ``idle_seconds``."""
-        client = await nats.connect(
-            self.nats_url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5
-        )
+        client = await self.endpoint.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         try:
             js = client.jetstream()
             await _ensure_dead_letter_stream(js)
+            if self.create_stream is not None:
+                await ensure_stream(js, self.create_stream)
             config = ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.settings.ack_wait_seconds,
@@ -212,7 +225,7 @@ class Curator:
         for message in messages:
             self.stats.seen += 1
             try:
-                record = teacher_view(CallRecord.from_json(message.data))
+                record = teacher_view(record_on_subject(message.data, message.subject))
             except (ValidationError, ValueError) as error:
                 await self._dead_letter(js, message, error)
                 continue
@@ -221,8 +234,9 @@ class Curator:
             if reason is not None:
                 self.stats.rejected[reason] += 1
                 continue
-            redaction = RecordRedaction() if policy.redact_pii else RecordRedaction(_no_pii)
-            example = example_from_record(record, redaction)
+            # In a thread: NER takes milliseconds a text (and seconds to load, the first time), and
+            # the event loop must keep the connection and the acks going meanwhile.
+            example = await asyncio.to_thread(self._example, record, policy.redact_pii)
             key = self.examples.key(example)
             if key in to_write or await asyncio.to_thread(self.examples.has, key):
                 self.stats.duplicates += 1

@@ -1,7 +1,14 @@
 """PII removal before anything is stored: offline detectors and consistent placeholders."""
 
 from protege.training.pii.detectors import DETECTORS, Finding, PiiType, detect
-from protege.training.pii.redactor import PiiBackend, RecordRedaction, builtin_backend, presidio_backend
+from protege.training.pii.redactor import (
+    PiiBackend,
+    RecordRedaction,
+    builtin_backend,
+    presidio_backend,
+    redact_record,
+)
+from protege.training.pii.settings import backend_from_settings
 
 __all__ = [
     "DETECTORS",
@@ -9,7 +16,9 @@ __all__ = [
     "PiiBackend",
     "PiiType",
     "RecordRedaction",
+    "backend_from_settings",
     "builtin_backend",
     "detect",
     "presidio_backend",
+    "redact_record",
 ]

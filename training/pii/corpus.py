@@ -19,6 +19,7 @@ from protege.training.pii.detectors import PiiType, iban_ok, luhn_ok
 class Snippet:
     text: str
     entities: list[tuple[PiiType, str]] = field(default_factory=list)
+    key: str | None = None  # the text is the value of this tool-call argument
 
 
 def _luhn_complete(prefix: str, length: int, rng: random.Random) -> str:

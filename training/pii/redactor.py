@@ -2,8 +2,11 @@
 
 Training data keeps its structure — the model still learns that an email goes here and
 that the same address appears twice — without the values. One :class:`RecordRedaction`
-covers one call record: every text of it (prompts, answers, tool-call arguments) shares
-its numbering, and the counts per type feed the dataset manifest.
+covers one call record: every text of it (prompts, answers, tool-call arguments, the
+``name`` of a message) shares its numbering, and the counts per type feed the dataset
+manifest. :func:`redact_record` applies it to a whole :class:`CallRecord` (redaction at
+capture); curation applies it to the example it builds. Both go through
+:meth:`RecordRedaction.message`, so a message is redacted the same way wherever it is.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from protege.training.pii.detectors import Finding, PiiType, detect
+from protege.training.pii.detectors import Finding, PiiType, detect, key_context, key_type, trim
+
+if TYPE_CHECKING:
+    from protege.api.calls import CallRecord
 
 
 class PiiBackend(Protocol):
-    """Something that finds PII spans in a text (the built-in detectors, or Presidio)."""
+    """Something that finds PII spans in a text (the built-in detectors, or Presidio's NER with them)."""
 
     def __call__(self, text: str) -> list[Finding]: ...
 
@@ -32,41 +38,19 @@ def builtin_backend(types: Iterable[PiiType] | None = None) -> PiiBackend:
     return find
 
 
-def presidio_backend(language: str = "en") -> PiiBackend:
-    """Microsoft Presidio's analyzer, when it and a spaCy model are installed (not offline here)."""
-    try:
-        from presidio_analyzer import AnalyzerEngine  # type: ignore[import-not-found]
-    except ImportError:
-        raise RuntimeError(
-            "the Presidio backend needs `pip install presidio-analyzer` and a spaCy model "
-            "(`python -m spacy download en_core_web_lg`); the built-in detectors need neither"
-        ) from None
-    engine = AnalyzerEngine()
-    mapping = {
-        "EMAIL_ADDRESS": PiiType.EMAIL,
-        "PHONE_NUMBER": PiiType.PHONE,
-        "CREDIT_CARD": PiiType.CREDIT_CARD,
-        "US_SSN": PiiType.US_SSN,
-        "IBAN_CODE": PiiType.IBAN,
-        "IP_ADDRESS": PiiType.IP_ADDRESS,
-        "PERSON": PiiType.PERSON,
-    }
+def presidio_backend(language: str = "en", model: str | None = None) -> PiiBackend:
+    """The built-in detectors plus Presidio's spaCy NER for names anywhere in text
+    (see :mod:`protege.training.pii.ner`); RuntimeError saying how to install it when absent."""
+    from protege.training.pii.ner import DEFAULT_MODEL, NerBackend
 
-    def find(text: str) -> list[Finding]:
-        results = engine.analyze(text=text, language=language)
-        found = [
-            Finding(mapping[r.entity_type], r.start, r.end, text[r.start : r.end])
-            for r in results
-            if r.entity_type in mapping
-        ]
-        # Presidio has no secret detectors: keep the built-in ones for keys and credentials.
-        secrets = detect(text, frozenset({PiiType.PRIVATE_KEY, PiiType.URL_CREDENTIALS, PiiType.API_KEY}))
-        return sorted(found + secrets, key=lambda f: f.start)
-
-    return find
+    return NerBackend(model or DEFAULT_MODEL, language=language)
 
 
 PLACEHOLDER = re.compile(r"<(?:" + "|".join(t.value for t in PiiType) + r")_\d+>")
+# Message roles whose `name` is a person's (or their account's): replaced whatever its shape.
+_PERSON_ROLES = ("user",)
+# Roles whose `name` is a function's name, not a participant's: kept.
+_FUNCTION_ROLES = ("tool", "function")
 
 
 class RecordRedaction:
@@ -83,50 +67,183 @@ class RecordRedaction:
         if key not in self._numbers:
             self._per_type[kind] += 1
             self._numbers[key] = self._per_type[kind]
+        self.counts[kind.value] += 1
         return f"<{kind.value}_{self._numbers[key]}>"
 
-    def text(self, text: str) -> str:
-        if not text:
+    def text(self, text: str, key: str | None = None) -> str:
+        """``text`` with its PII replaced (``key``: see :func:`find_pii`)."""
+        if not text or PLACEHOLDER.fullmatch(text.strip()):
             return text
+        return self._replace(text, find_pii(self.backend, text, key))
+
+    def _replace(self, text: str, findings: list[Finding]) -> str:
+        protected = [m.span() for m in PLACEHOLDER.finditer(text)]  # already redacted
         out, last = [], 0
-        for finding in self.backend(text):
-            if PLACEHOLDER.fullmatch(finding.text):
-                continue  # already redacted
-            out.append(text[last : finding.start])
-            out.append(self.placeholder(finding.type, finding.text))
-            self.counts[finding.type.value] += 1
-            last = finding.end
+        for finding in sorted(findings, key=lambda f: f.start):
+            for start, end in _outside(finding.start, finding.end, protected, text):
+                if start < last:
+                    continue
+                out.append(text[last:start])
+                out.append(self.placeholder(finding.type, text[start:end]))
+                last = end
         out.append(text[last:])
         return "".join(out)
 
     def json_text(self, text: str) -> str:
-        """Tool-call arguments: redact the string values of the JSON, keep it valid JSON.
-
-        Text that is not JSON (a model may emit broken arguments) is redacted as text.
-        """
+        """Tool-call arguments: redact the string and number values of the JSON (each with its
+        key as context), keep it valid JSON. Text that is not JSON (a model may emit broken
+        arguments) is redacted as text."""
         try:
             value = json.loads(text)
         except ValueError:
             return self.text(text)
         return json.dumps(self.value(value), ensure_ascii=False)
 
-    def value(self, value: Any) -> Any:
-        """Any JSON-like value: strings redacted, structure kept (keys are left as they are)."""
+    def value(self, value: Any, key: str | None = None) -> Any:
+        """Any JSON-like value: strings redacted, structure kept (keys are left as they are).
+
+        A number that is PII as a whole (a phone number, an SSN, a card under its key) becomes
+        the placeholder string; other numbers (amounts, quantities, ids) stay numbers.
+        """
         if isinstance(value, str):
-            return self.text(value)
+            return self.text(value, key)
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int | float):
+            redacted = self.text(str(value), key)
+            return redacted if redacted != str(value) and PLACEHOLDER.search(redacted) else value
         if isinstance(value, list):
-            return [self.value(item) for item in value]
+            return [self.value(item, key) for item in value]
         if isinstance(value, dict):
-            return {key: self.value(item) for key, item in value.items()}
+            return {name: self.value(item, str(name)) for name, item in value.items()}
         return value
+
+    def message(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A chat message as a dict (``model_dump``): content, the participant's ``name`` and
+        tool-call arguments redacted; a tool's or function's name is kept."""
+        data = dict(data)
+        content = data.get("content")
+        if isinstance(content, str):
+            data["content"] = self.text(content)
+        elif content is not None:
+            data["content"] = self.value(content)
+        if data.get("refusal"):
+            data["refusal"] = self.text(data["refusal"])
+        name = data.get("name")
+        if isinstance(name, str) and name and data.get("role") not in _FUNCTION_ROLES:
+            if data.get("role") in _PERSON_ROLES and not PLACEHOLDER.fullmatch(name):
+                data["name"] = self.placeholder(PiiType.PERSON, name)
+            else:
+                data["name"] = self.text(name, "name")
+        if data.get("tool_calls"):
+            calls = []
+            for call in data["tool_calls"]:
+                function = dict(call["function"])
+                function["arguments"] = self.json_text(function["arguments"])
+                calls.append({**call, "function": function})
+            data["tool_calls"] = calls
+        return data
+
+
+def find_pii(backend: PiiBackend, text: str, key: str | None = None) -> list[Finding]:
+    """What ``backend`` finds in ``text``. ``key``: the name the text is the value of (a
+    tool-call argument, a message field): a key that names a type (``email``, ``dob``,
+    ``passport``) makes the whole value of that type when it has the shape; any other key is
+    put before the text as a cue for the detectors ("order id: ...")."""
+    if not key:
+        return backend(text)
+    kind = key_type(key, text)
+    if kind is not None:
+        start = len(text) - len(text.lstrip())
+        end = len(text.rstrip())
+        return [Finding(kind, start, end, text[start:end])]
+    prefix = key_context(key) + ": "
+    shifted = [_shift(f, -len(prefix), text) for f in backend(prefix + text)]
+    return [f for f in shifted if f is not None]
+
+
+def redact_record(record: CallRecord, backend: PiiBackend | None = None) -> CallRecord:
+    """The record with every text a person or a model wrote redacted, with one numbering:
+    the request's messages and ``user``, the answer, a shadow answer and a teacher sample,
+    and error messages (an upstream may quote the input). Ids, timings, usage, tool schemas
+    and routing are kept."""
+    from protege.api.calls import CallRecord
+
+    redaction = RecordRedaction(backend)
+    data = record.model_dump(mode="json", exclude_none=True)
+    request = data["request"]
+    request["messages"] = [redaction.message(m) for m in request["messages"]]
+    if request.get("user"):
+        request["user"] = redaction.text(request["user"], "user")
+    if data.get("response"):
+        data["response"] = _redact_response(data["response"], redaction)
+    for field in ("alternate", "teacher_sample"):
+        if data.get(field):
+            data[field] = _redact_alternate(data[field], redaction)
+    if data.get("error"):
+        data["error"]["message"] = redaction.text(data["error"]["message"])
+    return CallRecord.model_validate(data)
+
+
+def _redact_response(response: dict[str, Any], redaction: RecordRedaction) -> dict[str, Any]:
+    choices = [{**c, "message": redaction.message(c["message"])} for c in response.get("choices", [])]
+    return {**response, "choices": choices}
+
+
+def _redact_alternate(answer: dict[str, Any], redaction: RecordRedaction) -> dict[str, Any]:
+    answer = dict(answer)
+    if answer.get("response"):
+        answer["response"] = _redact_response(answer["response"], redaction)
+    if answer.get("error"):
+        answer["error"] = {**answer["error"], "message": redaction.text(answer["error"]["message"])}
+    return answer
+
+
+def _shift(finding: Finding, offset: int, text: str) -> Finding | None:
+    """A finding in ``prefix + text`` moved onto ``text``; None if it lay in the prefix."""
+    start, end = max(0, finding.start + offset), min(len(text), finding.end + offset)
+    if end <= start:
+        return None
+    return Finding(finding.type, start, end, text[start:end])
+
+
+def _outside(start: int, end: int, protected: list[tuple[int, int]], text: str) -> list[tuple[int, int]]:
+    """The parts of [start, end) outside the protected spans, with a word character in them."""
+    pieces = [(start, end)]
+    for p_start, p_end in protected:
+        pieces = [
+            piece
+            for s, e in pieces
+            for piece in ((s, min(e, p_start)), (max(s, p_end), e))
+            if piece[1] > piece[0]
+        ]
+    if pieces == [(start, end)]:
+        return pieces
+    kept = []
+    for piece in pieces:
+        s, e = trim(text, *piece)
+        if re.search(r"\w", text[s:e]):
+            kept.append((s, e))
+    return kept
 
 
 def _normalize(kind: PiiType, value: str) -> str:
     """The same entity written two ways gets one placeholder."""
-    if kind in (PiiType.EMAIL, PiiType.IBAN):
-        return value.replace(" ", "").lower()
+    if kind in (PiiType.EMAIL, PiiType.IBAN, PiiType.NATIONAL_ID, PiiType.PASSPORT):
+        return re.sub(r"[\s.-]", "", value).lower()
     if kind in (PiiType.PHONE, PiiType.CREDIT_CARD, PiiType.US_SSN):
         return re.sub(r"\D", "", value)
-    if kind is PiiType.PERSON:
+    if kind in (PiiType.PERSON, PiiType.ADDRESS):
         return " ".join(value.split()).lower()
     return value
+
+
+__all__ = [
+    "PLACEHOLDER",
+    "PiiBackend",
+    "RecordRedaction",
+    "builtin_backend",
+    "find_pii",
+    "presidio_backend",
+    "redact_record",
+]

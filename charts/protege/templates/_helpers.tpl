@@ -79,7 +79,7 @@ fully qualified because gateways and jobs run in the pools' namespaces.
 {{- $service = printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
-{{- printf "nats://%s.%s.svc:4222" $service .Release.Namespace }}
+{{- printf "%s://%s.%s.svc:4222" (ternary "tls" "nats" .Values.callLog.tls.enabled) $service .Release.Namespace }}
 {{- else }}
 {{- fail "platform.natsUrl is required when nats.enabled is false (the gateways log calls to NATS JetStream)" }}
 {{- end }}
@@ -111,4 +111,89 @@ fully qualified because gateways and jobs run in the pools' namespaces.
       name: {{ . }}
       key: secretAccessKey
 {{- end }}
+{{- end }}
+
+{{/*
+The call log's stream replicas: callLog.replicas, else 3 on a clustered NATS of this release
+(at most its servers), else 1.
+*/}}
+{{- define "protege.callLogReplicas" -}}
+{{- if gt (int .Values.callLog.replicas) 0 }}
+{{- .Values.callLog.replicas }}
+{{- else if and .Values.nats.enabled (dig "config" "cluster" "enabled" false .Values.nats) }}
+{{- min 3 (int (dig "config" "cluster" "replicas" 3 .Values.nats)) }}
+{{- else }}1{{ end }}
+{{- end }}
+
+{{/* The call-log stream's limits, for whoever creates or updates it (gateways, the curator). */}}
+{{- define "protege.callLogEnv" }}
+- name: PROTEGE_CALL_LOG__MAX_AGE_DAYS
+  value: {{ .Values.callLog.maxAgeDays | quote }}
+- name: PROTEGE_CALL_LOG__MAX_BYTES
+  value: {{ .Values.callLog.maxBytes | int64 | quote }}
+- name: PROTEGE_CALL_LOG__REPLICAS
+  value: {{ include "protege.callLogReplicas" . | quote }}
+{{- end }}
+
+{{/*
+A component's identity on the call log (dict "ctx" $ "user" "curator"): its user, its password
+from the Secret callLog.auth.secretName (key: the user), the CA that NATS's certificate is checked
+against. The CA's volume: protege.natsCaVolume / protege.natsCaMount.
+*/}}
+{{- define "protege.natsIdentityEnv" }}
+{{- $log := .ctx.Values.callLog }}
+{{- if $log.auth.enabled }}
+- name: PROTEGE_NATS_AUTH__USER
+  value: {{ .user | quote }}
+- name: PROTEGE_NATS_AUTH__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $log.auth.secretName }}
+      key: {{ .user }}
+{{- end }}
+{{- if and $log.tls.enabled $log.tls.caSecretName }}
+- name: PROTEGE_NATS_AUTH__TLS_CA_FILE
+  value: /etc/protege/nats-ca/ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "protege.natsCaMount" }}
+{{- if and .Values.callLog.tls.enabled .Values.callLog.tls.caSecretName }}
+- name: nats-ca
+  mountPath: /etc/protege/nats-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "protege.natsCaVolume" }}
+{{- if and .Values.callLog.tls.enabled .Values.callLog.tls.caSecretName }}
+- name: nats-ca
+  secret:
+    secretName: {{ .Values.callLog.tls.caSecretName }}
+{{- end }}
+{{- end }}
+
+{{/*
+The NATS users of the call log, as JSON (protege.capture.access defines the same permissions;
+tests/chart checks they agree): each component and listener-SDK tenant may publish only what it
+must and subscribe only to its own inbox. Passwords are references to the server's environment,
+where the Secret callLog.auth.secretName is loaded with the prefix PROTEGE_NATS_.
+*/}}
+{{- define "protege.natsUsers" -}}
+{{- $stream := "PROTEGE_CALLS" }}
+{{- $dead := "PROTEGE_DEADLETTER" }}
+{{- $api := "$JS.API" }}
+{{- $users := list }}
+{{- $gateway := list "protege.calls.>" (printf "%s.STREAM.INFO.%s" $api $stream) (printf "%s.STREAM.CREATE.%s" $api $stream) (printf "%s.STREAM.UPDATE.%s" $api $stream) }}
+{{- $curator := list (printf "%s.STREAM.INFO.%s" $api $stream) (printf "%s.STREAM.CREATE.%s" $api $stream) (printf "%s.STREAM.UPDATE.%s" $api $stream) (printf "%s.CONSUMER.CREATE.%s.>" $api $stream) (printf "%s.CONSUMER.DURABLE.CREATE.%s.>" $api $stream) (printf "%s.CONSUMER.INFO.%s.>" $api $stream) (printf "%s.CONSUMER.MSG.NEXT.%s.>" $api $stream) (printf "%s.STREAM.INFO.%s" $api $dead) (printf "%s.STREAM.CREATE.%s" $api $dead) (printf "$JS.ACK.%s.>" $stream) "protege.deadletter.calls" }}
+{{- $operator := list (printf "%s.STREAM.INFO.%s" $api $stream) (printf "%s.CONSUMER.CREATE.%s" $api $stream) (printf "%s.CONSUMER.CREATE.%s.>" $api $stream) (printf "%s.CONSUMER.INFO.%s.>" $api $stream) (printf "%s.CONSUMER.MSG.NEXT.%s.>" $api $stream) }}
+{{- $publish := dict "gateway" $gateway "curator" $curator "operator" $operator }}
+{{- range $tenant := .Values.callLog.auth.tenants }}
+{{- $_ := set $publish (printf "tenant-%s" $tenant) (list (printf "protege.calls.%s.>" $tenant)) }}
+{{- end }}
+{{- range $user := concat (list "gateway" "curator" "operator") (sortAlpha (keys (omit $publish "gateway" "curator" "operator"))) }}
+{{- $permissions := dict "publish" (dict "allow" (get $publish $user)) "subscribe" (dict "allow" (list (printf "_INBOX.%s.>" $user))) }}
+{{- $users = append $users (dict "user" $user "password" (printf "<<$PROTEGE_NATS_%s>>" $user) "permissions" $permissions) }}
+{{- end }}
+{{- toRawJson $users }}
 {{- end }}
