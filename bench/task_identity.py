@@ -48,6 +48,8 @@ from protege.serving.router.classify import CallEmbeddings, TaskClassifier
 from protege.training.discovery import MiniLM, discover
 from protege.training.discovery.features import called_tools, tools_answered_after
 from protege.training.examples import example_from_record
+from protege.training.pii import RecordRedaction
+from protege.training.pii.settings import backend_from_settings, text_redactor
 from protege.workload import generate
 
 TARGET_P50_MS = 5.0
@@ -89,12 +91,15 @@ def measure(name: str, calls: int, held_out: int, embedder: MiniLM) -> dict[str,
     train, later = WORKLOADS[name](calls, 1), WORKLOADS[name](held_out, 99)
     records = [call.to_record(tenant="acme") for call in train]
     truth = {record.id: call.task for record, call in zip(records, train, strict=True)}
-    registry = discover([example_from_record(r) for r in records], embedder)
+    # Redacted as the curator and the router redact (curation.pii_detector: NER where installed).
+    registry = discover(
+        [example_from_record(r, RecordRedaction(backend_from_settings())) for r in records], embedder
+    )
     assigned = [(truth[i], task.id) for task in registry.tasks for i in task.example_ids]
     label_of = {
         task.id: Counter(truth[i] for i in task.example_ids).most_common(1)[0][0] for task in registry.tasks
     }
-    embeddings = CallEmbeddings(embedder, max_waiting=1_000)
+    embeddings = CallEmbeddings(embedder, redact=text_redactor(), max_waiting=1_000)
     classifier = TaskClassifier(registry.tasks, registry.prompt_segments, embeddings)
     routed = right = 0
     times = []

@@ -52,8 +52,7 @@ from protege.serving.router.table import (
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.training.datasets import REGISTRY_KIND, REGISTRY_NAME, load_registry
 from protege.training.discovery.tasks import Task
-from protege.training.pii import RecordRedaction
-from protege.training.pii.settings import backend_from_settings
+from protege.training.pii.settings import text_redactor
 
 log = logging.getLogger(__name__)
 
@@ -192,14 +191,10 @@ class Router:
             if classifier.needs_embeddings and self.embeddings is None:
                 from protege.training.discovery import MiniLM
 
-                self.embeddings = CallEmbeddings(MiniLM(), redact=self._redact)
+                self.embeddings = CallEmbeddings(MiniLM(), redact=text_redactor(self.curation))
             if self.embeddings is not None:
                 classifier = TaskClassifier(registry.tasks, registry.prompt_segments, self.embeddings)
             self.classifier = classifier
-
-    def _redact(self, text: str) -> str:
-        """A user turn redacted as curation redacted the calls discovery embedded (in the embed thread)."""
-        return RecordRedaction(backend_from_settings(self.curation)).text(text)
 
     # --- breakers ------------------------------------------------------------------------
     def breaker(self, specialist: str, version: str) -> Breaker:

@@ -1,12 +1,13 @@
-"""The one place a PII backend is built from settings (curation and redaction at capture use it)."""
+"""The one place a PII backend is built from settings (curation, capture redaction and the router use it)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from protege.config import CurationSettings
-from protege.training.pii.redactor import PiiBackend, builtin_backend
+from protege.training.pii.redactor import PiiBackend, RecordRedaction, builtin_backend
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +38,9 @@ def backend_from_settings(settings: CurationSettings | None = None) -> PiiBacken
             else:
                 _backends[choice, model] = builtin_backend()
         return _backends[choice, model]
+
+
+def text_redactor(settings: CurationSettings | None = None) -> Callable[[str], str]:
+    """One text redacted as curation redacts a call's texts (the router's embeddings use it, so the
+    router embeds what discovery embedded); the backend loads on first use, in the caller's thread."""
+    return lambda text: RecordRedaction(backend_from_settings(settings)).text(text)
