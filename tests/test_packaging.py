@@ -56,3 +56,18 @@ def test_the_gateway_runs_without_training_libraries(repo: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"  # and a call that needs an embedding: tests/serving/test_router.py
+
+
+def test_what_production_images_run_loads_no_demo_workload_or_test_double(repo: Path) -> None:
+    """The images' entry points (the CLI behind `protege gateway`, the operator, the pool, the training
+    job, the curator) load none of the demo, the shipped workload, the teachers that stand in for a
+    model or the pytest plugins: those stay for tests and the local stack."""
+    entry = "protege.cli, protege.operator.main, protege.serving.pool.app, protege.training.job"
+    probe = (
+        f"import sys, {entry}, protege.training.curation; "
+        "held = ('protege.testing', 'protege.workload', 'protege.stack', 'protege.serving.stub_teacher', "
+        "'protege.serving.recorded_teacher'); "
+        "print(sorted(m for m in sys.modules if m.startswith(held)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -8,14 +8,16 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from protege.cli.common import console, fail, settings
-from protege.stack.config import StackConfig
+
+if TYPE_CHECKING:
+    from protege.stack.config import StackConfig
 
 flywheel_app = typer.Typer(
     help="The local flywheel (what the operator does in a cluster).", no_args_is_help=True
@@ -42,6 +44,8 @@ def _from_yaml(model: type[M], path: Path | None, option: str) -> M:
 
 
 def _config(path: Path | None, gateway_port: int | None) -> StackConfig:
+    from protege.stack.config import StackConfig  # the local stack's, loaded only by its commands
+
     config = _from_yaml(StackConfig, path, "--config")
     if gateway_port is not None:
         config.gateway_port = gateway_port

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,7 +12,9 @@ from rich.table import Table
 
 from protege.capture.stats import percentile
 from protege.cli.common import console, fail
-from protege.workload import FAMILIES, WorkloadCall, generate, recorded_workload
+
+if TYPE_CHECKING:  # the shipped workload loads only with these commands: never in a production image
+    from protege.workload import WorkloadCall
 
 app = typer.Typer(
     help="The shipped agent workload: its recorded teacher and a replay client.", no_args_is_help=True
@@ -19,6 +22,8 @@ app = typer.Typer(
 
 
 def _calls(count: int, seed: int, split: str) -> list[WorkloadCall]:
+    from protege.workload import generate
+
     calls = generate(count, seed=seed)
     if split == "all":
         return calls
@@ -39,6 +44,7 @@ def teacher(
     import uvicorn
 
     from protege.serving.recorded_teacher import RecordedTeacher
+    from protege.workload import recorded_workload
 
     console.print(
         f"recorded teacher for {count} workload calls (seed {seed}) on http://{host}:{port}/v1 — "
@@ -67,6 +73,7 @@ def replay_command(
     app_name: str = typer.Option(None, "--app", help="App tag (X-Protege-App)."),
 ) -> None:
     """Drive the gateway like the agent would: the OpenAI SDK, concurrency, an arrival rate."""
+    from protege.workload import FAMILIES
     from protege.workload.replay import replay
 
     if not api_key:
