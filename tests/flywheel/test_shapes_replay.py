@@ -33,6 +33,7 @@ from traffic.shapes import ShapedCall, pii_prompts, rag_templates, tool_retrieva
 
 from protege.api.calls import CallRecord, UpstreamKind
 from protege.api.specialist import SpecialistPhase
+from protege.capture.access import CURATOR, OPERATOR
 from protege.flywheel.data import StoreData
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile
 from protege.flywheel.loop import LocalFlywheel
@@ -41,6 +42,7 @@ from protege.serving.recorded_teacher import RecordedTeacher, request_key
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore
 from protege.testing import RunningGateway, wait_for_records
+from protege.training.curation import Curator
 from protege.training.datasets import load_registry
 from protege.training.discovery import Task
 from protege.workload.replay import replay
@@ -128,10 +130,12 @@ async def test_each_shape_gets_a_specialist_that_answers_only_its_own_task(
         options = {"max_steps": 1, "max_new_tokens": 4, "few_shot": 0}
 
         def flywheel() -> LocalFlywheel:  # a new one each time: a restarted `protege up`
-            io = LocalFlywheelIO(StoreData(store, ttl_seconds=0), jobs, routes, nats_server.url)
+            reader = nats_server.endpoint(OPERATOR)  # the flywheel reads the log as the operator...
+            io = LocalFlywheelIO(StoreData(store, ttl_seconds=0), jobs, routes, reader)
             pool = PoolFacts(tiny_llama.as_uri(), 16)
             driver = LocalDriver(tmp_path / "flywheel", io, pool, job_options=options)
-            return LocalFlywheel(store, nats_server.url, driver, policy=POLICY, discover_every=3600)
+            curator = Curator(nats_server.endpoint(CURATOR), store)  # ...and curates as the curator
+            return LocalFlywheel(store, reader, driver, policy=POLICY, discover_every=3600, curator=curator)
 
         wheel = flywheel()
         first = await wheel.tick()
@@ -147,12 +151,7 @@ async def test_each_shape_gets_a_specialist_that_answers_only_its_own_task(
         await serve(wheel, routes, set(chosen))
         assert len(jobs.client.list_jobs()) == len(chosen)  # a job each, the restart's included
 
-        table = gateway.server.server.config.app.state.gateway.router.table
-        for _ in range(100):  # the gateway re-reads the routing file
-            if {r.task_id for r in table.routes if r.active} >= set(chosen):
-                break
-            await asyncio.sleep(0.1)
-            table = gateway.server.server.config.app.state.gateway.router.table
+        await routes_read(gateway, set(chosen))
         outcomes = await replay(held_out, gateway.base_url, gateway.key, model=model)  # type: ignore[arg-type]
         assert all(o.error is None for o in outcomes)
         every = await calls_of(nats_server.url, gateway.tenant, len(learn) + len(held_out))
@@ -209,6 +208,15 @@ async def serve(wheel: LocalFlywheel, routes: RouteFile, task_ids: set[str]) -> 
         (name, status.phase, status.versions[-1].message if status.versions else None)
         for name, status in tick.driven.statuses.items()
     ]
+
+
+async def routes_read(gateway: RunningGateway, task_ids: set[str]) -> None:
+    """Until the gateway has re-read the routing file with these tasks' routes active."""
+    router = gateway.server.server.config.app.state.gateway.router
+    for _ in range(100):
+        if {r.task_id for r in router.table.routes if r.active} >= task_ids:
+            return
+        await asyncio.sleep(0.1)
 
 
 def key(record: CallRecord) -> str:
