@@ -143,6 +143,12 @@ class CallLogSettings(BaseModel):
         default=1 << 30, ge=8 << 20, description="Spool limit; past it records are dropped (and counted)."
     )
     queue_size: int = Field(default=50_000, gt=0, description="In-memory records before spilling to disk.")
+    queue_max_bytes: int = Field(
+        default=64 << 20,
+        gt=0,
+        description="In-memory bytes of records before spilling to disk (with queue_size: whichever "
+        "comes first).",
+    )
     batch_size: int = Field(default=512, gt=0, description="Records per JetStream publish batch.")
     linger_ms: float = Field(
         default=20, ge=0, description="How long a batch may wait to fill before it is published."
@@ -298,6 +304,13 @@ class GatewaySettings(BaseModel):
         "clients' own pools (httpx, so the OpenAI SDK: 5 s) and of load balancers (60 s), so that a client "
         "never sends a call on a connection the gateway is closing at that moment.",
     )
+    drain_seconds: int | None = Field(
+        default=None,
+        gt=0,
+        description="On SIGTERM the gateway stops listening, lets the calls in flight finish for at most "
+        "this long (then cuts them), flushes the call log to NATS and exits; none: waits for every call "
+        "(Kubernetes kills a pod at its terminationGracePeriodSeconds, so the operator sets this under it).",
+    )
     kept_responses_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=0,
@@ -374,6 +387,18 @@ class RouterSettings(BaseModel):
         description="How long an open breaker refuses calls before one probe call is let through.",
     )
     refresh_seconds: float = Field(default=2, gt=0, description="How often the table and tasks are re-read.")
+    startup_wait_seconds: float = Field(
+        default=5,
+        ge=0,
+        description="How long a starting gateway waits for the task registry from the artifact store; "
+        "past it (the store is away) the gateway serves, the teacher answering until the store is read.",
+    )
+    failed_retry_seconds: float = Field(
+        default=60,
+        gt=0,
+        description="How long a version the pool could not load (422 adapter_unavailable) gets no calls "
+        "from this gateway; then it is asked for again.",
+    )
     max_shadow_in_flight: int = Field(
         default=16,
         ge=0,

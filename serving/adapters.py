@@ -8,16 +8,25 @@ artifact store, be trained for the pool's base model and fit the engine's
 ``maxLoraRank``; its files are verified on download. At most ``maxLoras`` versions are
 resident; loading one more first unloads the least recently used.
 
-A version that fails is remembered as failed and never retried by this replica; the
-router then answers from the teacher (or the previous version) and records why.
+Faults of the store (unreachable, slow, a transfer cut short, bytes that do not match
+their sha256) are retried within a load with exponential backoff (:class:`RetryPolicy`);
+a download lands in a temporary directory renamed into place once every file is verified,
+so a failed one leaves no half-written adapter behind. A version that still fails is
+marked failed for a while — the mark expires, and its lifetime doubles with each failure
+in a row up to a cap — so a store outage never disables a version for good; meanwhile the
+replica answers 422 at once and the router answers from the teacher (or the previous
+version) and records why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
+import logging
+import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -26,9 +35,37 @@ from protege.api.jobs import ADAPTER_KIND
 from protege.serving.router.table import adapter_name
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore, CorruptedArtifactError
 
+log = logging.getLogger(__name__)
+
 
 class AdapterLoadError(RuntimeError):
     """A version cannot be served; the message says why (and the version is marked failed)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a replica retries the store within one load, and how long a failed version is refused."""
+
+    attempts: int = 4  # tries of a load's store reads (check and download) before it fails
+    first_delay: float = 0.5  # seconds before the second try; doubled before each next one
+    max_delay: float = 8.0
+    mark_seconds: float = 10.0  # a failed version is refused this long, doubled per failure in a row
+    max_mark_seconds: float = 300.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failed try of a load."""
+        return float(min(self.first_delay * 2 ** (failures - 1), self.max_delay))
+
+    def mark(self, failures: int) -> float:
+        """Seconds a version is refused after its ``failures``-th failed load in a row."""
+        return float(min(self.mark_seconds * 2 ** (failures - 1), self.max_mark_seconds))
+
+
+@dataclass(frozen=True)
+class FailureMark:
+    reason: str
+    until: float  # the manager's clock: refused before, tried again after
+    failures: int  # failed loads in a row
 
 
 class AdapterManager:
@@ -41,6 +78,9 @@ class AdapterManager:
         base_model: str,
         max_loras: int,
         max_lora_rank: int,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.engine_url = engine_url.rstrip("/")
         self.store = store
@@ -49,7 +89,9 @@ class AdapterManager:
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
         self.loaded: OrderedDict[str, float] = OrderedDict()  # name → seconds its load took
-        self.failed: dict[str, str] = {}
+        self.failed: dict[str, FailureMark] = {}  # name → why it failed, and until when it is refused
+        self.retry = retry or RetryPolicy()
+        self.clock, self.sleep = clock, sleep
         self._locks: dict[str, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -62,20 +104,34 @@ class AdapterManager:
     async def ensure(self, specialist: str, version: str) -> str:
         """The engine-side name of the version, loading it (and evicting) when needed."""
         name = adapter_name(specialist, version)
-        if name in self.failed:
-            raise AdapterLoadError(self.failed[name])
+        self._refuse_if_marked(name)
         if name in self.loaded:
             self.loaded.move_to_end(name)
             return name
         async with self._locks.setdefault(name, asyncio.Lock()):
             if name not in self.loaded:
+                self._refuse_if_marked(name)  # another call's load may have failed meanwhile
                 try:
                     await self._load(specialist, version, name)
                 except AdapterLoadError as error:
-                    self.failed[name] = str(error)
+                    self._mark_failed(name, str(error))
                     raise
+                self.failed.pop(name, None)
             self.loaded.move_to_end(name)
         return name
+
+    def _refuse_if_marked(self, name: str) -> None:
+        mark = self.failed.get(name)
+        if mark is not None and self.clock() < mark.until:
+            left = mark.until - self.clock()
+            raise AdapterLoadError(f"{mark.reason} (this replica tries it again in {left:.0f} s)")
+
+    def _mark_failed(self, name: str, reason: str) -> None:
+        previous = self.failed.get(name)
+        failures = previous.failures + 1 if previous is not None else 1
+        seconds = self.retry.mark(failures)
+        self.failed[name] = FailureMark(reason, self.clock() + seconds, failures)
+        log.warning("adapter %s failed (%s); refused for %g s, then tried again", name, reason, seconds)
 
     def check(self, specialist: str, version: str) -> None:
         """Everything that can be known about a version before loading it; AdapterLoadError if wrong."""
@@ -103,14 +159,7 @@ class AdapterManager:
             )
 
     async def _load(self, specialist: str, version: str, name: str) -> None:
-        await asyncio.to_thread(self.check, specialist, version)
-        directory = self.cache_dir / name
-        if not (directory / "adapter_config.json").exists():
-            try:
-                await asyncio.to_thread(self.store.download, ADAPTER_KIND, specialist, version, directory)
-            except (ArtifactNotFoundError, CorruptedArtifactError) as error:
-                shutil.rmtree(directory, ignore_errors=True)
-                raise AdapterLoadError(f"{name}: download failed ({error})") from None
+        directory = await self._fetch(specialist, version, name)
         while len(self.loaded) >= self.max_loras:
             await self.unload(next(iter(self.loaded)))
         started = asyncio.get_running_loop().time()
@@ -123,6 +172,38 @@ class AdapterManager:
                 f"{name}: the engine refused the adapter ({response.status}): {text[:500]}"
             )
         self.loaded[name] = asyncio.get_running_loop().time() - started
+
+    async def _fetch(self, specialist: str, version: str, name: str) -> Path:
+        """The version checked and its verified files in the cache; store faults retried with backoff."""
+        attempts = max(1, self.retry.attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await asyncio.to_thread(self._fetch_once, specialist, version, name)
+            except AdapterLoadError:
+                raise  # known for what it is (not in the store, another base model, ...): no retry
+            except Exception as error:  # the store: unreachable, slow, cut short, bytes not as recorded
+                if attempt == attempts:
+                    raise AdapterLoadError(
+                        f"{name}: the artifact store failed {attempts} times in a row, last with "
+                        f"{type(error).__name__}: {str(error)[:300]}"
+                    ) from None
+                delay = self.retry.delay(attempt)
+                log.warning(
+                    "adapter %s: reading the store failed (%s: %s); trying again in %g s",
+                    name,
+                    type(error).__name__,
+                    str(error)[:300],
+                    delay,
+                )
+                await self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _fetch_once(self, specialist: str, version: str, name: str) -> Path:
+        self.check(specialist, version)
+        directory = self.cache_dir / name
+        if not directory.is_dir():  # one there is whole: a download is renamed into place once verified
+            self.store.download(ADAPTER_KIND, specialist, version, directory)
+        return directory
 
     async def unload(self, name: str) -> None:
         """Unload a resident adapter (twice is harmless: Serve's cache and this LRU may both ask)."""

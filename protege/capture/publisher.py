@@ -1,10 +1,13 @@
 """Publish call records to JetStream off the request path, spooling to disk when NATS is away.
 
-``submit()`` never blocks on the network and never raises: the record is written to the
-journal (so a killed process loses none, see :mod:`protege.capture.journal`) and goes into a
-bounded queue; one worker task publishes batches with ``Nats-Msg-Id`` = record id (so JetStream
-drops the duplicates a retry could make). When a publish fails, the batch and everything
-after it goes to the disk spool, in order, until the spool has been replayed into JetStream.
+``submit()`` never blocks on the network or the disk and never raises: the record is written
+to the journal (so a killed process loses none, see :mod:`protege.capture.journal`) and goes
+into a queue bounded in records (``queue_size``) and in bytes (``queue_max_bytes``); past
+either bound it spills to the disk spool instead. One worker task publishes batches with
+``Nats-Msg-Id`` = record id (so JetStream drops the duplicates a retry could make). When a
+publish fails, the batch and everything after it goes to the disk spool, in order, until the
+spool has been replayed into JetStream. Spool writes (and their ``fsync``) run in a thread,
+never on the event loop.
 """
 
 from __future__ import annotations
@@ -186,6 +189,7 @@ class CallLogPublisher:
         *,
         stream: StreamSettings | None = None,
         queue_size: int = 50_000,
+        queue_max_bytes: int = 64 << 20,
         batch_size: int = 512,
         ack_timeout: float = 2.0,
         retry_seconds: float = 1.0,
@@ -205,6 +209,13 @@ class CallLogPublisher:
         self.linger_seconds = linger_seconds
         self.journal = Journal(Path(spool_dir) / "journal")
         self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=queue_size)
+        self.queue_max_bytes = queue_max_bytes
+        self._queued_bytes = 0  # payload bytes in the queue
+        # Records past the queue's bounds, on their way to the spool (written by a thread).
+        self._spill: list[Message] = []
+        self._spill_bytes = 0  # of those, and of the ones being written
+        self._spiller: asyncio.Task[None] | None = None
+        self._spill_dropping = False
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._stream_ready = False
@@ -220,6 +231,7 @@ class CallLogPublisher:
             settings.spool_dir,
             stream=StreamSettings.from_settings(settings),
             queue_size=log_settings.queue_size,
+            queue_max_bytes=log_settings.queue_max_bytes,
             batch_size=log_settings.batch_size,
             linger_seconds=log_settings.linger_ms / 1000,
             spool_max_bytes=log_settings.spool_max_bytes,
@@ -232,7 +244,7 @@ class CallLogPublisher:
         Records a killed predecessor left in the journal go to the spool first (replayed like
         any spooled record; JetStream drops those that had arrived).
         """
-        recovered = self.journal.recover(self.spool.append)
+        recovered = await asyncio.to_thread(self.journal.recover, self.spool.append)
         if recovered:
             self.stats.spooled += recovered
             log.warning("call log: recovered %d journaled records of a stopped publisher", recovered)
@@ -260,6 +272,11 @@ class CallLogPublisher:
         return self._queue.qsize()
 
     @property
+    def queue_bytes(self) -> int:
+        """Payload bytes held in memory: the queue's, and those on their way to the spool."""
+        return self._queued_bytes + self._spill_bytes
+
+    @property
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
@@ -274,9 +291,11 @@ class CallLogPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         drained = self._drain_queue()
-        self._spool(drained)
+        await self._spool(drained)
         for message in drained:
             self.journal.done(message[1])
+        if self._spiller is not None:
+            await self._spiller  # spilled records reach the spool before the journal forgets them
         self.journal.close()
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
@@ -312,11 +331,49 @@ class CallLogPublisher:
             return
         message = _message(record)
         self.hold_message(message)
+        size = len(message[2])
+        if self._queued_bytes + size > self.queue_max_bytes and not self._queue.empty():
+            self._spill_over(message)  # past the byte bound (a record alone always fits)
+            return
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
-            self._spool([message])  # backpressure goes to disk, not to the caller
-            self.journal.done(record.id)
+            self._spill_over(message)  # backpressure goes to disk, not to the caller
+            return
+        self._queued_bytes += size
+
+    def _spill_over(self, message: Message) -> None:
+        """Send a record past the queue's bounds to the spool, written by a thread off the loop."""
+        size = len(message[2])
+        if self._spill_bytes and self._spill_bytes + size > self.queue_max_bytes:
+            # the disk is a whole queue behind (it stalls): memory stays bounded, the call is not failed
+            self.stats.dropped += 1
+            self.journal.done(message[1])
+            if not self._spill_dropping:  # once per stall, not once per record
+                self._spill_dropping = True
+                log.error(
+                    "call log: DROPPING records: the spool's disk is %d bytes behind (queue_max_bytes)",
+                    self._spill_bytes,
+                )
+            return
+        self._spill.append(message)
+        self._spill_bytes += size
+        if self._spiller is None or self._spiller.done():
+            self._spiller = asyncio.ensure_future(self._spill_to_disk())
+
+    async def _spill_to_disk(self) -> None:
+        while self._spill:
+            messages, self._spill = self._spill, []
+            try:
+                await self._spool(messages)  # all that came meanwhile, in one write and one fsync
+            except Exception:  # never lost without a word: counted and logged
+                self.stats.dropped += len(messages)
+                log.exception("call log: DROPPED %d records: spooling them failed", len(messages))
+            finally:
+                self._spill_bytes -= sum(len(message[2]) for message in messages)
+                self._spill_dropping = False
+                for message in messages:
+                    self.journal.done(message[1])
 
     def hold(self, record: CallRecord) -> None:
         """Journal a record that will be submitted later, complete (a shadow answer pending):
@@ -333,19 +390,22 @@ class CallLogPublisher:
     async def _run(self) -> None:
         while True:
             messages = await self._next_batch()
+            spooling = False  # the batch's spool write began (its thread finishes it, cancelled or not)
             try:
                 if not self.spool.is_empty():
                     await self._replay()
                 if self.spool.is_empty() and await self._publish(messages):
                     self.stats.published += len(messages)
                 else:
-                    self._spool(messages)
+                    spooling = True
+                    await self._spool(messages)
             except asyncio.CancelledError:  # closing while a batch is in flight: keep it on disk
-                self._spool(messages)  # (if it did reach JetStream, the replay is de-duplicated)
+                if not spooling:  # (if it did reach JetStream, the replay is de-duplicated)
+                    await self._spool(messages)
                 raise
             except Exception:  # the worker must outlive any surprise; records go to disk
                 log.exception("call log: unexpected publish failure; spooling %d records", len(messages))
-                self._spool(messages)
+                await self._spool(messages)
             finally:
                 for message in messages:
                     self.journal.done(message[1])
@@ -353,26 +413,31 @@ class CallLogPublisher:
 
     async def _next_batch(self) -> list[Message]:
         if self.spool.is_empty():
-            messages = [await self._queue.get()]
+            messages = [self._took(await self._queue.get())]
         else:  # wake up regularly to retry the spool even when no new call comes
             try:
-                messages = [await asyncio.wait_for(self._queue.get(), self.retry_seconds)]
+                messages = [self._took(await asyncio.wait_for(self._queue.get(), self.retry_seconds))]
             except TimeoutError:
                 return []
         if self.linger_seconds and self._queue.qsize() < self.batch_size - 1:
             await asyncio.sleep(self.linger_seconds)
         while len(messages) < self.batch_size:
             try:
-                messages.append(self._queue.get_nowait())
+                messages.append(self._took(self._queue.get_nowait()))
             except asyncio.QueueEmpty:
                 break
         return messages
+
+    def _took(self, message: Message) -> Message:
+        """A message out of the queue: its bytes no longer count against queue_max_bytes."""
+        self._queued_bytes -= len(message[2])
+        return message
 
     def _drain_queue(self) -> list[Message]:
         messages = []
         while True:
             try:
-                messages.append(self._queue.get_nowait())
+                messages.append(self._took(self._queue.get_nowait()))
                 self._queue.task_done()
             except asyncio.QueueEmpty:
                 return messages
@@ -409,11 +474,12 @@ class CallLogPublisher:
             self.stats.replayed += len(batch.payloads)
             log.info("call log: replayed %d spooled records", len(batch.payloads))
 
-    def _spool(self, messages: list[Message]) -> None:
+    async def _spool(self, messages: list[Message]) -> None:
+        """Append to the disk spool in a thread: its fsync must not stall the event loop."""
         if not messages:
             return
         try:
-            self.spool.append([_frame(message) for message in messages])
+            await asyncio.to_thread(self.spool.append, [_frame(message) for message in messages])
             self.stats.spooled += len(messages)
         except (SpoolFullError, OSError) as error:
             self.stats.dropped += len(messages)

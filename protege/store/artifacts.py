@@ -13,9 +13,11 @@ object raises :class:`CorruptedArtifactError` and is never handed out.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -121,7 +123,9 @@ class ArtifactStore:
             self.fs.makedirs(self.root, exist_ok=True)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ArtifactStore:
+    def from_settings(cls, settings: Settings, *, attempts: int | None = None) -> ArtifactStore:
+        """The configured store; ``attempts`` caps the S3 client's tries per request (its own
+        retries with backoff), for a reader that retries by itself, such as a periodic refresh."""
         options: dict[str, Any] = {}
         if settings.artifact_store_url.startswith("s3://"):
             s3 = settings.s3
@@ -130,6 +134,8 @@ class ArtifactStore:
             if s3.access_key_id and s3.secret_access_key:
                 options["key"] = s3.access_key_id.get_secret_value()
                 options["secret"] = s3.secret_access_key.get_secret_value()
+            if attempts is not None:
+                options["config_kwargs"] = {"retries": {"total_max_attempts": attempts}}
         return cls(settings.artifact_store_url, options)
 
     # --- paths -------------------------------------------------------------------------
@@ -375,20 +381,34 @@ class ArtifactStore:
         return data
 
     def download(self, kind: str, name: str, version: str, destination: Path) -> Manifest:
-        """Copy a version's files into ``destination``, verifying each; nothing half-checked stays."""
+        """Copy a version's files into ``destination`` (new, or an empty directory), verifying each.
+
+        The files go to a temporary directory beside ``destination``, which is renamed into
+        place only once every file matched its manifest's sha256: a failure midway (the store
+        away, a transfer cut short, a corrupted file) leaves nothing at ``destination``, so a
+        directory there is always a whole, verified version.
+        """
         manifest = self.manifest(kind, name, version)
-        destination.mkdir(parents=True, exist_ok=True)
-        for entry in manifest.files:
-            target = destination / entry.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".partial")
-            self.fs.get_file(self._version_path(kind, name, version, entry.path), str(partial))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".tmp-{destination.name}-"))
+        try:
+            for entry in manifest.files:
+                target = staging / entry.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(self._version_path(kind, name, version, entry.path), str(target))
+                self._verify(manifest, entry, sha256_file(target))
             try:
-                self._verify(manifest, entry, sha256_file(partial))
-            except CorruptedArtifactError:
-                partial.unlink(missing_ok=True)
+                os.rename(staging, destination)  # replaces a missing or empty destination only
+            except OSError as error:
+                if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise FileExistsError(
+                        f"{destination} already holds files; download {kind}/{name}@{version} "
+                        "into a new or empty directory"
+                    ) from None
                 raise
-            partial.replace(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return manifest
 
     @staticmethod

@@ -252,6 +252,11 @@ class _PublisherCollector(Collector):
             "protege_calllog_queue_depth", "Records waiting in memory.", value=self.publisher.queue_depth
         )
         yield GaugeMetricFamily(
+            "protege_calllog_queue_bytes",
+            "Bytes of records waiting in memory (bounded by call_log.queue_max_bytes).",
+            value=self.publisher.queue_bytes,
+        )
+        yield GaugeMetricFamily(
             "protege_calllog_spool_bytes",
             "Bytes waiting in the disk spool.",
             value=self.publisher.spool.size_bytes(),

@@ -3,10 +3,14 @@
 State it reads: the routing table (a JSON file the flywheel driver or operator writes)
 and the task registry (router profiles from task discovery, in the artifact store); both
 are re-read every ``router.refresh_seconds`` when they changed, by a background task off
-the event loop (the store may be S3), never in a call's path. The engine is the pool's
-Ray Serve application (:mod:`protege.serving.pool.app`): the router names the adapter
-version, and a pool replica loads it on demand. A version the pool refuses is remembered
-as failed and not asked for again by this gateway. Each version has a circuit breaker and
+the event loop (the store may be S3), never in a call's path. A store that is away keeps
+the gateway neither from starting (it waits ``router.startup_wait_seconds`` at most) nor
+from answering: calls of tasks not read yet go to the teacher, and the registry is read
+as soon as the store answers again. The engine is the pool's Ray Serve application
+(:mod:`protege.serving.pool.app`): the router names the adapter version, and a pool
+replica loads it on demand. A version the pool refuses is remembered as failed and not
+asked for again by this gateway for ``router.failed_retry_seconds`` (a store outage on the
+pool's side must not disable it for good). Each version has a circuit breaker and
 an adaptive deadline (:mod:`protege.serving.router.breaker`): a version that stopped
 answering costs a call its deadline, not ``router.timeout_seconds``, and once its breaker
 is open, nothing: its calls go to the teacher without asking it.
@@ -135,8 +139,12 @@ class Router:
         self.pool_token = settings.pool_token.get_secret_value() if settings.pool_token else None
         if self.settings.enabled and not self.pool_token:
             log.warning("router: no pool_token (PROTEGE_POOL_TOKEN): the pool's engine refuses this gateway")
-        self.store = ArtifactStore.from_settings(settings)
-        self.failed: dict[str, str] = {}  # adapter name → why the pool could not serve it
+        # one try per request: the refresher tries again every refresh_seconds, and a read stuck in the
+        # S3 client's own backoff would hold back the tasks once the store is back
+        self.store = ArtifactStore.from_settings(settings, attempts=1)
+        # adapter name → why the pool could not serve it, and until when (self.clock()) it is not asked
+        self.failed: dict[str, tuple[str, float]] = {}
+        self.store_error: str | None = None  # why the last refresh failed (the store away); None: it did not
         self.table = RoutingTable()
         self.tasks: dict[str, Task] = {}
         self.classifier = TaskClassifier([])
@@ -154,21 +162,64 @@ class Router:
 
     # --- state ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Read the table and the tasks once, then keep them fresh in the background."""
-        await asyncio.to_thread(self.refresh)
-        self._refresher = asyncio.create_task(self._refresh_forever())
+        """Read the table and the tasks once, then keep them fresh in the background.
 
-    async def _refresh_forever(self) -> None:
+        The first read is waited for ``router.startup_wait_seconds`` at most: a store that is
+        away (or slow) does not hold the gateway back; the refresher goes on trying.
+        """
+        await asyncio.to_thread(self.refresh_table)
+        tasks = asyncio.ensure_future(asyncio.to_thread(self._refresh_tasks))
+        try:
+            await asyncio.wait_for(asyncio.shield(tasks), self.settings.startup_wait_seconds)
+        except TimeoutError:
+            log.warning(
+                "router: the task registry was not read within %g s (router.startup_wait_seconds); "
+                "serving meanwhile: calls go to the teacher until it is",
+                self.settings.startup_wait_seconds,
+            )
+        self._refresher = asyncio.create_task(self._refresh_forever(tasks))
+
+    async def _refresh_forever(self, tasks: asyncio.Future[None]) -> None:
+        """The table every interval; the tasks too, one read at a time: a store slow to answer
+        (away, its client retrying) holds back neither the table nor the breakers."""
         while True:
             await asyncio.sleep(self.settings.refresh_seconds)
             try:
-                await asyncio.to_thread(self.refresh)
-            except Exception:  # a store hiccup must not stop routing on the last good state
-                log.exception("router: refreshing the routing table or tasks failed")
+                await asyncio.to_thread(self.refresh_table)
+            except Exception:  # the table as it was stays (a broken file is logged by refresh_table)
+                log.exception("router: reading the routing table %s failed", self.settings.table)
+            if tasks.done():
+                tasks = asyncio.ensure_future(asyncio.to_thread(self._refresh_tasks))
             self.forget_unserved()  # on the loop, where the breakers live
+
+    def _refresh_tasks(self) -> None:
+        """:meth:`refresh_tasks`, whose failure (the store away) keeps the last good tasks, said once."""
+        try:
+            self.refresh_tasks()
+        except Exception as error:  # a store hiccup must not stop routing on the last good state
+            problem = f"{type(error).__name__}: {str(error)[:300]}"
+            if self.store_error is None:
+                log.warning(
+                    "router: reading the task registry from %s failed (%s); routing on the tasks read "
+                    "before (calls of others go to the teacher), trying again every %g s",
+                    self.store.url,
+                    problem,
+                    self.settings.refresh_seconds,
+                )
+                log.debug("router: the task registry read that failed", exc_info=True)
+            self.store_error = problem
+            return
+        if self.store_error is not None:
+            log.warning("router: the task registry is read again (after: %s)", self.store_error)
+            self.store_error = None
 
     def refresh(self) -> None:
         """Re-read the routing table and the task registry if they changed (cheap when not)."""
+        self.refresh_table()
+        self.refresh_tasks()
+
+    def refresh_table(self) -> None:
+        """Re-read the routing table (a local file) if it changed."""
         path = self.settings.table
         text = path.read_text() if path is not None and path.exists() else None
         if text is not None and text != self._table_text:  # small file; mtimes can be too coarse
@@ -177,6 +228,9 @@ class Router:
                 self.table = RoutingTable.model_validate_json(text)
             except ValueError as error:
                 log.error("routing table %s is invalid, keeping the previous one: %s", path, error)
+
+    def refresh_tasks(self) -> None:
+        """Re-read the task registry from the artifact store if a new version is there."""
         try:
             latest = self.store.latest(REGISTRY_KIND, REGISTRY_NAME).version
         except ArtifactNotFoundError:
@@ -222,6 +276,17 @@ class Router:
         if self.on_breaker_change is not None:
             self.on_breaker_change(specialist, version, new)
 
+    def failure(self, name: str) -> str | None:
+        """Why the pool could not serve adapter ``name``, while its mark lasts; None: ask it."""
+        found = self.failed.get(name)
+        if found is None:
+            return None
+        reason, until = found
+        if self.clock() >= until:  # the mark expired: the pool may serve it now (a store outage ended)
+            del self.failed[name]
+            return None
+        return reason
+
     def forget_unserved(self) -> None:
         """Drop the breakers of versions the routing table no longer has."""
         served = {(route.specialist, version) for route in self.table.routes for version in route.versions}
@@ -261,7 +326,9 @@ class Router:
             return Plan(None, Choice(None, RouteReason.NO_ACTIVE_SPECIALIST), match)
         route = found
         failed = set(route.failed) | {
-            version for version in route.versions if adapter_name(route.specialist, version) in self.failed
+            version
+            for version in route.versions
+            if self.failure(adapter_name(route.specialist, version)) is not None
         }
         if failed:
             route = route.model_copy(update={"failed": sorted(failed)})
@@ -309,7 +376,14 @@ class Router:
     ) -> str:
         """An engine's error status, told to the breaker; the failure message."""
         if status == 422 and "adapter_unavailable" in text:  # the pool could not load it: stop asking
-            self.failed[name] = text[:500]
+            self.failed[name] = (text[:500], self.clock() + self.settings.failed_retry_seconds)
+            log.warning(
+                "router: the pool cannot serve %s; its calls go elsewhere for %g s "
+                "(router.failed_retry_seconds), then it is asked again: %s",
+                name,
+                self.settings.failed_retry_seconds,
+                text[:300],
+            )
             breaker.abandoned(admission)
         elif status >= 500:
             breaker.failed(self.clock(), admission)
@@ -328,9 +402,10 @@ class Router:
         """
         name = adapter_name(route.specialist, version)
         breaker = self.breaker(route.specialist, version)
-        if name in self.failed:
+        failure = self.failure(name)
+        if failure is not None:
             breaker.abandoned(admission)
-        return _Attempt(route.specialist, version, name, breaker, time.perf_counter())
+        return _Attempt(route.specialist, version, name, breaker, time.perf_counter(), failure)
 
     async def ask(
         self,
@@ -346,8 +421,8 @@ class Router:
         """
         attempt = self._attempt(route, version, admission)
         started, failed, name, breaker = attempt.started, attempt.failed, attempt.name, attempt.breaker
-        if name in self.failed:
-            return failed(self.failed[name])
+        if attempt.failure is not None:
+            return failed(attempt.failure)
         rule = confidence_rule(route, version)
         request = {**unstreamed(body), "model": name}
         if rule is not None:
@@ -409,8 +484,8 @@ class Router:
         """
         attempt = self._attempt(route, version, admission)
         started, failed, name, breaker = attempt.started, attempt.failed, attempt.name, attempt.breaker
-        if name in self.failed:
-            return failed(self.failed[name])
+        if attempt.failure is not None:
+            return failed(attempt.failure)
         request = {
             **unstreamed(body),
             "model": name,
@@ -514,6 +589,7 @@ class _Attempt:
     name: str  # the adapter name the engine serves it under
     breaker: Breaker
     started: float  # time.perf_counter() when it began
+    failure: str | None = None  # why the pool could not serve it (marked failed): not asked
 
     def failed(self, message: str) -> SpecialistAnswer:
         """No answer from the version, and why."""

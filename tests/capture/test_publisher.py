@@ -1,6 +1,8 @@
 """The call-log publisher against a real nats-server, including NATS dying mid-run."""
 
 import asyncio
+import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from protege.capture import CallLogPublisher, DiskSpool, StreamSettings, ensure_
 from protege.capture.access import ADMIN, GATEWAY
 from protege.capture.reader import read_records, subject_filter
 from protege.services.nats import NatsServer
+from protege.services.process import free_port
 from protege.testing import call_log
 
 pytestmark = pytest.mark.slow
@@ -127,3 +130,74 @@ async def test_nats_down_at_start_then_up(tmp_path: Path) -> None:
         assert await stream_ids(server.url) == [r.id for r in records]
     finally:
         server.stop()
+
+
+def large_record(i: int, tenant: str, size: int) -> CallRecord:
+    record = make_record(i, tenant)
+    record.request.messages[0].content = f"q{i} " + "x" * size  # a long prompt: a large record
+    return record
+
+
+async def test_large_records_past_the_queues_byte_bound_spill_to_disk_and_all_arrive(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    bound = 256 << 10
+    publisher = CallLogPublisher(
+        nats_server.endpoint(GATEWAY), tmp_path / "spool", queue_max_bytes=bound, retry_seconds=0.2
+    )
+    await publisher.start()
+    tenant = f"big{uuid.uuid4().hex[:8]}"
+    records = [large_record(i, tenant, 16 << 10) for i in range(30)]  # 30 of ~16 KiB: ~480 KiB
+    peak = 0
+    for record in records:  # one burst: the worker takes nothing out meanwhile
+        publisher.submit(record)
+        peak = max(peak, publisher._queued_bytes)
+    assert peak <= bound and publisher.queue_depth < 16  # far below queue_size (50,000) records
+    assert publisher.queue_bytes <= 2 * bound  # the queue, and the records on their way to the spool
+    await wait_for(lambda: publisher.stats.published + publisher.stats.replayed >= len(records))
+    await publisher.close()
+    assert publisher.stats.spooled > 0 and publisher.stats.dropped == 0  # spilled, never dropped
+    assert sorted(await stream_ids(nats_server.url, tenant)) == sorted(r.id for r in records)
+
+
+async def test_a_disk_a_whole_queue_behind_drops_records_and_counts_them_never_fails_a_call(
+    tmp_path: Path,
+) -> None:
+    bound = 64 << 10
+    publisher = CallLogPublisher(
+        f"nats://127.0.0.1:{free_port()}", tmp_path / "spool", queue_max_bytes=bound, ack_timeout=0.1
+    )
+    await publisher.start()
+    records = [large_record(i, "acme", 15 << 10) for i in range(40)]
+    for record in records:  # one burst, before the spool's thread wrote anything: as a stalled disk
+        publisher.submit(record)
+    assert publisher.queue_bytes <= 2 * bound  # memory stays bounded
+    dropped = publisher.stats.dropped
+    assert 0 < dropped < len(records)
+    await publisher.close()
+    assert publisher.stats.spooled == len(records) - dropped and publisher.stats.dropped == dropped
+    spool = DiskSpool(tmp_path / "spool")
+    assert sum(len(batch.payloads) for batch in spool.batches()) == len(records) - dropped
+    spool.close()
+
+
+async def test_spool_writes_and_their_fsync_run_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []  # the threads os.fsync ran in
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(threading.get_ident())
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    publisher = CallLogPublisher(  # NATS away: every record goes to the spool
+        f"nats://127.0.0.1:{free_port()}", tmp_path / "spool", queue_size=4, ack_timeout=0.1
+    )
+    await publisher.start()
+    for i in range(12):  # past queue_size: spilled from submit(), the rest spooled by the worker
+        publisher.submit(make_record(i))
+    await wait_for(lambda: publisher.stats.spooled == 12)
+    await publisher.close()
+    assert synced and threading.get_ident() not in synced  # never the event loop's thread

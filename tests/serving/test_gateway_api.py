@@ -14,6 +14,7 @@ import gzip
 import json
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,10 +36,12 @@ from protege.api.specialist import (
     FallbackSpec,
     OutputValidation,
 )
+from protege.services.seaweedfs import SeaweedS3
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore
 from protege.testing import RunningGateway, records_of, seed_task
+from protege.testing_faults import TcpRelay
 from protege.workload import generate
 
 pytestmark = pytest.mark.slow
@@ -1206,3 +1209,70 @@ def _check_breaker_records(gateway: RunningGateway, texts: dict[str, str]) -> No
         for state in ("open", "half_open", "closed"):
             assert metrics[f"protege_router_breaker_transitions_total{{{labels.format(state)}}}"] == 1
         assert metrics[f'protege_router_breaker_state{{specialist="intent-spec",version="{version}"}}'] == 0
+
+
+def test_the_teacher_answers_while_the_store_is_down_and_routes_appear_once_it_is_back(
+    start_gateway: Callable[..., RunningGateway],
+    teacher: tuple[ServerThread, FakeOpenAI],
+    engine: tuple[ServerThread, FakeEngine],
+    seaweed_s3: SeaweedS3,
+    tmp_path: Path,
+) -> None:
+    """The gateway's S3 endpoint refuses connections when it starts; later the store comes up there."""
+    s3_artifact_store = ArtifactStore(f"s3://protege-test/{uuid.uuid4().hex}", seaweed_s3.storage_options())
+    store = TcpRelay(seaweed_s3.endpoint_url)  # its port is picked; nothing listens there yet
+    key, secret = seaweed_s3.credentials
+    table = tmp_path / "routes.json"
+    refresh = 0.2
+    asked = time.monotonic()
+    gateway = start_gateway(
+        teacher_url=teacher[0].url + "/v1",
+        teacher={"model": MODEL},
+        artifact_store=s3_artifact_store.url,
+        s3={"endpoint_url": store.url, "access_key_id": key, "secret_access_key": secret},
+        router={
+            "enabled": True,
+            "engine_url": engine[0].url,
+            "table": str(table),
+            "refresh_seconds": refresh,
+        },
+    )
+    try:
+        assert time.monotonic() - asked < 5  # router.startup_wait_seconds (5) at most, and far less here
+        router = gateway.server.server.config.app.state.gateway.router
+        route = SpecialistRoute(
+            specialist="intent-spec", tenant=gateway.tenant, task_id="t-intent", active="v1"
+        )
+        _write_table(gateway, table, [route])  # the table is read while the store is away
+        seed_task(s3_artifact_store, "intent", 20, task_id="t-intent", tenant=gateway.tenant)
+        while router.store_error is None:  # the store holds the task, but the gateway cannot reach it
+            assert time.monotonic() - asked < 10, "the router never tried the store"
+            time.sleep(0.02)
+        assert "Could not connect" in router.store_error and not router.tasks
+
+        down = _post(gateway, "/chat/completions", _intent_call(21))
+        assert down.status_code == 200 and down.json()["id"] == "cmpl-fake"  # the teacher's answer
+
+        store.up()
+        back = time.monotonic()
+        while "t-intent" not in router.tasks:
+            assert time.monotonic() - back < 10, "the gateway never read the task registry"
+            time.sleep(0.02)
+        appeared = time.monotonic() - back
+        up = _post(gateway, "/chat/completions", _intent_call(22))
+        assert (
+            up.status_code == 200
+            and up.json()["choices"][0]["message"]["content"] == "The answer is forty two"
+        )
+        assert router.store_error is None
+    finally:
+        store.down()
+    assert appeared < refresh + 2, f"the tasks appeared {appeared:.2f} s after the store came back"
+    records = {
+        r.request.messages[-1].content: r for r in records_of(gateway.settings.nats_url, gateway.tenant, 2)
+    }
+    teacher_record, routed = (records[_intent_call(seed)["messages"][-1]["content"]] for seed in (21, 22))
+    assert teacher_record.route.reason is RouteReason.NO_TASK_MATCH  # no task known yet: logged as such
+    assert teacher_record.upstream is not None and teacher_record.upstream.kind is UpstreamKind.TEACHER
+    assert routed.route.reason is RouteReason.SPECIALIST and routed.route.task_id == "t-intent"
+    assert routed.upstream is not None and routed.upstream.kind is UpstreamKind.SPECIALIST

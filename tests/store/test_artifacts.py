@@ -78,6 +78,24 @@ def test_corrupted_artifact_file_is_refused(store: ArtifactStore, tmp_path: Path
     assert not (tmp_path / "d" / "w.bin").exists()
 
 
+def test_a_download_is_renamed_into_place_whole_or_leaves_nothing(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    manifest = store.put_artifact("adapter", "a2", {"a_config.json": b"{}", "b_weights.bin": b"good"})
+    store.fs.pipe_file(store._version_path("adapter", "a2", manifest.version, "b_weights.bin"), b"evil")
+    with pytest.raises(CorruptedArtifactError):  # found on the second file, the first one was fine
+        store.download("adapter", "a2", manifest.version, out / "cache" / "a2")
+    assert list((out / "cache").iterdir()) == []  # no half-written version, no temporary left
+    store.fs.pipe_file(store._version_path("adapter", "a2", manifest.version, "b_weights.bin"), b"good")
+    (out / "empty").mkdir()
+    store.download("adapter", "a2", manifest.version, out / "empty")  # an empty directory will do
+    assert (out / "empty" / "b_weights.bin").read_bytes() == b"good"
+    with pytest.raises(FileExistsError, match="into a new or empty directory"):
+        store.download("adapter", "a2", manifest.version, out / "empty")
+    assert sorted(p.name for p in out.iterdir()) == ["cache", "empty"]
+
+
 def test_bad_names_and_paths(store: ArtifactStore) -> None:
     with pytest.raises(ValueError, match="must be relative and stay inside the artifact"):
         store.put_artifact("dataset", "x", {"../escape": b""})
