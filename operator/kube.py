@@ -3,7 +3,9 @@
 Only the handful of kinds the operator renders, by their REST paths; no discovery. The
 connection is the operator's own: ``PROTEGE_OPERATOR_API_SERVER`` (plain HTTP, for tests
 against kmock and local development), else the in-cluster service account, else the
-kubeconfig (through the ``kubernetes`` package's loaders).
+kubeconfig (through the ``kubernetes`` package's loaders). Each call is checked against the
+operator's declared API uses (:mod:`protege.operator.api_access`, which its RBAC grants) and sent
+as ``protege-operator/<version>``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ from typing import Any
 
 import aiohttp
 
+from protege import __version__
+from protege.operator.api_access import check_client_call
+
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Service"): "services",
     ("apps/v1", "Deployment"): "deployments",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("ray.io/v1", "RayService"): "rayservices",
     ("ray.io/v1", "RayJob"): "rayjobs",
     ("protege.dev/v1alpha1", "SpecialistPool"): "specialistpools",
@@ -30,6 +38,10 @@ def object_path(api_version: str, kind: str, namespace: str, name: str | None = 
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     path = f"{base}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
     return f"{path}/{name}" if name else path
+
+
+def _declared(verb: str, api_version: str, kind: str) -> None:
+    check_client_call(verb, api_version, PLURALS[(api_version, kind)])
 
 
 @dataclass
@@ -69,10 +81,12 @@ class KubeClient:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context or False)
-            self._session = aiohttp.ClientSession(headers=self.connection.headers, connector=connector)
+            headers = {"User-Agent": f"protege-operator/{__version__}", **self.connection.headers}
+            self._session = aiohttp.ClientSession(headers=headers, connector=connector)
         return self._session
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        _declared("get", api_version, kind)
         url = self.connection.server + object_path(api_version, kind, namespace, name)
         async with self.session.get(url) as response:
             if response.status == 404:
@@ -84,6 +98,7 @@ class KubeClient:
     async def list(
         self, api_version: str, kind: str, namespace: str, labels: dict[str, str]
     ) -> list[dict[str, Any]]:
+        _declared("list", api_version, kind)
         url = self.connection.server + object_path(api_version, kind, namespace)
         selector = ",".join(f"{key}={value}" for key, value in labels.items())
         async with self.session.get(url, params={"labelSelector": selector}) as response:
@@ -94,6 +109,7 @@ class KubeClient:
 
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create the object unless it exists (then leave it as it is); whether it was created."""
+        _declared("create", manifest["apiVersion"], manifest["kind"])
         meta = manifest["metadata"]
         url = self.connection.server + object_path(
             manifest["apiVersion"], manifest["kind"], meta["namespace"]
@@ -113,6 +129,8 @@ class KubeClient:
             meta["namespace"],
             meta["name"],
         )
+        for verb in ("create", "patch"):  # before anything is sent
+            _declared(verb, api_version, kind)
         if await self.get(api_version, kind, namespace, name) is None:
             url = self.connection.server + object_path(api_version, kind, namespace)
             async with self.session.post(url, json=manifest) as response:
@@ -134,6 +152,7 @@ class KubeClient:
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete the object (its dependents in the background); whether it was there."""
+        _declared("delete", api_version, kind)
         url = self.connection.server + object_path(api_version, kind, namespace, name)
         async with self.session.delete(url, json={"propagationPolicy": "Background"}) as response:
             if response.status == 404:

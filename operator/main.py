@@ -30,7 +30,9 @@ from protege.config import load_settings
 from protege.flywheel.data import StoreData
 from protege.flywheel.specialist import TRIGGER_ANNOTATION, PoolFacts, reconcile
 from protege.operator import metrics
+from protege.operator.allowlist import PoolAllowList
 from protege.operator.flywheel_io import KubeFlywheelIO, RouteBook
+from protege.operator.isolation import NetworkIsolation, render_network_policies
 from protege.operator.kube import Connection, KubeClient
 from protege.operator.metrics import PhaseBook
 from protege.operator.passes import Passes
@@ -40,6 +42,8 @@ from protege.operator.render import (
     gateway_name,
     ray_service_name,
     render_gateway,
+    render_gateway_autoscaler,
+    render_gateway_disruption_budget,
     render_ray_service,
     render_routes,
     routes_config_map_name,
@@ -75,6 +79,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.routes = RouteBook(memo.kube)
     memo.phases = PhaseBook()
     memo.passes = Passes()
+    # what a pool may choose (pools.allowedImages/allowedExtraArgs) and its NetworkPolicies, if any
+    memo.allowed = PoolAllowList.from_environment()
+    memo.isolation = NetworkIsolation.from_environment()
     metrics.serve(int(os.environ.get("PROTEGE_OPERATOR_METRICS_PORT", "9090")))
 
 
@@ -110,6 +117,18 @@ def _validated(model: type[SpecT], spec: Mapping[str, Any], kind: str) -> SpecT:
         return model.model_validate(dict(spec))
     except ValidationError as error:
         raise kopf.PermanentError(f"invalid {kind}: {spec_problems(error)}") from None
+
+
+class NotAllowedError(kopf.PermanentError):
+    """A valid pool that chooses what the platform does not allow (image, engine arguments)."""
+
+
+def _allowed(pool: SpecialistPoolSpec, memo: kopf.Memo) -> SpecialistPoolSpec:
+    allowed: PoolAllowList = memo.allowed
+    refusals = allowed.refusals(pool, platform_image=memo.platform.serving_image)
+    if refusals:
+        raise NotAllowedError("SpecialistPool not allowed by the platform: " + "; ".join(refusals))
+    return pool
 
 
 def _owner(body: kopf.Body) -> Owner:
@@ -171,14 +190,22 @@ async def reconcile_pool(
     memo: kopf.Memo, logger: kopf.Logger, **_: Any,
 ) -> None:  # fmt: skip
     try:
-        pool = _validated(SpecialistPoolSpec, spec, "SpecialistPool")
+        pool = _allowed(_validated(SpecialistPoolSpec, spec, "SpecialistPool"), memo)
     except kopf.PermanentError as error:
+        reason = "NotAllowed" if isinstance(error, NotAllowedError) else "InvalidSpec"
         patch.status.update(
-            _status(status, meta, PoolPhase.FAILED, ready=False, reason="InvalidSpec", message=str(error))
+            _status(status, meta, PoolPhase.FAILED, ready=False, reason=reason, message=str(error))
         )
         raise
     owner = _owner(body)
-    children = [render_ray_service(owner, pool, memo.platform), *render_gateway(owner, pool, memo.platform)]
+    children = [
+        render_ray_service(owner, pool, memo.platform),
+        *render_gateway(owner, pool, memo.platform),
+        render_gateway_autoscaler(owner, pool),  # owns the gateway's replica count
+        render_gateway_disruption_budget(owner),
+    ]
+    if memo.isolation is not None:  # networkPolicies.enabled
+        children += render_network_policies(owner, memo.isolation)
     for child in children:
         await memo.kube.apply(child)
         logger.info(f"applied {child['kind']} {child['metadata']['name']}")

@@ -7,7 +7,8 @@ finds what it created instead of creating it again.
 - a SpecialistPool → a KubeRay ``RayService`` running the pool's Serve application
   (:mod:`protege.serving.pool`), a ``ConfigMap`` with the pool's routing table, and the
   gateway ``Deployment`` + ``Service`` in front of it (teacher key, the gateway's NATS password
-  and the pool token by secret reference);
+  and the pool token by secret reference), with its ``HorizontalPodAutoscaler`` and
+  ``PodDisruptionBudget``;
 - a Specialist's training run → a KubeRay ``RayJob`` running ``python -m
   protege.training.job`` on GPU workers, named after the hash of its job spec.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -25,6 +27,7 @@ from protege import __version__
 from protege.api.jobs import JobSpec, job_name
 from protege.api.meta import ComputeResources, Toleration
 from protege.api.naming import KUBERAY_NAME_MAX, child_name
+from protege.api.pods import PodOverrides, PodTemplates
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RoutingTable
 from protege.serving.pool.config import serve_application
@@ -37,6 +40,12 @@ GATEWAY_METRICS_PORT = 9090  # the gateway's /metrics, apart from its API (every
 ROUTES_KEY = "routes.json"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FINISHED_CLUSTER_TTL_SECONDS = 60  # a finished training job's Ray cluster (its GPUs) goes after this
+# A stopping gateway pod: its preStop hook waits this long before SIGTERM, while the endpoints
+# controller and kube-proxy (or the load balancer) stop sending it new calls.
+GATEWAY_PRESTOP_SECONDS = 5
+# After SIGTERM and the calls in flight (the pool's gateway.drainSeconds): the call log's flush to
+# NATS (CallLogPublisher.close: 10 s at most), and a margin for the process to exit.
+GATEWAY_FLUSH_SECONDS = 10 + 5
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,24 @@ class Platform:
     call_log_max_age_days: str | None = None
     call_log_max_bytes: str | None = None
     call_log_replicas: str | None = None
+    # What to set on every pool's pods, as JSON: {"gateway": {...}, "serving": {...}, "training": {...}}
+    # with the fields of a pool's spec.podTemplate (protege.api.pods.PodTemplates); a pool's own
+    # podTemplate is laid over it. Checked when the operator starts.
+    pod_template: str | None = None
+
+    def __post_init__(self) -> None:
+        self.pod_templates  # noqa: B018 - parsed now: a bad setting fails the operator's startup, saying why
+
+    @cached_property
+    def pod_templates(self) -> PodTemplates:
+        if not self.pod_template:
+            return PodTemplates()
+        try:
+            return PodTemplates.model_validate_json(self.pod_template)
+        except ValueError as error:
+            raise ValueError(
+                f"PROTEGE_OPERATOR_POD_TEMPLATE (the chart's platform.podTemplate) is not valid: {error}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -151,30 +178,53 @@ def _resources(resources: ComputeResources, gpus: int | None = None) -> dict[str
     return {"requests": amounts, "limits": dict(amounts)}
 
 
-def _head(image: str, env: list[dict[str, Any]]) -> dict[str, Any]:
+def _with_overrides(template: dict[str, Any], overrides: PodOverrides) -> dict[str, Any]:
+    """A pod template with the platform's and the pool's overrides (labels already checked: none
+    replaces a label pods are selected by)."""
+    metadata = dict(template.get("metadata", {}))
+    for field, values in (("labels", overrides.labels), ("annotations", overrides.annotations)):
+        if values:
+            metadata[field] = {**metadata.get(field, {}), **values}
+    pod = dict(template["spec"])
+    if overrides.image_pull_secrets:
+        pod["imagePullSecrets"] = [secret.to_kube() for secret in overrides.image_pull_secrets]
+    if overrides.service_account_name:
+        pod["serviceAccountName"] = overrides.service_account_name
+    if overrides.priority_class_name:
+        pod["priorityClassName"] = overrides.priority_class_name
+    return {"metadata": metadata, "spec": pod} if metadata else {"spec": pod}
+
+
+def pod_templates(spec: SpecialistPoolSpec, platform: Platform) -> PodTemplates:
+    """The pool's pod overrides laid over the platform's."""
+    return spec.pod_template.over(platform.pod_templates)
+
+
+def _head(image: str, env: list[dict[str, Any]], overrides: PodOverrides) -> dict[str, Any]:
     """A head that runs no replicas or training itself (num-cpus 0): workers do the work."""
+    template = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "ray-head",
+                    "image": image,
+                    "env": env,
+                    "ports": [
+                        {"containerPort": 6379, "name": "gcs"},
+                        {"containerPort": 8265, "name": "dashboard"},
+                        {"containerPort": SERVE_PORT, "name": "serve"},
+                    ],
+                    "resources": {
+                        "requests": {"cpu": "1", "memory": "4Gi"},
+                        "limits": {"cpu": "2", "memory": "4Gi"},
+                    },
+                }
+            ]
+        }
+    }
     return {
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-        "template": {
-            "spec": {
-                "containers": [
-                    {
-                        "name": "ray-head",
-                        "image": image,
-                        "env": env,
-                        "ports": [
-                            {"containerPort": 6379, "name": "gcs"},
-                            {"containerPort": 8265, "name": "dashboard"},
-                            {"containerPort": SERVE_PORT, "name": "serve"},
-                        ],
-                        "resources": {
-                            "requests": {"cpu": "1", "memory": "4Gi"},
-                            "limits": {"cpu": "2", "memory": "4Gi"},
-                        },
-                    }
-                ]
-            }
-        },
+        "template": _with_overrides(template, overrides),
     }
 
 
@@ -184,6 +234,8 @@ def _worker_template(
     resources: dict[str, Any],
     node_selector: dict[str, str],
     tolerations: list[Toleration],
+    *,
+    overrides: PodOverrides,
 ) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "containers": [{"name": "ray-worker", "image": image, "env": env, "resources": resources}]
@@ -192,7 +244,7 @@ def _worker_template(
         pod["nodeSelector"] = dict(node_selector)
     if tolerations:
         pod["tolerations"] = [t.to_kube() for t in tolerations]
-    return {"spec": pod}
+    return _with_overrides({"spec": pod}, overrides)
 
 
 def ray_service_name(pool: str) -> str:
@@ -204,6 +256,7 @@ def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platfor
     """The pool's RayService: its Serve app, autoscaled between replicas.min and replicas.max."""
     image = spec.image or platform.serving_image
     env = [*_store_env(platform), _pool_token_env(platform)]  # the engine refuses calls without it
+    overrides = pod_templates(spec, platform).serving
     gpus = spec.resources.gpu  # per worker pod: tensor parallelism shares them, it does not multiply them
     workers = {
         "groupName": "gpu" if gpus else "cpu",
@@ -212,11 +265,16 @@ def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platfor
         "maxReplicas": spec.replicas.max,
         "rayStartParams": {},
         "template": _worker_template(
-            image, env, _resources(spec.resources, gpus), spec.node_selector, spec.tolerations
+            image,
+            env,
+            _resources(spec.resources, gpus),
+            spec.node_selector,
+            spec.tolerations,
+            overrides=overrides,
         ),
     }
     serve_config = {"applications": [serve_application(owner.name, spec)]}
-    return _plain(
+    service = _plain(
         {
             "apiVersion": "ray.io/v1",
             "kind": "RayService",
@@ -226,12 +284,26 @@ def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platfor
                 "rayClusterConfig": {
                     "rayVersion": RAY_VERSION,
                     "enableInTreeAutoscaling": True,
-                    "headGroupSpec": _head(image, env),
+                    "headGroupSpec": _head(image, env, overrides),
                     "workerGroupSpecs": [workers],
                 },
             },
         }
     )
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:  # its NetworkPolicy selects them
+        metadata = group["template"].setdefault("metadata", {})
+        metadata["labels"] = {**ray_pod_labels(owner.name), **metadata.get("labels", {})}
+    return service
+
+
+def ray_pod_labels(pool: str) -> dict[str, str]:
+    """The labels of a pool's serving Ray pods, head and workers (KubeRay keeps a template's labels).
+
+    Not ``app.kubernetes.io/name``: KubeRay sets it to ``kuberay`` and lets a template's value
+    replace it, and its head and serve Services select pods by it.
+    """
+    return {"app.kubernetes.io/component": "serving", f"{API_GROUP}/pool": pool}
 
 
 def routes_config_map_name(pool: str) -> str:
@@ -254,12 +326,27 @@ def _scrape_annotations(port: int) -> dict[str, str]:
 
 
 def gateway_name(pool: str) -> str:
-    """``<pool>-gateway``: its Deployment's and its Service's name (a DNS-1035 label)."""
+    """``<pool>-gateway``: the name of its Deployment, Service, autoscaler and disruption budget."""
     return child_name(pool, "gateway")
 
 
+def _gateway_selector(owner: Owner) -> dict[str, str]:
+    """The labels that select a pool's gateway pods (Deployment, Service, disruption budget)."""
+    return {
+        "app.kubernetes.io/name": "protege",
+        "app.kubernetes.io/component": "gateway",
+        f"{API_GROUP}/pool": owner.name,
+    }
+
+
 def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -> list[dict[str, Any]]:
-    """The pool's gateway Deployment and Service: capture, routing, the teacher as fallback."""
+    """The pool's gateway Deployment and Service: capture, routing, the teacher as fallback.
+
+    The Deployment sets no ``replicas``: its autoscaler (:func:`render_gateway_autoscaler`) owns
+    the count, and an applied count would reset it on every reconcile. A stopping pod gets
+    ``GATEWAY_PRESTOP_SECONDS`` for the endpoints to forget it, then SIGTERM: the calls in flight
+    get ``gateway.drainSeconds``, then the call log is flushed to NATS (docs/kubernetes.md).
+    """
     name = gateway_name(owner.name)
     teacher = spec.teacher
     env: list[dict[str, Any]] = [
@@ -271,6 +358,7 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
         {"name": "PROTEGE_GATEWAY__PORT", "value": str(GATEWAY_PORT)},
         {"name": "PROTEGE_GATEWAY__METRICS_PORT", "value": str(GATEWAY_METRICS_PORT)},
         {"name": "PROTEGE_GATEWAY__API_KEYS_FILE", "value": "/etc/protege/keys/keys.yaml"},
+        {"name": "PROTEGE_GATEWAY__DRAIN_SECONDS", "value": str(spec.gateway.drain_seconds)},
         {"name": "PROTEGE_ROUTER__ENABLED", "value": "true"},
         {
             "name": "PROTEGE_ROUTER__ENGINE_URL",
@@ -289,11 +377,7 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
                 "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
             }
         )
-    labels = {
-        "app.kubernetes.io/name": "protege",
-        "app.kubernetes.io/component": "gateway",
-        f"{API_GROUP}/pool": owner.name,
-    }
+    labels = _gateway_selector(owner)
     container: dict[str, Any] = {
         "name": "gateway",
         "image": platform.gateway_image,
@@ -305,6 +389,8 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
         ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+        # new calls stop coming before SIGTERM stops the listener (python:slim has sleep)
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(GATEWAY_PRESTOP_SECONDS)]}}},
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": {
             "runAsNonRoot": True,
@@ -326,22 +412,24 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
     if platform.nats_tls_ca_secret:
         container["volumeMounts"].append({"name": "nats-ca", "mountPath": NATS_CA_DIR, "readOnly": True})
         volumes.append({"name": "nats-ca", "secret": {"secretName": platform.nats_tls_ca_secret}})
+    template = {
+        "metadata": {"labels": labels, "annotations": _scrape_annotations(GATEWAY_METRICS_PORT)},
+        "spec": {
+            # the preStop wait, the calls in flight, the call log's flush: then SIGKILL
+            "terminationGracePeriodSeconds": GATEWAY_PRESTOP_SECONDS
+            + spec.gateway.drain_seconds
+            + GATEWAY_FLUSH_SECONDS,
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(name, owner, "gateway"),
         "spec": {
-            "replicas": 2,
             "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels, "annotations": _scrape_annotations(GATEWAY_METRICS_PORT)},
-                "spec": {
-                    "containers": [
-                        {**container, "env": [*env, {"name": "PROTEGE_HOME", "value": "/var/lib/protege"}]}
-                    ],
-                    "volumes": volumes,
-                },
-            },
+            "template": _with_overrides(template, pod_templates(spec, platform).gateway),
         },
     }
     service = {
@@ -351,6 +439,57 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
         "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
     }
     return [_plain(deployment), _plain(service)]
+
+
+def render_gateway_autoscaler(owner: Owner, spec: SpecialistPoolSpec) -> dict[str, Any]:
+    """The gateway's HorizontalPodAutoscaler: CPU utilisation between gateway.replicas.min and max.
+
+    It exists for every pool (min equal to max pins the count): the HPA controller keeps the
+    count within the bounds even where no metrics server answers, and the Deployment never sets
+    one, so nothing else writes it.
+    """
+    gateway = spec.gateway
+    target = {"type": "Utilization", "averageUtilization": gateway.target_cpu_utilization}
+    return _plain(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": _metadata(gateway_name(owner.name), owner, "gateway"),
+            "spec": {
+                "scaleTargetRef": {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": gateway_name(owner.name),
+                },
+                "minReplicas": gateway.replicas.min,
+                "maxReplicas": gateway.replicas.max,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": target}}],
+            },
+        }
+    )
+
+
+def render_gateway_disruption_budget(owner: Owner) -> dict[str, Any]:
+    """The gateway's PodDisruptionBudget: evictions (node drains) take one gateway pod at a time.
+
+    ``maxUnavailable: 1`` rather than a ``minAvailable``: with one replica, ``minAvailable: 1``
+    would refuse every eviction and block node drains for good; with ``maxUnavailable: 1`` the
+    single pod may go (drained as on SIGTERM, the Deployment makes a new one elsewhere), and with
+    two or more the others keep serving. Pods that are not ready may always be evicted
+    (``unhealthyPodEvictionPolicy: AlwaysAllow``): a crash-looping gateway never blocks a drain.
+    """
+    return _plain(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _metadata(gateway_name(owner.name), owner, "gateway"),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": _gateway_selector(owner)},
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        }
+    )
 
 
 def render_training_job(
@@ -364,6 +503,7 @@ def render_training_job(
     """
     image = platform.training_image
     env = _store_env(platform)
+    overrides = pod_templates(pool, platform).training
     training = job.training
     workers = {
         "groupName": "train",
@@ -378,6 +518,7 @@ def render_training_job(
             _resources(training.resources),
             pool.node_selector if training.node_selector is None else training.node_selector,
             pool.tolerations if training.tolerations is None else training.tolerations,
+            overrides=overrides,
         ),
     }
     spec_json = json.dumps(
@@ -404,7 +545,7 @@ def render_training_job(
                 "submissionMode": "K8sJobMode",
                 "rayClusterSpec": {
                     "rayVersion": RAY_VERSION,
-                    "headGroupSpec": _head(image, env),
+                    "headGroupSpec": _head(image, env, overrides),
                     "workerGroupSpecs": [workers],
                 },
             },

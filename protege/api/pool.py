@@ -16,6 +16,7 @@ from protege.api.meta import (
     SecretKeyRef,
     Toleration,
 )
+from protege.api.pods import PodTemplates
 
 MODEL_SOURCE_SCHEMES = ("hf", "s3", "gs", "pvc", "file")
 _CATALOGUE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
@@ -148,6 +149,59 @@ class ReplicaSpec(KubeModel):
         return self
 
 
+class GatewayReplicas(KubeModel):
+    """Bounds of the gateway's HorizontalPodAutoscaler."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.min <= self.max",
+                    "message": "gateway.replicas.min must not exceed gateway.replicas.max",
+                }
+            ]
+        }
+    }
+
+    min: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Fewest gateway pods (2: one can be drained or rolled while the other serves).",
+    )
+    max: int = Field(default=10, ge=1, le=1000, description="Most gateway pods; equal to min: a fixed count.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GatewayReplicas:
+        if self.min > self.max:
+            raise ValueError(
+                f"gateway.replicas.min ({self.min}) exceeds gateway.replicas.max ({self.max}); raise max or "
+                "lower min"
+            )
+        return self
+
+
+class GatewaySpec(KubeModel):
+    """The pool's gateway pods: how many (a HorizontalPodAutoscaler on CPU), and how they stop."""
+
+    replicas: GatewayReplicas = Field(
+        default_factory=GatewayReplicas, description="Bounds of the gateway's HorizontalPodAutoscaler."
+    )
+    target_cpu_utilization: int = Field(
+        default=70,
+        ge=1,
+        le=1000,
+        description="Average CPU use the autoscaler aims at, in percent of each pod's CPU request (500m).",
+    )
+    drain_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="When a gateway pod stops (rolling update, scale-down, node drain), calls in flight get "
+        "this long to finish before they are cut; then its call log is flushed to NATS and it exits.",
+    )
+
+
 class TeacherSpec(KubeModel):
     """The big model the specialists learn from and fall back to (any OpenAI-compatible API)."""
 
@@ -202,6 +256,14 @@ class SpecialistPoolSpec(KubeModel):
     )
     teacher: TeacherSpec = Field(description="The teacher model: source of labels and the fallback.")
     image: str | None = Field(default=None, description="Serving image; the operator's default when unset.")
+    gateway: GatewaySpec = Field(
+        default_factory=GatewaySpec, description="The gateway's autoscaling and shutdown."
+    )
+    pod_template: PodTemplates = Field(
+        default_factory=PodTemplates,
+        description="What to set on the pool's gateway, serving and training pods (pull secrets, service "
+        "account, priority class, annotations, labels), over the platform's.",
+    )
     max_training_jobs: int = Field(
         default=2,
         ge=1,

@@ -57,6 +57,9 @@ def serve(
         log_level=log_level,
         access_log=False,
         timeout_keep_alive=current.gateway.keep_alive_seconds,
+        # SIGTERM: stop listening, give calls in flight drain_seconds, then the lifespan's shutdown
+        # (pending shadow answers, the call log's flush to NATS)
+        timeout_graceful_shutdown=current.gateway.drain_seconds,
         loop="uvloop",
         http="httptools",
     )

@@ -23,18 +23,42 @@ def render(
     dataset_version: str = typer.Option(
         "latest", help="Dataset version a Specialist's training RayJob would train on."
     ),
+    allowed_images: list[str] | None = typer.Option(
+        None,
+        "--allowed-image",
+        help="A glob pattern of the images a pool may choose (the chart's pools.allowedImages); repeat it. "
+        "Default: PROTEGE_OPERATOR_ALLOWED_IMAGES (a JSON list), as the operator reads it; unset: any.",
+    ),
+    allowed_extra_args: list[str] | None = typer.Option(
+        None,
+        "--allowed-extra-arg",
+        help="A glob pattern of the engine.extraArgs a pool may set (pools.allowedExtraArgs); repeat it. "
+        "Default: PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS, as the operator reads it; unset: any.",
+    ),
 ) -> None:
     """Print the RayService, gateway, routing ConfigMap and training RayJob the operator would apply."""
     from protege.api.jobs import JobSpec
     from protege.api.routes import RoutingTable
+    from protege.operator.allowlist import PoolAllowList
     from protege.operator.render import (
         Owner,
         Platform,
         render_gateway,
+        render_gateway_autoscaler,
+        render_gateway_disruption_budget,
         render_ray_service,
         render_routes,
         render_training_job,
     )
+
+    try:
+        allowed = PoolAllowList.from_environment()  # the operator's allow-list, the options over it
+    except ValueError as error:
+        fail(str(error))
+    if allowed_images:
+        allowed = PoolAllowList(tuple(allowed_images), allowed.extra_args)
+    if allowed_extra_args:
+        allowed = PoolAllowList(allowed.images, tuple(allowed_extra_args))
 
     documents: list[dict[str, Any]] = []
     for path in files:
@@ -60,10 +84,15 @@ def render(
     for document in documents:
         if document.get("kind") == "SpecialistPool":
             spec = spec_of(document, SpecialistPoolSpec)
+            refusals = allowed.refusals(spec, platform_image=platform.serving_image)  # as the operator
+            if refusals:
+                name = document["metadata"]["name"]
+                fail(f"SpecialistPool {name}: not allowed by the platform: " + "; ".join(refusals))
             pools[document["metadata"]["name"]] = spec
             parent = owner(document)
             out += [render_ray_service(parent, spec, platform), render_routes(parent, RoutingTable())]
             out += render_gateway(parent, spec, platform)
+            out += [render_gateway_autoscaler(parent, spec), render_gateway_disruption_budget(parent)]
     for document in documents:
         if document.get("kind") != "Specialist":
             continue

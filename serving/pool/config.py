@@ -64,12 +64,21 @@ def deployment_options(spec: SpecialistPoolSpec) -> dict[str, Any]:
     }
 
 
+# Parts of a pool's spec that the Serve application never reads (the gateway's and the pods').
+POD_ONLY_FIELDS = {"gateway", "pod_template"}
+
+
 def serve_application(name: str, spec: SpecialistPoolSpec) -> dict[str, Any]:
-    """One entry of a Serve config's ``applications`` (the RayService's serveConfigV2)."""
+    """One entry of a Serve config's ``applications`` (the RayService's serveConfigV2).
+
+    The spec without its gateway's and pods' parts: a change to those must not redeploy the
+    engines (a new serveConfigV2 does).
+    """
+    engine_spec = spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=POD_ONLY_FIELDS)
     return {
         "name": name,
         "route_prefix": "/",
         "import_path": ENTRYPOINT,
-        "args": {"pool": name, "spec": spec.to_kube()},
+        "args": {"pool": name, "spec": engine_spec},
         "deployments": [{"name": "PoolEngine", **deployment_options(spec)}],
     }

@@ -33,6 +33,9 @@ import yaml
 from protege.api.pool import SpecialistPoolSpec
 from protege.capture.access import COMPONENTS, identities
 from protege.config import load_settings
+from protege.operator.allowlist import PoolAllowList
+from protege.operator.api_access import Rules, required_rules
+from protege.operator.isolation import NetworkIsolation, render_network_policies
 from protege.operator.render import Owner, Platform, render_gateway, render_ray_service
 from protege.services.process import find_binary
 
@@ -42,7 +45,14 @@ EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 KUBE = "1.31"
 RELEASE, NAMESPACE = "protege", "protege-system"
 # Kinds kubernetes-validate checks against Kubernetes' own OpenAPI schemas.
-BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1", "policy/v1"}
+BUILTIN_GROUPS = {
+    "v1",
+    "apps/v1",
+    "batch/v1",
+    "rbac.authorization.k8s.io/v1",
+    "policy/v1",
+    "networking.k8s.io/v1",
+}
 STANDARD_LABELS = {
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -262,14 +272,15 @@ def test_defaults_watch_all_namespaces_with_one_cluster_role(render: Render) -> 
     assert "--all-namespaces" in args and not any(a.startswith("--namespace") for a in args)
     assert rendered.kind("Role") == [] and rendered.kind("RoleBinding") == []
     granted = rules(rendered.one("ClusterRole"))
-    assert ("protege.dev", "specialists", frozenset({"get", "list", "watch", "patch"})) in granted
-    assert ("ray.io", "rayjobs", frozenset({"get", "list", "watch", "create", "patch"})) in granted
-    assert (
-        "apiextensions.k8s.io",
-        "customresourcedefinitions",
-        frozenset({"get", "list", "watch"}),
-    ) in granted
-    assert not any(verbs & {"delete", "deletecollection", "*"} for _, _, verbs in granted)
+    assert ("protege.dev", "specialists", frozenset({"list", "watch", "patch"})) in granted
+    assert ("ray.io", "rayjobs", frozenset({"get", "list", "create", "patch", "delete"})) in granted
+    assert ("apiextensions.k8s.io", "customresourcedefinitions", frozenset({"list", "watch"})) in granted
+    # deleting is for finished training jobs only; owner references garbage-collect the rest
+    deleting = {
+        (group, resource) for group, resource, verbs in granted if verbs & {"delete", "deletecollection"}
+    }
+    assert deleting == {("ray.io", "rayjobs")}
+    assert not any("*" in verbs for _, _, verbs in granted)
     assert not any(resource in ("secrets", "namespaces", "pods") for _, resource, _ in granted)
     binding = rendered.one("ClusterRoleBinding")
     account = rendered.one("ServiceAccount")["metadata"]
@@ -290,10 +301,10 @@ def test_namespaced_install_has_a_role_per_namespace_and_only_cluster_reads(rend
     assert set(roles) == {"agents", "research"}
     for namespace, role in roles.items():
         granted = rules(role)
-        assert ("protege.dev", "specialistpools/status", frozenset({"get", "patch"})) in granted
-        assert ("", "configmaps", frozenset({"get", "list", "create", "patch"})) in granted
+        assert ("protege.dev", "specialistpools/status", frozenset({"patch"})) in granted
+        assert ("", "configmaps", frozenset({"get", "create", "patch"})) in granted
         assert ("apps", "deployments", frozenset({"get", "create", "patch"})) in granted
-        assert ("events.k8s.io", "events", frozenset({"create"})) in granted
+        assert ("", "events", frozenset({"create"})) in granted
         [binding] = [b for b in rendered.kind("RoleBinding") if b["metadata"]["namespace"] == namespace]
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
@@ -351,17 +362,15 @@ def test_one_replica_is_standalone_and_more_are_kopf_peers(render: Render) -> No
         "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
     }
     assert peers.one("ClusterKopfPeering")["metadata"]["name"] == RELEASE
-    assert (
-        "kopf.dev",
-        "clusterkopfpeerings",
-        frozenset({"get", "list", "watch", "patch"}),
-    ) in rules(peers.one("ClusterRole"))
+    assert ("kopf.dev", "clusterkopfpeerings", frozenset({"list", "watch", "patch"})) in rules(
+        peers.one("ClusterRole")
+    )
 
     namespaced = render({"operator": {"replicas": 3, "watchNamespaces": ["agents", "research"]}})
     assert {p["metadata"]["namespace"] for p in namespaced.kind("KopfPeering")} == {"agents", "research"}
     assert namespaced.kind("ClusterKopfPeering") == []
     for role in namespaced.kind("Role"):
-        assert ("kopf.dev", "kopfpeerings", frozenset({"get", "list", "watch", "patch"})) in rules(role)
+        assert ("kopf.dev", "kopfpeerings", frozenset({"list", "watch", "patch"})) in rules(role)
 
 
 def test_service_monitor_only_when_enabled(render: Render) -> None:
@@ -410,6 +419,11 @@ def test_environment_is_what_the_operator_reads(render: Render) -> None:
     }
     read |= {"PROTEGE_S3__ACCESS_KEY_ID", "PROTEGE_S3__SECRET_ACCESS_KEY", "POD_ID"}
     read |= {"PROTEGE_NATS_AUTH__USER", "PROTEGE_NATS_AUTH__PASSWORD", "PROTEGE_NATS_AUTH__TLS_CA_FILE"}
+    read |= {  # PoolAllowList and NetworkIsolation
+        "PROTEGE_OPERATOR_ALLOWED_IMAGES",
+        "PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS",
+        "PROTEGE_OPERATOR_NETWORK_POLICIES",
+    }
     everything = render(
         {
             "callLog": {"tls": {"enabled": True, "caSecretName": "nats-ca"}},
@@ -520,6 +534,8 @@ def test_values_and_examples_satisfy_the_schema() -> None:
         ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "/metrics/serviceMonitor/interval"),
         ({"nats": {"enabled": "yes"}}, "/nats/enabled"),
         ({"gateway": {}}, ""),
+        ({"pools": {"allowedImages": "rayproject/*"}}, "/pools/allowedImages"),
+        ({"networkPolicies": {"prometheus": [{"podSelecter": {}}]}}, "/networkPolicies/prometheus/0"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
 )
@@ -744,3 +760,230 @@ def test_tls_to_nats_is_one_switch_with_the_servers_certificate(render: Render) 
     pod = rendered.workload()["spec"]["template"]["spec"]
     assert {"name": "nats-ca", "secret": {"secretName": "nats-ca"}} in pod["volumes"]
     assert any(m["mountPath"] == "/etc/protege/nats-ca" for m in rendered.container()["volumeMounts"])
+
+
+# --- least privilege and isolation ---------------------------------------------------------------
+
+
+def granted_rules(role: dict[str, Any]) -> Rules:
+    """{(group, resource): verbs} of a role, its rules merged."""
+    merged: dict[tuple[str, str], frozenset[str]] = {}
+    for group, resource, verbs in rules(role):
+        merged[group, resource] = merged.get((group, resource), frozenset()) | verbs
+    return merged
+
+
+@pytest.mark.parametrize(
+    ("values", "namespaced", "peering", "network_policies"),
+    [
+        pytest.param({}, False, False, True, id="defaults"),
+        pytest.param({"operator": {"replicas": 2}}, False, True, True, id="all-namespaces-peers"),
+        pytest.param(
+            {"operator": {"replicas": 2, "watchNamespaces": ["agents", "research"]}},
+            True,
+            True,
+            True,
+            id="namespaced-peers",
+        ),
+        pytest.param(
+            {"operator": {"watchNamespaces": ["agents"]}, "networkPolicies": {"enabled": False}},
+            True,
+            False,
+            False,
+            id="namespaced-no-network-policies",
+        ),
+    ],
+)
+def test_rbac_grants_exactly_the_operators_api_calls(
+    render: Render, values: dict[str, Any], namespaced: bool, peering: bool, network_policies: bool
+) -> None:
+    """The rules are protege.operator.api_access's table, no more, no less: what the operator's client
+    may call (it refuses anything else) and what kopf calls (the kmock tests check the requests)."""
+    rendered = render(values)
+    cluster, per_namespace = required_rules(
+        namespaced=namespaced, peering=peering, network_policies=network_policies
+    )
+    assert granted_rules(rendered.one("ClusterRole")) == cluster
+    roles = rendered.kind("Role")
+    assert {r["metadata"]["namespace"] for r in roles} == set(
+        values.get("operator", {}).get("watchNamespaces", [])
+    )
+    for role in roles:
+        assert granted_rules(role) == per_namespace, role["metadata"]["namespace"]
+    if namespaced:  # cluster-wide: reads of cluster-scoped kinds only, nothing about workloads
+        assert set(cluster) <= {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+        assert all(verbs <= {"list", "watch"} for verbs in cluster.values())
+
+
+def test_network_policies_admit_only_the_platform_to_nats_and_reach_the_operator(render: Render) -> None:
+    rendered = render({"callLog": {"auth": {"tenants": ["acme"]}}})
+    [policy] = rendered.kind("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/instance": RELEASE,  # the NATS chart's server pods
+        "app.kubernetes.io/component": "nats",
+    }
+    assert spec["policyTypes"] == ["Ingress"]
+    by_port = {rule["ports"][0]["port"]: rule for rule in spec["ingress"]}
+    assert set(by_port) == {4222, 6222, 8222}
+    clients = by_port[4222]["from"]
+    assert by_port[4222]["ports"] == [{"port": 4222, "protocol": "TCP"}]
+
+    def admitted(labels: dict[str, str], cross_namespace: bool = False) -> bool:
+        return any(
+            peer["podSelector"]["matchLabels"].items() <= labels.items()
+            and ("namespaceSelector" in peer) is cross_namespace
+            for peer in clients
+        )
+
+    operator_pod = rendered.workload()["spec"]["template"]["metadata"]["labels"]
+    [curator] = [d for d in rendered.kind("Deployment") if d["metadata"]["name"].endswith("-curator")]
+    assert admitted(operator_pod) and admitted(curator["spec"]["template"]["metadata"]["labels"])
+    [discovery] = rendered.kind("CronJob")  # no NATS identity, no NATS
+    discovery_pod = discovery["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    assert not admitted(discovery_pod)
+    pool = SpecialistPoolSpec.model_validate(
+        {"baseModel": {"source": "smollm2-135m"}, "teacher": {"url": "http://t.example/v1", "model": "big"}}
+    )
+    deployment, _ = render_gateway(Owner("SpecialistPool", "p", "agents", "u"), pool, Platform())
+    gateway_pod = deployment["spec"]["template"]["metadata"]["labels"]
+    assert admitted(gateway_pod, cross_namespace=True)
+    [gateways] = [peer for peer in clients if "namespaceSelector" in peer]
+    assert gateways["namespaceSelector"] == {}  # every namespace: the operator watches them all
+    assert "ACME" not in json.dumps(clients).upper()  # tenants' pods are natsClients, by choice
+    assert "listed in networkPolicies.natsClients, none yet" in " ".join(rendered.notes.split())
+    assert by_port[6222]["from"] == [{"podSelector": {"matchLabels": spec["podSelector"]["matchLabels"]}}]
+    assert (
+        by_port[8222]["from"]
+        == yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicies"]["prometheus"]
+    )
+
+    namespaced = render(
+        {
+            "operator": {"watchNamespaces": ["agents", "research"]},
+            "networkPolicies": {"natsClients": [{"namespaceSelector": {"matchLabels": {"team": "acme"}}}]},
+        }
+    )
+    clients = namespaced.one("NetworkPolicy")["spec"]["ingress"][0]["from"]
+    [gateways] = [peer for peer in clients if "podSelector" in peer and "namespaceSelector" in peer]
+    assert gateways["namespaceSelector"] == {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["agents", "research"]}
+        ]
+    }
+    assert clients[-1] == {"namespaceSelector": {"matchLabels": {"team": "acme"}}}
+
+    off = render({"networkPolicies": {"enabled": False}})
+    assert off.kind("NetworkPolicy") == [] and "PROTEGE_OPERATOR_NETWORK_POLICIES" not in off.env()
+    external = render({"nats": {"enabled": False}, "platform": {"natsUrl": "nats://nats.messaging:4222"}})
+    assert external.kind("NetworkPolicy") == []  # another release's NATS is not this chart's to guard
+    assert "PROTEGE_OPERATOR_NETWORK_POLICIES" in external.env()  # the pools' policies still are
+
+
+def test_the_pools_policies_the_operator_renders_from_the_values_select_its_pods(render: Render) -> None:
+    """The chart's peers reach the operator (PROTEGE_OPERATOR_NETWORK_POLICIES); its policies select the
+    pods it renders: only the pool's gateways (and KubeRay) reach Serve's port, only KubeRay the dashboard."""
+    env = render().env()
+    isolation = NetworkIsolation.from_environment({k: v["value"] for k, v in env.items() if "value" in v})
+    assert isolation is not None
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicies"]
+    assert list(isolation.kuberay) == values["kuberay"] and list(isolation.prometheus) == values["prometheus"]
+    owner = Owner("SpecialistPool", "p", "agents", "u")
+    pool = SpecialistPoolSpec.model_validate(
+        {"baseModel": {"source": "smollm2-135m"}, "teacher": {"url": "http://t.example/v1", "model": "big"}}
+    )
+    serve, gateway = render_network_policies(owner, isolation)
+    for policy in (serve, gateway):
+        kubernetes_validate.validate(policy, KUBE, strict=True)
+    service = render_ray_service(owner, pool, Platform())
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert (
+            serve["spec"]["podSelector"]["matchLabels"].items()
+            <= group["template"]["metadata"]["labels"].items()
+        )
+    deployment, _ = render_gateway(owner, pool, Platform())
+    gateway_pod = deployment["spec"]["template"]["metadata"]["labels"]
+    assert gateway["spec"]["podSelector"]["matchLabels"].items() <= gateway_pod.items()
+
+    def sources(policy: dict[str, Any], port: int) -> list[Any]:
+        return [
+            rule.get("from", "anyone")
+            for rule in policy["spec"]["ingress"]
+            if {"port": port, "protocol": "TCP"} in rule.get("ports", [])
+        ]
+
+    ray_pods = {"podSelector": serve["spec"]["podSelector"]}
+    gateways = {"podSelector": {"matchLabels": gateway["spec"]["podSelector"]["matchLabels"]}}
+    assert sources(serve, 8000) == [[gateways], values["kuberay"]]
+    assert sources(serve, 8265) == [values["kuberay"]]  # the dashboard: KubeRay only
+    assert sources(serve, 8080) == [values["prometheus"]]
+    unrestricted = [rule for rule in serve["spec"]["ingress"] if "ports" not in rule]
+    assert unrestricted == [{"from": [ray_pods]}]  # Ray's own traffic, within the pool's pods
+    assert sources(gateway, 8080) == ["anyone"] and sources(gateway, 9090) == [values["prometheus"]]
+
+
+def test_pools_are_held_to_the_allow_list_of_the_values(render: Render) -> None:
+    env = render().env()
+    allowed = PoolAllowList.from_environment({k: v["value"] for k, v in env.items() if "value" in v})
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["pools"]
+    assert allowed == PoolAllowList(tuple(values["allowedImages"]), tuple(values["allowedExtraArgs"]))
+    base = {
+        "baseModel": {"source": "smollm2-135m"},
+        "teacher": {"url": "http://t.example/v1", "model": "big"},
+    }
+    tuned = SpecialistPoolSpec.model_validate(
+        {**base, "engine": {"extraArgs": {"enablePrefixCaching": True}}}
+    )
+    assert allowed.refusals(tuned, platform_image="serving:1") == []
+    rogue = SpecialistPoolSpec.model_validate(
+        {**base, "image": "evil.example/miner:1", "engine": {"extraArgs": {"trustRemoteCode": True}}}
+    )
+    [image, argument] = allowed.refusals(rogue, platform_image="serving:1")
+    assert "spec.image 'evil.example/miner:1'" in image and "'serving:1'" in image
+    assert "spec.engine.extraArgs.trustRemoteCode (true)" in argument and "'enablePrefixCaching'" in argument
+    opened = render({"pools": {"allowedImages": ["rayproject/ray-llm:*"], "allowedExtraArgs": ["*"]}}).env()
+    assert json.loads(opened["PROTEGE_OPERATOR_ALLOWED_IMAGES"]["value"]) == ["rayproject/ray-llm:*"]
+    assert json.loads(opened["PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS"]["value"]) == ["*"]
+
+
+def test_the_platforms_pod_settings_reach_every_pools_pods(render: Render) -> None:
+    """platform.podTemplate becomes PROTEGE_OPERATOR_POD_TEMPLATE, which the operator lays a pool's
+    podTemplate over; a label pods are selected by is refused by the schema, naming it."""
+    from protege.api.pool import SpecialistPoolSpec
+    from protege.operator.render import Owner, render_gateway, render_ray_service
+
+    pod_template = {
+        "gateway": {"imagePullSecrets": [{"name": "regcred"}], "labels": {"team": "platform"}},
+        "serving": {"serviceAccountName": "protege-serving", "priorityClassName": "gpu-serving"},
+        "training": {"annotations": {"example.com/cost-center": "ml"}},
+    }
+    env = render({"platform": {"podTemplate": pod_template}}).env()
+    platform = Platform(pod_template=env["PROTEGE_OPERATOR_POD_TEMPLATE"]["value"])
+    assert platform.pod_templates.to_kube()["serving"]["serviceAccountName"] == "protege-serving"
+    pool = SpecialistPoolSpec.model_validate(
+        {
+            "baseModel": {"source": "smollm2-135m"},
+            "teacher": {"url": "http://t.example/v1", "model": "big"},
+            "podTemplate": {"gateway": {"imagePullSecrets": [{"name": "agents-registry"}]}},
+        }
+    )
+    owner = Owner("SpecialistPool", "p", "agents", "u")
+    deployment, _ = render_gateway(owner, pool, platform)
+    gateway_pod = deployment["spec"]["template"]
+    assert gateway_pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "agents-registry"}]
+    assert gateway_pod["metadata"]["labels"]["team"] == "platform"
+    head = render_ray_service(owner, pool, platform)["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head["template"]["spec"]["priorityClassName"] == "gpu-serving"
+    # the defaults: an empty podTemplate for each kind of pod, which the operator reads as no settings
+    default = render().env()["PROTEGE_OPERATOR_POD_TEMPLATE"]["value"]
+    assert Platform(pod_template=default).pod_templates == Platform().pod_templates
+
+    bad = merge(
+        yaml.safe_load((CHART / "values.yaml").read_text()),
+        {"platform": {"podTemplate": {"serving": {"labels": {"app.kubernetes.io/name": "mine"}}}}},
+    )
+    errors = list(jsonschema.Draft7Validator(schema()).iter_errors(bad))
+    assert ["/".join(str(p) for p in e.absolute_path) for e in errors] == [
+        "platform/podTemplate/serving/labels"
+    ]

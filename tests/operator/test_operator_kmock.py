@@ -141,7 +141,122 @@ async def test_a_pool_gets_its_children_and_becomes_ready(
             )
             assert "spec.engine.maxLoraRank" in failed["conditions"][0]["message"]
             assert stored(kmock, "ray.io/v1/rayservices", "broken-serve") is None  # nothing created
+
+            # the gateway's autoscaler and disruption budget are children too; the count is the HPA's
+            gateway = "smollm2-pool-gateway"
+            hpa = await until(lambda: stored(kmock, "autoscaling/v2/horizontalpodautoscalers", gateway))
+            budget = stored(kmock, "policy/v1/poddisruptionbudgets", gateway) or {}
+            for child in (hpa, budget):
+                assert child["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+            assert "replicas" not in (stored(kmock, "apps/v1/deployments", gateway) or {})["spec"]
+            # the HPA scales the gateway to 5; a change of the pool re-applies every child and leaves it
+            await api_patch(
+                kmock, f"/apis/apps/v1/namespaces/agents/deployments/{gateway}", {"spec": {"replicas": 5}}
+            )
+            changed = {"spec": {"gateway": {"replicas": {"min": 2, "max": 6}}}}
+            await api_patch(
+                kmock, "/apis/protege.dev/v1alpha1/namespaces/agents/specialistpools/smollm2-pool", changed
+            )
+            await until(
+                lambda: (
+                    (stored(kmock, "autoscaling/v2/horizontalpodautoscalers", gateway) or {})["spec"][
+                        "maxReplicas"
+                    ]
+                    == 6
+                )
+            )
+            assert (stored(kmock, "apps/v1/deployments", gateway) or {})["spec"]["replicas"] == 5
         assert runner.exception is None
+
+
+async def api_patch(kmock: Any, path: str, patch: dict[str, Any]) -> None:
+    """A merge patch through the emulator's API, as kubectl or a controller (the HPA) sends it."""
+    import aiohttp
+
+    headers = {"Content-Type": "application/merge-patch+json"}
+    url = str(kmock.url).rstrip("/") + path
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(url, json=patch, headers=headers) as response,
+    ):
+        response.raise_for_status()
+
+
+VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "DELETE": "delete"}
+
+
+def undeclared_calls(kmock: Any) -> list[str]:
+    """The operator's requests (kopf's and its client's, by their User-Agent) that its declared API uses
+    (protege.operator.api_access, which the chart's RBAC grants exactly) do not cover; discovery aside."""
+    from protege.operator.api_access import declares
+
+    undeclared, checked = [], set()
+    for request in list(kmock):
+        agent = request.headers.get("User-Agent", "")
+        if not agent.startswith(("kopf/", "protege-operator/")) or request.resource is None:
+            continue  # the KubeRay double's, the test's own
+        if not request.resource.plural:
+            continue  # discovery: /api/v1, /apis/<group>/<version>
+        checked.add(agent.split("/")[0])
+        action = VERBS.get(request.action.name) if request.action else None
+        verb = {"PATCH": "patch", "PUT": "update"}.get(str(request.method.value), action)
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        if verb is None or not declares(request.resource.group, resource, verb):
+            undeclared.append(f"{request.method.value} {request.url.path} ({verb} {resource})")
+    return undeclared + [f"no request from {agent} seen" for agent in {"kopf", "protege-operator"} - checked]
+
+
+async def test_a_pool_the_platform_does_not_allow_fails_and_the_others_get_network_policies(
+    kmock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pools.allowedImages / allowedExtraArgs and networkPolicies, as the chart passes them."""
+    from kopf.testing import KopfRunner
+
+    register_kmock_resources(kmock)
+    monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
+    monkeypatch.setenv("PROTEGE_OPERATOR_ALLOWED_IMAGES", json.dumps(["registry.example/serving/*"]))
+    monkeypatch.setenv("PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS", json.dumps(["enablePrefixCaching"]))
+    kuberay = [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay"}}}
+    ]
+    monkeypatch.setenv(
+        "PROTEGE_OPERATOR_NETWORK_POLICIES", json.dumps({"kuberay": kuberay, "prometheus": []})
+    )
+    rogue = pool_body(
+        "rogue", "u-9", image="evil.example/miner:1", engine={"extraArgs": {"trustRemoteCode": True}}
+    )
+    allowed = pool_body("smollm2-pool", "u-1", image="registry.example/serving/vllm:1")
+    resource = "protege.dev/v1alpha1/specialistpools"
+    with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        kmock.objects[resource, "agents", "rogue"] = rogue
+        kmock.objects[resource, "agents", "smollm2-pool"] = allowed
+        failed = await until(
+            lambda: pool_status(kmock, "rogue").get("phase") == "Failed" and pool_status(kmock, "rogue")
+        )
+        stalled = {c["type"]: c for c in failed["conditions"]}["Stalled"]
+        assert (stalled["status"], stalled["reason"]) == ("True", "NotAllowed")
+        for needle in (
+            "spec.image 'evil.example/miner:1' is not allowed",
+            "'registry.example/serving/*' (pools.allowedImages)",
+            "spec.engine.extraArgs.trustRemoteCode (true) is not allowed",
+            "'enablePrefixCaching' (pools.allowedExtraArgs)",
+        ):
+            assert needle in stalled["message"], needle
+        serve = await until(
+            lambda: stored(kmock, "networking.k8s.io/v1/networkpolicies", "smollm2-pool-serve")
+        )
+        assert serve["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+        assert {
+            "from": kuberay,
+            "ports": [{"port": 8265, "protocol": "TCP"}, {"port": 8000, "protocol": "TCP"}],
+        } in (serve["spec"]["ingress"])
+        await until(lambda: stored(kmock, "networking.k8s.io/v1/networkpolicies", "smollm2-pool-gateway"))
+        assert stored(kmock, "ray.io/v1/rayservices", "rogue-serve") is None  # nothing for the refused one
+        assert not labelled(
+            kmock, "networking.k8s.io/v1/networkpolicies", "protege.dev/specialistpool", "rogue"
+        )
+    assert runner.exception is None
+    assert undeclared_calls(kmock) == []
 
 
 async def test_a_pool_with_a_long_name_serves_or_says_why_kuberay_refused_it(
@@ -457,7 +572,8 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
             assert "sql-writer" not in routes_of(kmock) and "other" in routes_of(kmock)
             assert store.versions("adapter", "sql-writer") == []
             assert not store.has_object(RESULTS_AREA, job_name)
-        assert runner.exception is None
+        # and every call kopf and the operator's client made is one its RBAC grants
+        assert (runner.exception, undeclared_calls(kmock)) == (None, [])
 
 
 def job_status(kmock: Any, name: str) -> dict[str, Any]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,7 @@ import yaml
 
 from protege.api.jobs import JobSpec, job_id, job_name
 from protege.api.naming import KUBERAY_NAME_MAX, child_name, is_dns_1035_label
+from protege.api.pods import PodOverrides
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RolloutStage
 from protege.api.specialist import SpecialistSpec, TrainingSpec
@@ -22,6 +27,8 @@ from protege.operator.render import (
     gateway_name,
     ray_service_name,
     render_gateway,
+    render_gateway_autoscaler,
+    render_gateway_disruption_budget,
     render_ray_service,
     render_routes,
     render_training_job,
@@ -38,6 +45,38 @@ PLATFORM = Platform(
     artifact_store="s3://protege/artifacts",
     s3_endpoint="http://minio.storage:9000",
 )
+# A platform with pod overrides for every pool (the chart's platform.podTemplate), and a pool with
+# its own over them and an autoscaled gateway of its own bounds.
+PLATFORM_OVERRIDES = {
+    "gateway": {"imagePullSecrets": [{"name": "platform-registry"}], "priorityClassName": "platform-high"},
+    "serving": {"imagePullSecrets": [{"name": "platform-registry"}], "labels": {"team": "platform"}},
+    "training": {"serviceAccountName": "platform-training", "annotations": {"example.com/cost": "ml"}},
+}
+POOL_OVERRIDES = {
+    "gateway": {
+        "replicas": {"min": 1, "max": 4},
+        "targetCpuUtilization": 60,
+        "drainSeconds": 90,
+    },
+    "podTemplate": {
+        "gateway": {
+            "imagePullSecrets": [{"name": "agents-registry"}],
+            "serviceAccountName": "agents-gateway",
+            "labels": {"team": "agents"},
+            "annotations": {"sidecar.istio.io/inject": "false"},
+        },
+        "serving": {
+            "serviceAccountName": "agents-s3-reader",  # a workload identity for the artifact store
+            "priorityClassName": "gpu-serving",
+            "labels": {"team": "agents"},
+        },
+        "training": {
+            "imagePullSecrets": [{"name": "agents-registry"}],
+            "priorityClassName": "gpu-batch",
+            "annotations": {"example.com/cost": "agents-training"},
+        },
+    },
+}
 POOL_OWNER = Owner("SpecialistPool", "smollm2-pool", "agents", "2b1f5a3e-0000-4000-8000-000000000001")
 SPECIALIST_OWNER = Owner("Specialist", "sql-writer", "agents", "2b1f5a3e-0000-4000-8000-000000000002")
 
@@ -80,6 +119,9 @@ def rendered() -> dict[str, Any]:
         }
     )
     two_workers = job.model_copy(update={"training": job.training.model_copy(update={"workers": 2})})
+    custom = SpecialistPoolSpec.model_validate(example("pool") | POOL_OVERRIDES)
+    platform = dataclasses.replace(PLATFORM, pod_template=json.dumps(PLATFORM_OVERRIDES))
+    custom_deployment, _ = render_gateway(POOL_OWNER, custom, platform)
     return {
         "rayservice": render_ray_service(POOL_OWNER, pool, PLATFORM),
         "rayservice-tensor-parallel": render_ray_service(POOL_OWNER, sharded, PLATFORM),
@@ -90,6 +132,15 @@ def rendered() -> dict[str, Any]:
         "routes-configmap": render_routes(POOL_OWNER, table),
         "gateway-deployment": deployment,
         "gateway-service": service,
+        "gateway-autoscaler": render_gateway_autoscaler(POOL_OWNER, pool),
+        "gateway-disruption-budget": render_gateway_disruption_budget(POOL_OWNER),
+        # a pool with pod overrides over the platform's, and its own gateway bounds
+        "gateway-deployment-overrides": custom_deployment,
+        "gateway-autoscaler-overrides": render_gateway_autoscaler(POOL_OWNER, custom),
+        "rayservice-overrides": render_ray_service(POOL_OWNER, custom, platform),
+        "rayjob-overrides": render_training_job(
+            SPECIALIST_OWNER, job, custom, platform, pool_name=POOL_OWNER.name
+        ),
     }
 
 
@@ -106,15 +157,18 @@ def test_renders_match_their_golden_files(name: str) -> None:
 def test_kuberay_objects_validate_against_kuberays_crds() -> None:
     catalogue = CrdCatalogue.from_paths(sorted(KUBERAY.glob("*.yaml")))
     objects = rendered()
-    for name in ("rayservice", "rayservice-tensor-parallel", "rayjob", "rayjob-two-workers"):
-        assert catalogue.errors(objects[name]) == [], name
+    for name in objects:
+        if objects[name]["apiVersion"] == "ray.io/v1":
+            assert catalogue.errors(objects[name]) == [], name
     broken = objects["rayjob"] | {"spec": {**objects["rayjob"]["spec"], "backoffLimit": "zero"}}
     assert catalogue.errors(broken)  # the check can fail
 
 
 def test_core_objects_validate_against_kubernetes_schemas() -> None:
     objects = rendered()
-    for name in ("routes-configmap", "gateway-deployment", "gateway-service"):
+    core = [name for name in objects if objects[name]["apiVersion"] != "ray.io/v1"]
+    assert len(core) == 7
+    for name in core:
         kubernetes_validate.validate(objects[name], "1.31", strict=True)
 
 
@@ -143,6 +197,12 @@ def test_the_pool_spec_reaches_the_serve_app_and_the_gpu_workers() -> None:
     pod = workers["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    # KubeRay lets a template's label replace its own, and its Services select pods by these
+    assert not {"app.kubernetes.io/name", "app.kubernetes.io/created-by"} & {
+        *head,
+        *workers["template"]["metadata"]["labels"],
+    }
 
 
 def test_a_tensor_parallel_pool_asks_for_each_replicas_gpus_once() -> None:
@@ -195,7 +255,15 @@ def test_protege_render_prints_what_the_operator_would_apply(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["render", "-f", pool, "-f", specialist, "-n", "agents"])
     assert result.exit_code == 0, result.output
     documents = list(yaml.safe_load_all(result.output))
-    assert [d["kind"] for d in documents] == ["RayService", "ConfigMap", "Deployment", "Service", "RayJob"]
+    assert [d["kind"] for d in documents] == [
+        "RayService",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "RayJob",
+    ]
     catalogue = CrdCatalogue.from_paths(sorted(KUBERAY.glob("*.yaml")))
     assert all(catalogue.errors(d) == [] for d in documents if d["apiVersion"] == "ray.io/v1")
 
@@ -269,3 +337,116 @@ def test_gateways_get_their_call_log_identity_and_pools_their_token_by_reference
     assert {"name": "nats-ca", "secret": {"secretName": "nats-ca"}} in pod["volumes"]
     assert gateway_env(tls)["PROTEGE_CALL_LOG__REPLICAS"]["value"] == "3"
     kubernetes_validate.validate(deployment, "1.31", strict=True)
+
+
+def test_the_gateways_autoscaler_owns_its_replica_count() -> None:
+    """The HPA keeps the count within gateway.replicas; the Deployment sets none, so a re-apply never
+    resets what the HPA chose; the budget lets one pod go at a time, and selects what the Deployment
+    and the Service select."""
+    objects = rendered()
+    deployment, service = objects["gateway-deployment"], objects["gateway-service"]
+    assert "replicas" not in deployment["spec"]
+    for name, bounds in (("gateway-autoscaler", (2, 10, 70)), ("gateway-autoscaler-overrides", (1, 4, 60))):
+        hpa = objects[name]["spec"]
+        assert hpa["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": "smollm2-pool-gateway",
+        }
+        [metric] = hpa["metrics"]
+        assert (
+            hpa["minReplicas"],
+            hpa["maxReplicas"],
+            metric["resource"]["target"]["averageUtilization"],
+        ) == bounds
+    # CPU utilisation is a share of the request: the gateway's container must have one
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "500m"
+    budget = objects["gateway-disruption-budget"]["spec"]
+    assert budget["maxUnavailable"] == 1 and "minAvailable" not in budget  # one replica can still be drained
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert budget["selector"]["matchLabels"] == selector == service["spec"]["selector"]
+    for overridden in ("gateway-deployment", "gateway-deployment-overrides"):
+        labels = objects[overridden]["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items()  # overrides never take a pod out of its selectors
+
+    refused = {**example("pool"), "gateway": {"replicas": {"min": 3, "max": 2}}}
+    with pytest.raises(ValueError, match=r"gateway.replicas.min \(3\) exceeds gateway.replicas.max \(2\)"):
+        SpecialistPoolSpec.model_validate(refused)
+    catalogue = CrdCatalogue.from_paths([ROOT / "crds" / "specialistpools.protege.dev.yaml"])
+    body = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text()) | {"spec": refused}
+    body["metadata"]["namespace"] = "agents"
+    assert catalogue.errors(body) == [
+        "spec.gateway.replicas: gateway.replicas.min must not exceed gateway.replicas.max"
+    ]
+
+
+def test_a_stopping_gateway_drains_before_it_is_killed() -> None:
+    """preStop: new calls stop coming; SIGTERM: calls in flight get drainSeconds, then the call log is
+    flushed; the grace period covers the three, so SIGKILL never comes first."""
+    for name, drain in (("gateway-deployment", 30), ("gateway-deployment-overrides", 90)):
+        pod = rendered()[name]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PROTEGE_GATEWAY__DRAIN_SECONDS"] == str(drain)
+        assert container["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+        assert pod["terminationGracePeriodSeconds"] == 5 + drain + 15
+        assert [e["name"] for e in container["env"]].count("PROTEGE_HOME") == 1  # no duplicate
+        spool = next(m for m in container["volumeMounts"] if m["name"] == "spool")
+        assert env["PROTEGE_HOME"] == spool["mountPath"]  # journal and spool on the pod's volume
+
+
+def test_pod_overrides_go_over_the_platforms_and_never_over_selector_labels() -> None:
+    objects = rendered()
+    gateway = objects["gateway-deployment-overrides"]["spec"]["template"]
+    assert gateway["spec"]["imagePullSecrets"] == [{"name": "platform-registry"}, {"name": "agents-registry"}]
+    assert gateway["spec"]["serviceAccountName"] == "agents-gateway"
+    assert gateway["spec"]["priorityClassName"] == "platform-high"  # the pool's when it sets one
+    assert gateway["metadata"]["labels"]["team"] == "agents"
+    assert gateway["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert gateway["metadata"]["annotations"]["prometheus.io/scrape"] == "true"  # the operator's stay
+    service = objects["rayservice-overrides"]["spec"]["rayClusterConfig"]
+    for group in (service["headGroupSpec"], *service["workerGroupSpecs"]):
+        pod = group["template"]
+        assert pod["spec"]["serviceAccountName"] == "agents-s3-reader"
+        assert pod["spec"]["priorityClassName"] == "gpu-serving"
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "platform-registry"}]
+        assert pod["metadata"]["labels"]["team"] == "agents"
+    cluster = objects["rayjob-overrides"]["spec"]["rayClusterSpec"]
+    for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+        pod = group["template"]
+        assert pod["spec"]["serviceAccountName"] == "platform-training"
+        assert pod["spec"]["priorityClassName"] == "gpu-batch"
+        assert pod["metadata"]["annotations"] == {"example.com/cost": "agents-training"}
+    # the engines are not redeployed for a change of the gateway's or the pods' settings
+    plain = yaml.safe_load(objects["rayservice"]["spec"]["serveConfigV2"])
+    custom = yaml.safe_load(objects["rayservice-overrides"]["spec"]["serveConfigV2"])
+    assert plain == custom
+    # no overrides: nothing added
+    head = objects["rayservice"]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    assert not {"imagePullSecrets", "serviceAccountName", "priorityClassName"} & set(head["spec"])
+
+    catalogue = CrdCatalogue.from_paths([ROOT / "crds" / "specialistpools.protege.dev.yaml"])
+    body = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text())
+    body["metadata"]["namespace"] = "agents"
+    for key in (
+        "protege.dev/pool",
+        "ray.io/node-type",
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/created-by",
+    ):
+        bad = copy.deepcopy(body)
+        bad["spec"]["podTemplate"] = {"serving": {"labels": {key: "x", "team": "a"}}}
+        [error] = catalogue.errors(bad)
+        assert error.startswith("spec.podTemplate.serving.labels: podTemplate labels may not set"), error
+        with pytest.raises(
+            ValueError, match=re.escape(f"{key}: podTemplate labels may not set the labels pods are")
+        ):
+            SpecialistPoolSpec.model_validate(bad["spec"])
+        with pytest.raises(ValueError, match=r"PROTEGE_OPERATOR_POD_TEMPLATE .* is not valid"):
+            Platform(pod_template=json.dumps({"training": {"labels": {key: "x"}}}))
+    fine = copy.deepcopy(body)
+    fine["spec"]["podTemplate"] = {"serving": {"labels": {"app.kubernetes.io/part-of": "agents"}}}
+    assert catalogue.errors(fine) == []
+    with pytest.raises(ValueError, match="not valid"):
+        Platform(pod_template="{not json")
+    assert PodOverrides().over(PodOverrides()) == PodOverrides()
