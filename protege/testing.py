@@ -15,6 +15,8 @@ its ``token``, as every pool.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -279,6 +281,22 @@ def start_gateway(
     yield start
     for server in started:
         server.stop()
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float = 30) -> None:
+    """Until the gateway process at ``url`` answers ``/readyz`` with 200; fails with its log if it exits."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not ready after {seconds:g} s: {log.read_text()}")
 
 
 def make_lora_adapter(base: Path, out: Path, rank: int, seed: int) -> Path:

@@ -20,6 +20,7 @@ from protege.cli import app
 from protege.services.nats import NatsServer
 from protege.services.process import free_port, terminate_pid
 from protege.serving.server import ServerThread
+from protege.testing import wait_until_ready
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -61,13 +62,7 @@ def test_gateway_from_the_command_line_then_tail_and_stats(
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert process.poll() is None, (tmp_path / "gateway.log").read_text()
-                time.sleep(0.1)
+        wait_until_ready(url, process, tmp_path / "gateway.log")
         headers = {"Authorization": f"Bearer {key}"}
         for i in range(5):
             body = {"model": "stub-teacher", "messages": [{"role": "user", "content": f"question {i}"}]}

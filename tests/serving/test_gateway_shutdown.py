@@ -32,7 +32,7 @@ from protege.services.nats import NatsServer
 from protege.services.process import free_port
 from protege.serving.gateway.auth import hash_key, new_key
 from protege.serving.server import ServerThread
-from protege.testing import wait_for_records
+from protege.testing import wait_for_records, wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -74,13 +74,7 @@ def gateway_process(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert process.poll() is None, (tmp_path / "gateway.log").read_text()
-                time.sleep(0.05)
+        wait_until_ready(url, process, tmp_path / "gateway.log")
         yield GatewayProcess(process, url, key, tenant, home)
     finally:
         if process.poll() is None:
