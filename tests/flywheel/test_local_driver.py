@@ -1,4 +1,8 @@
-"""The local flywheel driver: a real local Ray trains, the routing file gets a shadow candidate."""
+"""The local flywheel driver: a real local Ray trains, the routing file gets a shadow candidate.
+
+The base model is ``tiny_llama`` (tests/conftest.py): the driver's path is under test, not what
+the adapter learns (real SmolLM2 training: tests/training/test_job.py).
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ SPEC = SpecialistSpec.model_validate(
 
 
 async def test_the_driver_trains_once_and_puts_the_candidate_in_shadow(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smollm2: Path, nats_server: Any
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_llama: Path, nats_server: Any
 ) -> None:
     from protege.services.ray import LocalRay
 
@@ -42,7 +46,7 @@ async def test_the_driver_trains_once_and_puts_the_candidate_in_shadow(
     monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
     seed_task(store, "intent", 100, task_id="t-intent")
     routes = RouteFile(tmp_path / "routes.json")
-    pool = PoolFacts(base_model=smollm2.as_uri(), max_lora_rank=16)
+    pool = PoolFacts(base_model=tiny_llama.as_uri(), max_lora_rank=16)  # the job's path, not its quality
     options = {"max_steps": 4, "max_new_tokens": 8, "few_shot": 0}
 
     with LocalRay(tmp_path / "ray", num_cpus=2) as ray:

@@ -14,11 +14,12 @@ a real local Ray with real PEFT, gates, rolls out and writes the routing file th
 re-reads. Held-out calls then go through the same gateway: each shape has a specialist
 answering, and every call a specialist answers is a call of its own task.
 
-The base model is a two-layer Llama with SmolLM2's tokenizer and chat template, made at test
-time: what is under test is the path from traffic to routes, not what the adapters learn
-(real SmolLM2 training is tests/training/test_job.py and test_loop_step.py), and a job on it
-takes seconds instead of a minute. The engine behind the routes is the recorded teacher
-standing in for the adapters, as in tests/agents/test_routed_frameworks.py.
+The base model is ``tiny_llama`` (tests/conftest.py), a two-layer Llama with SmolLM2's
+tokenizer made at test time: what is under test is the path from traffic to routes, not what
+the adapters learn (real SmolLM2 training is tests/training/test_job.py and
+test_loop_step.py), and a job on it takes seconds instead of a minute. The engine behind the
+routes is the recorded teacher standing in for the adapters, as in
+tests/agents/test_routed_frameworks.py.
 """
 
 from __future__ import annotations
@@ -59,32 +60,6 @@ POLICY = {
     "fallback": {"calibratedConfidence": False},  # the stand-in engine returns no token logprobs
     "suspend": True,  # created suspended; the test resumes one per shape (CPU time: a job each)
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A two-layer Llama with random weights and SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def shaped(seed: int, count: int) -> list[ShapedCall]:
