@@ -120,7 +120,7 @@ class PoolEngine:
         self.tools_as_text = not template_knows_tools(chat_template_of(Path(model)))
         self.adapters = AdapterManager(
             self.engine_url,
-            ArtifactStore.from_settings(settings),
+            ArtifactStore.from_settings(settings, attempts=1),  # the manager retries, with backoff
             work / "adapters",
             base_model=self.spec.base_model.source,
             # Serve's cache evicts; one spare slot covers an unload still on its way
