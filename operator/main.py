@@ -31,8 +31,9 @@ from protege.flywheel.data import StoreData
 from protege.flywheel.specialist import TRIGGER_ANNOTATION, PoolFacts, reconcile
 from protege.operator import metrics
 from protege.operator.allowlist import PoolAllowList
+from protege.operator.children import render_pool
 from protege.operator.flywheel_io import KubeFlywheelIO, RouteBook
-from protege.operator.isolation import NetworkIsolation, render_network_policies
+from protege.operator.isolation import NetworkIsolation
 from protege.operator.kube import Connection, KubeClient
 from protege.operator.metrics import PhaseBook
 from protege.operator.passes import Passes
@@ -41,10 +42,6 @@ from protege.operator.render import (
     Platform,
     gateway_name,
     ray_service_name,
-    render_gateway,
-    render_gateway_autoscaler,
-    render_gateway_disruption_budget,
-    render_ray_service,
     render_routes,
     routes_config_map_name,
 )
@@ -198,15 +195,7 @@ async def reconcile_pool(
         )
         raise
     owner = _owner(body)
-    children = [
-        render_ray_service(owner, pool, memo.platform),
-        *render_gateway(owner, pool, memo.platform),
-        render_gateway_autoscaler(owner, pool),  # owns the gateway's replica count
-        render_gateway_disruption_budget(owner),
-    ]
-    if memo.isolation is not None:  # networkPolicies.enabled
-        children += render_network_policies(owner, memo.isolation)
-    for child in children:
+    for child in render_pool(owner, pool, memo.platform, memo.isolation):
         await memo.kube.apply(child)
         logger.info(f"applied {child['kind']} {child['metadata']['name']}")
     # Created empty if missing, never overwritten: the table is the Specialists' to fill.

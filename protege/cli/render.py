@@ -36,30 +36,24 @@ def render(
         "Default: PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS, as the operator reads it; unset: any.",
     ),
 ) -> None:
-    """Print the RayService, gateway, routing ConfigMap and training RayJob the operator would apply."""
+    """Print what the operator would apply: the RayService, gateway (with its autoscaler, disruption
+    budget and, with PROTEGE_OPERATOR_NETWORK_POLICIES, network policies), routing ConfigMap and
+    training RayJobs."""
     from protege.api.jobs import JobSpec
     from protege.api.routes import RoutingTable
     from protege.operator.allowlist import PoolAllowList
-    from protege.operator.render import (
-        Owner,
-        Platform,
-        render_gateway,
-        render_gateway_autoscaler,
-        render_gateway_disruption_budget,
-        render_ray_service,
-        render_routes,
-        render_training_job,
-    )
+    from protege.operator.children import render_pool
+    from protege.operator.isolation import NetworkIsolation
+    from protege.operator.render import Owner, Platform, render_routes, render_training_job
 
-    try:
-        allowed = PoolAllowList.from_environment()  # the operator's allow-list, the options over it
+    try:  # the operator's settings, as it reads them from its environment; the options over them
+        allowed, isolation = PoolAllowList.from_environment(), NetworkIsolation.from_environment()
     except ValueError as error:
         fail(str(error))
-    if allowed_images:
-        allowed = PoolAllowList(tuple(allowed_images), allowed.extra_args)
-    if allowed_extra_args:
-        allowed = PoolAllowList(allowed.images, tuple(allowed_extra_args))
-
+    allowed = PoolAllowList(
+        tuple(allowed_images) if allowed_images else allowed.images,
+        tuple(allowed_extra_args) if allowed_extra_args else allowed.extra_args,
+    )
     documents: list[dict[str, Any]] = []
     for path in files:
         try:
@@ -90,9 +84,7 @@ def render(
                 fail(f"SpecialistPool {name}: not allowed by the platform: " + "; ".join(refusals))
             pools[document["metadata"]["name"]] = spec
             parent = owner(document)
-            out += [render_ray_service(parent, spec, platform), render_routes(parent, RoutingTable())]
-            out += render_gateway(parent, spec, platform)
-            out += [render_gateway_autoscaler(parent, spec), render_gateway_disruption_budget(parent)]
+            out += [*render_pool(parent, spec, platform, isolation), render_routes(parent, RoutingTable())]
     for document in documents:
         if document.get("kind") != "Specialist":
             continue

@@ -246,24 +246,25 @@ def test_training_job_names_are_deterministic() -> None:
     assert entrypoint.startswith("python -m protege.training.job --spec '{")
 
 
-def test_protege_render_prints_what_the_operator_would_apply(tmp_path: Path) -> None:
+def test_protege_render_prints_what_the_operator_would_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from protege.cli import app
+    from protege.operator.isolation import NETWORK_POLICIES_VARIABLE
 
     pool, specialist = str(ROOT / "examples" / "pool.yaml"), str(ROOT / "examples" / "specialist.yaml")
+    monkeypatch.delenv(NETWORK_POLICIES_VARIABLE, raising=False)
     result = CliRunner().invoke(app, ["render", "-f", pool, "-f", specialist, "-n", "agents"])
     assert result.exit_code == 0, result.output
     documents = list(yaml.safe_load_all(result.output))
-    assert [d["kind"] for d in documents] == [
-        "RayService",
-        "ConfigMap",
-        "Deployment",
-        "Service",
-        "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
-        "RayJob",
-    ]
+    applied = ["RayService", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    assert [d["kind"] for d in documents] == [*applied, "ConfigMap", "RayJob"]  # in the operator's order
+    monkeypatch.setenv(NETWORK_POLICIES_VARIABLE, '{"kuberay": [], "prometheus": []}')  # networkPolicies on
+    isolated = CliRunner().invoke(app, ["render", "-f", pool, "-n", "agents"])
+    kinds = [d["kind"] for d in yaml.safe_load_all(isolated.output)]
+    assert isolated.exit_code == 0 and kinds[: len(applied)] == applied and "NetworkPolicy" in kinds
     catalogue = CrdCatalogue.from_paths(sorted(KUBERAY.glob("*.yaml")))
     assert all(catalogue.errors(d) == [] for d in documents if d["apiVersion"] == "ray.io/v1")
 
