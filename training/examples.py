@@ -2,7 +2,8 @@
 
 Built from a :class:`CallRecord` the teacher answered successfully. Everything a person
 wrote or the model answered — messages, their ``name``, tool-call arguments — goes through
-one :class:`RecordRedaction`, so placeholders stay consistent across the whole example.
+one :class:`RecordRedaction` in two passes (:meth:`~RecordRedaction.whole`), so a value found
+anywhere in the example is replaced everywhere in it, by the same placeholder.
 """
 
 from __future__ import annotations
@@ -90,10 +91,10 @@ def example_from_record(record: CallRecord, redaction: RecordRedaction | None = 
     if record.response is None or not record.response.choices:
         raise ValueError(f"record {record.id} has no answer to learn from")
     redaction = redaction or RecordRedaction()
-    messages = [redaction.message(m.model_dump(exclude_none=True)) for m in record.request.messages]
     answer = record.response.choices[0].message.model_dump(exclude_none=True)
     answer.pop("refusal", None)
-    answer = redaction.message(answer)
+    texts = [m.model_dump(exclude_none=True) for m in record.request.messages] + [answer]
+    *messages, answer = redaction.whole(lambda: [redaction.message(m) for m in texts])
     return Example(
         id=record.id,
         tenant=record.tenant,

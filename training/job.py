@@ -45,6 +45,7 @@ from protege.models.catalogue import UnknownModelError
 from protege.models.pull import ModelUnavailableError, resolve_model
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.training.datasets import DATASET_KIND, SQL_DATABASE
+from protege.training.pii.surrogates import with_surrogates
 
 __all__ = ["ADAPTER_KIND", "REPORT_KIND", "JobError", "JobResult", "JobSpec", "job_id", "job_name", "run"]
 
@@ -54,8 +55,10 @@ class JobError(RuntimeError):
 
 
 def read_rows(store: ArtifactStore, task: str, version: str, split: str) -> list[dict[str, Any]]:
+    """A split's rows as a model reads them (trained, evaluated, probed): placeholders replaced
+    by consistent fake values (:mod:`protege.training.pii.surrogates`)."""
     text = store.read_file(DATASET_KIND, task, version, f"{split}.jsonl").decode()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [with_surrogates(json.loads(line)) for line in text.splitlines() if line.strip()]
 
 
 def task_database(store: ArtifactStore, task: str, version: str) -> sqlite3.Connection | None:

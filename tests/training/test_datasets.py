@@ -29,7 +29,8 @@ from protege.training.datasets import (
 from protege.training.discovery import MiniLM, discover
 from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, TaskRegistry, fingerprint
 from protege.training.examples import DAY_MS, Example, example_from_record
-from protege.training.job import task_database
+from protege.training.job import read_rows, task_database
+from protege.training.pii.redactor import PLACEHOLDER
 from protege.workload import build_database, generate
 
 
@@ -170,6 +171,23 @@ def test_a_sql_task_carries_its_database_for_execution_scoring(tmp_path: Path) -
     sqlite3.connect(tmp_path / "empty.sqlite").close()
     with pytest.raises(DatasetError, match="no tables"):
         build_dataset(store, task, examples, sql_database=tmp_path / "empty.sqlite")
+
+
+def test_a_dataset_stores_placeholders_and_a_model_reads_fake_values(tmp_path: Path) -> None:
+    """Extraction copies the customer's name into its answer: stored, both are one placeholder;
+    read for training or evaluation, both are one realistic name (serving sees real names)."""
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    task, examples = small_task("extract", 30)
+    manifest = build_dataset(store, task, examples)
+    stored = store.read_file("dataset", task.id, manifest.version, "train.jsonl").decode()
+    assert stored.count('\\"name\\": \\"<PERSON_1>\\"') == manifest.metadata["counts"]["train"]
+    rows = read_rows(store, task.id, manifest.version, "train")
+    assert len(rows) == manifest.metadata["counts"]["train"]
+    for row in rows:
+        assert not PLACEHOLDER.search(json.dumps(row))
+        name = json.loads(row["messages"][-1]["content"])["name"]
+        assert name in row["messages"][-2]["content"]  # the name in the answer is the prompt's
+    assert len({json.loads(row["messages"][-1]["content"])["name"] for row in rows}) > len(rows) // 2
 
 
 def test_discovering_one_tenant_keeps_the_other_tenants_tasks() -> None:

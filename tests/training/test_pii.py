@@ -264,6 +264,93 @@ def test_a_whole_record_is_redacted_with_one_numbering() -> None:
     assert redacted.id == raw.id and redacted.tenant == "acme"
 
 
+def test_a_value_found_anywhere_in_a_record_is_replaced_everywhere_in_it() -> None:
+    """The user's ``name`` field marks a handle as a person's; where the handle recurs in text,
+    where no detector would mark it, it is that person too."""
+    record = CallRecord.model_validate(
+        {
+            "tenant": "acme",
+            "request": {
+                "model": "m",
+                "messages": [{"role": "user", "name": "jdoe_42", "content": "jdoe_42 here, send 2 kettles"}],
+            },
+            "response": {"choices": [{"message": {"content": '{"customer": "jdoe_42", "qty": 2}'}}]},
+            "latency": {"total_ms": 1},
+        }
+    )
+    assert RecordRedaction().text("jdoe_42 here, send 2 kettles") == "jdoe_42 here, send 2 kettles"
+    redacted = redact_record(record)
+    assert "jdoe_42" not in redacted.model_dump_json()
+    assert redacted.request.messages[0].content == "<PERSON_1> here, send 2 kettles"
+    assert redacted.response is not None
+    assert redacted.response.content == '{"customer": "<PERSON_1>", "qty": 2}'
+
+
+def test_a_name_the_answer_gives_away_is_redacted_in_the_prompt_too() -> None:
+    from protege.training.examples import example_from_record
+
+    answer = {"customer_name": "Farid Haddad", "phone_number": "+44 20 7946 0958"}
+    record = CallRecord.model_validate(
+        {
+            "tenant": "acme",
+            "request": {
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": "Return the customer's details as JSON."},
+                    {"role": "user", "content": "Hi, Farid here, my number changed. Thanks, Farid"},
+                ],
+            },
+            "response": {"choices": [{"message": {"content": json.dumps(answer)}}]},
+            "latency": {"total_ms": 1},
+        }
+    )
+    assert key_type("customer_name", "Farid Haddad") is PiiType.PERSON
+    example = example_from_record(record)
+    assert "Farid" not in json.dumps(example.model_dump())
+    assert example.messages[1]["content"] == "Hi, <PERSON_1> here, my number changed. Thanks, <PERSON_1>"
+    assert example.answer["content"] == '{"customer_name": "<PERSON_1>", "phone_number": "<PHONE_1>"}'
+    assert example.redactions == {"PERSON": 3, "PHONE": 1}
+    assert RecordRedaction().text("Thanks, Farid") == "Thanks, <PERSON_1>"  # found alone too: one name
+
+
+def test_surrogates_replace_placeholders_consistently_and_keep_arguments_json() -> None:
+    from protege.training.pii.redactor import PLACEHOLDER
+    from protege.training.pii.surrogates import with_surrogates
+
+    arguments = {"to": "<EMAIL_1>", "who": ["<PERSON_2>"], "n": 2}
+    row = {
+        "id": "0190-abc",
+        "messages": [
+            {"role": "user", "content": "I'm <PERSON_1>, write to <EMAIL_1>; my colleague <PERSON_2> too."},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "notify", "arguments": json.dumps(arguments)},
+                    }
+                ],
+            },
+            {"role": "assistant", "content": "Done, <PERSON_1>."},
+        ],
+        "tools": [{"type": "function", "function": {"name": "notify"}}],
+    }
+    once, again = with_surrogates(row), with_surrogates(row)
+    assert once == again  # seeded by the row's id
+    assert not PLACEHOLDER.search(json.dumps(once))
+    first = once["messages"][0]["content"]
+    arguments = json.loads(once["messages"][1]["tool_calls"][0]["function"]["arguments"])
+    person_1 = once["messages"][2]["content"].removeprefix("Done, ").removesuffix(".")
+    colleague = arguments["who"][0]
+    assert first == f"I'm {person_1}, write to {arguments['to']}; my colleague {colleague} too."
+    assert person_1 != arguments["who"][0] and "@" in arguments["to"] and arguments["n"] == 2
+    assert once["tools"] == row["tools"] and row["messages"][0]["content"].startswith("I'm <PERSON_1>")
+    assert with_surrogates({**row, "id": "another"}) != once
+    plain = {"id": "x", "messages": [{"role": "user", "content": "no pii"}]}
+    assert with_surrogates(plain) is plain
+
+
 # --- the NER backend ------------------------------------------------------------------------------------
 def test_ner_finds_names_without_a_cue(ner: PiiBackend) -> None:
     for text, name in [

@@ -37,13 +37,13 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from protege.api.calls import last_user_text
+from protege.training.pii.redactor import PLACEHOLDER
 
 # A segment recurs when it is in at least this share of the calls of the call's most frequent one.
 SKELETON_SHARE = 0.5
 MAX_TOOL_ROUNDS = 3  # steps deeper than this in a loop look alike
 
 _SEGMENT_BREAK = re.compile(r"\n+|(?<=[.!?;:])\s+")
-_PLACEHOLDER = re.compile(r"<[A-Z_]+_\d+>")
 _CODE = re.compile(
     r"```|^\s*(?:def|class|import|function|const|let)\s|"
     r"\b(?:SELECT|INSERT|UPDATE|DELETE)\b[\s\S]+?\b(?:FROM|INTO|SET|WHERE)\b",
@@ -66,7 +66,7 @@ def prompt_segments(prompt: str) -> frozenset[str]:
     found = set()
     for part in _SEGMENT_BREAK.split(prompt):
         segment = normalize_segment(part)
-        if segment and not _PLACEHOLDER.search(part):
+        if segment and not PLACEHOLDER.search(part):
             found.add(_digest(segment, 12))
     return frozenset(found)
 

@@ -11,11 +11,12 @@ capture); curation applies it to the example it builds. Both go through
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from protege.training.pii.detectors import Finding, PiiType, detect, key_context, key_type, trim
 
@@ -46,23 +47,61 @@ def presidio_backend(language: str = "en", model: str | None = None) -> PiiBacke
     return NerBackend(model or DEFAULT_MODEL, language=language)
 
 
-PLACEHOLDER = re.compile(r"<(?:" + "|".join(t.value for t in PiiType) + r")_\d+>")
+PLACEHOLDER = re.compile(r"<(" + "|".join(t.value for t in PiiType) + r")_\d+>")  # group 1: the type
 # Message roles whose `name` is a person's (or their account's): replaced whatever its shape.
 _PERSON_ROLES = ("user",)
 # Roles whose `name` is a function's name, not a participant's: kept.
 _FUNCTION_ROLES = ("tool", "function")
+# A value found once is looked for elsewhere in its record only from this length: shorter ones
+# ("Li", "42") match too much that is not them.
+_MIN_KNOWN = 3
+T = TypeVar("T")
 
 
 class RecordRedaction:
-    """Redacts the texts of one record with one numbering; read :attr:`counts` afterwards."""
+    """Redacts the texts of one record with one numbering; read :attr:`counts` afterwards.
+
+    :meth:`whole` redacts a record in two passes, so that a value found anywhere in it (a name
+    under a ``customer_name`` key, a handle in a message's ``name``, a cue in one message) is
+    replaced wherever else it appears, by the same placeholder: the same name alone in another
+    message, where nothing marked it, and a person's first or last name alone.
+    """
 
     def __init__(self, backend: PiiBackend | None = None) -> None:
         self.backend = backend or builtin_backend()
         self._numbers: dict[tuple[PiiType, str], int] = {}
         self._per_type: Counter[PiiType] = Counter()
         self.counts: Counter[str] = Counter()  # replacements made, by type
+        self._findings: dict[tuple[str, str | None], list[Finding]] = {}
+        # What the first pass of `whole` found: a value (or a word of a name) → its type and the
+        # value it stands for, and the pattern that finds them all in a text in the second pass.
+        self._known: dict[str, tuple[PiiType, str]] = {}
+        self._known_pattern: re.Pattern[str] | None = None
+        self._first_pass = False
+
+    def whole(self, redact: Callable[[], T]) -> T:
+        """``redact()`` (which redacts every text of one record through this object) run twice:
+        the first pass learns the record's PII values, the second replaces each one wherever it
+        appears, numbered in order of appearance. The backend runs once per text."""
+        self._first_pass = True
+        redact()
+        self._first_pass = False
+        self._names_by_their_words()
+        values = sorted((v for v in self._known if len(v) >= _MIN_KNOWN), key=len, reverse=True)
+        if values:
+            alternatives = "|".join(re.escape(v) for v in values)
+            self._known_pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
+        self._numbers.clear()
+        self._per_type.clear()
+        self.counts.clear()
+        return redact()
 
     def placeholder(self, kind: PiiType, value: str) -> str:
+        if self._first_pass:
+            self._learn(kind, value.strip())
+        known = self._known.get(value.strip())
+        if known is not None and known[0] is kind:
+            value = known[1]  # a part of a name: the name's placeholder
         key = (kind, _normalize(kind, value))
         if key not in self._numbers:
             self._per_type[kind] += 1
@@ -70,16 +109,49 @@ class RecordRedaction:
         self.counts[kind.value] += 1
         return f"<{kind.value}_{self._numbers[key]}>"
 
+    def _learn(self, kind: PiiType, value: str) -> None:
+        self._known.setdefault(value, (kind, value))
+
+    def _names_by_their_words(self) -> None:
+        """A word of a person's full name found in the record (a first or last name) stands for
+        that name, wherever it is alone; a word shared by two names stands for the first."""
+        words: dict[str, tuple[PiiType, str]] = {}
+        for value, (kind, _) in self._known.items():
+            if kind is PiiType.PERSON and " " in value:
+                for word in value.split():
+                    if word[:1].isupper() and len(word) >= _MIN_KNOWN:
+                        words.setdefault(word, (kind, value))
+        for word, name in words.items():
+            if word not in self._known or self._known[word][1] == word:
+                self._known[word] = name
+
     def text(self, text: str, key: str | None = None) -> str:
         """``text`` with its PII replaced (``key``: see :func:`find_pii`)."""
         if not text or PLACEHOLDER.fullmatch(text.strip()):
             return text
-        return self._replace(text, find_pii(self.backend, text, key))
+        if (text, key) not in self._findings:
+            self._findings[text, key] = find_pii(self.backend, text, key)
+        findings = self._findings[text, key]
+        if self._known_pattern is not None:
+            findings = findings + [
+                Finding(self._known[m.group()][0], *m.span(), m.group())
+                for m in self._known_pattern.finditer(text)
+            ]
+        return self._replace(text, findings)
+
+    def _learn_json(self, text: str) -> None:
+        """Content that is JSON (a JSON-mode answer): its values are read with their keys as
+        context, to learn what they are (``"customer_name": "Farid Haddad"``); the content is
+        redacted as text, so its formatting is kept."""
+        body = text.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+        if body[:1] in ("{", "["):
+            with contextlib.suppress(ValueError):
+                self.value(json.loads(body))
 
     def _replace(self, text: str, findings: list[Finding]) -> str:
         protected = [m.span() for m in PLACEHOLDER.finditer(text)]  # already redacted
         out, last = [], 0
-        for finding in sorted(findings, key=lambda f: f.start):
+        for finding in sorted(findings, key=lambda f: f.start):  # stable: on a tie the first listed wins
             for start, end in _outside(finding.start, finding.end, protected, text):
                 if start < last:
                     continue
@@ -124,6 +196,8 @@ class RecordRedaction:
         data = dict(data)
         content = data.get("content")
         if isinstance(content, str):
+            if self._first_pass:
+                self._learn_json(content)
             data["content"] = self.text(content)
         elif content is not None:
             data["content"] = self.value(content)
@@ -170,7 +244,12 @@ def redact_record(record: CallRecord, backend: PiiBackend | None = None) -> Call
     from protege.api.calls import CallRecord
 
     redaction = RecordRedaction(backend)
-    data = record.model_dump(mode="json", exclude_none=True)
+    original = record.model_dump(mode="json", exclude_none=True)
+    return CallRecord.model_validate(redaction.whole(lambda: _redact_record_data(original, redaction)))
+
+
+def _redact_record_data(data: dict[str, Any], redaction: RecordRedaction) -> dict[str, Any]:
+    data = {**data, "request": dict(data["request"])}
     request = data["request"]
     request["messages"] = [redaction.message(m) for m in request["messages"]]
     if request.get("user"):
@@ -181,8 +260,8 @@ def redact_record(record: CallRecord, backend: PiiBackend | None = None) -> Call
         if data.get(field):
             data[field] = _redact_alternate(data[field], redaction)
     if data.get("error"):
-        data["error"]["message"] = redaction.text(data["error"]["message"])
-    return CallRecord.model_validate(data)
+        data["error"] = {**data["error"], "message": redaction.text(data["error"]["message"])}
+    return data
 
 
 def _redact_response(response: dict[str, Any], redaction: RecordRedaction) -> dict[str, Any]:
