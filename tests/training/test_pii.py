@@ -370,10 +370,9 @@ def test_ner_person_recall_and_overall_precision_on_the_sample(
     assert result.recall() >= 0.95 and result.precision() >= 0.95, _report(result)
 
 
-def test_curation_uses_the_ner_backend_where_installed_when_asked(ner: PiiBackend) -> None:
+def test_curation_uses_the_ner_backend_where_installed(ner: PiiBackend) -> None:
     from protege.training.pii.ner import NerBackend
 
-    assert not isinstance(backend_from_settings(CurationSettings()), NerBackend)  # builtin, for now
-    assert isinstance(backend_from_settings(CurationSettings(pii_detector="auto")), NerBackend)
+    assert isinstance(backend_from_settings(CurationSettings()), NerBackend)  # auto
     assert isinstance(backend_from_settings(CurationSettings(pii_detector="presidio")), NerBackend)
     assert not isinstance(backend_from_settings(CurationSettings(pii_detector="builtin")), NerBackend)
