@@ -31,8 +31,9 @@ from protege.api.calls import SUBJECT_PREFIX, CallRecord
 from protege.capture.access import GATEWAY
 from protege.capture.connection import NatsEndpoint, NatsTarget
 from protege.capture.journal import Journal
+from protege.capture.redaction import RedactingSink
 from protege.capture.spool import DiskSpool, SpoolFullError
-from protege.config import Settings
+from protege.config import CurationSettings, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -491,11 +492,24 @@ class BackgroundPublisher:
 
     ``submit()`` is thread-safe and returns at once. Used by the listener SDK, where the
     caller's code may be synchronous or run its own event loop.
+
+    ``curation``: the policies that say which tenants redact at capture (``redact_at_capture``),
+    as the gateway reads them; None reads Protégé's settings (``PROTEGE_*`` variables, the
+    config file). A tenant that redacts at capture has its records redacted in a worker thread
+    before the journal, the spool or JetStream see them (:mod:`protege.capture.redaction`).
     """
 
-    def __init__(self, nats_url: NatsTarget, spool_dir: Path, **options: Any) -> None:
+    def __init__(
+        self,
+        nats_url: NatsTarget,
+        spool_dir: Path,
+        *,
+        curation: CurationSettings | None = None,
+        **options: Any,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self.publisher = CallLogPublisher(nats_url, spool_dir, **options)
+        self._sink = RedactingSink.wrap(curation or load_settings().curation, self.publisher)
         self._thread = threading.Thread(target=self._loop.run_forever, name="protege-call-log", daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.publisher.start(), self._loop).result()
@@ -512,18 +526,27 @@ class BackgroundPublisher:
     def submit(self, record: CallRecord) -> None:
         if self._closed:
             raise RuntimeError("this BackgroundPublisher is closed; create a new one")
-        self._loop.call_soon_threadsafe(self.publisher.submit, record)
+        self._loop.call_soon_threadsafe(self._sink.submit, record)
 
     def close(self, flush_seconds: float = 10.0) -> None:
-        """Flush (to JetStream or the spool), stop the thread. Idempotent."""
+        """Flush (records being redacted, then to JetStream or the spool), stop the thread. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        future = asyncio.run_coroutine_threadsafe(self.publisher.close(flush_seconds), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._flush(flush_seconds), self._loop)
         future.result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+    async def _flush(self, flush_seconds: float) -> None:
+        if isinstance(self._sink, RedactingSink):
+            try:
+                await asyncio.wait_for(self._sink.drain(), flush_seconds)
+            except TimeoutError:
+                log.error("call log: records still being redacted after %.0f s are lost", flush_seconds)
+            self._sink.close()
+        await self.publisher.close(flush_seconds)
 
     def __enter__(self) -> BackgroundPublisher:
         return self

@@ -1,7 +1,8 @@
 """Redaction at capture: a tenant's calls are cleaned of PII before any record of them is kept.
 
-For a tenant whose curation policy sets ``redact_at_capture``, the gateway hands its records
-to a :class:`RedactingSink` in front of the publisher: each record goes through the same
+For a tenant whose curation policy sets ``redact_at_capture``, the gateway — and the listener
+SDK's :class:`~protege.capture.publisher.BackgroundPublisher` — hands its records to a
+:class:`RedactingSink` in front of the publisher: each record goes through the same
 redactor as curation (:func:`protege.training.pii.redact_record`, the detectors
 ``curation.pii_detector`` names) in a worker thread, and only the redacted record reaches the
 publisher, so the journal, the disk spool, JetStream and, later, the dead-letter stream never
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from protege.api.calls import CallRecord
 from protege.capture.recorder import RecordSink
-from protege.config import CurationSettings, Settings
+from protege.config import CurationSettings
 
 if TYPE_CHECKING:
     from protege.training.pii import PiiBackend
@@ -48,13 +49,17 @@ class RedactingSink:
         self.dropped = 0
 
     @classmethod
-    def wrap(cls, settings: Settings, sink: RecordSink | None) -> Any:
+    def wrap(cls, curation: CurationSettings, sink: RecordSink | None) -> Any:
         """``sink`` behind a RedactingSink when any tenant redacts at capture, else ``sink`` itself."""
-        curation = settings.curation
         wanted = curation.default.redact_at_capture or any(
             curation.for_tenant(tenant).redact_at_capture for tenant in curation.tenants
         )
         return cls(sink, curation) if sink is not None and wanted else sink
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant the sink's credentials bind it to (the listener SDK reads it), if any."""
+        return getattr(self.sink, "tenant", None)
 
     def backend(self) -> PiiBackend:
         if self._backend is None:

@@ -948,7 +948,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
     if sink is None and settings.call_log.enabled:
         publisher = CallLogPublisher.from_settings(settings)
         sink = publisher
-    sink = RedactingSink.wrap(settings, sink)  # tenants with curation redact_at_capture: before it is kept
+    sink = RedactingSink.wrap(settings.curation, sink)  # tenants that redact_at_capture: before it is kept
     gateway = Gateway(settings, sink, GatewayMetrics(publisher))
     listener = _metrics_listener(settings, gateway.metrics)
     lifespan = _lifespan(gateway, publisher, listener)

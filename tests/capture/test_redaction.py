@@ -106,11 +106,12 @@ async def test_redaction_runs_off_the_event_loop() -> None:
 
 def test_no_tenant_redacting_at_capture_means_no_wrapper(tmp_path: Path) -> None:
     recorder = Recorder()
-    assert RedactingSink.wrap(load_settings(home=tmp_path), recorder) is recorder
-    wrapped = RedactingSink.wrap(
-        load_settings(home=tmp_path, curation={"tenants": {"t": {"redact_at_capture": True}}}), recorder
-    )
-    assert isinstance(wrapped, RedactingSink)
+    assert RedactingSink.wrap(load_settings(home=tmp_path).curation, recorder) is recorder
+    policies = load_settings(home=tmp_path, curation={"tenants": {"t": {"redact_at_capture": True}}})
+    wrapped = RedactingSink.wrap(policies.curation, recorder)
+    assert isinstance(wrapped, RedactingSink) and wrapped.tenant is None
+    recorder.tenant = "t"  # type: ignore[attr-defined]  # a publisher bound to a tenant's credentials
+    assert wrapped.tenant == "t"  # so the listener SDK can take it for the publisher it wraps
     wrapped.close()
 
 

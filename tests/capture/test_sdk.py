@@ -12,6 +12,7 @@ import pytest
 
 from protege.api.calls import CallRecord, CallStatus
 from protege.capture import BackgroundPublisher, CallLogPublisher, capture_openai
+from protege.config import CurationSettings
 from protege.services.nats import NatsServer
 from protege.services.process import free_port
 from protege.serving.server import ServerThread
@@ -124,6 +125,28 @@ def test_stream_closed_early_and_connection_errors_are_recorded_and_raised_as_us
         )
     records = [r for r in records_of(nats_server.url, tenant, 2) if isinstance(r, CallRecord)]
     assert sorted(r.status.value for r in records) == ["client_disconnected", "upstream_error"]
+
+
+def test_a_tenant_that_redacts_at_capture_has_no_raw_pii_logged_by_the_sdk(
+    stub_teacher: ServerThread, nats_server: NatsServer, tmp_path: Path, tenant: str
+) -> None:
+    """The SDK honours the tenant's ``redact_at_capture`` as the gateway does: what reaches
+    JetStream, the journal and the spool is redacted; the agent still gets the raw answer."""
+    ensure_call_stream(nats_server)
+    curation = CurationSettings(tenants={tenant: {"redact_at_capture": True}}, pii_detector="builtin")
+    raw = "I'm Jane, mail jane.doe@example.com, call +44 20 7946 0958"
+    endpoint, teacher = nats_server.tenant_endpoint(tenant), stub_teacher.url + "/v1"
+    with BackgroundPublisher(endpoint, tmp_path / "spool", curation=curation) as log:
+        client = capture_openai(openai.OpenAI(base_url=teacher, api_key="k"), log, app="agent")
+        answer = client.chat.completions.create(model="stub-teacher", messages=messages(raw))
+        assert answer.choices[0].message.content == f"echo: {raw}"
+    [record] = records_of(nats_server.url, tenant, 1)
+    assert isinstance(record, CallRecord) and record.response is not None
+    assert record.request.messages[1].content == "I'm <PERSON_1>, mail <EMAIL_1>, call <PHONE_1>"
+    assert record.response.content == "echo: I'm <PERSON_1>, mail <EMAIL_1>, call <PHONE_1>"
+    for path in (tmp_path / "spool").rglob("*"):
+        if path.is_file():
+            assert b"jane.doe@example.com" not in path.read_bytes(), path
 
 
 def test_a_broken_sink_never_fails_the_call(stub_teacher: ServerThread, tenant: str) -> None:
