@@ -18,6 +18,7 @@ from protege.training.discovery import TaskRegistry, discover
 from protege.training.discovery.discover import MAX_PROFILE_WORDS
 from protege.training.discovery.features import (
     NOVELTY_QUANTILE,
+    PII_WORD,
     leave_one_out_novelty,
     novelty,
     novelty_bar,
@@ -70,6 +71,20 @@ def test_leave_one_out_counts_a_word_only_its_call_has_as_unseen() -> None:
     assert novelty_bar(calls, vocabulary) is None  # three calls with words: too few for a bar
     assert novelty(["refund", "parcel"], vocabulary) == 0.5 and novelty([], vocabulary) is None
     assert novelty_bar([[], []], vocabulary, min_calls=0) is None
+
+
+def test_a_placeholder_is_a_word_no_vocabulary_holds() -> None:
+    """Discovery reads redacted turns, the router raw ones: where a name was redacted, the
+    router reads the name, a word the task never saw, so the placeholder counts as unseen."""
+    assert words("Thanks, <PERSON_1> - 3 kettles to <ADDRESS_2>") == [
+        "thanks",
+        PII_WORD,
+        "0",
+        "kettles",
+        "to",
+        PII_WORD,
+    ]
+    assert leave_one_out_novelty([words("hi <PERSON_1> here")] * 3, {"hi", "here"}) == [1 / 3] * 3
 
 
 def test_every_task_gets_a_capped_vocabulary_and_a_bar_its_own_calls_respect(

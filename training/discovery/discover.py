@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 
 from protege.api.specialist import OutputKind
 from protege.training.discovery.features import (
+    PII_WORD,
     Structure,
     called_tools,
     novelty_bar,
@@ -298,7 +299,9 @@ def word_profiles(
     profiles: dict[int, dict[str, Any]] = {}
     for positions in groups.values():
         turns = {p: [words(ordered[i].user_text) for i in found[p][1]] for p in positions}
-        counts = {p: Counter(w for turn in turns[p] for w in turn) for p in positions}
+        # A placeholder is never a word of a vocabulary: in serving the raw value stands there,
+        # unseen, so a task's own calls count it as novel too (their bar allows for it).
+        counts = {p: Counter(w for turn in turns[p] for w in turn if w != PII_WORD) for p in positions}
         vocabulary = len(set().union(*counts.values()))
         total = sum(len(found[p][1]) for p in positions)
         for position in positions:

@@ -165,11 +165,16 @@ def tools_answered_after(messages: list[dict[str, Any]]) -> tuple[str, ...]:
     return tuple(sorted(set(called_tools([last_round])))) if last_round else ()
 
 
-_WORDS = re.compile(r"[a-z]+|\d+")
+# A value PII redaction replaced, as one word. No vocabulary holds it (see word_profiles): the
+# router reads the raw value in its place — a name, an address — which the task never saw either.
+PII_WORD = "<pii>"
+_WORDS = re.compile(r"<pii>|[a-z]+|\d+")
 
 
 def words(text: str) -> list[str]:
-    """The words of a user turn as the router's word profiles count them (numbers folded to 0)."""
+    """The words of a user turn as the router's word profiles count them (numbers folded to 0,
+    each placeholder one :data:`PII_WORD`)."""
+    text = PLACEHOLDER.sub(f" {PII_WORD} ", text)
     return ["0" if w.isdigit() else w for w in _WORDS.findall(text.lower())]
 
 
