@@ -89,6 +89,7 @@ def _line(example: Example) -> str:
         "messages": example.chat(),
         "tools": example.tools,
         "response_format": example.response_format,
+        "name_words": example.name_words or None,
     }
     return json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False, sort_keys=True)
 
@@ -194,6 +195,7 @@ def build_dataset(
         "redactions": dict(redactions),
         "source_hash": hashlib.sha256("\n".join(sorted(members)).encode()).hexdigest(),
         "test_frozen_from": previous.version if previous else None,
-        "format": "jsonl; a chat per line: {id, messages (the last is the answer), tools?, response_format?}",
+        "format": "jsonl; a chat per line: {id, messages (the last is the answer), tools?, response_format?, "
+        "name_words? (words of the name behind each person placeholder)}",
     }
     return store.put_artifact(DATASET_KIND, task.id, files, metadata)

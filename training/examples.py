@@ -60,6 +60,11 @@ class Example(BaseModel):
     answer: dict[str, Any] = Field(description="The teacher's assistant message, redacted.")
     output_kind: OutputKind = Field(description="What the answer is: tool call, JSON, SQL, label or prose.")
     redactions: dict[str, int] = Field(default_factory=dict, description="PII replaced, by type.")
+    name_words: dict[str, int] = Field(
+        default_factory=dict,
+        description="How many words the name behind each person placeholder had (a count, not the "
+        "name): fake names read for training get as many.",
+    )
 
     @property
     def logged_at_ms(self) -> int | None:
@@ -105,4 +110,5 @@ def example_from_record(record: CallRecord, redaction: RecordRedaction | None = 
         answer=answer,
         output_kind=output_kind(answer),
         redactions=dict(redaction.counts),
+        name_words=dict(redaction.name_words),
     )

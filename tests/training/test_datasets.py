@@ -187,6 +187,7 @@ def test_a_dataset_stores_placeholders_and_a_model_reads_fake_values(tmp_path: P
         assert not PLACEHOLDER.search(json.dumps(row))
         name = json.loads(row["messages"][-1]["content"])["name"]
         assert name in row["messages"][-2]["content"]  # the name in the answer is the prompt's
+        assert len(name.split()) == 1  # as the workload's names: the shape a model learns to copy
     assert len({json.loads(row["messages"][-1]["content"])["name"] for row in rows}) > len(rows) // 2
 
 

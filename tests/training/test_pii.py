@@ -310,6 +310,7 @@ def test_a_name_the_answer_gives_away_is_redacted_in_the_prompt_too() -> None:
     assert example.messages[1]["content"] == "Hi, <PERSON_1> here, my number changed. Thanks, <PERSON_1>"
     assert example.answer["content"] == '{"customer_name": "<PERSON_1>", "phone_number": "<PHONE_1>"}'
     assert example.redactions == {"PERSON": 3, "PHONE": 1}
+    assert example.name_words == {"<PERSON_1>": 2}  # the full name's, where a part of it stood alone too
     assert RecordRedaction().text("Thanks, Farid") == "Thanks, <PERSON_1>"  # found alone too: one name
 
 
@@ -347,6 +348,13 @@ def test_surrogates_replace_placeholders_consistently_and_keep_arguments_json() 
     assert person_1 != arguments["who"][0] and "@" in arguments["to"] and arguments["n"] == 2
     assert once["tools"] == row["tools"] and row["messages"][0]["content"].startswith("I'm <PERSON_1>")
     assert with_surrogates({**row, "id": "another"}) != once
+    assert len(person_1.split()) == 2 == len(colleague.split())  # a row that does not say: two words
+    shaped = with_surrogates({**row, "name_words": {"<PERSON_1>": 1, "<PERSON_2>": 3}})
+    assert len(shaped["messages"][2]["content"].removeprefix("Done, ").removesuffix(".").split()) == 1
+    assert (
+        len(json.loads(shaped["messages"][1]["tool_calls"][0]["function"]["arguments"])["who"][0].split())
+        == 3
+    )
     plain = {"id": "x", "messages": [{"role": "user", "content": "no pii"}]}
     assert with_surrogates(plain) is plain
 

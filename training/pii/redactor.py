@@ -72,6 +72,9 @@ class RecordRedaction:
         self._numbers: dict[tuple[PiiType, str], int] = {}
         self._per_type: Counter[PiiType] = Counter()
         self.counts: Counter[str] = Counter()  # replacements made, by type
+        # How many words the name behind each person placeholder has (a count, not PII): fake
+        # names in their place get as many (surrogates.py), so a model learns the right span.
+        self.name_words: dict[str, int] = {}
         self._findings: dict[tuple[str, str | None], list[Finding]] = {}
         # What the first pass of `whole` found: a value (or a word of a name) → its type and the
         # value it stands for, and the pattern that finds them all in a text in the second pass.
@@ -94,6 +97,7 @@ class RecordRedaction:
         self._numbers.clear()
         self._per_type.clear()
         self.counts.clear()
+        self.name_words.clear()
         return redact()
 
     def placeholder(self, kind: PiiType, value: str) -> str:
@@ -107,7 +111,10 @@ class RecordRedaction:
             self._per_type[kind] += 1
             self._numbers[key] = self._per_type[kind]
         self.counts[kind.value] += 1
-        return f"<{kind.value}_{self._numbers[key]}>"
+        placeholder = f"<{kind.value}_{self._numbers[key]}>"
+        if kind is PiiType.PERSON:
+            self.name_words.setdefault(placeholder, len(value.split()))
+        return placeholder
 
     def _learn(self, kind: PiiType, value: str) -> None:
         self._known.setdefault(value, (kind, value))

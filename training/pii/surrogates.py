@@ -7,8 +7,11 @@ placeholders, so a task whose answer copies a name from the prompt (extraction, 
 that greets the customer) answers worse or with a placeholder. Each row read for a model
 therefore has every placeholder replaced by a fake value of its type: the same value
 wherever the placeholder appears in the row, a different one for each placeholder, drawn
-from Faker's locales seeded by the row's id, so a row reads the same every time. Tool-call
-arguments stay valid JSON.
+from Faker's locales seeded by the row's id, so a row reads the same every time. A fake name
+has as many words as the name it stands for had (the row's ``name_words``): trained on
+two-word fakes in place of the demo's one-word names, its extraction specialist answered
+"Hugo here" and "Ines from Prague" as names (8 of 182 live calls). Tool-call arguments stay
+valid JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +28,17 @@ from protege.training.pii.redactor import PLACEHOLDER
 
 # Names and addresses from several locales, as an agent's customers are; the rest in en_US.
 _LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "pl_PL", "nl_NL"]
+
+
+def _person(fake: Any, words: int) -> str:
+    """A fake name of ``words`` words: a first name, middle names, a last name (hyphenated into one)."""
+    first = fake.first_name().split()[0]
+    if words <= 1:
+        return str(first)
+    middle = [fake.first_name().split()[0] for _ in range(words - 2)]
+    return " ".join([first, *middle, fake.last_name().replace(" ", "-")])
+
+
 _DRAWS: dict[PiiType, Callable[[Any], str]] = {
     PiiType.PRIVATE_KEY: lambda f: f"-----BEGIN PRIVATE KEY----- {f.sha256()} -----END PRIVATE KEY-----",
     PiiType.URL_CREDENTIALS: lambda f: (
@@ -40,9 +54,9 @@ _DRAWS: dict[PiiType, Callable[[Any], str]] = {
     PiiType.DATE_OF_BIRTH: lambda f: f.date_of_birth(minimum_age=18, maximum_age=90).isoformat(),
     PiiType.PHONE: lambda f: f.phone_number(),
     PiiType.IP_ADDRESS: lambda f: f["en_US"].ipv4_public(),
-    PiiType.PERSON: lambda f: f"{f.first_name()} {f.last_name()}",
     PiiType.ADDRESS: lambda f: f.address(),
 }
+DEFAULT_NAME_WORDS = 2  # a row that does not say how long its names were (datasets before it did)
 
 
 @cache
@@ -54,12 +68,13 @@ def _faker() -> Any:
 
 def with_surrogates(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` (a dataset row: ``messages``, ``tools``...) with each placeholder in its messages
-    replaced by a fake value of its type (see the module's docstring); a row without one is
-    returned as it is."""
+    replaced by a fake value of its type (see the module's docstring), without ``name_words``;
+    a row without a placeholder is returned as it is."""
     messages = row.get("messages") or []
     if not any(PLACEHOLDER.search(json.dumps(m, ensure_ascii=False)) for m in messages):
         return row
     values: dict[str, str] = {}
+    name_words: dict[str, int] = row.get("name_words") or {}
     fake = _faker()
     fake.seed_instance(int.from_bytes(hashlib.sha256(str(row.get("id", "")).encode()).digest()[:8], "big"))
 
@@ -69,7 +84,10 @@ def with_surrogates(row: dict[str, Any]) -> dict[str, Any]:
             kind = PiiType(match.group(1))
             taken = set(values.values())
             for _ in range(10):
-                value = _single_line(_DRAWS[kind](fake))
+                if kind is PiiType.PERSON:
+                    value = _person(fake, name_words.get(placeholder, DEFAULT_NAME_WORDS))
+                else:
+                    value = _single_line(_DRAWS[kind](fake))
                 if value not in taken:
                     break
             values[placeholder] = value
@@ -78,7 +96,8 @@ def with_surrogates(row: dict[str, Any]) -> dict[str, Any]:
     def replace(text: str) -> str:
         return PLACEHOLDER.sub(value_of, text)
 
-    return {**row, "messages": [_message(m, replace) for m in messages]}
+    rest = {key: value for key, value in row.items() if key != "name_words"}
+    return {**rest, "messages": [_message(m, replace) for m in messages]}
 
 
 def _message(message: dict[str, Any], replace: Callable[[str], str]) -> dict[str, Any]:
