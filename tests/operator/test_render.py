@@ -242,6 +242,8 @@ def test_training_job_names_are_deterministic() -> None:
     assert job_name(job) == job_name(job.model_copy()) and job_name(job).startswith("sql-writer-train-")
     other = job.model_copy(update={"dataset_version": "v9"})
     assert job_name(job) != job_name(other)
+    v2, v3 = (job.model_copy(update={"base_model_revision": r}) for r in ("v2", "v3"))  # other weights
+    assert len({job_name(job), job_name(v2), job_name(v3)}) == 3
     entrypoint = rendered()["rayjob"]["spec"]["entrypoint"]
     assert entrypoint.startswith("python -m protege.training.job --spec '{")
 
