@@ -215,9 +215,8 @@ class ModelResolver:
                         raise
                     raise ModelUnavailableError(f"{what} failed ({reason})") from None
                 if number == tries:
-                    raise ModelUnavailableError(
-                        f"{what} failed {tries} times in a row, last with {reason}"
-                    ) from None
+                    times = f"{tries} times in a row, last" if tries > 1 else "once"
+                    raise ModelUnavailableError(f"{what} failed {times} with {reason}") from None
                 delay = self.retry.delay(number)
                 log.warning("%s failed (%s); trying again in %g s", what, reason, delay)
                 self.sleep(delay)
