@@ -339,7 +339,7 @@ async def _specialist_pass(
             outcome = await reconcile(
                 meta["name"],
                 specialist,
-                PoolFacts(pool_spec.base_model.source, pool_spec.engine.max_lora_rank),
+                PoolFacts.of(pool_spec),
                 current,
                 io,
                 now=datetime.now(UTC).replace(microsecond=0),

@@ -11,6 +11,9 @@ finds what it created instead of creating it again.
   ``PodDisruptionBudget``;
 - a Specialist's training run → a KubeRay ``RayJob`` running ``python -m
   protege.training.job`` on GPU workers, named after the hash of its job spec.
+
+The workers of both load the base model: they mount the pool's model cache, a ``pvc://``
+source's claim read-only, and get the hub token by secret reference (:class:`ModelAccess`).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import yaml
 
 from protege import __version__
 from protege.api.jobs import JobSpec, job_name
-from protege.api.meta import ComputeResources, Toleration
+from protege.api.meta import ComputeResources, Toleration, quantity_value
 from protege.api.naming import KUBERAY_NAME_MAX, child_name
 from protege.api.pods import PodOverrides, PodTemplates
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RoutingTable
+from protege.models.sources import HF_HOME_DIR, HF_TOKEN_VARIABLE, MODEL_CACHE_DIR, volume_source
 from protege.serving.pool.config import serve_application
 
 API_GROUP = "protege.dev"
@@ -46,6 +50,9 @@ GATEWAY_PRESTOP_SECONDS = 5
 # After SIGTERM and the calls in flight (the pool's gateway.drainSeconds): the call log's flush to
 # NATS (CallLogPublisher.close: 10 s at most), and a margin for the process to exit.
 GATEWAY_FLUSH_SECONDS = 10 + 5
+# What a serving or training container writes besides the model cache (Ray's logs and spilled
+# objects, vLLM's compile cache, adapters, a job's checkpoints): requested as ephemeral storage.
+WORKING_SPACE = "10Gi"
 
 
 @dataclass(frozen=True)
@@ -170,12 +177,64 @@ def _call_log_env(platform: Platform) -> list[dict[str, Any]]:
     return env
 
 
-def _resources(resources: ComputeResources, gpus: int | None = None) -> dict[str, Any]:
+def _resources(
+    resources: ComputeResources, pool: SpecialistPoolSpec, gpus: int | None = None
+) -> dict[str, Any]:
+    """A model-loading worker's resources; its ephemeral storage is requested, not limited (the
+    cache's emptyDir has its own size limit)."""
     amounts: dict[str, Any] = {"cpu": str(resources.cpu), "memory": str(resources.memory)}
     count = resources.gpu if gpus is None else gpus
     if count:
         amounts["nvidia.com/gpu"] = str(count)
-    return {"requests": amounts, "limits": dict(amounts)}
+    return {"requests": {**amounts, "ephemeral-storage": _ephemeral_storage(pool)}, "limits": amounts}
+
+
+def _ephemeral_storage(pool: SpecialistPoolSpec) -> str:
+    """The working space, and the model cache when it is an emptyDir (on the node's disk)."""
+    cache = pool.model_cache
+    total = quantity_value(WORKING_SPACE) + (0 if cache.claim_name else quantity_value(cache.size))
+    for suffix, unit in (("Gi", 2**30), ("Mi", 2**20)):
+        if total % unit == 0:
+            return f"{int(total // unit)}{suffix}"
+    return str(int(total))
+
+
+MODEL_CACHE_VOLUME = "model-cache"
+BASE_MODEL_VOLUME = "base-model"
+
+
+@dataclass(frozen=True)
+class ModelAccess:
+    """What a pod that loads the pool's base model gets (:mod:`protege.models.resolve` reads it):
+    the model cache as its model store and the hub's cache, a pvc:// source's claim read-only, the
+    hub token from its Secret."""
+
+    env: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, pool: SpecialistPoolSpec) -> ModelAccess:
+        base, cache = pool.base_model, pool.model_cache
+        env: list[dict[str, Any]] = [
+            {"name": "PROTEGE_MODEL_STORE", "value": str(MODEL_CACHE_DIR)},
+            {"name": "HF_HOME", "value": str(HF_HOME_DIR)},
+        ]
+        if base.token_secret_ref is not None:
+            ref = {"name": base.token_secret_ref.name, "key": base.token_secret_ref.key}
+            env.append({"name": HF_TOKEN_VARIABLE, "valueFrom": {"secretKeyRef": ref}})
+        cached = (
+            {"persistentVolumeClaim": {"claimName": cache.claim_name}}
+            if cache.claim_name
+            else {"emptyDir": {"sizeLimit": str(cache.size)}}
+        )
+        volumes: list[dict[str, Any]] = [{"name": MODEL_CACHE_VOLUME, **cached}]
+        mounts: list[dict[str, Any]] = [{"name": MODEL_CACHE_VOLUME, "mountPath": str(MODEL_CACHE_DIR)}]
+        if (volume := volume_source(base.source)) is not None:
+            claim = {"claimName": volume.claim, "readOnly": True}
+            volumes.append({"name": BASE_MODEL_VOLUME, "persistentVolumeClaim": claim})
+            mounts.append({"name": BASE_MODEL_VOLUME, "mountPath": str(volume.mount_dir()), "readOnly": True})
+        return cls(env, volumes, mounts)
 
 
 def _with_overrides(template: dict[str, Any], overrides: PodOverrides) -> dict[str, Any]:
@@ -235,11 +294,18 @@ def _worker_template(
     node_selector: dict[str, str],
     tolerations: list[Toleration],
     *,
+    model: ModelAccess,
     overrides: PodOverrides,
 ) -> dict[str, Any]:
-    pod: dict[str, Any] = {
-        "containers": [{"name": "ray-worker", "image": image, "env": env, "resources": resources}]
+    """A worker that loads the base model (a serving replica, a training worker)."""
+    container = {
+        "name": "ray-worker",
+        "image": image,
+        "env": [*env, *model.env],
+        "resources": resources,
+        "volumeMounts": model.mounts,
     }
+    pod: dict[str, Any] = {"containers": [container], "volumes": model.volumes}
     if node_selector:
         pod["nodeSelector"] = dict(node_selector)
     if tolerations:
@@ -267,9 +333,10 @@ def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platfor
         "template": _worker_template(
             image,
             env,
-            _resources(spec.resources, gpus),
+            _resources(spec.resources, spec, gpus),
             spec.node_selector,
             spec.tolerations,
+            model=ModelAccess.of(spec),
             overrides=overrides,
         ),
     }
@@ -515,9 +582,10 @@ def render_training_job(
         "template": _worker_template(
             image,
             env,
-            _resources(training.resources),
+            _resources(training.resources, pool),
             pool.node_selector if training.node_selector is None else training.node_selector,
             pool.tolerations if training.tolerations is None else training.tolerations,
+            model=ModelAccess.of(pool),
             overrides=overrides,
         ),
     }

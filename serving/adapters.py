@@ -34,6 +34,7 @@ import aiohttp
 from protege.api.jobs import ADAPTER_KIND
 from protege.serving.router.table import adapter_name
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore, CorruptedArtifactError
+from protege.store.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,12 @@ class AdapterLoadError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How a replica retries the store within one load, and how long a failed version is refused."""
+class RetryPolicy(Backoff):
+    """How a replica retries the store within one load (``attempts`` tries of a load's store reads,
+    check and download, with :class:`Backoff`'s delays), and how long a failed version is refused."""
 
-    attempts: int = 4  # tries of a load's store reads (check and download) before it fails
-    first_delay: float = 0.5  # seconds before the second try; doubled before each next one
-    max_delay: float = 8.0
     mark_seconds: float = 10.0  # a failed version is refused this long, doubled per failure in a row
     max_mark_seconds: float = 300.0
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failed try of a load."""
-        return float(min(self.first_delay * 2 ** (failures - 1), self.max_delay))
 
     def mark(self, failures: int) -> float:
         """Seconds a version is refused after its ``failures``-th failed load in a row."""

@@ -42,7 +42,8 @@ from protege.api.specialist import EvaluationMetric, OutputKind, Scores, Trainin
 from protege.config import load_settings
 from protege.evaluation import resolve_metric
 from protege.models.catalogue import UnknownModelError
-from protege.models.pull import ModelUnavailableError, resolve_model
+from protege.models.pull import ModelUnavailableError
+from protege.models.resolve import ModelResolver
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.training.datasets import DATASET_KIND, SQL_DATABASE
 from protege.training.pii.surrogates import with_surrogates
@@ -72,16 +73,16 @@ def task_database(store: ArtifactStore, task: str, version: str) -> sqlite3.Conn
 
 
 def preflight(
-    spec: JobSpec, store: ArtifactStore, model_store: Path
-) -> tuple[str, str, dict[str, list[dict[str, Any]]]]:
-    """(resolved base model, dataset version, rows by split), or a JobError saying what to fix."""
+    spec: JobSpec, store: ArtifactStore, models: ModelResolver
+) -> tuple[Path, str, dict[str, list[dict[str, Any]]]]:
+    """(the base model's directory, dataset version, rows by split), or a JobError saying what to fix."""
     if spec.training.rank > spec.max_lora_rank:
         raise JobError(
             f"training.rank {spec.training.rank} exceeds the pool's engine.maxLoraRank {spec.max_lora_rank}: "
             "vLLM could not load the adapter. Lower the rank or raise the pool's maxLoraRank"
         )
     try:
-        model = resolve_model(spec.base_model, model_store)
+        model = models.resolve(spec.base_model, spec.base_model_revision)
     except (UnknownModelError, ModelUnavailableError) as error:
         raise JobError(f"base model {spec.base_model!r}: {error}") from None
     try:
@@ -131,7 +132,7 @@ def run(spec: JobSpec) -> JobResult:
 
     settings = load_settings()
     store = ArtifactStore.from_settings(settings)
-    model, dataset_version, rows = preflight(spec, store, settings.model_dir)
+    model, dataset_version, rows = preflight(spec, store, ModelResolver.from_settings(settings))
     if spec.training.workers == 1:  # Ray Train sets each worker's threads from its reservation
         torch.set_num_threads(torch_threads(spec.training, os.cpu_count()))
     output_kind = OutputKind(
@@ -144,17 +145,22 @@ def run(spec: JobSpec) -> JobResult:
 
     with tempfile.TemporaryDirectory(prefix="protege-train-") as work:
         started = time.perf_counter()
-        train = train_lora_distributed if spec.training.workers > 1 else train_lora
-        trained = train(
-            Path(model),
-            rows["train"],
-            rows["validation"],
-            spec.training,
-            Path(work),
-            max_steps=spec.max_steps,
-        )
+        if spec.training.workers > 1:  # each worker resolves the model on its own node (its cache)
+            trained = train_lora_distributed(
+                spec.base_model,
+                rows["train"],
+                rows["validation"],
+                spec.training,
+                Path(work),
+                revision=spec.base_model_revision,
+                max_steps=spec.max_steps,
+            )
+        else:
+            trained = train_lora(
+                model, rows["train"], rows["validation"], spec.training, Path(work), max_steps=spec.max_steps
+            )
         training_seconds = time.perf_counter() - started
-        model_path = Path(model)
+        model_path = model
 
         def score(generator: TransformersGenerator, shots: list[dict[str, Any]]) -> dict[str, Any]:
             return evaluate(rows["test"], generator, metric, database=database, shots=shots).as_dict()
@@ -189,6 +195,7 @@ def run(spec: JobSpec) -> JobResult:
             "specialist": spec.specialist,
             "task": spec.task,
             "base_model": spec.base_model,
+            **({"base_model_revision": spec.base_model_revision} if spec.base_model_revision else {}),
             "dataset_version": dataset_version,
             "hyperparameters": spec.training.to_kube(),
             "metric": metric.value,  # the Specialist's evaluation.metric, resolved: `protege eval` reuses it

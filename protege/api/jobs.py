@@ -27,7 +27,13 @@ class JobSpec(BaseModel):
     )
     task: str = Field(description="Task id; its dataset is artifact dataset/<task>.")
     dataset_version: str | None = Field(default=None, description="Dataset version; the latest when unset.")
-    base_model: str = Field(description="Catalogue id, file:///path or hf://org/name.")
+    base_model: str = Field(
+        description="The pool's baseModel.source: a catalogue id, hf://org/name, s3://bucket/prefix, "
+        "pvc://claim/path or file:///path."
+    )
+    base_model_revision: str | None = Field(
+        default=None, description="The pool's baseModel.revision: the hub revision to train on."
+    )
     max_lora_rank: int = Field(default=64, ge=1, description="The pool's engine.maxLoraRank.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Hyper-parameters.")
     evaluation: EvaluationSpec = Field(
@@ -41,9 +47,15 @@ class JobSpec(BaseModel):
     min_train_examples: int = Field(default=8, ge=1, description="Refuse smaller training splits.")
 
 
+# Fields added after jobs were named: left out of the id while unset, so a spec without them keeps
+# its job's name (an operator upgraded mid-job finds the job it started, rather than starting another).
+_UNNAMED_WHEN_UNSET = ("base_model_revision",)
+
+
 def job_id(spec: JobSpec) -> str:
     """Deterministic: the same spec always has the same id (the RayJob's name ends with it)."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:10]
+    unset = {name for name in _UNNAMED_WHEN_UNSET if getattr(spec, name) is None}
+    return hashlib.sha256(spec.model_dump_json(exclude=unset).encode()).hexdigest()[:10]
 
 
 def job_name(spec: JobSpec) -> str:

@@ -10,16 +10,24 @@ from pydantic import Field, HttpUrl, field_validator, model_validator
 
 from protege.api.meta import (
     CONDITIONS_LIST_MAP,
+    DNS_LABEL,
     ComputeResources,
     Condition,
+    DnsLabel,
     KubeModel,
+    Quantity,
     SecretKeyRef,
     Toleration,
+    check_quantity,
 )
 from protege.api.pods import PodTemplates
 
-MODEL_SOURCE_SCHEMES = ("hf", "s3", "gs", "pvc", "file")
+MODEL_SOURCE_SCHEMES = ("hf", "s3", "pvc", "file")
 _CATALOGUE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+# Sources whose revision and token mean something: the hub's (hf:// and catalogue ids; catalogue
+# models with an offline source ignore both). The CEL rules below and _hub_only say the same.
+_HUB_SOURCE_CEL = "self.source.startsWith('hf://') || !self.source.contains('://')"
+DEFAULT_MODEL_CACHE_SIZE = "20Gi"
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_MAX_LORAS = 16
 
@@ -35,6 +43,14 @@ def check_model_source(value: str) -> str:
             )
         if not rest.strip("/"):
             raise ValueError(f"model source {value!r} names no model after {scheme}://")
+        if scheme in ("s3", "pvc") and ".." in rest.split("/"):
+            raise ValueError(f"model source {value!r}: its path must not contain '..'")
+        claim = rest.strip("/").partition("/")[0]
+        if scheme == "pvc" and not (len(claim) <= 63 and re.match(DNS_LABEL, claim)):
+            raise ValueError(
+                f"model source {value!r}: {claim!r} is not a PersistentVolumeClaim name; use "
+                "pvc://<claim>/<path inside the volume>"
+            )
         return value
     if not _CATALOGUE_ID.match(value):
         raise ValueError(
@@ -45,17 +61,79 @@ def check_model_source(value: str) -> str:
 
 
 class BaseModelSpec(KubeModel):
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!has(self.revision) || {_HUB_SOURCE_CEL}",
+                    "message": "baseModel.revision pins a Hugging Face hub revision: it needs an hf:// "
+                    "source or a catalogue name",
+                },
+                {
+                    "rule": f"!has(self.tokenSecretRef) || {_HUB_SOURCE_CEL}",
+                    "message": "baseModel.tokenSecretRef is a Hugging Face hub token: it needs an hf:// "
+                    "source or a catalogue name",
+                },
+            ]
+        }
+    }
+
     source: str = Field(
         description="Where the base model comes from: a catalogue name (`protege models list`), "
-        "hf://org/name, s3://bucket/prefix, pvc://claim/path or file:///path.",
+        "hf://org/name, s3://bucket/prefix (downloaded once into the pool's model cache with the "
+        "artifact store's S3 settings), pvc://claim/path (the claim is mounted read-only) or "
+        "file:///path (a path inside the image).",
         examples=["smollm2-135m", "hf://HuggingFaceTB/SmolLM2-1.7B-Instruct"],
     )
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
+    revision: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Hub revision (branch, tag or commit) to pin, for hf:// sources and catalogue models "
+        "downloaded from the hub; the default branch when unset.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a Hugging Face token, for gated or private hub models (hf:// or a "
+        "catalogue name); the serving and training pods get it as HF_TOKEN. Never inline.",
+    )
 
     @field_validator("source")
     @classmethod
     def _source(cls, value: str) -> str:
         return check_model_source(value)
+
+    @model_validator(mode="after")
+    def _hub_only(self) -> BaseModelSpec:
+        hub = self.source.startswith("hf://") or "://" not in self.source
+        for field, value in (("revision", self.revision), ("tokenSecretRef", self.token_secret_ref)):
+            if value is not None and not hub:
+                raise ValueError(
+                    f"baseModel.{field} applies to Hugging Face hub models (hf:// or a catalogue name), "
+                    f"not to {self.source!r}; remove it"
+                )
+        return self
+
+
+class ModelCacheSpec(KubeModel):
+    """Where the pool's serving and training pods keep base-model weights (mounted at /models/cache)."""
+
+    size: Quantity = Field(
+        default=DEFAULT_MODEL_CACHE_SIZE,
+        description="Size limit of the cache when it is an emptyDir (without claimName): room for the "
+        "weights (about 2 bytes per parameter in bf16). Each serving worker and training pod requests "
+        "this much ephemeral storage on top of its working space, so it is placed on a node with the disk.",
+    )
+    claim_name: DnsLabel | None = Field(
+        default=None,
+        description="An existing PersistentVolumeClaim to keep the cache on instead of an emptyDir, so "
+        "replicas, restarts and training jobs share one copy (ReadWriteMany when the pods run on several "
+        "nodes); size is then not used.",
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | int) -> str | int:
+        return check_quantity(value, "modelCache.size")
 
 
 class EngineSpec(KubeModel):
@@ -234,13 +312,19 @@ class SpecialistPoolSpec(KubeModel):
         "trained for it).",
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "self == oldSelf",
+                {  # its token Secret may change: the weights do not
+                    "rule": "self.source == oldSelf.source && has(self.revision) == has(oldSelf.revision) "
+                    "&& (!has(self.revision) || self.revision == oldSelf.revision)",
                     "message": "baseModel is immutable: every adapter of the pool was trained for it; "
                     "create a new pool for another base model",
                 }
             ]
         },
+    )
+    model_cache: ModelCacheSpec = Field(
+        default_factory=ModelCacheSpec,
+        description="Where the serving and training pods keep the base model's weights: an emptyDir of "
+        "modelCache.size by default, or an existing PersistentVolumeClaim.",
     )
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
     replicas: ReplicaSpec = Field(default_factory=ReplicaSpec, description="Autoscaling bounds.")

@@ -100,6 +100,7 @@ def render(
             task=specialist.task.id or document["metadata"]["name"],
             dataset_version=None if dataset_version == "latest" else dataset_version,
             base_model=pool.base_model.source,
+            base_model_revision=pool.base_model.revision,
             max_lora_rank=pool.engine.max_lora_rank,
             training=specialist.training,
             evaluation=specialist.evaluation,

@@ -286,7 +286,7 @@ def evaluate_adapter(
     import tempfile
 
     from protege.evaluation import resolve_metric
-    from protege.models.pull import resolve_model
+    from protege.models.resolve import ModelResolver
     from protege.store.artifacts import ArtifactNotFoundError
     from protege.training.datasets import DATASET_KIND
     from protege.training.evaluation import TransformersGenerator, evaluate
@@ -312,7 +312,8 @@ def evaluate_adapter(
         if metric is EvaluationMetric.SQL_EXECUTION
         else None
     )
-    model = Path(resolve_model(meta["base_model"], settings().model_dir))
+    models = ModelResolver.from_settings(settings())
+    model = models.resolve(meta["base_model"], meta.get("base_model_revision"))
     table = Table(title=f"{specialist}@{manifest.version} on {meta['task']} test split ({len(rows)} calls)")
     for column in ("model", metric.value, "p50 ms/call"):
         table.add_column(column, justify="left" if column == "model" else "right")

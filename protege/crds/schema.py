@@ -18,6 +18,9 @@ _KEPT = {
 }  # fmt: skip
 
 
+_RULES = "x-kubernetes-validations"
+
+
 def to_structural(schema: Schema) -> Schema:
     """Inline every ``$ref``, fold ``anyOf [X, null]`` into ``nullable``, and keep only the
     keywords Kubernetes accepts, so the result is a structural schema."""
@@ -26,10 +29,13 @@ def to_structural(schema: Schema) -> Schema:
 
 
 def _resolve(node: Schema, definitions: Schema) -> Schema:
+    """The referenced type with the field's keywords over it; a field's CEL rules add to its type's."""
     while "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
         siblings = {k: v for k, v in node.items() if k != "$ref"}
-        node = {**copy.deepcopy(definitions[name]), **siblings}
+        definition = copy.deepcopy(definitions[name])
+        rules = [*definition.get(_RULES, []), *siblings.get(_RULES, [])]
+        node = {**definition, **siblings, **({_RULES: rules} if rules else {})}
     return node
 
 

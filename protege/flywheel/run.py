@@ -67,7 +67,7 @@ def build_flywheel(config: FlywheelProcessConfig) -> LocalFlywheel:
     driver = LocalDriver(
         config.state,
         io,
-        PoolFacts(pool.base_model.source, pool.engine.max_lora_rank),
+        PoolFacts.of(pool),
         job_options=config.pace.job_options,
     )
     return LocalFlywheel(

@@ -23,6 +23,7 @@ from croniter import croniter
 from protege.api.calls import CallRecord
 from protege.api.jobs import JobResult, JobSpec
 from protege.api.meta import ConditionStatus, set_condition, set_progress
+from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import Candidate, RolloutStage, SpecialistRoute
 from protege.api.specialist import (
     ConfidenceCheck,
@@ -85,6 +86,11 @@ class PoolFacts:
 
     base_model: str
     max_lora_rank: int
+    base_model_revision: str | None = None
+
+    @classmethod
+    def of(cls, pool: SpecialistPoolSpec) -> PoolFacts:
+        return cls(pool.base_model.source, pool.engine.max_lora_rank, pool.base_model.revision)
 
 
 class FlywheelIO(Protocol):
@@ -430,6 +436,7 @@ class _Pass:
             task=task.id,
             dataset_version=dataset.version,
             base_model=pool.base_model,
+            base_model_revision=pool.base_model_revision,
             max_lora_rank=pool.max_lora_rank,
             training=spec.training,
             evaluation=spec.evaluation,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,8 +20,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from protege.models.catalogue import LocalSource, lookup
 from protege.store.artifacts import sha256_file
+from protege.store.staging import rename_into_place
 
 MARKER = "protege-model.json"
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # what a model needs from a hub repo
 
 
 class ModelUnavailableError(RuntimeError):
@@ -94,7 +95,9 @@ def pull(
             "files": checksums,
         }
         (output / MARKER).write_text(json.dumps(marker, indent=2))
-        os.replace(output, target)
+        if not rename_into_place(output, target):  # another process (a replica on a shared cache) was first
+            console.print(f"{name} was pulled meanwhile → {target}")
+            return target
     console.print(f"[green]pulled[/] {name} → {target}")
     return target
 
@@ -129,7 +132,7 @@ def _from_hub(hub_id: str, output: Path, progress: Progress) -> dict[str, str]:
         snapshot_download(
             hub_id,
             local_dir=output,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+            allow_patterns=HUB_FILES,
         )
     except Exception as error:  # network, auth, offline mode: all end the same way for the user
         raise ModelUnavailableError(
@@ -216,27 +219,3 @@ def _convert(gguf: Path, output: Path) -> None:
     model.config.dtype = torch.bfloat16
     model.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
-
-
-def resolve_model(source: str, store: Path) -> str:
-    """A spec's ``baseModel.source`` → something ``from_pretrained`` and vLLM load.
-
-    Catalogue ids with an offline source resolve to their pulled directory; file:// to the
-    path; hf:// to the hub id (which needs network access or a warm hub cache).
-    """
-    if source.startswith("file://"):
-        path = Path(source.removeprefix("file://"))
-        if not (path / "config.json").is_file():
-            raise ModelUnavailableError(f"{path} is not a model directory (no config.json)")
-        return str(path)
-    if source.startswith("hf://"):
-        return source.removeprefix("hf://")
-    if "://" in source:
-        raise ModelUnavailableError(f"{source}: fetch s3://, gs:// and pvc:// models into a directory first")
-    entry = lookup(source)
-    directory = store / entry.id
-    if (directory / MARKER).exists():
-        return str(directory)
-    if entry.local is not None:
-        raise ModelUnavailableError(f"{entry.id} is not pulled yet; run `protege models pull {entry.id}`")
-    return entry.hf_id

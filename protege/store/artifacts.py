@@ -13,11 +13,9 @@ object raises :class:`CorruptedArtifactError` and is never handed out.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -28,7 +26,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from protege.config import Settings
+from protege.config import S3Settings, Settings
+from protege.store.staging import staged_directory
 
 _CHUNK = 1 << 20
 _KIND = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -71,6 +70,20 @@ class Manifest(BaseModel):
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
+
+
+def s3_storage_options(s3: S3Settings, *, attempts: int | None = None) -> dict[str, Any]:
+    """fsspec's options for an S3 client with the settings' endpoint and keys (the AWS credential
+    chain without keys); ``attempts`` caps its tries per request (its own retries with backoff)."""
+    options: dict[str, Any] = {}
+    if s3.endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": str(s3.endpoint_url), "region_name": s3.region}
+    if s3.access_key_id and s3.secret_access_key:
+        options["key"] = s3.access_key_id.get_secret_value()
+        options["secret"] = s3.secret_access_key.get_secret_value()
+    if attempts is not None:
+        options["config_kwargs"] = {"retries": {"total_max_attempts": attempts}}
+    return options
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -126,17 +139,9 @@ class ArtifactStore:
     def from_settings(cls, settings: Settings, *, attempts: int | None = None) -> ArtifactStore:
         """The configured store; ``attempts`` caps the S3 client's tries per request (its own
         retries with backoff), for a reader that retries by itself, such as a periodic refresh."""
-        options: dict[str, Any] = {}
-        if settings.artifact_store_url.startswith("s3://"):
-            s3 = settings.s3
-            if s3.endpoint_url:
-                options["client_kwargs"] = {"endpoint_url": str(s3.endpoint_url), "region_name": s3.region}
-            if s3.access_key_id and s3.secret_access_key:
-                options["key"] = s3.access_key_id.get_secret_value()
-                options["secret"] = s3.secret_access_key.get_secret_value()
-            if attempts is not None:
-                options["config_kwargs"] = {"retries": {"total_max_attempts": attempts}}
-        return cls(settings.artifact_store_url, options)
+        url = settings.artifact_store_url
+        options = s3_storage_options(settings.s3, attempts=attempts) if url.startswith("s3://") else {}
+        return cls(url, options)
 
     # --- paths -------------------------------------------------------------------------
     def _path(self, *parts: str) -> str:
@@ -389,26 +394,19 @@ class ArtifactStore:
         directory there is always a whole, verified version.
         """
         manifest = self.manifest(kind, name, version)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".tmp-{destination.name}-"))
-        try:
+
+        def fill(staging: Path) -> None:
             for entry in manifest.files:
                 target = staging / entry.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(self._version_path(kind, name, version, entry.path), str(target))
                 self._verify(manifest, entry, sha256_file(target))
-            try:
-                os.rename(staging, destination)  # replaces a missing or empty destination only
-            except OSError as error:
-                if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                    raise FileExistsError(
-                        f"{destination} already holds files; download {kind}/{name}@{version} "
-                        "into a new or empty directory"
-                    ) from None
-                raise
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+        if not staged_directory(destination, fill):  # replaces a missing or empty destination only
+            raise FileExistsError(
+                f"{destination} already holds files; download {kind}/{name}@{version} "
+                "into a new or empty directory"
+            )
         return manifest
 
     @staticmethod

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from protege.api.pool import SpecialistPoolSpec
 from protege.config import load_settings
 from protege.models.chat import chat_template_of, template_knows_tools, tools_in_prompt
-from protege.models.pull import resolve_model
+from protege.models.resolve import ModelResolver
 from protege.services.vllm import VllmServer
 from protege.serving.adapters import AdapterLoadError, AdapterManager
 from protege.serving.pool.auth import pool_token, refusal
@@ -103,11 +103,12 @@ class PoolEngine:
         self.spec = SpecialistPoolSpec.model_validate(spec)
         settings = load_settings()
         self.token = pool_token(settings)  # no token, no pool: it would answer anyone
-        model = resolve_model(self.spec.base_model.source, settings.model_dir)
+        base = self.spec.base_model
+        model = ModelResolver.from_settings(settings).resolve(base.source, base.revision)
         work = Path(tempfile.mkdtemp(prefix=f"protege-pool-{pool}-"))
         self.engine = VllmServer(
             work / "vllm",
-            Path(model),
+            model,
             self.spec.base_model.source,
             max_model_len=self.spec.engine.max_model_len,
             max_loras=self.spec.engine.max_loras,
@@ -117,7 +118,7 @@ class PoolEngine:
         ).start()
         self.engine_url = f"http://{self.engine.host}:{self.engine.port}"
         # a template without tools would drop them: write them as the specialists learned them
-        self.tools_as_text = not template_knows_tools(chat_template_of(Path(model)))
+        self.tools_as_text = not template_knows_tools(chat_template_of(model))
         self.adapters = AdapterManager(
             self.engine_url,
             ArtifactStore.from_settings(settings, attempts=1),  # the manager retries, with backoff

@@ -64,8 +64,14 @@ def deployment_options(spec: SpecialistPoolSpec) -> dict[str, Any]:
     }
 
 
-# Parts of a pool's spec that the Serve application never reads (the gateway's and the pods').
-POD_ONLY_FIELDS = {"gateway", "pod_template"}
+# Parts of a pool's spec that the Serve application never reads (the gateway's and the pods'; the
+# hub token reaches the replicas as HF_TOKEN, from the pod's environment).
+POD_ONLY_FIELDS: dict[str, Any] = {
+    "gateway": True,
+    "pod_template": True,
+    "model_cache": True,
+    "base_model": {"token_secret_ref"},
+}
 
 
 def serve_application(name: str, spec: SpecialistPoolSpec) -> dict[str, Any]:

@@ -171,3 +171,84 @@ def test_what_would_fail_only_later_is_refused_at_apply(repo: Path) -> None:
         "Specialist and create it for the other pool"
     ]
     assert catalogue.errors(specialist, old=specialist) == []
+
+
+def test_a_base_models_token_and_revision_need_a_hub_source_and_its_token_may_change(repo: Path) -> None:
+    """tokenSecretRef and revision mean something for hub models only (refused at apply otherwise, as by
+    the models); an update may point the token at another Secret, never the weights elsewhere."""
+    catalogue = CrdCatalogue.from_paths(sorted((repo / "crds").glob("*.yaml")))
+    pool = _example("pool", repo)
+    token = {"name": "hf-token", "key": "token"}
+
+    def with_base(**base: object) -> dict:  # type: ignore[type-arg]
+        changed = copy.deepcopy(pool)
+        changed["spec"]["baseModel"] = base
+        return changed
+
+    for fine in (
+        with_base(source="hf://meta-llama/Llama-3.2-1B-Instruct", revision="main", tokenSecretRef=token),
+        with_base(source="llama3.2-1b", tokenSecretRef=token),  # a gated model of the catalogue
+        with_base(source="s3://models/llama-3.2-1b"),
+        with_base(source="pvc://weights/llama-3.2-1b"),
+    ):
+        assert catalogue.errors(fine) == [], fine["spec"]["baseModel"]
+        SpecialistPoolSpec.model_validate(fine["spec"])
+    token_rule = (
+        "spec.baseModel: baseModel.tokenSecretRef is a Hugging Face hub token: it needs an hf:// source or a "
+        "catalogue name"
+    )
+    revision_rule = (
+        "spec.baseModel: baseModel.revision pins a Hugging Face hub revision: it needs an hf:// source or a "
+        "catalogue name"
+    )
+    for wrong, expected in (
+        (with_base(source="s3://models/llama-3.2-1b", tokenSecretRef=token), [token_rule]),
+        (with_base(source="pvc://weights/llama-3.2-1b", revision="v1"), [revision_rule]),
+        (
+            with_base(source="file:///models/llama", revision="v1", tokenSecretRef=token),
+            [revision_rule, token_rule],
+        ),
+    ):
+        assert catalogue.errors(wrong) == expected
+        with pytest.raises(ValueError, match=r"applies to Hugging Face hub models .* remove it"):
+            SpecialistPoolSpec.model_validate(wrong["spec"])
+
+    gated = with_base(source="hf://org/name", revision="v1", tokenSecretRef=token)
+    rotated = with_base(source="hf://org/name", revision="v1", tokenSecretRef={"name": "hf-2", "key": "t"})
+    assert catalogue.errors(rotated, old=gated) == []
+    immutable = [
+        "spec.baseModel: baseModel is immutable: every adapter of the pool was trained for it; create a new "
+        "pool for another base model"
+    ]
+    for moved in (
+        with_base(source="hf://org/name", revision="v2", tokenSecretRef=token),
+        with_base(source="hf://org/name", tokenSecretRef=token),
+        with_base(source="hf://org/other", revision="v1", tokenSecretRef=token),
+    ):
+        assert catalogue.errors(moved, old=gated) == immutable, moved["spec"]["baseModel"]
+    assert (
+        catalogue.errors(
+            with_base(source="hf://org/name", revision="v2"), old=with_base(source="hf://org/name")
+        )
+        == immutable
+    )
+
+
+def test_a_model_cache_is_an_emptydir_size_or_a_claim(repo: Path) -> None:
+    catalogue = CrdCatalogue.from_paths(sorted((repo / "crds").glob("*.yaml")))
+    pool = _example("pool", repo)
+
+    def cached(**cache: object) -> dict:  # type: ignore[type-arg]
+        return {**pool, "spec": {**pool["spec"], "modelCache": cache}}
+
+    assert catalogue.errors(cached(size="100Gi")) == [] and catalogue.errors(cached(claimName="cache")) == []
+    assert catalogue.errors(cached(claimName="Model_Cache")) == [
+        "spec.modelCache.claimName: 'Model_Cache' does not match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'"
+    ]
+    with pytest.raises(ValueError, match=r"modelCache\.size 'lots' is not a Kubernetes quantity"):
+        SpecialistPoolSpec.model_validate(cached(size="lots")["spec"])  # as resources' (int-or-string)
+    assert SpecialistPoolSpec.model_validate(pool["spec"]).model_cache.size == "20Gi"
+    with pytest.raises(ValueError, match=r"'pvc://Weights/m': 'Weights' is not a PersistentVolumeClaim name"):
+        SpecialistPoolSpec.model_validate({**pool["spec"], "baseModel": {"source": "pvc://Weights/m"}})
+    with pytest.raises(ValueError, match=r"has scheme 'gs'"):  # no pod could load it: refused
+        SpecialistPoolSpec.model_validate({**pool["spec"], "baseModel": {"source": "gs://models/m"}})

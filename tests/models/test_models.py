@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from protege.models.catalogue import CATALOGUE, UnknownModelError, lookup
-from protege.models.pull import MARKER, ModelUnavailableError, pull, resolve_model, verify_model_dir
+from protege.models.pull import MARKER, ModelUnavailableError, pull, verify_model_dir
+from protege.models.resolve import ModelResolver
 
 
 @pytest.mark.slow
@@ -30,7 +31,7 @@ def test_pulled_smollm2_answers_a_chat_prompt_greedily(smollm2: Path) -> None:
 def test_pull_is_idempotent_and_verifiable(smollm2: Path, model_store: Path, tmp_path: Path) -> None:
     assert pull("smollm2-135m", model_store) == smollm2
     assert verify_model_dir(smollm2) == []
-    assert resolve_model("smollm2-135m", model_store) == str(smollm2)
+    assert ModelResolver(model_store).resolve("smollm2-135m") == smollm2
     copy = tmp_path / "smollm2-135m"
     shutil.copytree(smollm2, copy)
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("576", "577"))
@@ -56,11 +57,8 @@ def test_unknown_and_offline_models_fail_clearly(tmp_path: Path, monkeypatch: py
     with pytest.raises(ModelUnavailableError, match="use its directory as file:///path"):
         pull("hf://org/some-model", tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == []  # nothing half-pulled left behind
-    with pytest.raises(ModelUnavailableError, match="run `protege models pull smollm2-135m`"):
-        resolve_model("smollm2-135m", tmp_path)
-    with pytest.raises(ModelUnavailableError, match="not a model directory"):
-        resolve_model(f"file://{tmp_path}", tmp_path)
     with pytest.raises(ModelUnavailableError, match="is not a file"):
         pull("smollm2-135m", tmp_path, source_file=tmp_path / "nothing.gguf")
     assert not (tmp_path / "smollm2-135m" / MARKER).exists()
-    assert resolve_model("qwen2.5-0.5b", tmp_path) == "Qwen/Qwen2.5-0.5B-Instruct"
+    with pytest.raises(ModelUnavailableError, match=r"could not fetch Qwen/Qwen2\.5-0\.5B-Instruct from"):
+        ModelResolver(tmp_path, hub_cache=tmp_path / "hub").resolve("qwen2.5-0.5b")  # from the hub, as hf://

@@ -21,6 +21,7 @@ from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RolloutStage
 from protege.api.specialist import SpecialistSpec, TrainingSpec
 from protege.crds.validate import CrdCatalogue
+from protege.models.sources import volume_source
 from protege.operator.render import (
     Owner,
     Platform,
@@ -77,6 +78,16 @@ POOL_OVERRIDES = {
         },
     },
 }
+# A gated hub model at a pinned revision, its cache on a shared claim; and a model on a volume.
+GATED_HUB_MODEL = {
+    "baseModel": {
+        "source": "hf://meta-llama/Llama-3.2-1B-Instruct",
+        "revision": "9213176726f574b556790deb65791e0c5aa438b6",
+        "tokenSecretRef": {"name": "hf-token", "key": "token"},
+    },
+    "modelCache": {"claimName": "model-cache"},
+}
+VOLUME_MODEL = {"baseModel": {"source": "pvc://weights/llama-3.2-1b"}, "modelCache": {"size": "40Gi"}}
 POOL_OWNER = Owner("SpecialistPool", "smollm2-pool", "agents", "2b1f5a3e-0000-4000-8000-000000000001")
 SPECIALIST_OWNER = Owner("Specialist", "sql-writer", "agents", "2b1f5a3e-0000-4000-8000-000000000002")
 
@@ -122,6 +133,9 @@ def rendered() -> dict[str, Any]:
     custom = SpecialistPoolSpec.model_validate(example("pool") | POOL_OVERRIDES)
     platform = dataclasses.replace(PLATFORM, pod_template=json.dumps(PLATFORM_OVERRIDES))
     custom_deployment, _ = render_gateway(POOL_OWNER, custom, platform)
+    gated = SpecialistPoolSpec.model_validate(example("pool") | GATED_HUB_MODEL)
+    on_volume = SpecialistPoolSpec.model_validate(example("pool") | VOLUME_MODEL)
+    volume_job = job.model_copy(update={"base_model": on_volume.base_model.source})
     return {
         "rayservice": render_ray_service(POOL_OWNER, pool, PLATFORM),
         "rayservice-tensor-parallel": render_ray_service(POOL_OWNER, sharded, PLATFORM),
@@ -140,6 +154,11 @@ def rendered() -> dict[str, Any]:
         "rayservice-overrides": render_ray_service(POOL_OWNER, custom, platform),
         "rayjob-overrides": render_training_job(
             SPECIALIST_OWNER, job, custom, platform, pool_name=POOL_OWNER.name
+        ),
+        # where the model comes from: a gated hub model, cached on a claim; a model on a volume
+        "rayservice-gated-hub-model": render_ray_service(POOL_OWNER, gated, PLATFORM),
+        "rayjob-volume-model": render_training_job(
+            SPECIALIST_OWNER, volume_job, on_volume, PLATFORM, pool_name=POOL_OWNER.name
         ),
     }
 
@@ -214,6 +233,77 @@ def test_a_tensor_parallel_pool_asks_for_each_replicas_gpus_once() -> None:
     assert deployment["ray_actor_options"]["num_gpus"] == 2
 
 
+def _pods(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The worker pod and the head pod of a RayService or a RayJob."""
+    cluster = manifest["spec"].get("rayClusterConfig") or manifest["spec"]["rayClusterSpec"]
+    [workers] = cluster["workerGroupSpecs"]
+    return workers["template"]["spec"], cluster["headGroupSpec"]["template"]["spec"]
+
+
+def test_model_loading_pods_get_the_model_cache_and_ask_for_its_disk() -> None:
+    """Serving and training workers: the cache at one path as their model store and the hub's cache,
+    an emptyDir of modelCache.size by default, requested as ephemeral storage with the working space."""
+    objects = rendered()
+    for name in ("rayservice", "rayjob"):
+        pod, head = _pods(objects[name])
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert (env["PROTEGE_MODEL_STORE"], env["HF_HOME"]) == ("/models/cache", "/models/cache/huggingface")
+        assert "HF_TOKEN" not in env
+        assert pod["volumes"] == [{"name": "model-cache", "emptyDir": {"sizeLimit": "20Gi"}}]
+        assert container["volumeMounts"] == [{"name": "model-cache", "mountPath": "/models/cache"}]
+        assert container["resources"]["requests"]["ephemeral-storage"] == "30Gi"  # 20Gi + 10Gi
+        assert "ephemeral-storage" not in container["resources"]["limits"]  # the emptyDir is limited
+        assert "volumes" not in head and "PROTEGE_MODEL_STORE" not in str(head)  # the head loads none
+
+
+def test_a_gated_hub_model_gets_its_token_by_reference_and_a_shared_cache_claim() -> None:
+    service = rendered()["rayservice-gated-hub-model"]
+    pod, _ = _pods(service)
+    [container] = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+    }
+    assert pod["volumes"] == [{"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}}]
+    assert container["volumeMounts"] == [{"name": "model-cache", "mountPath": "/models/cache"}]
+    assert container["resources"]["requests"]["ephemeral-storage"] == "10Gi"  # the cache is not on the node
+    base = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["spec"]["baseModel"]
+    assert base == {  # the replicas resolve the pinned revision; the token is the pod's, not the app's
+        "source": "hf://meta-llama/Llama-3.2-1B-Instruct",
+        "revision": "9213176726f574b556790deb65791e0c5aa438b6",
+    }
+    # Another token Secret or cache: new pods, the same Serve application (no redeploy of its own).
+    moved = SpecialistPoolSpec.model_validate(
+        example("pool")
+        | GATED_HUB_MODEL
+        | {
+            "baseModel": {**GATED_HUB_MODEL["baseModel"], "tokenSecretRef": {"name": "hf-2", "key": "t"}},
+            "modelCache": {"size": "80Gi"},
+        }
+    )
+    other = render_ray_service(POOL_OWNER, moved, PLATFORM)
+    assert other["spec"]["serveConfigV2"] == service["spec"]["serveConfigV2"]
+    assert other["spec"]["rayClusterConfig"] != service["spec"]["rayClusterConfig"]
+
+
+def test_a_volume_model_mounts_its_claim_read_only_where_the_resolver_looks() -> None:
+    job = rendered()["rayjob-volume-model"]
+    pod, _ = _pods(job)
+    [container] = pod["containers"]
+    assert pod["volumes"] == [
+        {"name": "model-cache", "emptyDir": {"sizeLimit": "40Gi"}},
+        {"name": "base-model", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}},
+    ]
+    mount = {"name": "base-model", "mountPath": "/models/pvc/weights", "readOnly": True}
+    assert mount in container["volumeMounts"]
+    assert container["resources"]["requests"]["ephemeral-storage"] == "50Gi"
+    source = volume_source("pvc://weights/llama-3.2-1b")
+    assert source is not None and str(source.model_dir()) == "/models/pvc/weights/llama-3.2-1b"
+    assert "pvc://weights/llama-3.2-1b" in job["spec"]["entrypoint"]
+
+
 def test_child_names_fit_kuberay_and_two_long_names_never_share_one() -> None:
     """KubeRay refuses RayJob and RayService names over 47 characters or not DNS-1035 (ValidationFailed)."""
     long_a, long_b = "a" * 50 + "-invoices", "a" * 50 + "-receipts"  # 59 characters, 50 in common
@@ -242,6 +332,8 @@ def test_training_job_names_are_deterministic() -> None:
     assert job_name(job) == job_name(job.model_copy()) and job_name(job).startswith("sql-writer-train-")
     other = job.model_copy(update={"dataset_version": "v9"})
     assert job_name(job) != job_name(other)
+    v2, v3 = (job.model_copy(update={"base_model_revision": r}) for r in ("v2", "v3"))  # other weights
+    assert len({job_name(job), job_name(v2), job_name(v3)}) == 3
     entrypoint = rendered()["rayjob"]["spec"]["entrypoint"]
     assert entrypoint.startswith("python -m protege.training.job --spec '{")
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from protege.api.specialist import EvaluationMetric, TrainingSpec
 from protege.cli import app
 from protege.flywheel.policy import gate
+from protege.models.resolve import ModelResolver
 from protege.store.artifacts import ArtifactStore
 from protege.training.datasets import build_dataset
 from protege.training.discovery import MiniLM, discover
@@ -65,13 +66,15 @@ def test_preflight_refuses_before_any_compute(
 ) -> None:
     store, task = intent_dataset
     with pytest.raises(JobError, match=r"exceeds the pool's engine\.maxLoraRank 16"):
-        preflight(spec(task, smollm2, max_lora_rank=16, training={"rank": 32}), store, tmp_path)
+        preflight(
+            spec(task, smollm2, max_lora_rank=16, training={"rank": 32}), store, ModelResolver(tmp_path)
+        )
     with pytest.raises(JobError, match="base model 'gpt-17'"):
-        preflight(spec(task, smollm2, base_model="gpt-17"), store, tmp_path)
+        preflight(spec(task, smollm2, base_model="gpt-17"), store, ModelResolver(tmp_path))
     with pytest.raises(JobError, match="protege datasets build no-such-task"):
-        preflight(spec("no-such-task", smollm2), store, tmp_path)
+        preflight(spec("no-such-task", smollm2), store, ModelResolver(tmp_path))
     with pytest.raises(JobError, match="a job needs at least 500"):
-        preflight(spec(task, smollm2, min_train_examples=500), store, tmp_path)
+        preflight(spec(task, smollm2, min_train_examples=500), store, ModelResolver(tmp_path))
     assert main(["--spec", '{"specialist": "x"}']) == 2  # invalid spec: exit 2, no traceback
 
 

@@ -177,7 +177,7 @@ def test_two_workers_train_data_parallel_through_ray_train(smollm2: Path, tmp_pa
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         result = train_lora_distributed(
-            smollm2, data, [], spec, tmp_path / "run", max_steps=2, eval_every=1000
+            smollm2.as_uri(), data, [], spec, tmp_path / "run", max_steps=2, eval_every=1000
         )
     finally:
         ray.shutdown()

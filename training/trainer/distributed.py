@@ -3,9 +3,11 @@
 Each worker runs the same :func:`train_lora` inside a ``TorchTrainer``; Ray Train sets up
 the process group (NCCL on GPUs, gloo on CPUs) and transformers' Trainer then runs it as
 distributed data parallel. ``training.batchSize`` is the batch of one optimizer step
-across all workers. Rank 0 writes the adapter and the result into ``output_dir``, which
-must be storage every worker's node shares (a PVC in a RayJob); on one node any
-directory does.
+across all workers. Each worker resolves the base model from its source on its own node
+(:class:`protege.models.resolve.ModelResolver`: a path resolved on the driver's node need
+not exist on the others; each finds the model in, or fetches it into, its pod's model cache).
+Rank 0 writes the adapter and the result into ``output_dir``, which must be storage every
+worker's node shares (a PVC in a RayJob); on one node any directory does.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ RESULT_FILE = "train-result.json"
 def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
+    from protege.config import load_settings
+    from protege.models.resolve import ModelResolver
     from protege.training.trainer.lora import train_lora
 
     spec = TrainingSpec.model_validate(config["spec"])
     output = Path(config["output_dir"])
+    model_dir = ModelResolver.from_settings(load_settings()).resolve(config["base_model"], config["revision"])
     result = train_lora(
-        Path(config["model_dir"]),
+        model_dir,
         config["train_rows"],
         config["validation_rows"],
         spec,
@@ -46,16 +51,18 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 
 def train_lora_distributed(
-    model_dir: Path,
+    base_model: str,
     train_rows: Sequence[dict[str, Any]],
     validation_rows: Sequence[dict[str, Any]],
     spec: TrainingSpec,
     output_dir: Path,
     *,
+    revision: str | None = None,
     max_steps: int | None = None,
     eval_every: int | None = None,
 ) -> TrainResult:
-    """Train on ``spec.workers`` Ray Train workers (rank 0's result)."""
+    """Train the base model ``base_model`` (a pool's baseModel.source, at ``revision``) on
+    ``spec.workers`` Ray Train workers (rank 0's result)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -67,7 +74,8 @@ def train_lora_distributed(
         _worker_loop,
         train_loop_config={
             "spec": per_worker.to_kube(),
-            "model_dir": str(model_dir),
+            "base_model": base_model,
+            "revision": revision,
             "train_rows": list(train_rows),
             "validation_rows": list(validation_rows),
             "output_dir": str(output_dir),

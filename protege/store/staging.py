@@ -1,0 +1,49 @@
+"""Directories that appear whole or not at all: filled beside their place, then renamed into it.
+
+A reader that finds the directory finds every file of it (the rename is atomic on one file
+system), so a download cut short, a process killed midway or two processes filling the same
+place at once (replicas sharing a cache volume) never leave a half-written directory behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def rename_into_place(staging: Path, destination: Path) -> bool:
+    """Rename the finished ``staging`` directory to ``destination`` (missing or empty).
+
+    False, with ``staging`` left as it is, when ``destination`` already holds files: another
+    process put its own copy there first.
+    """
+    try:
+        os.rename(staging, destination)
+    except OSError as error:
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            return False
+        raise
+    return True
+
+
+def staged_directory(destination: Path, fill: Callable[[Path], None]) -> bool:
+    """Run ``fill`` on a new directory beside ``destination``, then rename it into place.
+
+    A failure in ``fill`` removes the new directory and leaves ``destination`` as it was. False
+    (and the new directory removed) when ``destination`` already held files.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".tmp-{destination.name}-"))
+    try:
+        fill(staging)
+        placed = rename_into_place(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not placed:
+        shutil.rmtree(staging, ignore_errors=True)
+    return placed
