@@ -113,6 +113,9 @@ def test_the_demo_completes_the_loop_through_crashes(
 ) -> None:
     monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PROTEGE_MODEL_STORE", str(smollm2.parent))
+    # The built-in PII detectors: Presidio's NER (the default) loads in every part that redacts and
+    # costs ~4 ms a text; this test is about crashes. The full demo runs with it (docs/quickstart.md).
+    monkeypatch.setenv("PROTEGE_CURATION__PII_DETECTOR", "builtin")
     lines: list[str] = []
     demo = Demo(DemoPlan.model_validate(PLAN), tmp_path / "demo", say=lines.append)
     chaos = Chaos(demo)
