@@ -33,7 +33,15 @@ class Forking(ServiceProcess):
         return ["bash", "-c", script]
 
     def is_ready(self) -> bool:
-        return all((self.data_dir / n).exists() and (self.data_dir / n).read_text().strip() for n in FILES)
+        if not all((self.data_dir / n).exists() and (self.data_dir / n).read_text().strip() for n in FILES):
+            return False
+        # Its pid is written at fork, before `setsid` runs in it: ready once it leads its own group
+        # (a stop in between read it as a member of the server's group, and it outlived the stop).
+        session = int((self.data_dir / "session").read_text())
+        try:
+            return os.getpgid(session) == session
+        except ProcessLookupError:
+            return False
 
 
 class GuardedForking(Forking):
