@@ -102,7 +102,7 @@ class RecordRedaction:
 
     def placeholder(self, kind: PiiType, value: str) -> str:
         if self._first_pass:
-            self._learn(kind, value.strip())
+            self._known.setdefault(value.strip(), (kind, value.strip()))
         known = self._known.get(value.strip())
         if known is not None and known[0] is kind:
             value = known[1]  # a part of a name: the name's placeholder
@@ -115,9 +115,6 @@ class RecordRedaction:
         if kind is PiiType.PERSON:
             self.name_words.setdefault(placeholder, len(value.split()))
         return placeholder
-
-    def _learn(self, kind: PiiType, value: str) -> None:
-        self._known.setdefault(value, (kind, value))
 
     def _names_by_their_words(self) -> None:
         """A word of a person's full name found in the record (a first or last name) stands for

@@ -70,9 +70,6 @@ def with_surrogates(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` (a dataset row: ``messages``, ``tools``...) with each placeholder in its messages
     replaced by a fake value of its type (see the module's docstring), without ``name_words``;
     a row without a placeholder is returned as it is."""
-    messages = row.get("messages") or []
-    if not any(PLACEHOLDER.search(json.dumps(m, ensure_ascii=False)) for m in messages):
-        return row
     values: dict[str, str] = {}
     name_words: dict[str, int] = row.get("name_words") or {}
     fake = _faker()
@@ -96,8 +93,11 @@ def with_surrogates(row: dict[str, Any]) -> dict[str, Any]:
     def replace(text: str) -> str:
         return PLACEHOLDER.sub(value_of, text)
 
+    messages = [_message(m, replace) for m in row.get("messages") or []]
+    if not values:
+        return row
     rest = {key: value for key, value in row.items() if key != "name_words"}
-    return {**rest, "messages": [_message(m, replace) for m in messages]}
+    return {**rest, "messages": messages}
 
 
 def _message(message: dict[str, Any], replace: Callable[[str], str]) -> dict[str, Any]:
