@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -147,6 +148,9 @@ class ServiceProcess:
     # health check runs no destructor): it runs under protege.services.guard, which ends the group
     # once the process that started it is gone.
     dies_with_parent = False
+    # The longest wait between SIGTERM and SIGKILL that can still gain anything, whatever grace
+    # the caller allows (SeaweedFS's graceful stop idles out a timer of its own).
+    useful_grace = math.inf
 
     def __init__(self, data_dir: Path, detach: bool = False, ready_timeout: float = 60.0) -> None:
         self.data_dir = Path(data_dir)
@@ -231,7 +235,7 @@ class ServiceProcess:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout)
+                self.process.wait(min(timeout, self.useful_grace))
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
