@@ -55,8 +55,8 @@ class Result:
 
 def seed_store(store: ArtifactStore, pools: int) -> None:
     """One task per pool; pool 0's task has enough examples to train, the others do not."""
-    from protege.training.datasets import load_registry, save_registry
-    from protege.training.discovery.tasks import TaskRegistry
+    from protege.tasks.datasets import load_registry, save_registry
+    from protege.tasks.discovery.tasks import TaskRegistry
 
     tasks = []
     for index in range(pools):

@@ -324,16 +324,16 @@ def seed_task(
     """
     from datetime import UTC, datetime
 
-    from protege.training.curation.consumer import ExampleStore
-    from protege.training.datasets import save_registry
-    from protege.training.discovery.tasks import (
+    from protege.tasks.datasets import save_registry
+    from protege.tasks.discovery.tasks import (
         RouterProfile,
         Task,
         TaskRegistry,
         fingerprint,
         tenant_segment_counts,
     )
-    from protege.training.examples import example_from_record
+    from protege.tasks.examples import example_from_record
+    from protege.training.curation.consumer import ExampleStore
     from protege.workload import generate
 
     calls = [c for c in generate(count, seed=seed, families=(family,)) if not c.heldout]

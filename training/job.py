@@ -44,9 +44,9 @@ from protege.evaluation import resolve_metric
 from protege.models.catalogue import UnknownModelError
 from protege.models.pull import ModelUnavailableError
 from protege.models.resolve import ModelResolver
+from protege.pii.surrogates import with_surrogates
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
-from protege.training.datasets import DATASET_KIND, SQL_DATABASE
-from protege.training.pii.surrogates import with_surrogates
+from protege.tasks.datasets import DATASET_KIND, SQL_DATABASE
 
 __all__ = ["ADAPTER_KIND", "REPORT_KIND", "JobError", "JobResult", "JobSpec", "job_id", "job_name", "run"]
 
@@ -57,7 +57,7 @@ class JobError(RuntimeError):
 
 def read_rows(store: ArtifactStore, task: str, version: str, split: str) -> list[dict[str, Any]]:
     """A split's rows as a model reads them (trained, evaluated, probed): placeholders replaced
-    by consistent fake values (:mod:`protege.training.pii.surrogates`)."""
+    by consistent fake values (:mod:`protege.pii.surrogates`)."""
     text = store.read_file(DATASET_KIND, task, version, f"{split}.jsonl").decode()
     return [with_surrogates(json.loads(line)) for line in text.splitlines() if line.strip()]
 

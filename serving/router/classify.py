@@ -2,7 +2,7 @@
 
 The structure of a call (tenant, system-prompt template, whether tools are offered,
 response format, input shape, conversation step) is computed by the code discovery uses
-(:mod:`protege.training.discovery.features`), with the segment counts of the registry the
+(:mod:`protege.tasks.discovery.features`), with the segment counts of the registry the
 router reads, so a call is keyed exactly as the task's own calls were. When one task has
 that structure, it is the match: a dictionary lookup, the common case. When several
 tasks share a structure (one prompt serving two jobs, one tool set shared by several
@@ -13,7 +13,7 @@ runs in one worker thread, never on the event loop; vectors are cached by text, 
 too many calls wait for one, the call goes to the teacher (``router_busy``) instead of
 queueing behind them. A matched call carries its novelty against the task (the share of
 its words the task's vocabulary lacks, and whether that is above the task's bar), made by
-discovery's own definition (:mod:`protege.training.discovery.features`): set lookups.
+discovery's own definition (:mod:`protege.tasks.discovery.features`): set lookups.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from numpy.typing import NDArray
 
 from protege.api.calls import ChatRequest, last_user_text
 from protege.api.specialist import OutputKind
-from protege.training.discovery.discover import Embedder
-from protege.training.discovery.features import (
+from protege.pii import RecordRedaction
+from protege.tasks.discovery.discover import Embedder
+from protege.tasks.discovery.features import (
     Novelty,
     SegmentCounts,
     Structure,
@@ -40,8 +41,7 @@ from protege.training.discovery.features import (
     tools_answered_after,
     words,
 )
-from protege.training.discovery.tasks import Task
-from protege.training.pii import RecordRedaction
+from protege.tasks.discovery.tasks import Task
 
 WORD_CERTAINTY = 0.999  # posterior a word profile needs to decide without an embedding
 WORD_COVERAGE = 0.6  # share of the call's words the winning profile must know

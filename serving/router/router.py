@@ -36,6 +36,7 @@ from protege.api.specialist import EvaluationMetric, OutputKind, OutputValidatio
 from protege.config import RouterSettings, Settings
 from protege.evaluation.calibration import signal_value
 from protege.evaluation.metrics import resolve_metric, scorer
+from protege.pii.settings import text_redactor
 from protege.serving.router.breaker import Admission, Breaker, BreakerPolicy, BreakerState
 from protege.serving.router.checks import confidence_rule, rejection, token_logprobs
 from protege.serving.router.classify import (
@@ -54,9 +55,8 @@ from protege.serving.router.table import (
     conversation_key,
 )
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
-from protege.training.datasets import REGISTRY_KIND, REGISTRY_NAME, load_registry
-from protege.training.discovery.tasks import Task
-from protege.training.pii.settings import text_redactor
+from protege.tasks.datasets import REGISTRY_KIND, REGISTRY_NAME, load_registry
+from protege.tasks.discovery.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class Router:
             self.tasks = {task.id: task for task in registry.tasks}
             classifier = TaskClassifier(registry.tasks, registry.prompt_segments)
             if classifier.needs_embeddings and self.embeddings is None:
-                from protege.training.discovery import MiniLM
+                from protege.tasks.discovery import MiniLM
 
                 self.embeddings = CallEmbeddings(MiniLM(), redact=text_redactor(self.curation))
             if self.embeddings is not None:

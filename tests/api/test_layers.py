@@ -15,12 +15,19 @@ import protege
 ROOT = Path(protege.__file__).parent
 # package → the protege packages it must never import (directly or lazily)
 FORBIDDEN = {
-    "api": {"capture", "cli", "config", "evaluation", "flywheel", "models", "operator", "serving", "services",
-            "stack", "store", "training", "workload"},  # the contracts: pure types and names
+    # the contracts: pure types and names
+    "api": {"capture", "cli", "config", "evaluation", "flywheel", "models", "operator", "pii", "serving",
+            "services", "stack", "store", "tasks", "training", "workload"},
+    "pii": {"capture", "cli", "crds", "evaluation", "flywheel", "models", "operator", "serving", "services",
+            "stack", "store", "tasks", "training", "workload"},  # detectors and redaction over api and config
+    "tasks": {"capture", "cli", "evaluation", "flywheel", "operator", "serving", "stack", "training",
+              "workload"},  # examples, discovery and datasets: what training and the router both read
+    "capture": {"cli", "evaluation", "flywheel", "operator", "serving", "stack", "tasks", "training",
+                "workload"},
     "evaluation": {"capture", "cli", "flywheel", "operator", "serving", "stack", "training", "workload"},
     "training": {"cli", "flywheel", "operator", "serving", "stack"},  # the job reports; it decides nothing
-    "flywheel": {"cli", "operator", "serving"},  # decisions over contracts, not over the gateway's code
-    "serving": {"cli", "flywheel", "operator", "stack"},
+    "flywheel": {"cli", "operator", "serving", "stack"},  # decisions over contracts, not the gateway's code
+    "serving": {"cli", "flywheel", "operator", "stack", "training"},
     "operator": {"cli", "stack"},
 }  # fmt: skip
 

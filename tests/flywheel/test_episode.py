@@ -57,8 +57,8 @@ from protege.serving.router.table import SpecialistRoute, parse_adapter_name
 from protege.serving.server import ServerThread
 from protege.serving.stub_teacher import StubTeacher
 from protege.store.artifacts import ArtifactStore
+from protege.tasks.datasets import load_registry
 from protege.testing import RunningGateway, call_log, seed_task
-from protege.training.datasets import load_registry
 from protege.workload import WorkloadCall, generate
 
 pytestmark = pytest.mark.slow

@@ -353,7 +353,7 @@ async def test_a_pool_says_why_its_serve_application_is_not_running(
 
 
 def task_size(store: Any) -> int:
-    from protege.training.datasets import load_registry
+    from protege.tasks.datasets import load_registry
 
     registry = load_registry(store)
     assert registry is not None

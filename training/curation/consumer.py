@@ -33,7 +33,9 @@ from protege.capture.connection import NatsEndpoint, NatsTarget
 from protege.capture.publisher import StreamSettings, ensure_stream
 from protege.capture.reader import record_on_subject
 from protege.config import CurationSettings, Settings
+from protege.pii import Finding, PiiBackend, RecordRedaction, backend_from_settings
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
+from protege.tasks.examples import DAY_MS, Example, example_from_record
 from protege.training.curation.filters import (
     NearDuplicateIndex,
     dedup_text,
@@ -41,8 +43,6 @@ from protege.training.curation.filters import (
     reject_reason,
     teacher_view,
 )
-from protege.training.examples import DAY_MS, Example, example_from_record
-from protege.training.pii import Finding, PiiBackend, RecordRedaction, backend_from_settings
 
 log = logging.getLogger(__name__)
 

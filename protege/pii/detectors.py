@@ -4,14 +4,14 @@ Each detector returns :class:`Finding` spans. Patterns alone over-match (an orde
 looks like a card number, a version string like an IP address), so each kind is checked
 the way its issuer defines it: cards by the Luhn checksum and a known issuer prefix, IBANs
 by their country's length and the ISO 7064 mod-97 check, SSNs by the ranges the SSA never
-issues, national ids by their check digits (:mod:`protege.training.pii.national_ids`), IP
+issues, national ids by their check digits (:mod:`protege.pii.national_ids`), IP
 addresses by the ``ipaddress`` parser and not after "version". Values that carry no check
 of their own — dates of birth, passport numbers, phone numbers written as bare digits —
 count only after a cue ("born", "passport no.", "call me at"), or, in tool-call arguments,
 under a key that names them (``{"dob": ...}``: see :func:`detect_value`).
 
 Person names and postal addresses need a model for real coverage: the NER backend
-(:mod:`protege.training.pii.ner`) adds them; the built-in detectors find names after a cue
+(:mod:`protege.pii.ner`) adds them; the built-in detectors find names after a cue
 (a title, "my name is", a "Name:" field, a signature) or starting with a common first name,
 and addresses anchored on a street line (a house number and a street type, in the forms
 of English and the main EU languages) or a postcode line, extended over the adjacent
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 
-from protege.training.pii.national_ids import NATIONAL_ID_PATTERNS
+from protege.pii.national_ids import NATIONAL_ID_PATTERNS
 
 
 class PiiType(StrEnum):

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from protege.config import CurationSettings
-from protege.training.pii.redactor import PiiBackend, RecordRedaction, builtin_backend
+from protege.pii.redactor import PiiBackend, RecordRedaction, builtin_backend
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def backend_from_settings(settings: CurationSettings | None = None) -> PiiBacken
     ``curation.pii_spacy_model`` are installed, the built-in detectors alone elsewhere (logged).
     ``presidio``: RuntimeError, saying how to install it, where it is not installed.
     """
-    from protege.training.pii import ner
+    from protege.pii import ner
 
     settings = settings or CurationSettings()
     choice, model = settings.pii_detector, settings.pii_spacy_model

@@ -17,8 +17,8 @@ from traffic.shapes import SHAPES, ShapedCall
 from protege.api.calls import ChatRequest
 from protege.api.specialist import OutputKind
 from protege.serving.router.classify import CallEmbeddings, TaskClassifier
-from protege.training.discovery import MiniLM, TaskRegistry, discover
-from protege.training.examples import example_from_record
+from protege.tasks.discovery import MiniLM, TaskRegistry, discover
+from protege.tasks.examples import example_from_record
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """Task discovery (S3): recurring tasks from curated examples, and the router's profiles of them."""
 
-from protege.training.discovery.discover import DiscoverySettings, Embedder, MiniLM, discover, split_group
-from protege.training.discovery.tasks import Fingerprint, RouterProfile, Task, TaskRegistry, fingerprint
+from protege.tasks.discovery.discover import DiscoverySettings, Embedder, MiniLM, discover, split_group
+from protege.tasks.discovery.tasks import Fingerprint, RouterProfile, Task, TaskRegistry, fingerprint
 
 __all__ = [
     "DiscoverySettings",

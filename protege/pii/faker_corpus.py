@@ -24,8 +24,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from protege.training.pii.corpus import Snippet
-from protege.training.pii.detectors import PiiType
+from protege.pii.corpus import Snippet
+from protege.pii.detectors import PiiType
 
 LOCALES = [
     "en_US", "en_GB", "en_IE", "de_DE", "de_AT", "fr_FR", "es_ES", "it_IT",

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from protege.api.calls import CallRecord, last_user_text
 from protege.api.ids import uuid7_time_ms
 from protege.api.specialist import OutputKind
-from protege.training.pii import RecordRedaction
+from protege.pii import RecordRedaction
 
 DAY_MS = 86_400_000
 

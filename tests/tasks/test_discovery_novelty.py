@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from protege.api.calls import last_user_text
-from protege.training.discovery import TaskRegistry, discover
-from protege.training.discovery.discover import MAX_PROFILE_WORDS
-from protege.training.discovery.features import (
+from protege.tasks.discovery import TaskRegistry, discover
+from protege.tasks.discovery.discover import MAX_PROFILE_WORDS
+from protege.tasks.discovery.features import (
     NOVELTY_QUANTILE,
     PII_WORD,
     leave_one_out_novelty,
@@ -24,8 +24,8 @@ from protege.training.discovery.features import (
     novelty_bar,
     words,
 )
-from protege.training.discovery.tasks import Task
-from protege.training.examples import example_from_record
+from protege.tasks.discovery.tasks import Task
+from protege.tasks.examples import example_from_record
 from protege.workload import WorkloadCall, generate
 
 TRAINING_CALLS = 400  # 80 per family

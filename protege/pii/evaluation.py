@@ -8,7 +8,7 @@
   under another type does not).
 
 A snippet with a ``key`` is scored as a tool-call argument value under that key, the way
-the redactor sees it (:func:`~protege.training.pii.redactor.find_pii`).
+the redactor sees it (:func:`~protege.pii.redactor.find_pii`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from protege.training.pii.corpus import Snippet
-from protege.training.pii.detectors import PiiType
-from protege.training.pii.redactor import PiiBackend, find_pii
+from protege.pii.corpus import Snippet
+from protege.pii.detectors import PiiType
+from protege.pii.redactor import PiiBackend, find_pii
 
 
 @dataclass

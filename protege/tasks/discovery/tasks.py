@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from protege.api.specialist import OutputKind
-from protege.training.discovery.features import (
+from protege.tasks.discovery.features import (
     Novelty,
     SegmentCounts,
     Structure,
@@ -20,7 +20,7 @@ from protege.training.discovery.features import (
     novelty,
     words,
 )
-from protege.training.examples import Example
+from protege.tasks.examples import Example
 
 
 class Fingerprint(BaseModel):

@@ -12,7 +12,7 @@ import random
 import string
 from dataclasses import dataclass, field
 
-from protege.training.pii.detectors import PiiType, iban_ok, luhn_ok
+from protege.pii.detectors import PiiType, iban_ok, luhn_ok
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ import pytest
 
 from protege.api.calls import CallRecord
 from protege.config import CurationSettings
-from protege.training.pii import PiiType, RecordRedaction, backend_from_settings, detect, redact_record
-from protege.training.pii.corpus import Snippet, build_corpus
-from protege.training.pii.detectors import key_type
-from protege.training.pii.evaluation import Score, score
-from protege.training.pii.national_ids import national_id_ok
-from protege.training.pii.redactor import PiiBackend, builtin_backend
+from protege.pii import PiiType, RecordRedaction, backend_from_settings, detect, redact_record
+from protege.pii.corpus import Snippet, build_corpus
+from protege.pii.detectors import key_type
+from protege.pii.evaluation import Score, score
+from protege.pii.national_ids import national_id_ok
+from protege.pii.redactor import PiiBackend, builtin_backend
 
 faker = pytest.importorskip("faker")
-from protege.training.pii.faker_corpus import NATIONAL_IDS, _faker, build_faker_corpus  # noqa: E402
+from protege.pii.faker_corpus import NATIONAL_IDS, _faker, build_faker_corpus  # noqa: E402
 
 SEED = 11  # the bench uses another seed: this sample is not the one its figures come from
 
@@ -40,7 +40,7 @@ def sample() -> list[Snippet]:
 
 @pytest.fixture(scope="module")
 def ner() -> PiiBackend:
-    from protege.training.pii import ner
+    from protege.pii import ner
 
     if not ner.available():
         pytest.skip(
@@ -287,7 +287,7 @@ def test_a_value_found_anywhere_in_a_record_is_replaced_everywhere_in_it() -> No
 
 
 def test_a_name_the_answer_gives_away_is_redacted_in_the_prompt_too() -> None:
-    from protege.training.examples import example_from_record
+    from protege.tasks.examples import example_from_record
 
     answer = {"customer_name": "Farid Haddad", "phone_number": "+44 20 7946 0958"}
     record = CallRecord.model_validate(
@@ -315,8 +315,8 @@ def test_a_name_the_answer_gives_away_is_redacted_in_the_prompt_too() -> None:
 
 
 def test_surrogates_replace_placeholders_consistently_and_keep_arguments_json() -> None:
-    from protege.training.pii.redactor import PLACEHOLDER
-    from protege.training.pii.surrogates import with_surrogates
+    from protege.pii.redactor import PLACEHOLDER
+    from protege.pii.surrogates import with_surrogates
 
     arguments = {"to": "<EMAIL_1>", "who": ["<PERSON_2>"], "n": 2}
     row = {
@@ -379,7 +379,7 @@ def test_ner_person_recall_and_overall_precision_on_the_sample(
 
 
 def test_curation_uses_the_ner_backend_where_installed(ner: PiiBackend) -> None:
-    from protege.training.pii.ner import NerBackend
+    from protege.pii.ner import NerBackend
 
     assert isinstance(backend_from_settings(CurationSettings()), NerBackend)  # auto
     assert isinstance(backend_from_settings(CurationSettings(pii_detector="presidio")), NerBackend)

@@ -1,14 +1,14 @@
 """PII removal before anything is stored: offline detectors and consistent placeholders."""
 
-from protege.training.pii.detectors import DETECTORS, Finding, PiiType, detect
-from protege.training.pii.redactor import (
+from protege.pii.detectors import DETECTORS, Finding, PiiType, detect
+from protege.pii.redactor import (
     PiiBackend,
     RecordRedaction,
     builtin_backend,
     presidio_backend,
     redact_record,
 )
-from protege.training.pii.settings import backend_from_settings
+from protege.pii.settings import backend_from_settings
 
 __all__ = [
     "DETECTORS",

@@ -10,8 +10,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from protege.api.ids import uuid7
 from protege.api.specialist import OutputKind
-from protege.training.discovery import MiniLM, TaskRegistry, discover
-from protege.training.examples import Example, example_from_record, output_kind
+from protege.tasks.discovery import MiniLM, TaskRegistry, discover
+from protege.tasks.examples import Example, example_from_record, output_kind
 from protege.workload import generate
 from protege.workload.agent import CITIES, NAMES
 
@@ -177,8 +177,8 @@ def test_examples_are_redacted_everywhere() -> None:
 def test_task_names_skip_proper_nouns() -> None:
     """A name PII redaction let through ("David", alone) must not name a task, whole or in part."""
     from protege.api.calls import CallRecord
-    from protege.training.discovery.discover import propose_name
-    from protege.training.discovery.tasks import fingerprint
+    from protege.tasks.discovery.discover import propose_name
+    from protege.tasks.discovery.tasks import fingerprint
 
     def example(text: str) -> Example:
         record = CallRecord.model_validate(

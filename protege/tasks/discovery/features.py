@@ -37,7 +37,7 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from protege.api.calls import last_user_text
-from protege.training.pii.redactor import PLACEHOLDER
+from protege.pii.redactor import PLACEHOLDER
 
 # A segment recurs when it is in at least this share of the calls of the call's most frequent one.
 SKELETON_SHARE = 0.5

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from protege.training.pii.detectors import PiiType
-from protege.training.pii.redactor import PLACEHOLDER
+from protege.pii.detectors import PiiType
+from protege.pii.redactor import PLACEHOLDER
 
 # Names and addresses from several locales, as an agent's customers are; the rest in en_US.
 _LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "pl_PL", "nl_NL"]

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from protege.training.pii.detectors import Finding, PiiType, detect, key_context, key_type, trim
+from protege.pii.detectors import Finding, PiiType, detect, key_context, key_type, trim
 
 if TYPE_CHECKING:
     from protege.api.calls import CallRecord
@@ -41,8 +41,8 @@ def builtin_backend(types: Iterable[PiiType] | None = None) -> PiiBackend:
 
 def presidio_backend(language: str = "en", model: str | None = None) -> PiiBackend:
     """The built-in detectors plus Presidio's spaCy NER for names anywhere in text
-    (see :mod:`protege.training.pii.ner`); RuntimeError saying how to install it when absent."""
-    from protege.training.pii.ner import DEFAULT_MODEL, NerBackend
+    (see :mod:`protege.pii.ner`); RuntimeError saying how to install it when absent."""
+    from protege.pii.ner import DEFAULT_MODEL, NerBackend
 
     return NerBackend(model or DEFAULT_MODEL, language=language)
 

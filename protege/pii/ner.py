@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from protege.training.pii.detectors import DETECTORS, NOT_NAMES, Finding, PiiType, resolve
+from protege.pii.detectors import DETECTORS, NOT_NAMES, Finding, PiiType, resolve
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def available(model: str = DEFAULT_MODEL) -> bool:
 
 
 class NerBackend:
-    """A :class:`~protege.training.pii.redactor.PiiBackend`: the built-in detectors plus
+    """A :class:`~protege.pii.redactor.PiiBackend`: the built-in detectors plus
     Presidio's NER for person names. Thread-safe (one NER call at a time); load it once per
-    process (:func:`protege.training.pii.backend_from_settings` does)."""
+    process (:func:`protege.pii.backend_from_settings` does)."""
 
     def __init__(
         self,

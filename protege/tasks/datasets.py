@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore, Manifest
-from protege.training.discovery.tasks import Task, TaskRegistry
-from protege.training.examples import DAY_MS, Example
+from protege.tasks.discovery.tasks import Task, TaskRegistry
+from protege.tasks.examples import DAY_MS, Example
 
 log = logging.getLogger(__name__)
 

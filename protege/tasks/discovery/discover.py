@@ -42,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from protege.api.specialist import OutputKind
-from protege.training.discovery.features import (
+from protege.tasks.discovery.features import (
     PII_WORD,
     Structure,
     called_tools,
@@ -50,7 +50,7 @@ from protege.training.discovery.features import (
     tools_answered_after,
     words,
 )
-from protege.training.discovery.tasks import (
+from protege.tasks.discovery.tasks import (
     Exemplar,
     Fingerprint,
     RouterProfile,
@@ -59,7 +59,7 @@ from protege.training.discovery.tasks import (
     example_structure,
     tenant_segment_counts,
 )
-from protege.training.examples import Example
+from protege.tasks.examples import Example
 
 Matrix = NDArray[np.float32]
 
