@@ -55,7 +55,7 @@ from protege.tasks.discovery.tasks import (
     tenant_segment_counts,
 )
 from protege.tasks.examples import example_from_record
-from protege.testing import make_lora_adapter
+from protege.testing.plugin import make_lora_adapter
 from protege.workload import generate
 
 console = Console()
@@ -182,7 +182,7 @@ def router_latency(tmp: Path, calls: int, rounds: int) -> dict[str, list[float]]
         stack.enter_context(
             process(
                 "stub",
-                [*uvicorn, "--port", str(engine_port), "protege.serving.stub_teacher:app"],
+                [*uvicorn, "--port", str(engine_port), "protege.testing.stub_teacher:app"],
                 {},
                 engine + "/v1/models",
                 tmp,

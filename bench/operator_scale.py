@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.store.artifacts import ArtifactStore
-from protege.testing import register_kmock_resources, seed_task
+from protege.testing.plugin import register_kmock_resources, seed_task
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "agents"

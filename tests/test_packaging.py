@@ -1,5 +1,6 @@
 """The layout rules: protege.* imports, and no top-level `operator` package to shadow the stdlib."""
 
+import fnmatch
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,10 @@ def test_the_gateway_runs_without_training_libraries(repo: Path) -> None:
     assert out.stdout.strip() == "[]"  # and a call that needs an embedding: tests/serving/test_router.py
 
 
+# What the images' entry points must not load; .dockerignore leaves each out of every image.
+LOCAL_ONLY = ("protege.testing", "protege.workload", "protege.stack")
+
+
 def test_what_production_images_run_loads_no_demo_workload_or_test_double(repo: Path) -> None:
     """The images' entry points (the CLI behind `protege gateway`, the operator, the pool, the training
     job, the curator) load none of the demo, the shipped workload, the teachers that stand in for a
@@ -65,9 +70,48 @@ def test_what_production_images_run_loads_no_demo_workload_or_test_double(repo: 
     entry = "protege.cli, protege.operator.main, protege.serving.pool.app, protege.training.job"
     probe = (
         f"import sys, {entry}, protege.training.curation; "
-        "held = ('protege.testing', 'protege.workload', 'protege.stack', 'protege.serving.stub_teacher', "
-        "'protege.serving.recorded_teacher'); "
+        f"held = {LOCAL_ONLY!r}; "
         "print(sorted(m for m in sys.modules if m.startswith(held)))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def dockerignored(patterns: list[str], path: str) -> bool:
+    """Whether Docker leaves ``path`` out of the build context (a folder's pattern covers its tree)."""
+    folders = [path.rsplit("/", depth)[0] for depth in range(path.count("/") + 1)]  # path, its parents
+    excluded = False
+    for line in patterns:
+        rule = line.removeprefix("!").strip("/")
+        if rule.startswith("**/"):  # at any depth
+            candidates = {f.split("/", i)[-1] for f in folders for i in range(f.count("/") + 1)}
+        else:
+            candidates = set(folders)
+        if any(fnmatch.fnmatchcase(c, rule.removeprefix("**/")) for c in candidates):
+            excluded = not line.startswith("!")
+    return excluded
+
+
+def test_no_image_contains_the_demo_workload_or_test_doubles(repo: Path) -> None:
+    """Every image COPYs the tree; .dockerignore (the build context is the repository) drops what the
+    entry points must not load, and nothing `pip install .` needs."""
+    lines = (repo / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert dockerignored(patterns, "protege/testing/plugin.py")  # the matcher itself
+    assert dockerignored(patterns, "serving/__pycache__/x.pyc")
+    for module in LOCAL_ONLY:
+        folder = module.replace(".", "/")
+        assert (repo / folder).is_dir(), folder
+        assert dockerignored(patterns, folder), f"{folder} would be in the images"
+    copied = set()
+    for dockerfile in (repo / "images").glob("*.Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY "):
+                copied |= {word for word in line.split()[1:-1] if not word.startswith("--")}
+    assert {"pyproject.toml", "protege", "operator", "serving", "training"} <= copied
+    for path in sorted(copied):
+        assert not dockerignored(patterns, path), path
+    for module in (repo / "protege").rglob("*.py"):
+        relative = module.relative_to(repo).as_posix()
+        if not relative.startswith(tuple(m.replace(".", "/") + "/" for m in LOCAL_ONLY)):
+            assert not dockerignored(patterns, relative), relative

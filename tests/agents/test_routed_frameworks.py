@@ -28,7 +28,7 @@ from protege.store.artifacts import ArtifactStore
 from protege.tasks.datasets import save_registry
 from protege.tasks.discovery import MiniLM, discover
 from protege.tasks.examples import example_from_record
-from protege.testing import RunningGateway, records_of
+from protege.testing.plugin import RunningGateway, records_of
 
 pytestmark = pytest.mark.slow
 

@@ -17,18 +17,21 @@ ROOT = Path(protege.__file__).parent
 FORBIDDEN = {
     # the contracts: pure types and names
     "api": {"capture", "cli", "config", "evaluation", "flywheel", "models", "operator", "pii", "serving",
-            "services", "stack", "store", "tasks", "training", "workload"},
+            "services", "stack", "store", "tasks", "testing", "training", "workload"},
     "pii": {"capture", "cli", "crds", "evaluation", "flywheel", "models", "operator", "serving", "services",
-            "stack", "store", "tasks", "training", "workload"},  # detectors and redaction over api and config
-    "tasks": {"capture", "cli", "evaluation", "flywheel", "operator", "serving", "stack", "training",
-              "workload"},  # examples, discovery and datasets: what training and the router both read
-    "capture": {"cli", "evaluation", "flywheel", "operator", "serving", "stack", "tasks", "training",
-                "workload"},
-    "evaluation": {"capture", "cli", "flywheel", "operator", "serving", "stack", "training", "workload"},
-    "training": {"cli", "flywheel", "operator", "serving", "stack"},  # the job reports; it decides nothing
-    "flywheel": {"cli", "operator", "serving", "stack"},  # decisions over contracts, not the gateway's code
-    "serving": {"cli", "flywheel", "operator", "stack", "training"},
-    "operator": {"cli", "stack"},
+            "stack", "store", "tasks", "testing", "training", "workload"},  # detectors and redaction
+    "tasks": {"capture", "cli", "evaluation", "flywheel", "operator", "serving", "stack", "testing",
+              "training", "workload"},  # examples, discovery and datasets: what training and the router read
+    "capture": {"cli", "evaluation", "flywheel", "operator", "serving", "stack", "tasks", "testing",
+                "training", "workload"},
+    "evaluation": {"capture", "cli", "flywheel", "operator", "serving", "stack", "testing", "training",
+                   "workload"},
+    "training": {"cli", "flywheel", "operator", "serving", "stack", "testing",
+                 "workload"},  # the job reports; it decides nothing
+    "flywheel": {"cli", "operator", "serving", "stack", "testing",
+                 "workload"},  # decisions over contracts, not the gateway's code
+    "serving": {"cli", "flywheel", "operator", "stack", "testing", "training", "workload"},
+    "operator": {"cli", "stack", "testing", "workload"},
 }  # fmt: skip
 
 
@@ -55,6 +58,43 @@ def test_dependencies_point_one_way() -> None:
                 if imported in forbidden:
                     where = module.relative_to(directory)
                     wrong.append(f"protege.{package} ({where}:{line}) imports protege.{imported}")
+    assert wrong == []
+
+
+# Only the local stack (`protege up`, the demo), the shipped workload and the test doubles themselves
+# may import the test doubles or the workload (the CLI too, inside the commands that run them).
+LOCAL_ONLY = {"testing", "workload"}
+MAY_USE_LOCAL_ONLY = {"cli", "stack", "testing", "workload"}
+
+
+def test_no_runtime_package_imports_the_test_doubles_or_the_workload() -> None:
+    wrong = []
+    for part in sorted(ROOT.iterdir()):  # one by one: rglob does not follow the symlinked packages
+        if part.name.removesuffix(".py") in MAY_USE_LOCAL_ONLY:
+            continue
+        for module in sorted([part] if part.suffix == ".py" else part.rglob("*.py")):
+            wrong += [
+                f"{module}:{line} imports protege.{name}"
+                for name, line in imported_packages(module)
+                if name in LOCAL_ONLY
+            ]
+    assert wrong == []
+
+
+def test_the_cli_imports_the_local_stack_only_inside_its_commands() -> None:
+    """What the images run (the CLI among them) must import without protege.stack, .testing or .workload:
+    .dockerignore leaves them out of every image (tests/test_packaging.py)."""
+    wrong = []
+    for module in sorted((ROOT / "cli").rglob("*.py")):
+        tree = ast.parse(module.read_text(), str(module))
+        for node in tree.body:  # module level only: imports inside functions run with their command
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                wrong += [
+                    f"{module.name}:{node.lineno} {name}"
+                    for name in names
+                    if name.startswith(("protege.stack", "protege.testing", "protege.workload"))
+                ]
     assert wrong == []
 
 

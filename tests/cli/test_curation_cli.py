@@ -21,7 +21,7 @@ from protege.pii.settings import backend_from_settings
 from protege.services.nats import NatsServer
 from protege.store.artifacts import ArtifactStore
 from protege.tasks.examples import example_from_record
-from protege.testing import call_log
+from protege.testing.plugin import call_log
 from protege.training.curation import Curator, ExampleStore, NearDuplicateIndex
 from protege.training.curation.consumer import near_text
 from protege.workload import generate

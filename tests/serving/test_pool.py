@@ -36,7 +36,7 @@ from protege.tasks.discovery.tasks import (
     tenant_segment_counts,
 )
 from protege.tasks.examples import example_from_record
-from protege.testing import RunningGateway, ServedPool, make_lora_adapter, records_of
+from protege.testing.plugin import RunningGateway, ServedPool, make_lora_adapter, records_of
 from protege.workload import generate
 
 POOL = SpecialistPoolSpec.model_validate(

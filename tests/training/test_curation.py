@@ -15,7 +15,7 @@ from protege.config import ConfigError, CurationPolicy, CurationSettings, load_s
 from protege.services.nats import NatsServer
 from protege.store.artifacts import ArtifactStore
 from protege.tasks.examples import DAY_MS
-from protege.testing import call_log
+from protege.testing.plugin import call_log
 from protege.training.curation import (
     DEAD_LETTER_STREAM,
     Curator,

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from protege.serving.stub_teacher import StubTeacher
+from protege.testing.stub_teacher import StubTeacher
 from protege.workload import WorkloadCall
 
 MODEL = "recorded-teacher"

@@ -153,7 +153,7 @@ def smollm2_pool(seaweed_s3: SeaweedS3, model_store: Path, smollm2: Path) -> Ite
 @pytest.fixture(scope="session")
 def stub_teacher() -> Iterator[ServerThread]:
     from protege.serving.server import ServerThread
-    from protege.serving.stub_teacher import StubTeacher
+    from protege.testing.stub_teacher import StubTeacher
 
     with ServerThread(StubTeacher()) as server:
         yield server

@@ -251,4 +251,4 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-app = StubTeacher()  # `uvicorn protege.serving.stub_teacher:app`, for benchmarks in their own process
+app = StubTeacher()  # `uvicorn protege.testing.stub_teacher:app`, for benchmarks in their own process
