@@ -1,13 +1,21 @@
-"""The layout rules: protege.* imports, and no top-level `operator` package to shadow the stdlib."""
+"""The layout rules: one `protege` namespace in four parts, protege.* imports, and no top-level
+`operator` package to shadow the stdlib."""
 
 import fnmatch
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import protege.operator
 import protege.serving
 import protege.training
+
+# The parts of the `protege` namespace package: the core, and the published top-level folders.
+ROOTS = (".", "operator", "serving", "training")
 
 
 def test_top_level_folders_import_as_protege_packages(repo: Path) -> None:
@@ -16,7 +24,32 @@ def test_top_level_folders_import_as_protege_packages(repo: Path) -> None:
         (protege.serving, "serving"),
         (protege.training, "training"),
     ):
-        assert Path(next(iter(package.__path__))).resolve() == (repo / folder).resolve()
+        assert Path(next(iter(package.__path__))).resolve() == (repo / folder / "protege" / folder).resolve()
+
+
+def test_protege_is_one_namespace_package_in_four_parts(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No part has a protege/__init__.py, each package lives in one part, and setup.py gives
+    setuptools every package with its folder (a wheel then holds one protege/ tree)."""
+    found: dict[str, Path] = {}
+    for root in ROOTS:
+        part = repo / root / "protege"
+        assert not (part / "__init__.py").exists(), part
+        if root != ".":  # the folder holds its part (and a README): no module of its own
+            assert {p.name for p in (repo / root).iterdir()} <= {"protege", "README.md", "__pycache__"}
+            assert {p.name for p in part.iterdir()} <= {root, "__pycache__"}
+        for module in part.rglob("*.py"):
+            if "__pycache__" in module.parts:
+                continue
+            name = ".".join(module.parent.relative_to(repo / root).parts)
+            assert found.setdefault(name, module.parent) == module.parent, f"{name} in two parts"
+    arguments: dict[str, Any] = {}
+    monkeypatch.setattr("setuptools.setup", lambda **kwargs: arguments.update(kwargs))
+    monkeypatch.chdir(repo)
+    runpy.run_path(str(repo / "setup.py"))
+    assert set(arguments["packages"]) == found.keys()
+    assert {name: (repo / path).resolve() for name, path in arguments["package_dir"].items()} == {
+        name: path.resolve() for name, path in found.items()
+    }
 
 
 def test_operator_folder_never_shadows_the_standard_library(repo: Path) -> None:
@@ -33,7 +66,8 @@ def test_operator_folder_never_shadows_the_standard_library(repo: Path) -> None:
 
 def test_nothing_imports_a_top_level_package_by_folder_name(repo: Path) -> None:
     offenders = []
-    for path in [*repo.glob("protege/**/*.py"), *repo.glob("tests/**/*.py"), *repo.glob("bench/**/*.py")]:
+    sources = [*repo.glob("protege/**/*.py"), *repo.glob("*/protege/**/*.py")]
+    for path in [*sources, *repo.glob("tests/**/*.py"), *repo.glob("bench/**/*.py")]:
         for line in path.read_text().splitlines():
             stripped = line.strip()
             if stripped.startswith(("from serving", "import serving", "from training", "import training")):
@@ -108,7 +142,7 @@ def test_no_image_contains_the_demo_workload_or_test_doubles(repo: Path) -> None
         for line in dockerfile.read_text().splitlines():
             if line.startswith("COPY "):
                 copied |= {word for word in line.split()[1:-1] if not word.startswith("--")}
-    assert {"pyproject.toml", "protege", "operator", "serving", "training"} <= copied
+    assert {"pyproject.toml", "setup.py", "protege", "operator", "serving", "training"} <= copied
     for path in sorted(copied):
         assert not dockerignored(patterns, path), path
     for module in (repo / "protege").rglob("*.py"):

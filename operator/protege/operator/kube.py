@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from protege import __version__
 from protege.operator.api_access import check_client_call
+from protege.version import __version__
 
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",

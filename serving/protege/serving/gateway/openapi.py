@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from protege import __version__
 from protege.api.calls import ChatRequest
+from protege.version import __version__
 
 _REF = "#/components/schemas/{model}"
 _JSON = "application/json"

@@ -26,7 +26,6 @@ from typing import Any
 
 import yaml
 
-from protege import __version__
 from protege.api.jobs import JobSpec, job_name
 from protege.api.meta import ComputeResources, Toleration, quantity_value
 from protege.api.naming import KUBERAY_NAME_MAX, child_name
@@ -35,6 +34,7 @@ from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RoutingTable
 from protege.models.sources import HF_HOME_DIR, HF_TOKEN_VARIABLE, MODEL_CACHE_DIR, volume_source
 from protege.serving.pool.config import serve_application
+from protege.version import __version__
 
 API_GROUP = "protege.dev"
 RAY_VERSION = "2.60.0"

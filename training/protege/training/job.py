@@ -27,7 +27,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from protege import __version__
 from protege.api.jobs import (
     ADAPTER_KIND,
     REPORT_KIND,
@@ -47,6 +46,7 @@ from protege.models.resolve import ModelResolver
 from protege.pii.surrogates import with_surrogates
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
 from protege.tasks.datasets import DATASET_KIND, SQL_DATABASE
+from protege.version import __version__
 
 __all__ = ["ADAPTER_KIND", "REPORT_KIND", "JobError", "JobResult", "JobSpec", "job_id", "job_name", "run"]
 
