@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.config import CurationPolicy
+from protege.pii import RecordRedaction
+from protege.tasks.discovery import MiniLM, discover
+from protege.tasks.discovery.discover import Matrix
+from protege.tasks.examples import Example, example_from_record
 from protege.training.curation.filters import NearDuplicateIndex, dedup_text, exact_key, reject_reason
-from protege.training.discovery import MiniLM, discover
-from protege.training.discovery.discover import Matrix
-from protege.training.examples import Example, example_from_record
-from protege.training.pii import RecordRedaction
 from protege.workload import generate
 
 

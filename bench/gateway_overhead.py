@@ -1,6 +1,6 @@
 """What the gateway adds to a call: latency and throughput, side by side with LiteLLM's proxy.
 
-One process tree, one fast stub upstream (`protege.serving.stub_teacher`, its own uvicorn
+One process tree, one fast stub upstream (`protege.testing.stub_teacher`, its own uvicorn
 process), and four ways to reach it, measured in interleaved rounds so machine noise hits
 them alike:
 
@@ -170,7 +170,7 @@ def main() -> None:
             pids["direct"] = stack.enter_context(
                 process(
                     "stub",
-                    [*uvicorn, "--port", str(ports["direct"]), "protege.serving.stub_teacher:app"],
+                    [*uvicorn, "--port", str(ports["direct"]), "protege.testing.stub_teacher:app"],
                     {},
                     stub + "/models",
                     tmp,

@@ -45,9 +45,8 @@ from protege.services.vllm import VllmServer
 from protege.serving.gateway.auth import hash_key, new_key
 from protege.serving.router.table import RoutingTable, SpecialistRoute
 from protege.store.artifacts import ArtifactStore
-from protege.testing import make_lora_adapter
-from protege.training.datasets import save_registry
-from protege.training.discovery.tasks import (
+from protege.tasks.datasets import save_registry
+from protege.tasks.discovery.tasks import (
     Exemplar,
     RouterProfile,
     Task,
@@ -55,7 +54,8 @@ from protege.training.discovery.tasks import (
     fingerprint,
     tenant_segment_counts,
 )
-from protege.training.examples import example_from_record
+from protege.tasks.examples import example_from_record
+from protege.testing.plugin import make_lora_adapter
 from protege.workload import generate
 
 console = Console()
@@ -182,7 +182,7 @@ def router_latency(tmp: Path, calls: int, rounds: int) -> dict[str, list[float]]
         stack.enter_context(
             process(
                 "stub",
-                [*uvicorn, "--port", str(engine_port), "protege.serving.stub_teacher:app"],
+                [*uvicorn, "--port", str(engine_port), "protege.testing.stub_teacher:app"],
                 {},
                 engine + "/v1/models",
                 tmp,

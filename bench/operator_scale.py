@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.store.artifacts import ArtifactStore
-from protege.testing import register_kmock_resources, seed_task
+from protege.testing.plugin import register_kmock_resources, seed_task
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "agents"
@@ -55,8 +55,8 @@ class Result:
 
 def seed_store(store: ArtifactStore, pools: int) -> None:
     """One task per pool; pool 0's task has enough examples to train, the others do not."""
-    from protege.training.datasets import load_registry, save_registry
-    from protege.training.discovery.tasks import TaskRegistry
+    from protege.tasks.datasets import load_registry, save_registry
+    from protege.tasks.discovery.tasks import TaskRegistry
 
     tasks = []
     for index in range(pools):

@@ -1,6 +1,6 @@
 """PII detection: recall and precision per type, leaks after redaction, snippets and calls per second.
 
-The labelled corpus is built from Faker's locales (``protege.training.pii.faker_corpus``:
+The labelled corpus is built from Faker's locales (``protege.pii.faker_corpus``:
 values the detectors' authors did not write, 14 locales, hard negatives such as order ids,
 SKUs, versions, hashes, UUIDs, ISBNs, timestamps), with a seed no test uses. Two backends
 go through it in the same run:
@@ -25,11 +25,11 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from protege.training.examples import example_from_record
-from protege.training.pii import PiiType, RecordRedaction, builtin_backend
-from protege.training.pii.evaluation import Score, score
-from protege.training.pii.faker_corpus import build_faker_corpus
-from protege.training.pii.ner import NerBackend
+from protege.pii import PiiType, RecordRedaction, builtin_backend
+from protege.pii.evaluation import Score, score
+from protege.pii.faker_corpus import build_faker_corpus
+from protege.pii.ner import NerBackend
+from protege.tasks.examples import example_from_record
 from protege.workload import generate
 
 RECALL_OVERALL, RECALL_PER_TYPE, PRECISION = 0.95, 0.9, 0.95

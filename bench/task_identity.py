@@ -44,12 +44,12 @@ from traffic.scripted_teacher import ScriptedTeacher
 from traffic.shapes import SHAPES, ShapedCall
 
 from protege.api.calls import ChatRequest
+from protege.pii import RecordRedaction
+from protege.pii.settings import backend_from_settings, text_redactor
 from protege.serving.router.classify import CallEmbeddings, TaskClassifier
-from protege.training.discovery import MiniLM, discover
-from protege.training.discovery.features import called_tools, tools_answered_after
-from protege.training.examples import example_from_record
-from protege.training.pii import RecordRedaction
-from protege.training.pii.settings import backend_from_settings, text_redactor
+from protege.tasks.discovery import MiniLM, discover
+from protege.tasks.discovery.features import called_tools, tools_answered_after
+from protege.tasks.examples import example_from_record
 from protege.workload import generate
 
 TARGET_P50_MS = 5.0

@@ -35,7 +35,7 @@ DEFAULT_MODEL = Path.home() / ".local/share/protege/models/smollm2-135m"
 
 
 def workload_rows(count: int) -> list[dict]:  # type: ignore[type-arg]
-    from protege.training.examples import example_from_record
+    from protege.tasks.examples import example_from_record
     from protege.workload import generate
 
     examples = [example_from_record(call.to_record()) for call in generate(count, seed=13)]

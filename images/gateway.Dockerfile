@@ -1,7 +1,7 @@
 # The pools' gateway image: `protege gateway` (capture to NATS, routing, the teacher as fallback).
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY protege ./protege
 COPY operator ./operator
 COPY serving ./serving

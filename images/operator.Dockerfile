@@ -1,7 +1,7 @@
 # The operator image: kopf handlers and renderers only (no torch, no Ray runtime).
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY protege ./protege
 COPY operator ./operator
 COPY serving ./serving

@@ -4,7 +4,7 @@
 ARG RAY_VERSION=2.60.0
 FROM rayproject/ray-llm:${RAY_VERSION}-py311-cu128
 WORKDIR /home/ray/protege
-COPY --chown=ray:users pyproject.toml README.md ./
+COPY --chown=ray:users pyproject.toml setup.py README.md ./
 COPY --chown=ray:users protege ./protege
 COPY --chown=ray:users operator ./operator
 COPY --chown=ray:users serving ./serving

@@ -2,7 +2,7 @@
 ARG RAY_VERSION=2.60.0
 FROM rayproject/ray:${RAY_VERSION}-py311-gpu
 WORKDIR /home/ray/protege
-COPY --chown=ray:users pyproject.toml README.md ./
+COPY --chown=ray:users pyproject.toml setup.py README.md ./
 COPY --chown=ray:users protege ./protege
 COPY --chown=ray:users operator ./operator
 COPY --chown=ray:users serving ./serving

@@ -3,7 +3,7 @@
 For a tenant whose curation policy sets ``redact_at_capture``, the gateway — and the listener
 SDK's :class:`~protege.capture.publisher.BackgroundPublisher` — hands its records to a
 :class:`RedactingSink` in front of the publisher: each record goes through the same
-redactor as curation (:func:`protege.training.pii.redact_record`, the detectors
+redactor as curation (:func:`protege.pii.redact_record`, the detectors
 ``curation.pii_detector`` names) in a worker thread, and only the redacted record reaches the
 publisher, so the journal, the disk spool, JetStream and, later, the dead-letter stream never
 see the raw text. The teacher still gets the call as the caller sent it; what is logged, and
@@ -25,7 +25,7 @@ from protege.capture.recorder import RecordSink
 from protege.config import CurationSettings
 
 if TYPE_CHECKING:
-    from protege.training.pii import PiiBackend
+    from protege.pii import PiiBackend
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class RedactingSink:
 
     def backend(self) -> PiiBackend:
         if self._backend is None:
-            from protege.training.pii import backend_from_settings
+            from protege.pii import backend_from_settings
 
             self._backend = backend_from_settings(self.curation)
         return self._backend
@@ -107,7 +107,7 @@ class RedactingSink:
         future.add_done_callback(done)
 
     def _redact(self, record: CallRecord) -> CallRecord:
-        from protege.training.pii import redact_record
+        from protege.pii import redact_record
 
         return redact_record(record, self.backend())
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from protege import __version__
 from protege.cli import calls, crds, gateway, models, render, services, settings, stack, tasks, workload
+from protege.version import __version__
 
 
 def _version(value: bool) -> None:

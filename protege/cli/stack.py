@@ -67,9 +67,9 @@ def up(
     """
     from rich.live import Live
 
-    from protege.serving.recorded_teacher import RecordedTeacher
     from protege.stack.supervisor import Stack, StackError, read_state
     from protege.stack.view import render, snapshot
+    from protege.testing.recorded_teacher import RecordedTeacher
     from protege.workload import recorded_workload
 
     state_dir = _directory(directory)

@@ -13,8 +13,8 @@ from protege.api.meta import API_VERSION
 from protege.api.specialist import EvaluationMetric, OutputKind
 from protege.cli.common import console, fail, settings
 from protege.store.artifacts import ArtifactStore
-from protege.training.datasets import load_registry
-from protege.training.discovery.tasks import TaskRegistry
+from protege.tasks.datasets import load_registry
+from protege.tasks.discovery.tasks import TaskRegistry
 
 tasks_app = typer.Typer(help="Recurring tasks found in the curated calls.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Versioned per-task datasets.", no_args_is_help=True)
@@ -53,9 +53,9 @@ def discover_tasks(
     min_task_size: int = typer.Option(10, help="Fewer examples than this is not a task yet."),
 ) -> None:
     """Cluster the curated examples into tasks (task ids stay stable across runs)."""
+    from protege.tasks.datasets import save_registry
+    from protege.tasks.discovery import DiscoverySettings, MiniLM, discover
     from protege.training.curation import ExampleStore
-    from protege.training.datasets import save_registry
-    from protege.training.discovery import DiscoverySettings, MiniLM, discover
 
     store = _store()
     examples = ExampleStore(store).load(tenant)
@@ -145,8 +145,8 @@ def build(
     ),
 ) -> None:
     """Store a new dataset version of a task (train/validation/test; test frozen after the first)."""
+    from protege.tasks.datasets import DatasetError, build_dataset
     from protege.training.curation import ExampleStore
-    from protege.training.datasets import DatasetError, build_dataset
 
     registry = _registry()
     try:
@@ -238,7 +238,7 @@ def select_model(
     """Choose a base model for a task: budget filters, a few-shot probe, best score per GiB."""
     from protege.evaluation import resolve_metric
     from protege.store.artifacts import ArtifactNotFoundError
-    from protege.training.datasets import DATASET_KIND
+    from protege.tasks.datasets import DATASET_KIND
     from protege.training.job import read_rows
     from protege.training.selection import Budget, few_shot_probe, select
 
@@ -288,7 +288,7 @@ def evaluate_adapter(
     from protege.evaluation import resolve_metric
     from protege.models.resolve import ModelResolver
     from protege.store.artifacts import ArtifactNotFoundError
-    from protege.training.datasets import DATASET_KIND
+    from protege.tasks.datasets import DATASET_KIND
     from protege.training.evaluation import TransformersGenerator, evaluate
     from protege.training.job import ADAPTER_KIND, read_rows, task_database
 

@@ -43,7 +43,7 @@ def teacher(
     """Serve the recorded teacher: answers the workload's requests from its recordings (not a model)."""
     import uvicorn
 
-    from protege.serving.recorded_teacher import RecordedTeacher
+    from protege.testing.recorded_teacher import RecordedTeacher
     from protege.workload import recorded_workload
 
     console.print(

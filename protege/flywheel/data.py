@@ -19,9 +19,9 @@ from protege.capture.connection import NatsTarget
 from protege.capture.reader import StreamMissingError, read_records, subject_filter
 from protege.flywheel.specialist import Dataset, TaskData
 from protege.store.artifacts import ArtifactStore
+from protege.tasks.datasets import build_dataset, examples_in_window, load_registry
+from protege.tasks.discovery.tasks import Task, TaskRegistry
 from protege.training.curation.consumer import ExampleStore
-from protege.training.datasets import build_dataset, examples_in_window, load_registry
-from protege.training.discovery.tasks import Task, TaskRegistry
 
 
 def match_task(registry: TaskRegistry, selector: TaskSelector) -> Task | None:

@@ -18,9 +18,9 @@ from protege.capture.connection import NatsTarget
 from protege.flywheel.local import LocalDriver, Pass
 from protege.flywheel.suggest import specialist_name, suggest_specialist
 from protege.store.artifacts import ArtifactStore
+from protege.tasks.datasets import load_registry, save_registry
+from protege.tasks.discovery import DiscoverySettings, Embedder, MiniLM, discover
 from protege.training.curation import Curator, ExampleStore
-from protege.training.datasets import load_registry, save_registry
-from protege.training.discovery import DiscoverySettings, Embedder, MiniLM, discover
 
 
 @dataclass

@@ -25,7 +25,7 @@ from protege.api.calls import CallRecord, RouteReason, UpstreamKind
 from protege.api.routes import Candidate, RolloutStage, SpecialistRoute
 from protege.api.specialist import RolloutSpec
 from protege.flywheel.policy import Estimate, RolloutAction, RolloutMove, RolloutObservation, estimate
-from protege.training.discovery.features import NOVELTY_QUANTILE
+from protege.tasks.discovery.features import NOVELTY_QUANTILE
 
 _FALLBACKS = {
     RouteReason.FALLBACK_INVALID_OUTPUT,

@@ -26,8 +26,8 @@ from protege.config import load_settings
 from protege.flywheel.data import StoreData
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile, write_atomically
 from protege.flywheel.loop import LocalFlywheel, Tick
+from protege.flywheel.pace import FlywheelPace
 from protege.flywheel.specialist import PoolFacts
-from protege.stack.config import FlywheelPace
 from protege.store.artifacts import ArtifactStore
 from protege.training.curation import Curator
 

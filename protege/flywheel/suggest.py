@@ -8,7 +8,7 @@ from typing import Any
 from protege.api.naming import as_dns_1035_label
 from protege.api.specialist import OutputKind, OutputValidation, SpecialistSpec
 from protege.evaluation import METRIC_FOR_KIND
-from protege.training.discovery.tasks import Task
+from protege.tasks.discovery.tasks import Task
 
 VALIDATION = {
     OutputKind.JSON: OutputValidation.JSON,

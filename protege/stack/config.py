@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from protege.api.pool import SpecialistPoolSpec
+from protege.flywheel.pace import FlywheelPace
 
 
 def cpu_engine_dtype(cpu_flags: set[str]) -> str:
@@ -67,17 +68,6 @@ LOCAL_POLICY: dict[str, Any] = {
         "teacherSampleRate": 0.25,
     },
 }
-
-
-class FlywheelPace(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    interval_seconds: float = Field(default=5, gt=0, description="Pause between two heartbeats.")
-    discover_every_seconds: float = Field(default=30, ge=0, description="Least time between discoveries.")
-    min_task_size: int = Field(default=20, ge=2, description="Examples a cluster needs to be a task.")
-    job_options: dict[str, Any] = Field(
-        default_factory=dict, description="Extra training-job fields (max_steps, few_shot, max_new_tokens)."
-    )
 
 
 class StackConfig(BaseModel):

@@ -36,7 +36,6 @@ from protege.evaluation.metrics import scorer
 from protege.flywheel.data import call_records
 from protege.flywheel.specialist import WAITING_FOR_SLOT
 from protege.serving.pool.auth import bearer
-from protege.serving.recorded_teacher import RecordedTeacher
 from protege.stack.agent import Agent
 from protege.stack.config import LOCAL_POLICY, StackConfig
 from protege.stack.report import (
@@ -53,6 +52,7 @@ from protege.stack.report import (
     version_timeline,
 )
 from protege.stack.supervisor import Stack
+from protege.testing.recorded_teacher import RecordedTeacher
 from protege.workload import WorkloadCall, build_database, generate
 from protege.workload.replay import Outcome
 

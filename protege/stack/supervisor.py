@@ -92,7 +92,7 @@ class Stack:
 
     @property
     def teacher_model(self) -> str:
-        from protege.serving.recorded_teacher import MODEL
+        from protege.testing.recorded_teacher import MODEL
 
         return str(self.settings.teacher.model) if self.settings.teacher.url else MODEL
 

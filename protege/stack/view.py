@@ -15,7 +15,7 @@ from rich.table import Table
 
 from protege.api.specialist import SpecialistStatus
 from protege.stack.supervisor import Stack
-from protege.training.datasets import load_registry
+from protege.tasks.datasets import load_registry
 
 
 @dataclass

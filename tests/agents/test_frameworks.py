@@ -30,7 +30,7 @@ from traffic.agents import (
 from traffic.scripted_teacher import MODEL, ScriptedTeacher, ToolSpec, Turn, reply
 
 from protege.api.calls import CallRecord, CallStatus, last_user_text
-from protege.testing import RunningGateway, records_of
+from protege.testing.plugin import RunningGateway, records_of
 
 COUNT = 10  # questions per variant through the gateway
 

@@ -25,10 +25,10 @@ from protege.api.calls import CallRecord, UpstreamKind
 from protege.api.specialist import OutputKind
 from protege.serving.router.table import RoutingTable, SpecialistRoute
 from protege.store.artifacts import ArtifactStore
-from protege.testing import RunningGateway, records_of
-from protege.training.datasets import save_registry
-from protege.training.discovery import MiniLM, discover
-from protege.training.examples import example_from_record
+from protege.tasks.datasets import save_registry
+from protege.tasks.discovery import MiniLM, discover
+from protege.tasks.examples import example_from_record
+from protege.testing.plugin import RunningGateway, records_of
 
 pytestmark = pytest.mark.slow
 

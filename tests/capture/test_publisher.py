@@ -14,7 +14,7 @@ from protege.capture.access import ADMIN, GATEWAY
 from protege.capture.reader import read_records, subject_filter
 from protege.services.nats import NatsServer
 from protege.services.process import free_port
-from protege.testing import call_log
+from protege.testing.plugin import call_log
 
 pytestmark = pytest.mark.slow
 

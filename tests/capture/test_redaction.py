@@ -16,8 +16,8 @@ import pytest
 from protege.api.calls import CallRecord
 from protege.capture.redaction import RedactingSink
 from protege.config import CurationSettings, load_settings
-from protege.testing import RunningGateway, records_of
-from protege.training.pii import builtin_backend
+from protege.pii import builtin_backend
+from protege.testing.plugin import RunningGateway, records_of
 
 RAW = ("jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111 1111", "AB 12 34 56 C")
 TEXT = f"I'm Jane, mail {RAW[0]}, call {RAW[1]}, card {RAW[2]}, NI number {RAW[3]}"

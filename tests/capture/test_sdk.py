@@ -16,7 +16,7 @@ from protege.config import CurationSettings
 from protege.services.nats import NatsServer
 from protege.services.process import free_port
 from protege.serving.server import ServerThread
-from protege.testing import ensure_call_stream, records_of, wait_for_records
+from protege.testing.plugin import ensure_call_stream, records_of, wait_for_records
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from protege.cli import app
 from protege.services.nats import NatsServer
 from protege.services.process import free_port, terminate_pid
 from protege.serving.server import ServerThread
-from protege.testing import wait_until_ready
+from protege.testing.plugin import wait_until_ready
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -16,14 +16,14 @@ from typer.testing import CliRunner
 
 from protege.capture.access import CURATOR, GATEWAY
 from protege.cli import app
+from protege.pii import RecordRedaction
+from protege.pii.settings import backend_from_settings
 from protege.services.nats import NatsServer
 from protege.store.artifacts import ArtifactStore
-from protege.testing import call_log
+from protege.tasks.examples import example_from_record
+from protege.testing.plugin import call_log
 from protege.training.curation import Curator, ExampleStore, NearDuplicateIndex
 from protege.training.curation.consumer import near_text
-from protege.training.examples import example_from_record
-from protege.training.pii import RecordRedaction
-from protege.training.pii.settings import backend_from_settings
 from protege.workload import generate
 
 pytestmark = pytest.mark.slow

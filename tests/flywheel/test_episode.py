@@ -50,15 +50,15 @@ from protege.flywheel.policy import (
 )
 from protege.flywheel.rollout import watch
 from protege.flywheel.specialist import JobPhase, JobState, PoolFacts, reconcile
-from protege.serving.recorded_teacher import MODEL as TEACHER_MODEL
-from protege.serving.recorded_teacher import RecordedTeacher, Recordings
 from protege.serving.router.router import Router
 from protege.serving.router.table import SpecialistRoute, parse_adapter_name
 from protege.serving.server import ServerThread
-from protege.serving.stub_teacher import StubTeacher
 from protege.store.artifacts import ArtifactStore
-from protege.testing import RunningGateway, call_log, seed_task
-from protege.training.datasets import load_registry
+from protege.tasks.datasets import load_registry
+from protege.testing.plugin import RunningGateway, call_log, seed_task
+from protege.testing.recorded_teacher import MODEL as TEACHER_MODEL
+from protege.testing.recorded_teacher import RecordedTeacher, Recordings
+from protege.testing.stub_teacher import StubTeacher
 from protege.workload import WorkloadCall, generate
 
 pytestmark = pytest.mark.slow

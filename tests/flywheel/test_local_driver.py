@@ -18,7 +18,7 @@ from protege.flywheel.data import StoreData
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile
 from protege.flywheel.specialist import PoolFacts
 from protege.store.artifacts import ArtifactStore
-from protege.testing import seed_task
+from protege.testing.plugin import seed_task
 
 pytestmark = pytest.mark.slow
 

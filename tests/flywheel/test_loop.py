@@ -15,10 +15,10 @@ from protege.flywheel.data import StoreData
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile
 from protege.flywheel.loop import LocalFlywheel
 from protege.flywheel.specialist import PoolFacts
-from protege.serving.recorded_teacher import RecordedTeacher
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore
-from protege.testing import RunningGateway
+from protege.testing.plugin import RunningGateway
+from protege.testing.recorded_teacher import RecordedTeacher
 from protege.training.curation import Curator
 from protege.workload.replay import replay
 

@@ -39,13 +39,13 @@ from protege.flywheel.data import StoreData
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile
 from protege.flywheel.loop import LocalFlywheel
 from protege.flywheel.specialist import PoolFacts
-from protege.serving.recorded_teacher import RecordedTeacher, request_key
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore
-from protege.testing import RunningGateway, wait_for_records
+from protege.tasks.datasets import load_registry
+from protege.tasks.discovery import Task
+from protege.testing.plugin import RunningGateway, wait_for_records
+from protege.testing.recorded_teacher import RecordedTeacher, request_key
 from protege.training.curation import Curator
-from protege.training.datasets import load_registry
-from protege.training.discovery import Task
 from protege.workload.replay import replay
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The KubeRay double (protege.testing_kuberay): KubeRay v1.7.0's validation and its state machines.
+"""The KubeRay double (protege.testing.kuberay): KubeRay v1.7.0's validation and its state machines.
 
 The rules are checked on the operator's real renders (valid) and on mutations of them (each
 rule, with KubeRay's own message); the state machines run against kmock's emulator, driven
@@ -21,7 +21,7 @@ from protege.api.jobs import JobSpec
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.specialist import SpecialistSpec
 from protege.operator.render import Owner, Platform, render_ray_service, render_training_job
-from protege.testing_kuberay import (
+from protege.testing.kuberay import (
     MAX_RAYJOB_NAME_LENGTH,
     KubeRayDouble,
     KubeRayDoubleError,

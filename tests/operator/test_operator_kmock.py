@@ -1,6 +1,6 @@
 """The real kopf operator against kmock's Kubernetes emulator: a pool's children and status.
 
-KubeRay is the double of :mod:`protege.testing_kuberay` (KubeRay v1.7.0's validation and its RayJob and
+KubeRay is the double of :mod:`protege.testing.kuberay` (KubeRay v1.7.0's validation and its RayJob and
 RayService state machines, on a clock the tests move); the operator reads what it writes.
 """
 
@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from protege.api.jobs import RESULTS_AREA
-from protege.testing import register_kmock_resources
-from protege.testing_kuberay import KubeRayDouble, parse_timestamp
+from protege.testing.kuberay import KubeRayDouble, parse_timestamp
+from protege.testing.plugin import register_kmock_resources
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -353,7 +353,7 @@ async def test_a_pool_says_why_its_serve_application_is_not_running(
 
 
 def task_size(store: Any) -> int:
-    from protege.training.datasets import load_registry
+    from protege.tasks.datasets import load_registry
 
     registry = load_registry(store)
     assert registry is not None
@@ -393,7 +393,7 @@ def flywheel_cluster(
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """kmock with a store holding a discovered task, the operator pointed at both; (store, pool, base)."""
     from protege.store.artifacts import ArtifactStore
-    from protege.testing import seed_task
+    from protege.testing.plugin import seed_task
 
     register_kmock_resources(kmock)
     store = ArtifactStore((tmp_path / "store").as_uri())
@@ -475,7 +475,7 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
     from kopf.testing import KopfRunner
 
     from protege.services.process import free_port
-    from protege.testing import seed_task
+    from protege.testing.plugin import seed_task
 
     store, pool, base = flywheel_cluster
 

@@ -23,7 +23,7 @@ from protege.config import CurationPolicy, CurationSettings
 from protege.services.nats import NatsServer
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore
-from protege.testing import ensure_call_stream
+from protege.testing.plugin import ensure_call_stream
 from protege.training.curation import Curator
 
 pytestmark = pytest.mark.slow

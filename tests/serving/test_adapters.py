@@ -26,7 +26,7 @@ from protege.serving.router.classify import TaskMatch
 from protege.serving.router.router import Router
 from protege.serving.router.table import RoutingTable, SpecialistRoute
 from protege.store.artifacts import ArtifactStore, Manifest
-from protege.testing_faults import TcpRelay
+from protege.testing.faults import TcpRelay
 
 BASE = "smollm2-135m"
 

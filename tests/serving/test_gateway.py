@@ -15,8 +15,8 @@ from protege.api.calls import CallStatus, UpstreamKind
 from protege.config import load_settings
 from protege.services.process import free_port
 from protege.serving.server import ServerThread
-from protege.serving.stub_teacher import StubTeacher
-from protege.testing import RunningGateway, records_of
+from protege.testing.plugin import RunningGateway, records_of
+from protege.testing.stub_teacher import StubTeacher
 
 pytestmark = pytest.mark.slow
 

@@ -40,8 +40,8 @@ from protege.services.seaweedfs import SeaweedS3
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 from protege.serving.server import ServerThread
 from protege.store.artifacts import ArtifactStore
-from protege.testing import RunningGateway, records_of, seed_task
-from protege.testing_faults import TcpRelay
+from protege.testing.faults import TcpRelay
+from protege.testing.plugin import RunningGateway, records_of, seed_task
 from protege.workload import generate
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from protege.serving.gateway.openapi import openapi_document
 from protege.serving.server import ServerThread
-from protege.testing import RunningGateway
+from protege.testing.plugin import RunningGateway
 
 MODEL = "fuzz-teacher"
 EXAMPLES = int(os.environ.get("PROTEGE_FUZZ_EXAMPLES", "15"))

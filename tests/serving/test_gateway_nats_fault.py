@@ -12,7 +12,7 @@ import pytest
 
 from protege.api.calls import CallRecord
 from protege.services.nats import NatsServer
-from protege.testing import RunningGateway, wait_for_records
+from protege.testing.plugin import RunningGateway, wait_for_records
 
 pytestmark = pytest.mark.slow
 

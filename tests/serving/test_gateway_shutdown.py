@@ -32,7 +32,7 @@ from protege.services.nats import NatsServer
 from protege.services.process import free_port
 from protege.serving.gateway.auth import hash_key, new_key
 from protege.serving.server import ServerThread
-from protege.testing import wait_for_records, wait_until_ready
+from protege.testing.plugin import wait_for_records, wait_until_ready
 
 pytestmark = pytest.mark.slow
 

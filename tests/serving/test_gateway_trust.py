@@ -17,7 +17,7 @@ import pytest
 
 from protege.api.routes import RoutingTable, SpecialistRoute
 from protege.serving.gateway.auth import hash_key, new_key
-from protege.testing import RunningGateway
+from protege.testing.plugin import RunningGateway
 
 NO_LOG = {"enabled": False}
 DEADLINE_SECONDS = 20

@@ -16,7 +16,7 @@ import pytest
 
 from protege.api.calls import CallRecord, CallStatus
 from protege.services.vllm import VllmServer
-from protege.testing import RunningGateway, records_of
+from protege.testing.plugin import RunningGateway, records_of
 
 pytestmark = pytest.mark.slow
 

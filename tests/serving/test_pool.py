@@ -26,9 +26,8 @@ from protege.api.specialist import FallbackSpec, OutputValidation
 from protege.services.nats import NatsServer
 from protege.serving.pool.config import deployment_options, engine_args, serve_application
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
-from protege.testing import RunningGateway, ServedPool, make_lora_adapter, records_of
-from protege.training.datasets import save_registry
-from protege.training.discovery.tasks import (
+from protege.tasks.datasets import save_registry
+from protege.tasks.discovery.tasks import (
     Exemplar,
     RouterProfile,
     Task,
@@ -36,7 +35,8 @@ from protege.training.discovery.tasks import (
     fingerprint,
     tenant_segment_counts,
 )
-from protege.training.examples import example_from_record
+from protege.tasks.examples import example_from_record
+from protege.testing.plugin import RunningGateway, ServedPool, make_lora_adapter, records_of
 from protege.workload import generate
 
 POOL = SpecialistPoolSpec.model_validate(

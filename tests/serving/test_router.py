@@ -43,8 +43,8 @@ from protege.serving.router.table import (
     conversation_key,
     parse_adapter_name,
 )
-from protege.training.discovery.features import count_segments
-from protege.training.discovery.tasks import Exemplar, Fingerprint, RouterProfile, Task
+from protege.tasks.discovery.features import count_segments
+from protege.tasks.discovery.tasks import Exemplar, Fingerprint, RouterProfile, Task
 
 ROUTE = SpecialistRoute(specialist="intent", tenant="acme", task_id="t1", active="v1")
 

@@ -19,9 +19,9 @@ from protege.config import Settings
 from protege.flywheel.rollout import EXPECTED_NOVEL_SHARE, input_drift
 from protege.serving.router.router import Router
 from protege.serving.router.table import RoutingTable, SpecialistRoute
-from protege.training.datasets import REGISTRY_KIND, REGISTRY_NAME, save_registry
-from protege.training.discovery import TaskRegistry, discover
-from protege.training.examples import example_from_record
+from protege.tasks.datasets import REGISTRY_KIND, REGISTRY_NAME, save_registry
+from protege.tasks.discovery import TaskRegistry, discover
+from protege.tasks.examples import example_from_record
 from protege.workload import WorkloadCall, generate
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)

@@ -21,7 +21,7 @@ from protege.services.process import pid_alive
 from protege.services.seaweedfs import SeaweedS3
 from protege.stack.supervisor import STATE_FILE, STORE_URL, stop_stack
 from protege.store.artifacts import ArtifactStore
-from protege.testing import seed_task
+from protege.testing.plugin import seed_task
 
 runner = CliRunner()
 STACK_S3_VARIABLES = (

@@ -14,7 +14,8 @@ from protege.capture.access import ADMIN, CURATOR, GATEWAY
 from protege.config import ConfigError, CurationPolicy, CurationSettings, load_settings
 from protege.services.nats import NatsServer
 from protege.store.artifacts import ArtifactStore
-from protege.testing import call_log
+from protege.tasks.examples import DAY_MS
+from protege.testing.plugin import call_log
 from protege.training.curation import (
     DEAD_LETTER_STREAM,
     Curator,
@@ -22,7 +23,6 @@ from protege.training.curation import (
     NearDuplicateIndex,
     reject_reason,
 )
-from protege.training.examples import DAY_MS
 from protege.workload import generate
 
 LONG_EMAIL = (

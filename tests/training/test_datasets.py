@@ -13,9 +13,9 @@ from protege.api.ids import uuid7_at
 from protege.api.specialist import DataPolicy
 from protege.evaluation.metrics import run_query
 from protege.flywheel.data import StoreData
+from protege.pii.redactor import PLACEHOLDER
 from protege.store.artifacts import ArtifactStore
-from protege.training.curation import ExampleStore
-from protege.training.datasets import (
+from protege.tasks.datasets import (
     DATASET_KIND,
     MIN_TEST_EXAMPLES,
     DatasetError,
@@ -26,11 +26,11 @@ from protege.training.datasets import (
     save_registry,
     split_of,
 )
-from protege.training.discovery import MiniLM, discover
-from protege.training.discovery.tasks import Exemplar, RouterProfile, Task, TaskRegistry, fingerprint
-from protege.training.examples import DAY_MS, Example, example_from_record
+from protege.tasks.discovery import MiniLM, discover
+from protege.tasks.discovery.tasks import Exemplar, RouterProfile, Task, TaskRegistry, fingerprint
+from protege.tasks.examples import DAY_MS, Example, example_from_record
+from protege.training.curation import ExampleStore
 from protege.training.job import read_rows, task_database
-from protege.training.pii.redactor import PLACEHOLDER
 from protege.workload import build_database, generate
 
 

@@ -13,9 +13,9 @@ from protege.cli import app
 from protege.flywheel.policy import gate
 from protege.models.resolve import ModelResolver
 from protege.store.artifacts import ArtifactStore
-from protege.training.datasets import build_dataset
-from protege.training.discovery import MiniLM, discover
-from protege.training.examples import example_from_record
+from protege.tasks.datasets import build_dataset
+from protege.tasks.discovery import MiniLM, discover
+from protege.tasks.examples import example_from_record
 from protege.training.job import ADAPTER_KIND, JobError, JobSpec, main, preflight, torch_threads
 from protege.workload import generate
 

@@ -18,9 +18,9 @@ from traffic.shapes import tool_loop
 from protege.api.calls import ChatRequest
 from protege.api.specialist import EvaluationMetric, TrainingSpec
 from protege.serving.router.classify import CallEmbeddings, TaskClassifier
-from protege.training.discovery import MiniLM, discover
+from protege.tasks.discovery import MiniLM, discover
+from protege.tasks.examples import example_from_record
 from protege.training.evaluation import TransformersGenerator, evaluate
-from protege.training.examples import example_from_record
 from protege.training.trainer import train_lora
 from protege.training.trainer.data import IGNORE, tokenize_row
 

@@ -8,7 +8,7 @@ import pytest
 
 from protege.api.specialist import EvaluationMetric
 from protege.models.pull import MARKER
-from protege.training.examples import example_from_record
+from protege.tasks.examples import example_from_record
 from protege.training.selection import Budget, few_shot_probe, longest_example_tokens, select
 from protege.workload import generate
 

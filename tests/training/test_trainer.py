@@ -16,7 +16,7 @@ import pytest
 
 from protege.api.specialist import TrainingSpec
 from protege.models.chat import hermes_messages
-from protege.training.examples import example_from_record
+from protege.tasks.examples import example_from_record
 from protege.training.trainer import IGNORE, TrainingError, tokenize_row, train_lora
 from protege.training.trainer.data import keep_answer_logits, pack_batch, pad_batch, tokenize_rows
 from protege.training.trainer.lora import answer_loss, complete_checkpoint, last_checkpoint

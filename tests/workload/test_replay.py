@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from protege.serving.recorded_teacher import RecordedTeacher, request_key
 from protege.serving.server import ServerThread
-from protege.testing import RunningGateway, wait_for_records
+from protege.testing.plugin import RunningGateway, wait_for_records
+from protege.testing.recorded_teacher import RecordedTeacher, request_key
 from protege.workload import generate
 from protege.workload.replay import replay
 
