@@ -7,8 +7,10 @@ fields with ``__`` as in ``PROTEGE_TEACHER__URL``), the file named by ``PROTEGE_
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -545,6 +547,69 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
+ENV_PREFIX = "PROTEGE_"
+
+
+def setting_variable(*path: str) -> str:
+    """The variable a setting is read from: ``setting_variable("router", "engine_url")`` is
+    ``PROTEGE_ROUTER__ENGINE_URL`` (nested fields joined with ``__``, as :class:`Settings` reads them)."""
+    return ENV_PREFIX + "__".join(part.upper() for part in path)
+
+
+def as_environment(settings: Mapping[str, Any], *path: str) -> dict[str, str]:
+    """Settings, as :func:`load_settings` takes them (field names, nested mappings), as the PROTEGE_*
+    variables a process reads them from. None leaves a setting unset; booleans are ``true``/``false``,
+    lists JSON, secrets their value. The one way settings become a process's environment: the local
+    stack's processes and the operator's pods both get theirs from here."""
+    variables: dict[str, str] = {}
+    for name, value in settings.items():
+        if isinstance(value, Mapping):
+            variables |= as_environment(value, *path, name)
+        elif value is not None:
+            variables[setting_variable(*path, name)] = _variable_value(value)
+    return variables
+
+
+def _variable_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value))
+    return str(value)
+
+
+def merged_settings(base: Mapping[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``more`` laid over it, nested mappings field by field."""
+    merged = dict(base)
+    for name, value in more.items():
+        under = merged.get(name)
+        both = isinstance(value, Mapping) and isinstance(under, Mapping)
+        merged[name] = merged_settings(under, value) if both else value  # type: ignore[arg-type]
+    return merged
+
+
+def gateway_settings(
+    *,
+    teacher: Mapping[str, Any],
+    engine_url: str,
+    routes_table: str | Path,
+    api_keys_file: str | Path,
+    **more: Any,
+) -> dict[str, Any]:
+    """A pool's gateway, wherever it runs (the operator's Deployment, `protege up`'s process): the
+    teacher answers and is the fallback, API keys come from a file, and calls of a task with a
+    specialist go to the pool's engine by the routing table the flywheel writes. ``more``: the
+    gateway's other settings (its address, call log, store, pool token), laid over these."""
+    base = {
+        "teacher": dict(teacher),
+        "gateway": {"api_keys_file": str(api_keys_file)},
+        "router": {"enabled": True, "engine_url": engine_url, "table": str(routes_table)},
+    }
+    return merged_settings(base, more)
+
+
 __all__ = [
     "ApiKey",
     "CallLogSettings",
@@ -556,5 +621,9 @@ __all__ = [
     "NatsAuthSettings",
     "RateLimits",
     "Settings",
+    "as_environment",
+    "gateway_settings",
     "load_settings",
+    "merged_settings",
+    "setting_variable",
 ]

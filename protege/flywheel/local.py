@@ -1,14 +1,15 @@
-"""The flywheel on one machine: the operator's decisions with local I/O.
+"""The flywheel on one machine: the operator's lifecycle with local I/O.
 
-The same step as the operator (:func:`protege.flywheel.specialist.reconcile`), with:
+The same pass as the operator's (:func:`protege.flywheel.lifecycle.drive`), with:
 
 - training jobs submitted to a local Ray through its job submission API, with the job's
   deterministic name as the submission id (submitting it again finds the first);
 - the routing table in a JSON file the gateway's router re-reads (``router.table``),
   replaced atomically;
-- each Specialist's status in ``<state>/status/<name>.json`` (written atomically after
-  every pass), so a restarted driver carries on where it stopped;
-- Specialists as manifests (``kind: Specialist``) in ``<state>/specialists/``.
+- each Specialist's status in ``<state>/status/<name>.json`` (replaced atomically when a
+  pass changed it), so a restarted driver carries on where it stopped;
+- Specialists as manifests (``kind: Specialist``) in ``<state>/specialists/``, of one pool
+  (the stack's); removing a manifest deletes the Specialist (:meth:`LocalDriver.forget_removed`).
 """
 
 from __future__ import annotations
@@ -17,27 +18,20 @@ import asyncio
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from protege.api.jobs import JobSpec
-from protege.api.meta import quantity_value, spec_problems
+from protege.api.meta import quantity_value
 from protege.api.naming import NAME_RULE, is_dns_1035_label
-from protege.api.routes import RoutingTable, SpecialistRoute
+from protege.api.routes import RoutingTable
 from protege.api.specialist import SpecialistSpec, SpecialistStatus, TrainingSpec
 from protege.capture.connection import NatsTarget
-from protege.flywheel.data import StoreData, StoreFacts
-from protege.flywheel.specialist import (
-    Event,
-    JobPhase,
-    JobState,
-    PoolFacts,
-    reconcile,
-)
+from protege.flywheel.data import StoreData
+from protege.flywheel.lifecycle import DriverIO, Pool, RouteTable, delete, drive, parse_spec
+from protege.flywheel.specialist import Event, JobPhase, JobState, PoolFacts
 from protege.training.submit import RESERVED_CPUS, SPECIALIST, job_environment, submit
 
 _RAY_PHASES = {
@@ -117,50 +111,98 @@ class RayJobs:
             if job.submission_id and (job.metadata or {}).get(SPECIALIST) == specialist
         )
 
+    def _ended_and_live(self, specialist: str) -> tuple[list[str], list[str]]:
+        """The Specialist's jobs (by their metadata, never a name prefix): ended, and not yet."""
+        ended: list[str] = []
+        live: list[str] = []
+        for job in self.client.list_jobs():
+            if job.submission_id and (job.metadata or {}).get(SPECIALIST) == specialist:
+                phase = _RAY_PHASES.get(str(job.status.value), JobPhase.RUNNING)
+                (live if phase is JobPhase.RUNNING else ended).append(job.submission_id)
+        return sorted(ended), sorted(live)
 
-class RouteFile:
+    def forget_finished(self, specialist: str, kept: set[str]) -> list[str]:
+        """Delete the Specialist's ended jobs that ``kept`` does not name (as the operator deletes its
+        RayJobs); their results are in the store."""
+        ended, _ = self._ended_and_live(specialist)
+        return [name for name in ended if name not in kept and self.client.delete_job(name)]
+
+    def forget(self, specialist: str) -> bool:
+        """A deleted Specialist's jobs, as its RayJobs go with it on Kubernetes: stop the running ones,
+        delete the ended ones. Whether none is left (a stopped job ends a moment later)."""
+        ended, live = self._ended_and_live(specialist)
+        for name in live:
+            self.client.stop_job(name)
+        for name in ended:
+            self.client.delete_job(name)
+        return not live
+
+
+class LocalJobs:
+    """:class:`RayJobs` as the lifecycle's :class:`~protege.flywheel.lifecycle.JobLauncher` (the Ray
+    client blocks: each call in a thread)."""
+
+    def __init__(self, jobs: RayJobs) -> None:
+        self.ray = jobs
+
+    async def start(self, job: JobSpec) -> str:
+        return await asyncio.to_thread(self.ray.start, job)
+
+    async def state(self, name: str) -> JobState:
+        return await asyncio.to_thread(self.ray.state, name)
+
+    async def running(self, specialist: str) -> list[str]:
+        return await asyncio.to_thread(self.ray.running, specialist)
+
+    async def slot_free(self, training: TrainingSpec) -> bool:
+        return await asyncio.to_thread(self.ray.slot_free, training)
+
+    async def forget_finished(self, specialist: str, kept: set[str]) -> list[str]:
+        return await asyncio.to_thread(self.ray.forget_finished, specialist, kept)
+
+
+class RouteFile(RouteTable):
     """The routing table as a file; each write replaces it whole (the router never sees half)."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
-        self._lock = asyncio.Lock()
 
     def read(self) -> RoutingTable:
         if not self.path.exists():
             return RoutingTable()
         return RoutingTable.model_validate_json(self.path.read_text())
 
-    async def update(self, specialist: str, route: SpecialistRoute | None) -> None:
-        """Put ``route`` in the table as ``specialist``'s, or take ``specialist`` out (None)."""
-        async with self._lock:
-            table = self.read()
-            updated = table.replacing(specialist, route)
-            if updated != table:
-                write_atomically(self.path, updated.model_dump_json(indent=1))
+    async def load(self) -> RoutingTable:
+        return self.read()
+
+    async def save(self, table: RoutingTable) -> None:
+        write_atomically(self.path, table.model_dump_json(indent=1))
 
 
-class LocalFlywheelIO(StoreFacts):
+class LocalFlywheelIO(DriverIO):
+    """The flywheel's I/O on one machine: jobs on a local Ray, the routing table in a file."""
+
     def __init__(self, data: StoreData, jobs: RayJobs, routes: RouteFile, nats_url: NatsTarget) -> None:
-        super().__init__(data, nats_url)
-        self.jobs, self.routes = jobs, routes
+        super().__init__(data, nats_url, LocalJobs(jobs), routes)
+        self.ray, self.route_file = jobs, routes
 
-    async def start_job(self, job: JobSpec) -> str:
-        return await asyncio.to_thread(self.jobs.start, job)
 
-    async def job_state(self, name: str) -> JobState:
-        return await asyncio.to_thread(self.jobs.state, name)
+class StatusFile:
+    """A Specialist's status as a file, replaced whole."""
 
-    async def running_jobs(self, specialist: str) -> list[str]:
-        return await asyncio.to_thread(self.jobs.running, specialist)
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-    async def training_slot_free(self, training: TrainingSpec) -> bool:
-        return await asyncio.to_thread(self.jobs.slot_free, training)
+    def read(self) -> SpecialistStatus:
+        return (
+            SpecialistStatus.model_validate_json(self.path.read_text())
+            if self.path.exists()
+            else SpecialistStatus()
+        )
 
-    async def read_route(self, specialist: str) -> SpecialistRoute | None:
-        return self.routes.read().for_specialist(specialist)
-
-    async def write_route(self, route: SpecialistRoute) -> None:
-        await self.routes.update(route.specialist, route)
+    async def save(self, status: SpecialistStatus) -> None:
+        write_atomically(self.path, status.model_dump_json(indent=1))
 
 
 @dataclass
@@ -174,12 +216,20 @@ class Pass:
 
 
 class LocalDriver:
-    """Specialists from ``<state>/specialists/*.yaml``, statuses in ``<state>/status/``."""
+    """Specialists from ``<state>/specialists/*.yaml``, statuses in ``<state>/status/``; the one pool
+    is ``pool_name``'s (a Specialist of another pool waits, its status saying so)."""
 
     def __init__(
-        self, state: Path, io: LocalFlywheelIO, pool: PoolFacts, job_options: dict[str, Any] | None = None
+        self,
+        state: Path,
+        io: LocalFlywheelIO,
+        pool: PoolFacts,
+        job_options: dict[str, Any] | None = None,
+        *,
+        pool_name: str = "local",
     ) -> None:
         self.state, self.io, self.pool, self.job_options = state, io, pool, job_options or {}
+        self.pool_name = pool_name
         (state / "specialists").mkdir(parents=True, exist_ok=True)
         (state / "status").mkdir(parents=True, exist_ok=True)
 
@@ -192,10 +242,8 @@ class LocalDriver:
             if not is_dns_1035_label(name):  # what the CRD's rule refuses on a cluster
                 found[name] = (None, f"{path}: {NAME_RULE}; it is {name!r}")
                 continue
-            try:
-                found[name] = (SpecialistSpec.model_validate(document.get("spec") or {}), "")
-            except ValidationError as error:
-                found[name] = (None, f"{path}: {spec_problems(error)}")
+            spec = parse_spec(document.get("spec") or {})
+            found[name] = (spec, "") if isinstance(spec, SpecialistSpec) else (None, f"{path}: {spec}")
         return found
 
     def add(self, name: str, spec: SpecialistSpec) -> Path:
@@ -210,9 +258,14 @@ class LocalDriver:
         write_atomically(path, yaml.safe_dump(document, sort_keys=False))
         return path
 
+    def status_file(self, name: str) -> StatusFile:
+        return StatusFile(self.state / "status" / f"{name}.json")
+
     def status(self, name: str) -> SpecialistStatus:
-        path = self.state / "status" / f"{name}.json"
-        return SpecialistStatus.model_validate_json(path.read_text()) if path.exists() else SpecialistStatus()
+        return self.status_file(name).read()
+
+    async def find_pool(self, name: str) -> Pool | None:
+        return Pool(self.pool, self.io) if name == self.pool_name else None
 
     async def step(self, trigger: dict[str, str] | None = None) -> Pass:
         """One pass over every Specialist; ``trigger`` maps names to manual trigger values."""
@@ -221,31 +274,36 @@ class LocalDriver:
         for name, (spec, problem) in specialists.items():
             if spec is None:
                 done.invalid[name] = problem
-                continue
-            outcome = await reconcile(
+            status = self.status_file(name)
+            driven = await drive(
                 name,
-                spec,
-                self.pool,
-                self.status(name),
-                self.io,
-                now=datetime.now(UTC).replace(microsecond=0),
+                spec if spec is not None else problem,
+                status.read(),
+                find_pool=self.find_pool,
+                sink=status,
+                where="in this stack",
+                fix=f"fix spec.pool: this stack serves pool {self.pool_name!r}",
                 trigger=(trigger or {}).get(name),
                 job_options=self.job_options,
             )
-            write_atomically(self.state / "status" / f"{name}.json", outcome.status.model_dump_json(indent=1))
-            done.statuses[name] = outcome.status
-            done.events += [(name, event) for event in outcome.events]
+            done.statuses[name] = driven.status
+            done.events += [(name, event) for event in driven.events]
         await self.forget_removed(set(specialists), done)
         return done
 
     async def forget_removed(self, present: set[str], done: Pass) -> None:
         """A Specialist whose manifest was removed is deleted, as on a cluster: its route leaves the
-        table (its calls go to the teacher) and its status goes; its adapters stay in the store."""
-        routes = self.io.routes
-        for route in routes.read().routes:
-            if route.specialist not in present:
-                await routes.update(route.specialist, None)
-                done.removed.append(route.specialist)
-        for path in (self.state / "status").glob("*.json"):
-            if path.stem not in present:
-                path.unlink(missing_ok=True)
+        table (its calls go to the teacher), its adapters, reports and job results leave the store
+        (:func:`protege.flywheel.lifecycle.delete`), its jobs are stopped and forgotten (as RayJobs go
+        with their owner), and then its status goes (kept until no job of it is left: a stopped job
+        ends a moment later)."""
+        routes = self.io.route_file
+        listed = {route.specialist for route in routes.read().routes}
+        statuses = {path.stem for path in (self.state / "status").glob("*.json")}
+        for name in sorted((listed | statuses) - present):
+            status = self.status_file(name)
+            none_left = await asyncio.to_thread(self.io.ray.forget, name)
+            await delete(name, status.read(), routes=routes, store=self.io.data.store)
+            if none_left:
+                status.path.unlink(missing_ok=True)
+            done.removed.append(name)

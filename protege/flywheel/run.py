@@ -69,6 +69,7 @@ def build_flywheel(config: FlywheelProcessConfig) -> LocalFlywheel:
         io,
         PoolFacts.of(pool),
         job_options=config.pace.job_options,
+        pool_name=config.pool_name,
     )
     return LocalFlywheel(
         store,

@@ -14,14 +14,14 @@ import os
 import secrets
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from protege.api.meta import quantity_value
-from protege.config import Settings, load_settings
+from protege.config import Settings, as_environment, gateway_settings, load_settings
 from protege.flywheel.local import write_atomically
 from protege.models.pull import pull
 from protege.services.nats import NatsServer
@@ -124,12 +124,22 @@ class Stack:
         shared = shared_settings(
             self.nats.url, self.s3.endpoint_url, self.s3.data_dir, self.nats.credentials_dir
         )
-        return {
-            **os.environ,
-            **as_environment(shared),
-            "PROTEGE_MODEL_STORE": str(self.settings.model_dir.resolve()),
-            "PYTHONUNBUFFERED": "1",
-        }
+        shared["model_store"] = str(self.settings.model_dir.resolve())
+        return {**os.environ, **as_environment(shared), "PYTHONUNBUFFERED": "1"}
+
+    def gateway_settings(self, teacher: Mapping[str, Any]) -> dict[str, Any]:
+        """The gateway's own settings, beyond the shared ones: the pool's gateway as the operator
+        configures it (:func:`protege.config.gateway_settings`), on this machine. ``teacher``: the
+        stand-in teacher's url and model, or nothing when the settings name a teacher."""
+        return gateway_settings(
+            teacher=teacher,
+            engine_url=self.engine_url,
+            routes_table=self.routes_path,
+            api_keys_file=self.dir / "api-keys.yaml",
+            router={"timeout_seconds": self.config.specialist_timeout_seconds},
+            call_log={"spool_dir": str(self.dir / "gateway" / "spool")},
+            pool_token=self.pool_token(),
+        )
 
     # --- start -------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,23 +153,17 @@ class Stack:
         env = self.environment()
         # Jobs wait for CPUs on purpose (one at a time beside serving): never time them out waiting.
         # The pool's replicas require the pool token; the gateway sends it.
-        ray_env = {**env, "RAY_JOB_START_TIMEOUT_SECONDS": "86400", "PROTEGE_POOL_TOKEN": self.pool_token()}
+        ray_env = {
+            **env,
+            **as_environment({"pool_token": self.pool_token()}),
+            "RAY_JOB_START_TIMEOUT_SECONDS": "86400",
+        }
         self.ray = LocalRay(self.dir / "ray", num_cpus=self.config.ray_cpus, env=ray_env, detach=True)
         self._start("ray", self.ray)
         self.deploy_pool()
-        teacher_env = self._teacher_env()
+        teacher = self._teacher()
         self.agent_key()
-        gateway_env = {
-            **env,
-            **teacher_env,
-            "PROTEGE_GATEWAY__API_KEYS_FILE": str(self.dir / "api-keys.yaml"),
-            "PROTEGE_ROUTER__ENABLED": "true",
-            "PROTEGE_ROUTER__ENGINE_URL": self.engine_url,
-            "PROTEGE_ROUTER__TABLE": str(self.routes_path),
-            "PROTEGE_ROUTER__TIMEOUT_SECONDS": str(self.config.specialist_timeout_seconds),
-            "PROTEGE_CALL_LOG__SPOOL_DIR": str(self.dir / "gateway" / "spool"),
-            "PROTEGE_POOL_TOKEN": self.pool_token(),
-        }
+        gateway_env = {**env, **as_environment(self.gateway_settings(teacher))}
         port = self.config.gateway_port or free_port(HOST)
         self.gateway = GatewayProcess(self.dir / "gateway", HOST, port, gateway_env, free_port(HOST))
         self._start("gateway", self.gateway)
@@ -177,7 +181,7 @@ class Stack:
             raise StackError(f"{name} did not start: {error}") from error
         self._write_state()
 
-    def _teacher_env(self) -> dict[str, str]:
+    def _teacher(self) -> dict[str, str]:
         if self.settings.teacher.url:
             return {}
         if self.teacher_app is None:
@@ -189,10 +193,7 @@ class Stack:
 
         self.say("starting the recorded teacher (answers the shipped workload from recordings)")
         self.teacher_server = ServerThread(self.teacher_app).start()
-        return {
-            "PROTEGE_TEACHER__URL": self.teacher_server.url + "/v1",
-            "PROTEGE_TEACHER__MODEL": self.teacher_model,
-        }
+        return {"url": self.teacher_server.url + "/v1", "model": self.teacher_model}
 
     def _flywheel_config(self) -> Path:
         assert self.ray is not None
@@ -332,17 +333,6 @@ def shared_settings(
     if nats_credentials is not None:
         shared["nats_auth"] = {"credentials_dir": str(nats_credentials)}
     return shared
-
-
-def as_environment(settings: dict[str, Any], prefix: str = "PROTEGE_") -> dict[str, str]:
-    """Settings as the PROTEGE_* variables a process reads (nested fields joined with ``__``)."""
-    variables: dict[str, str] = {}
-    for name, value in settings.items():
-        if isinstance(value, dict):
-            variables |= as_environment(value, f"{prefix}{name.upper()}__")
-        else:
-            variables[f"{prefix}{name.upper()}"] = str(value)
-    return variables
 
 
 def running_stack_settings(directory: Path) -> dict[str, Any]:

@@ -1,34 +1,162 @@
-"""On one machine as on a cluster: a Specialist whose manifest is removed stops being routed."""
+"""On one machine as on a cluster (the lifecycle both drivers share, :mod:`protege.flywheel.lifecycle`):
+an invalid spec and a missing pool become the Specialist's status, a status is written only when a pass
+changed it, and a Specialist whose manifest is removed is deleted: out of the routes, its adapters and job
+results out of the store, its jobs stopped and forgotten, then its status gone."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+from protege.api.calls import CallRecord
+from protege.api.jobs import RESULTS_AREA
 from protege.api.routes import SpecialistRoute
-from protege.api.specialist import SpecialistSpec, SpecialistStatus
+from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistStatus
 from protege.flywheel.data import StoreData
-from protege.flywheel.local import LocalDriver, LocalFlywheelIO, Pass, RouteFile
+from protege.flywheel.local import LocalDriver, LocalFlywheelIO, Pass, RayJobs, RouteFile
 from protege.flywheel.specialist import PoolFacts
 from protege.store.artifacts import ArtifactStore
+from protege.testing import seed_task
 
-SPEC = SpecialistSpec.model_validate({"pool": "local", "task": {"id": "task-1", "tenant": "acme"}})
+SPEC = SpecialistSpec.model_validate(
+    {"pool": "local", "task": {"id": "task-1", "tenant": "acme"}, "data": {"minExamples": 20}}
+)
 
 
-async def test_a_removed_manifest_takes_its_route_and_status_away(tmp_path: Path) -> None:
-    routes = RouteFile(tmp_path / "routes.json")
-    io = LocalFlywheelIO(StoreData(ArtifactStore(tmp_path.as_uri())), None, routes, "nats://unused")  # type: ignore[arg-type]
-    driver = LocalDriver(tmp_path / "flywheel", io, PoolFacts("smollm2-135m", 16))
+class FakeRay:
+    """Ray's JobSubmissionClient as far as the driver uses it: jobs run until the test ends them; a
+    stopped job ends at the next look."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+
+    def submit_job(self, *, submission_id: str, **options: Any) -> str:
+        self.jobs.setdefault(submission_id, {"status": "RUNNING", **options})
+        return submission_id
+
+    def get_job_info(self, name: str) -> Any:
+        if name not in self.jobs:
+            raise RuntimeError(f"Job {name} does not exist")
+        return SimpleNamespace(status=SimpleNamespace(value=self.jobs[name]["status"]), message="")
+
+    def list_jobs(self) -> list[Any]:
+        found = []
+        for name, job in self.jobs.items():
+            if job["status"] == "STOPPING":
+                job["status"] = "STOPPED"
+            status = SimpleNamespace(value=job["status"])
+            found.append(SimpleNamespace(submission_id=name, status=status, metadata=job.get("metadata")))
+        return found
+
+    def stop_job(self, name: str) -> bool:
+        self.jobs[name]["status"] = "STOPPING"
+        return True
+
+    def delete_job(self, name: str) -> bool:
+        return self.jobs.pop(name, None) is not None
+
+
+class QuietIO(LocalFlywheelIO):
+    """No call log: no calls yet."""
+
+    async def records(self, tenant: str, since: datetime | None) -> Sequence[CallRecord]:
+        return []
+
+
+def local_driver(state: Path, store: ArtifactStore, ray: FakeRay, pool_name: str = "local") -> LocalDriver:
+    jobs = object.__new__(RayJobs)
+    jobs.client, jobs.job_cpus, jobs.niceness = ray, None, None  # type: ignore[assignment]
+    io = QuietIO(StoreData(store, ttl_seconds=0), jobs, RouteFile(state / "routes.json"), "nats://unused")
+    return LocalDriver(state / "flywheel", io, PoolFacts("smollm2-135m", 16), pool_name=pool_name)
+
+
+async def test_a_removed_manifest_takes_its_route_results_jobs_and_status_away(tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    seed_task(store, "extract", 40, task_id="task-1")
+    ray = FakeRay()
+    driver = local_driver(tmp_path, store, ray)
+    routes = driver.io.route_file
+    for name in ("kept", "gone"):
+        driver.add(name, SPEC)
+    first = await driver.step()
+    assert {n: s.phase for n, s in first.statuses.items()} == {"kept": SpecialistPhase.TRAINING} | {
+        "gone": SpecialistPhase.TRAINING
+    }
+    job = first.statuses["gone"].versions[-1].job_name
+    assert job is not None and ray.jobs[job]["status"] == "RUNNING"
+    store.put_artifact("adapter", "gone", {"adapter_config.json": b"{}"})
+    store.put_object(RESULTS_AREA, job, b"{}")
+    (tmp_path / "flywheel" / "specialists" / "gone.yaml").unlink()  # `kubectl delete`, locally
+
+    second = await driver.step()
+    assert second.removed == ["gone"] and [r.specialist for r in routes.read().routes] == ["kept"]
+    assert store.versions("adapter", "gone") == [] and not store.has_object(RESULTS_AREA, job)
+    assert ray.jobs[job]["status"] == "STOPPING"  # stopped, as its RayJob goes with it on a cluster
+    assert (tmp_path / "flywheel" / "status" / "gone.json").exists()  # until no job of it is left
+
+    third = await driver.step()
+    assert third.removed == ["gone"] and job not in ray.jobs
+    assert sorted(p.stem for p in (tmp_path / "flywheel" / "status").glob("*.json")) == ["kept"]
+    assert (await driver.step()).removed == []  # nothing left to do
+
+
+async def test_an_invalid_spec_and_a_missing_pool_are_in_the_status_which_is_written_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    seed_task(store, "extract", 40, task_id="task-1")
+    driver = local_driver(tmp_path, store, FakeRay(), pool_name="local")
+    specialists = tmp_path / "flywheel" / "specialists"
+    (specialists / "broken.yaml").write_text(
+        "metadata: {name: broken}\nspec: {pool: local, training: {rank: 0}}\n"
+    )
+    driver.add("orphan", SPEC.model_copy(update={"pool": "elsewhere"}))
+    driver.add("trains", SPEC)
+
+    first = await driver.step()
+    broken, orphan = driver.status("broken"), driver.status("orphan")
+    assert broken == first.statuses["broken"] and "spec.training.rank" in first.invalid["broken"]
+    assert broken.phase is SpecialistPhase.FAILED
+    assert [(c.type, c.reason) for c in broken.conditions if c.status == "True"] == [
+        ("Stalled", "InvalidSpec")
+    ]
+    assert "spec.training.rank" in next(c.message for c in broken.conditions if c.type == "Ready")
+    assert orphan.phase is SpecialistPhase.PENDING
+    ready = next(c for c in orphan.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "PoolNotFound") and "'elsewhere'" in ready.message
+    assert [(c.type, c.reason) for c in orphan.conditions if c.status == "True"] == [
+        ("Reconciling", "PoolNotFound")
+    ]
+
+    # A pass that changes nothing writes nothing (as the operator patches no unchanged status).
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "flywheel" / "status").glob("*.json")}
+    assert sorted(written) == ["broken.json", "orphan.json", "trains.json"]
+    await driver.step()
+    assert {
+        p.name: p.stat().st_mtime_ns for p in (tmp_path / "flywheel" / "status").glob("*.json")
+    } == written
+
+    # Fixed: the next pass drives it.
+    driver.add("orphan", SPEC)
+    assert driver.status("orphan") == orphan
+    assert (await driver.step()).statuses["orphan"].phase is SpecialistPhase.TRAINING
+
+
+async def test_forget_removed_alone_takes_a_route_and_status_away(tmp_path: Path) -> None:
+    driver = local_driver(tmp_path, ArtifactStore((tmp_path / "store").as_uri()), FakeRay())
+    routes = driver.io.route_file
     for name in ("kept", "gone"):
         driver.add(name, SPEC)
         await routes.update(
             name, SpecialistRoute(specialist=name, tenant="acme", task_id="task-1", active="v1")
         )
         (tmp_path / "flywheel" / "status" / f"{name}.json").write_text(SpecialistStatus().model_dump_json())
-    (tmp_path / "flywheel" / "specialists" / "gone.yaml").unlink()  # `kubectl delete`, locally
+    (tmp_path / "flywheel" / "specialists" / "gone.yaml").unlink()
 
     done = Pass()
     await driver.forget_removed(set(driver.specialists()), done)
     assert done.removed == ["gone"] and [r.specialist for r in routes.read().routes] == ["kept"]
     assert sorted(p.stem for p in (tmp_path / "flywheel" / "status").glob("*.json")) == ["kept"]
-    await driver.forget_removed(set(driver.specialists()), done)  # nothing left to do: nothing written
-    assert done.removed == ["gone"]

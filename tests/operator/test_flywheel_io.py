@@ -11,7 +11,7 @@ from protege.api.pool import SpecialistPoolSpec
 from protege.api.specialist import TrainingSpec
 from protege.flywheel.data import StoreData
 from protege.flywheel.specialist import JobPhase
-from protege.operator.flywheel_io import KubeFlywheelIO, job_state
+from protege.operator.flywheel_io import KubeFlywheelIO, RouteBook, job_state
 from protege.operator.render import Owner, Platform
 from protege.store.artifacts import ArtifactStore
 
@@ -98,7 +98,7 @@ async def test_a_pool_runs_at_most_its_max_training_jobs_at_once() -> None:
         return KubeFlywheelIO(
             StoreData(ArtifactStore("file:///nonexistent")),
             FakeKube(jobs),  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
+            RouteBook(None),  # type: ignore[arg-type]
             Platform(),
             owner=Owner("Specialist", "s", "agents", "u-s"),
             pool=Owner("SpecialistPool", "gpu-pool", "agents", "u-p"),
@@ -133,11 +133,11 @@ async def test_finished_jobs_past_the_status_window_are_deleted_running_and_reco
     io = KubeFlywheelIO(
         StoreData(ArtifactStore("file:///nonexistent")),
         kube,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
+        RouteBook(None),  # type: ignore[arg-type]
         Platform(),
         owner=Owner("Specialist", "s", "agents", "u-s"),
         pool=Owner("SpecialistPool", "gpu-pool", "agents", "u-p"),
         pool_spec=pool,
     )
-    assert await io.forget_finished_jobs("s", {"s-train-recorded"}) == ["s-train-old", "s-train-refused"]
+    assert await io.jobs.forget_finished("s", {"s-train-recorded"}) == ["s-train-old", "s-train-refused"]
     assert sorted(j["metadata"]["name"] for j in kube.jobs) == ["s-train-recorded", "s-train-running"]

@@ -690,3 +690,83 @@ async def test_a_finished_training_jobs_cluster_is_gone_within_minutes(
             assert job_status(kmock, job_name)["jobDeploymentStatus"] == "Complete"
             assert specialist_status(kmock, "sql-writer")["phase"] == "Shadow"
         assert runner.exception is None
+
+
+async def test_both_drivers_give_a_specialist_the_same_status_and_forget_it_alike(
+    kmock: Any,
+    flywheel_cluster: tuple[Any, dict[str, Any], dict[str, Any]],
+    kuberay_crds: Any,
+    tmp_path: Path,
+) -> None:
+    """One lifecycle, two drivers (:mod:`protege.flywheel.lifecycle`): the same Specialists, on a cluster
+    and on one machine, get the same phase and conditions (an invalid spec: Failed, Stalled InvalidSpec; a
+    missing pool: Pending, Reconciling PoolNotFound; a valid one: registered, collecting data), and a
+    deleted one leaves its pool's routing table on both."""
+    from types import SimpleNamespace
+
+    from kopf.testing import KopfRunner
+
+    from protege.api.pool import SpecialistPoolSpec
+    from protege.flywheel.data import StoreData
+    from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile
+    from protege.flywheel.specialist import PoolFacts
+
+    store, pool, base = flywheel_cluster
+    waiting = base["spec"] | {
+        "data": base["spec"]["data"] | {"minExamples": 10_000}
+    }  # registers, never trains
+    specs = {
+        "bad-rank": waiting | {"training": {"rank": 0}},
+        "orphan": waiting | {"pool": "no-such-pool"},
+        "sql-writer": waiting,
+    }
+
+    def summary(status: dict[str, Any]) -> tuple[Any, ...]:
+        conditions = sorted((c["type"], c["status"], c["reason"]) for c in status.get("conditions") or [])
+        return status.get("phase"), conditions
+
+    # On one machine: manifests in a directory, a routing file, a local Ray it never needs.
+    jobs = object.__new__(RayJobs)
+    jobs.client, jobs.job_cpus, jobs.niceness = SimpleNamespace(list_jobs=list), None, None  # type: ignore[assignment]
+    routes = RouteFile(tmp_path / "routes.json")
+    driver = LocalDriver(
+        tmp_path / "flywheel",
+        LocalFlywheelIO(StoreData(store), jobs, routes, "nats://unused"),
+        PoolFacts.of(SpecialistPoolSpec.model_validate(pool["spec"])),
+        pool_name=pool["metadata"]["name"],
+    )
+    for name, spec in specs.items():
+        manifest = {"apiVersion": "protege.dev/v1alpha1", "kind": "Specialist", "metadata": {"name": name}}
+        (tmp_path / "flywheel" / "specialists" / f"{name}.yaml").write_text(
+            yaml.safe_dump(manifest | {"spec": spec})
+        )
+    local = {name: summary(status.to_kube()) for name, status in (await driver.step()).statuses.items()}
+    assert routes.read().for_specialist("sql-writer") is not None
+
+    resource = "protege.dev/v1alpha1/specialists"
+    async with KubeRayDouble(kmock, crds=kuberay_crds):
+        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+            kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
+            for uid, (name, spec) in enumerate(specs.items()):
+                kmock.objects[resource, "agents", name] = specialist_body(base, name, f"s-{uid}", **spec)
+            phases = {"bad-rank": "Failed", "orphan": "Pending", "sql-writer": "CollectingData"}
+            await until(
+                lambda: all(specialist_status(kmock, n).get("phase") == p for n, p in phases.items()),
+                what=lambda: str({n: specialist_status(kmock, n).get("phase") for n in phases}),
+            )
+            await until(lambda: "sql-writer" in routes_of(kmock))
+            cluster = {name: summary(specialist_status(kmock, name)) for name in specs}
+
+            await delete(kmock, "/apis/protege.dev/v1alpha1/namespaces/agents/specialists/sql-writer")
+            await until(lambda: stored(kmock, resource, "sql-writer") is None, seconds=60)
+            assert "sql-writer" not in routes_of(kmock)
+        assert runner.exception is None
+
+    assert local == cluster
+    assert local["bad-rank"][0] == "Failed" and ("Stalled", "True", "InvalidSpec") in local["bad-rank"][1]
+    assert ("Reconciling", "True", "PoolNotFound") in local["orphan"][1]
+
+    (tmp_path / "flywheel" / "specialists" / "sql-writer.yaml").unlink()  # deleted, locally
+    assert (await driver.step()).removed == ["sql-writer"]
+    assert routes.read().for_specialist("sql-writer") is None
+    assert not (tmp_path / "flywheel" / "status" / "sql-writer.json").exists()

@@ -1,4 +1,5 @@
-"""The flywheel's I/O on Kubernetes: RayJobs for training, the pool's ConfigMap for routes.
+"""The flywheel's I/O on Kubernetes: RayJobs for training (:class:`KubeJobs`), the pool's ConfigMap
+for routes (:class:`PoolRoutes`), put together as the lifecycle's :class:`DriverIO`.
 
 Data facts (tasks, example counts, datasets, job results) come from the artifact store
 like everywhere else (:class:`protege.flywheel.data.StoreData`); rollout observations
@@ -12,10 +13,11 @@ from typing import Any
 
 from protege.api.jobs import JobSpec, job_name
 from protege.api.pool import SpecialistPoolSpec
-from protege.api.routes import RoutingTable, SpecialistRoute
+from protege.api.routes import RoutingTable
 from protege.api.specialist import TrainingSpec
 from protege.capture.connection import NatsEndpoint
-from protege.flywheel.data import StoreData, StoreFacts
+from protege.flywheel.data import StoreData
+from protege.flywheel.lifecycle import DriverIO, RouteTable
 from protege.flywheel.specialist import JobPhase, JobState
 from protege.operator.kube import KubeClient
 from protege.operator.render import (
@@ -52,29 +54,98 @@ def job_state(ray_job: dict[str, Any] | None) -> JobState:
     return JobState(JobPhase.RUNNING, message)
 
 
+class PoolRoutes(RouteTable):
+    """A pool's routing table in its ConfigMap (``owner`` is the pool)."""
+
+    def __init__(self, kube: KubeClient, owner: Owner, lock: asyncio.Lock) -> None:
+        super().__init__(lock)
+        self.kube, self.owner = kube, owner
+
+    async def load(self) -> RoutingTable:
+        found = await self.kube.get(
+            "v1", "ConfigMap", self.owner.namespace, routes_config_map_name(self.owner.name)
+        )
+        text = ((found or {}).get("data") or {}).get(ROUTES_KEY)
+        return RoutingTable.model_validate_json(text) if text else RoutingTable()
+
+    async def save(self, table: RoutingTable) -> None:
+        await self.kube.apply(render_routes(self.owner, table))
+
+
 class RouteBook:
-    """Read-modify-write of each pool's routing ConfigMap, one writer per pool at a time."""
+    """Each pool's routing table (:class:`PoolRoutes`), one writer per pool at a time."""
 
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def table(self, namespace: str, pool: str) -> RoutingTable:
-        found = await self.kube.get("v1", "ConfigMap", namespace, routes_config_map_name(pool))
-        text = ((found or {}).get("data") or {}).get(ROUTES_KEY)
-        return RoutingTable.model_validate_json(text) if text else RoutingTable()
-
-    async def update(self, owner: Owner, route: SpecialistRoute | None, specialist: str) -> None:
-        """Put ``route`` in the pool's table (``owner`` is the pool), or take ``specialist`` out."""
-        lock = self._locks.setdefault((owner.namespace, owner.name), asyncio.Lock())
-        async with lock:
-            table = await self.table(owner.namespace, owner.name)
-            updated = table.replacing(specialist, route)
-            if updated != table:
-                await self.kube.apply(render_routes(owner, updated))
+    def of(self, pool: Owner) -> PoolRoutes:
+        lock = self._locks.setdefault((pool.namespace, pool.name), asyncio.Lock())
+        return PoolRoutes(self.kube, pool, lock)
 
 
-class KubeFlywheelIO(StoreFacts):
+class KubeJobs:
+    """A Specialist's RayJobs (``owner`` is the Specialist), in its pool (``pool``, ``pool_spec``)."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        platform: Platform,
+        *,
+        owner: Owner,
+        pool: Owner,
+        pool_spec: SpecialistPoolSpec,
+    ) -> None:
+        self.kube, self.platform = kube, platform
+        self.owner, self.pool, self.pool_spec = owner, pool, pool_spec
+
+    async def start(self, job: JobSpec) -> str:
+        manifest = render_training_job(
+            self.owner, job, self.pool_spec, self.platform, pool_name=self.pool.name
+        )
+        name = job_name(job)
+        if await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name) is None:
+            await self.kube.apply(manifest)
+        return name
+
+    async def state(self, name: str) -> JobState:
+        return job_state(await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name))
+
+    async def slot_free(self, training: TrainingSpec) -> bool:
+        """Whether the pool's running training jobs leave room for one more (spec.maxTrainingJobs);
+        each RayJob brings its own cluster, the GPUs for it are the autoscaler's (or Kueue's) to find."""
+        jobs = await self.kube.list(
+            "ray.io/v1", "RayJob", self.pool.namespace, {f"{API_GROUP}/pool": self.pool.name}
+        )
+        running = sum(job_state(j).phase is JobPhase.RUNNING for j in jobs)
+        return running < self.pool_spec.max_training_jobs
+
+    async def forget_finished(self, specialist: str, kept: set[str]) -> list[str]:
+        """Delete the Specialist's finished RayJobs that its status no longer names; their results are
+        in the store, and KubeRay (v1.7) deletes only a finished job's cluster, never the job."""
+        jobs = await self._of(specialist)
+        finished = [
+            job["metadata"]["name"]
+            for job in jobs
+            if job["metadata"]["name"] not in kept and job_state(job).phase is not JobPhase.RUNNING
+        ]
+        return [
+            name
+            for name in sorted(finished)
+            if await self.kube.delete("ray.io/v1", "RayJob", self.owner.namespace, name)
+        ]
+
+    async def running(self, specialist: str) -> list[str]:
+        jobs = await self._of(specialist)
+        return sorted(j["metadata"]["name"] for j in jobs if job_state(j).phase is JobPhase.RUNNING)
+
+    async def _of(self, specialist: str) -> list[dict[str, Any]]:
+        return await self.kube.list(
+            "ray.io/v1", "RayJob", self.owner.namespace, {f"{API_GROUP}/specialist": specialist}
+        )
+
+
+class KubeFlywheelIO(DriverIO):
     """One Specialist's view: its namespace, its pool, its RayJobs; data from the shared store."""
 
     def __init__(
@@ -90,56 +161,5 @@ class KubeFlywheelIO(StoreFacts):
         nats: NatsEndpoint | None = None,
     ) -> None:
         # the operator reads the call log as its own identity (``nats``); bare URLs: no authentication
-        super().__init__(data, nats or NatsEndpoint(platform.nats_url))
-        self.kube, self.routes, self.platform = kube, routes, platform
-        self.owner, self.pool, self.pool_spec = owner, pool, pool_spec
-
-    async def start_job(self, job: JobSpec) -> str:
-        manifest = render_training_job(
-            self.owner, job, self.pool_spec, self.platform, pool_name=self.pool.name
-        )
-        name = job_name(job)
-        if await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name) is None:
-            await self.kube.apply(manifest)
-        return name
-
-    async def job_state(self, name: str) -> JobState:
-        return job_state(await self.kube.get("ray.io/v1", "RayJob", self.owner.namespace, name))
-
-    async def training_slot_free(self, training: TrainingSpec) -> bool:
-        """Whether the pool's running training jobs leave room for one more (spec.maxTrainingJobs);
-        each RayJob brings its own cluster, the GPUs for it are the autoscaler's (or Kueue's) to find."""
-        jobs = await self.kube.list(
-            "ray.io/v1", "RayJob", self.pool.namespace, {f"{API_GROUP}/pool": self.pool.name}
-        )
-        running = sum(job_state(j).phase is JobPhase.RUNNING for j in jobs)
-        return running < self.pool_spec.max_training_jobs
-
-    async def forget_finished_jobs(self, specialist: str, kept: set[str]) -> list[str]:
-        """Delete the Specialist's finished RayJobs that its status no longer names; their results are
-        in the store, and KubeRay (v1.7) deletes only a finished job's cluster, never the job."""
-        jobs = await self.kube.list(
-            "ray.io/v1", "RayJob", self.owner.namespace, {f"{API_GROUP}/specialist": specialist}
-        )
-        finished = [
-            job["metadata"]["name"]
-            for job in jobs
-            if job["metadata"]["name"] not in kept and job_state(job).phase is not JobPhase.RUNNING
-        ]
-        return [
-            name
-            for name in sorted(finished)
-            if await self.kube.delete("ray.io/v1", "RayJob", self.owner.namespace, name)
-        ]
-
-    async def running_jobs(self, specialist: str) -> list[str]:
-        jobs = await self.kube.list(
-            "ray.io/v1", "RayJob", self.owner.namespace, {f"{API_GROUP}/specialist": specialist}
-        )
-        return sorted(j["metadata"]["name"] for j in jobs if job_state(j).phase is JobPhase.RUNNING)
-
-    async def read_route(self, specialist: str) -> SpecialistRoute | None:
-        return (await self.routes.table(self.pool.namespace, self.pool.name)).for_specialist(specialist)
-
-    async def write_route(self, route: SpecialistRoute) -> None:
-        await self.routes.update(self.pool, route, route.specialist)
+        jobs = KubeJobs(kube, platform, owner=owner, pool=pool, pool_spec=pool_spec)
+        super().__init__(data, nats or NatsEndpoint(platform.nats_url), jobs, routes.of(pool))

@@ -3,14 +3,14 @@
 Handlers adopt, apply and patch status; every child comes from :mod:`protege.operator.render`.
 A SpecialistPool gets its RayService, routing ConfigMap and gateway; its status follows
 the RayService (Ready once KubeRay reports the Serve application running). A Specialist
-is driven by the flywheel step shared with the local driver
-(:func:`protege.flywheel.specialist.reconcile`): RayJobs to train, its pool's routing
-table to roll out, events for every transition, a finalizer to clean up its artifacts.
+is driven by the lifecycle shared with the local driver (:mod:`protege.flywheel.lifecycle`:
+validation and a missing pool to status, the decision core, deletion, a status written only
+when it changed): RayJobs to train, its pool's routing table to roll out, events for every
+transition, a finalizer to clean up its artifacts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -19,16 +19,16 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import ValidationError
 
-from protege.api.jobs import ADAPTER_KIND, REPORT_KIND, RESULTS_AREA
 from protege.api.meta import ConditionStatus, KubeModel, set_condition, set_progress, spec_problems
 from protege.api.pool import PoolPhase, SpecialistPoolSpec, SpecialistPoolStatus
 from protege.api.routes import RoutingTable
-from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistStatus
+from protege.api.specialist import SpecialistStatus
 from protege.capture.access import OPERATOR
 from protege.capture.connection import NatsEndpoint
 from protege.config import load_settings
 from protege.flywheel.data import StoreData
-from protege.flywheel.specialist import TRIGGER_ANNOTATION, PoolFacts, reconcile
+from protege.flywheel.lifecycle import Pool, delete, drive, invalid_status, parse_spec
+from protege.flywheel.specialist import TRIGGER_ANNOTATION, PoolFacts
 from protege.operator import metrics
 from protege.operator.allowlist import PoolAllowList
 from protege.operator.children import render_pool
@@ -248,33 +248,35 @@ async def follow_pool(
     )
 
 
+class StatusPatch:
+    """The lifecycle's status sink on Kubernetes: the status subresource, by a merge patch."""
+
+    def __init__(self, patch: kopf.Patch) -> None:
+        self.patch = patch
+
+    async def save(self, status: SpecialistStatus) -> None:
+        self.patch.status.update(status.to_merge_patch())
+
+
+def _specialist_status(status: kopf.Status) -> SpecialistStatus:
+    return SpecialistStatus.model_validate(dict(status)) if status else SpecialistStatus()
+
+
 @kopf.on.resume(GROUP, VERSION, "specialists")
 @kopf.on.create(GROUP, VERSION, "specialists")
 @kopf.on.update(GROUP, VERSION, "specialists", field="spec")
 async def check_specialist(
     *, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, **_: Any
 ) -> None:
-    """Reject an invalid spec at once, naming the field; the flywheel timer does the rest."""
-    try:
-        _validated(SpecialistSpec, spec, "Specialist")
-    except kopf.PermanentError as error:
-        current = SpecialistStatus.model_validate(dict(status)) if status else SpecialistStatus()
-        current.phase, current.observed_generation = SpecialistPhase.FAILED, meta.get("generation")
-        current.conditions = set_condition(
-            current.conditions,
-            "Ready",
-            ConditionStatus.FALSE,
-            "InvalidSpec",
-            message=str(error),
-            observed_generation=current.observed_generation,
-        )
-        current.conditions = set_progress(
-            current.conditions,
-            stalled=("InvalidSpec", str(error)),
-            observed_generation=current.observed_generation,
-        )
-        patch.status.update(current.to_merge_patch())
-        raise
+    """Reject an invalid spec at once, naming the field (an error event besides the status); the
+    flywheel timer does the rest."""
+    problem = parse_spec(spec)
+    if isinstance(problem, str):
+        before = _specialist_status(status)
+        invalid = invalid_status(before, problem, generation=meta.get("generation"))
+        if invalid != before:
+            await StatusPatch(patch).save(invalid)
+        raise kopf.PermanentError(problem)
 
 
 @kopf.timer(GROUP, VERSION, "specialists", interval=SPECIALIST_INTERVAL, initial_delay=0.5)
@@ -283,7 +285,7 @@ async def run_specialist(
     body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
     memo: kopf.Memo, **_: Any,
 ) -> None:  # fmt: skip
-    """One flywheel pass (:func:`protege.flywheel.specialist.reconcile`) with Kubernetes I/O; none once
+    """One flywheel pass (:func:`protege.flywheel.lifecycle.drive`) with Kubernetes I/O; none once
     the operator is stopping (:func:`close` waits for those under way)."""
     passes: Passes = memo.passes
     if passes.stopping:
@@ -297,77 +299,57 @@ async def _specialist_pass(
     body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
     memo: kopf.Memo,
 ) -> None:  # fmt: skip
-    try:
-        specialist = _validated(SpecialistSpec, spec, "Specialist")
-    except kopf.PermanentError:
-        return  # check_specialist reported it; a fixed spec is picked up on the next tick
-    namespace, generation = meta["namespace"], meta.get("generation")
-    before = SpecialistStatus.model_validate(dict(status)) if status else SpecialistStatus()
-    current = before.model_copy(update={"observed_generation": generation})
-    pool_body = await memo.kube.get(f"{GROUP}/{VERSION}", "SpecialistPool", namespace, specialist.pool)
-    if pool_body is None:
-        current.phase = SpecialistPhase.PENDING
-        current.conditions = set_condition(
-            current.conditions,
-            "Ready",
-            ConditionStatus.FALSE,
-            "PoolNotFound",
-            message=f"no SpecialistPool {specialist.pool!r} in {namespace}; create it or fix spec.pool",
-            observed_generation=generation,
+    name, namespace = meta["name"], meta["namespace"]
+
+    async def find_pool(pool: str) -> Pool | None:
+        pool_body = await memo.kube.get(f"{GROUP}/{VERSION}", "SpecialistPool", namespace, pool)
+        if pool_body is None:
+            return None
+        pool_spec = _validated(SpecialistPoolSpec, pool_body["spec"], "SpecialistPool")
+        io = KubeFlywheelIO(
+            memo.data,
+            memo.kube,
+            memo.routes,
+            memo.platform,
+            owner=_owner(body),
+            pool=_owner(pool_body),
+            pool_spec=pool_spec,
+            nats=memo.nats,
         )
-        # Waiting, not stalled: a GitOps sync may create the pool a moment after its Specialists.
-        current.conditions = set_progress(
-            current.conditions,
-            reconciling=("PoolNotFound", f"waiting for SpecialistPool {specialist.pool!r} in {namespace}"),
-            observed_generation=generation,
-        )
-        patch.status.update(current.to_merge_patch())
-        return
-    pool_spec = _validated(SpecialistPoolSpec, pool_body["spec"], "SpecialistPool")
-    io = KubeFlywheelIO(
-        memo.data,
-        memo.kube,
-        memo.routes,
-        memo.platform,
-        owner=_owner(body),
-        pool=_owner(pool_body),
-        pool_spec=pool_spec,
-        nats=memo.nats,
-    )
+        return Pool(PoolFacts.of(pool_spec), io)
+
     with metrics.PASS_SECONDS.time():
         try:
-            outcome = await reconcile(
-                meta["name"],
-                specialist,
-                PoolFacts.of(pool_spec),
-                current,
-                io,
-                now=datetime.now(UTC).replace(microsecond=0),
+            driven = await drive(
+                name,
+                parse_spec(spec),
+                _specialist_status(status),
+                find_pool=find_pool,
+                sink=StatusPatch(patch),
+                where=f"in {namespace}",
+                generation=meta.get("generation"),
                 trigger=(meta.get("annotations") or {}).get(TRIGGER_ANNOTATION),
             )
         except Exception:
             metrics.PASSES.labels(result="error").inc()
             raise  # kopf retries with backoff and logs it
+    if not driven.reconciled:  # an invalid spec or a missing pool: its status says so
+        return
     metrics.PASSES.labels(result="ok").inc()
-    kept = {v.job_name for v in outcome.status.versions if v.job_name}
-    await io.forget_finished_jobs(meta["name"], kept)  # jobs of versions past status.versions' window
-    memo.phases.set(namespace, meta["name"], outcome.status.phase.value)
-    for event in outcome.events:
+    memo.phases.set(namespace, name, driven.status.phase.value)
+    for event in driven.events:
         metrics.EVENTS.labels(reason=event.reason).inc()
         (kopf.warn if event.warning else kopf.info)(body, reason=event.reason, message=event.message)
-    if outcome.status != before:  # an unchanged status is not written (no watch event for nothing)
-        patch.status.update(outcome.status.to_merge_patch())
 
 
 @kopf.on.delete(GROUP, VERSION, "specialists")
 async def delete_specialist(
     *, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Take the Specialist out of its pool's routes, then delete its adapters, reports and results.
+    """Take the Specialist out of its pool's routes, then delete its adapters, reports and results
+    (:func:`protege.flywheel.lifecycle.delete`).
 
     The RayJobs go with it by owner reference; the finalizer holds the deletion until this ran.
-    Results are deleted by the names of the jobs its status recorded (never by a name prefix:
-    another Specialist's name may start with this one's).
     """
     name, namespace = meta["name"], meta["namespace"]
     memo.phases.set(namespace, name, None)
@@ -377,17 +359,5 @@ async def delete_specialist(
         if pool_name
         else None
     )
-    if pool_body is not None:
-        await memo.routes.update(_owner(pool_body), None, name)
-    store: ArtifactStore = memo.store
-    for kind in (ADAPTER_KIND, REPORT_KIND):
-        await asyncio.to_thread(store.delete, kind, name)
-    recorded = SpecialistStatus.model_validate(dict(status or {}))
-    jobs = sorted({v.job_name for v in recorded.versions if v.job_name})
-
-    def delete_results() -> None:
-        for job in jobs:
-            if store.has_object(RESULTS_AREA, job):  # a job that never finished left none
-                store.delete_object(RESULTS_AREA, job)
-
-    await asyncio.to_thread(delete_results)
+    routes = memo.routes.of(_owner(pool_body)) if pool_body is not None else None
+    await delete(name, _specialist_status(status), routes=routes, store=memo.store)

@@ -32,6 +32,7 @@ from protege.api.naming import KUBERAY_NAME_MAX, child_name
 from protege.api.pods import PodOverrides, PodTemplates
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RoutingTable
+from protege.config import as_environment, gateway_settings, setting_variable
 from protege.models.sources import HF_HOME_DIR, HF_TOKEN_VARIABLE, MODEL_CACHE_DIR, volume_source
 from protege.serving.pool.config import serve_application
 from protege.version import __version__
@@ -139,42 +140,67 @@ def _plain(manifest: dict[str, Any]) -> dict[str, Any]:
     return copy
 
 
-def _store_env(platform: Platform) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": "PROTEGE_ARTIFACT_STORE", "value": platform.artifact_store}]
-    if platform.s3_endpoint:
-        env.append({"name": "PROTEGE_S3__ENDPOINT_URL", "value": platform.s3_endpoint})
-    if platform.s3_secret:
-        for variable, key in (("ACCESS_KEY_ID", "accessKeyId"), ("SECRET_ACCESS_KEY", "secretAccessKey")):
-            ref = {"secretKeyRef": {"name": platform.s3_secret, "key": key}}
-            env.append({"name": f"PROTEGE_S3__{variable}", "valueFrom": ref})
+# A variable whose value is a key of a Secret: variable → (Secret, key).
+SecretEnv = dict[str, tuple[str, str]]
+
+
+def _env(settings: dict[str, Any], secrets: SecretEnv | None = None) -> list[dict[str, Any]]:
+    """A container's env: the settings as their PROTEGE_* variables (:func:`protege.config.as_environment`,
+    as `protege up` gives its processes theirs), then the variables whose values are Secret keys."""
+    env: list[dict[str, Any]] = [{"name": n, "value": v} for n, v in as_environment(settings).items()]
+    for name, (secret, key) in (secrets or {}).items():
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     return env
 
 
+def _store_settings(platform: Platform) -> tuple[dict[str, Any], SecretEnv]:
+    """The artifact store, its S3 credentials from the platform's Secret."""
+    settings = {
+        "artifact_store": platform.artifact_store,
+        "s3": {"endpoint_url": platform.s3_endpoint or None},
+    }
+    secrets: SecretEnv = {}
+    if platform.s3_secret:
+        for field, key in (("access_key_id", "accessKeyId"), ("secret_access_key", "secretAccessKey")):
+            secrets[setting_variable("s3", field)] = (platform.s3_secret, key)
+    return settings, secrets
+
+
+def _store_env(platform: Platform) -> list[dict[str, Any]]:
+    return _env(*_store_settings(platform))
+
+
+def _pool_token_secret(platform: Platform) -> SecretEnv:
+    return {setting_variable("pool_token"): (platform.pool_token_secret, "token")}
+
+
 def _pool_token_env(platform: Platform) -> dict[str, Any]:
-    ref = {"secretKeyRef": {"name": platform.pool_token_secret, "key": "token"}}
-    return {"name": "PROTEGE_POOL_TOKEN", "valueFrom": ref}
+    [env] = _env({}, _pool_token_secret(platform))
+    return env
 
 
 NATS_CA_DIR = "/etc/protege/nats-ca"
 
 
-def _call_log_env(platform: Platform) -> list[dict[str, Any]]:
+def _call_log_settings(platform: Platform) -> tuple[dict[str, Any], SecretEnv]:
     """A gateway's call log: where, as whom (identity ``gateway``), trusting what, with which limits."""
-    env: list[dict[str, Any]] = [{"name": "PROTEGE_NATS_URL", "value": platform.nats_url}]
+    auth = bool(platform.nats_auth_secret)
+    settings = {
+        "nats_url": platform.nats_url,
+        "nats_auth": {
+            "user": "gateway" if auth else None,
+            "tls_ca_file": f"{NATS_CA_DIR}/ca.crt" if platform.nats_tls_ca_secret else None,
+        },
+        "call_log": {
+            "max_age_days": platform.call_log_max_age_days or None,
+            "max_bytes": platform.call_log_max_bytes or None,
+            "replicas": platform.call_log_replicas or None,
+        },
+    }
+    secrets: SecretEnv = {}
     if platform.nats_auth_secret:
-        ref = {"secretKeyRef": {"name": platform.nats_auth_secret, "key": "gateway"}}
-        env.append({"name": "PROTEGE_NATS_AUTH__USER", "value": "gateway"})
-        env.append({"name": "PROTEGE_NATS_AUTH__PASSWORD", "valueFrom": ref})
-    if platform.nats_tls_ca_secret:
-        env.append({"name": "PROTEGE_NATS_AUTH__TLS_CA_FILE", "value": f"{NATS_CA_DIR}/ca.crt"})
-    for field, variable in (
-        (platform.call_log_max_age_days, "MAX_AGE_DAYS"),
-        (platform.call_log_max_bytes, "MAX_BYTES"),
-        (platform.call_log_replicas, "REPLICAS"),
-    ):
-        if field:
-            env.append({"name": f"PROTEGE_CALL_LOG__{variable}", "value": str(field)})
-    return env
+        secrets[setting_variable("nats_auth", "password")] = (platform.nats_auth_secret, "gateway")
+    return settings, secrets
 
 
 def _resources(
@@ -217,7 +243,7 @@ class ModelAccess:
     def of(cls, pool: SpecialistPoolSpec) -> ModelAccess:
         base, cache = pool.base_model, pool.model_cache
         env: list[dict[str, Any]] = [
-            {"name": "PROTEGE_MODEL_STORE", "value": str(MODEL_CACHE_DIR)},
+            *_env({"model_store": str(MODEL_CACHE_DIR)}),
             {"name": "HF_HOME", "value": str(HF_HOME_DIR)},
         ]
         if base.token_secret_ref is not None:
@@ -406,6 +432,36 @@ def _gateway_selector(owner: Owner) -> dict[str, str]:
     }
 
 
+def gateway_environment(
+    owner: Owner, spec: SpecialistPoolSpec, platform: Platform
+) -> tuple[dict[str, Any], SecretEnv]:
+    """The pool's gateway's settings (:func:`protege.config.gateway_settings`, as `protege up`
+    configures its gateway), and the variables its Secrets hold."""
+    teacher = spec.teacher
+    call_log, call_log_secrets = _call_log_settings(platform)
+    store, store_secrets = _store_settings(platform)
+    settings = gateway_settings(
+        teacher={"url": str(teacher.url), "model": teacher.model, "timeout_seconds": teacher.timeout_seconds},
+        engine_url=f"http://{ray_service_name(owner.name)}-serve-svc.{owner.namespace}.svc:{SERVE_PORT}",
+        routes_table=f"/etc/protege/routes/{ROUTES_KEY}",
+        api_keys_file="/etc/protege/keys/keys.yaml",
+        gateway={
+            "host": "0.0.0.0",
+            "port": GATEWAY_PORT,
+            "metrics_port": GATEWAY_METRICS_PORT,
+            "drain_seconds": spec.gateway.drain_seconds,
+        },
+        home="/var/lib/protege",  # the call-log spool
+        **call_log,
+        **store,
+    )
+    secrets = {**call_log_secrets, **store_secrets, **_pool_token_secret(platform)}
+    if teacher.api_key_secret_ref is not None:
+        ref = teacher.api_key_secret_ref
+        secrets[setting_variable("teacher", "api_key")] = (ref.name, ref.key)
+    return settings, secrets
+
+
 def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -> list[dict[str, Any]]:
     """The pool's gateway Deployment and Service: capture, routing, the teacher as fallback.
 
@@ -415,35 +471,7 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
     get ``gateway.drainSeconds``, then the call log is flushed to NATS (docs/kubernetes.md).
     """
     name = gateway_name(owner.name)
-    teacher = spec.teacher
-    env: list[dict[str, Any]] = [
-        *_call_log_env(platform),
-        {"name": "PROTEGE_TEACHER__URL", "value": str(teacher.url)},
-        {"name": "PROTEGE_TEACHER__MODEL", "value": teacher.model},
-        {"name": "PROTEGE_TEACHER__TIMEOUT_SECONDS", "value": str(teacher.timeout_seconds)},
-        {"name": "PROTEGE_GATEWAY__HOST", "value": "0.0.0.0"},
-        {"name": "PROTEGE_GATEWAY__PORT", "value": str(GATEWAY_PORT)},
-        {"name": "PROTEGE_GATEWAY__METRICS_PORT", "value": str(GATEWAY_METRICS_PORT)},
-        {"name": "PROTEGE_GATEWAY__API_KEYS_FILE", "value": "/etc/protege/keys/keys.yaml"},
-        {"name": "PROTEGE_GATEWAY__DRAIN_SECONDS", "value": str(spec.gateway.drain_seconds)},
-        {"name": "PROTEGE_ROUTER__ENABLED", "value": "true"},
-        {
-            "name": "PROTEGE_ROUTER__ENGINE_URL",
-            "value": f"http://{ray_service_name(owner.name)}-serve-svc.{owner.namespace}.svc:{SERVE_PORT}",
-        },
-        {"name": "PROTEGE_ROUTER__TABLE", "value": f"/etc/protege/routes/{ROUTES_KEY}"},
-        {"name": "PROTEGE_HOME", "value": "/var/lib/protege"},  # the call-log spool
-        *_store_env(platform),
-        _pool_token_env(platform),
-    ]
-    if teacher.api_key_secret_ref is not None:
-        ref = teacher.api_key_secret_ref
-        env.append(
-            {
-                "name": "PROTEGE_TEACHER__API_KEY",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        )
+    env = _env(*gateway_environment(owner, spec, platform))
     labels = _gateway_selector(owner)
     container: dict[str, Any] = {
         "name": "gateway",
