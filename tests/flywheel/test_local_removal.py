@@ -19,7 +19,7 @@ from protege.flywheel.data import StoreData
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, Pass, RayJobs, RouteFile
 from protege.flywheel.specialist import PoolFacts
 from protege.store.artifacts import ArtifactStore
-from protege.testing import seed_task
+from protege.testing.plugin import seed_task
 
 SPEC = SpecialistSpec.model_validate(
     {"pool": "local", "task": {"id": "task-1", "tenant": "acme"}, "data": {"minExamples": 20}}
