@@ -312,6 +312,14 @@ class FallbackSpec(KubeModel):
         return self
 
 
+class DeletionPolicy(StrEnum):
+    """What deleting a Specialist does to its stored adapters and evaluation reports (as a
+    PersistentVolume's reclaim policy, or Crossplane's deletionPolicy)."""
+
+    DELETE = "Delete"
+    RETAIN = "Retain"
+
+
 class SpecialistSpec(KubeModel):
     pool: DnsLabel = Field(
         description="Name of the SpecialistPool (same namespace) that serves it; immutable.",
@@ -338,6 +346,12 @@ class SpecialistSpec(KubeModel):
         default_factory=FallbackSpec, description="When the teacher answers instead."
     )
     suspend: bool = Field(default=False, description="Stop training and rollout; serving stays as it is.")
+    deletion_policy: DeletionPolicy = Field(
+        default=DeletionPolicy.DELETE,
+        description="What deleting the Specialist does to its adapters and evaluation reports in the "
+        "artifact store: 'Delete' removes them, 'Retain' keeps them (under adapter/<name>/ and "
+        "report/<name>/). Either way its route is removed and its training jobs are stopped.",
+    )
 
 
 class SpecialistPhase(StrEnum):

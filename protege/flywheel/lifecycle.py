@@ -4,7 +4,8 @@
 status (kstatus conditions naming why), otherwise :func:`protege.flywheel.specialist.reconcile`
 decides and acts, the finished jobs its status no longer names are forgotten, and the status
 is saved only when it changed (no write, so no watch event, for nothing). :func:`delete` takes
-a deleted Specialist out of its pool's routes and deletes its adapters, reports and job results.
+a deleted Specialist out of its pool's routes and deletes its job results, and its adapters and
+reports unless its ``spec.deletionPolicy`` is ``Retain``.
 
 A driver adapts these to where it runs: the operator (:mod:`protege.operator.main`) to kopf's
 handlers, the status subresource and RayJobs; the local driver (:mod:`protege.flywheel.local`)
@@ -30,7 +31,13 @@ from pydantic import ValidationError
 from protege.api.jobs import ADAPTER_KIND, REPORT_KIND, RESULTS_AREA, JobSpec
 from protege.api.meta import ConditionStatus, set_condition, set_progress, spec_problems
 from protege.api.routes import RoutingTable, SpecialistRoute
-from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistStatus, TrainingSpec
+from protege.api.specialist import (
+    DeletionPolicy,
+    SpecialistPhase,
+    SpecialistSpec,
+    SpecialistStatus,
+    TrainingSpec,
+)
 from protege.capture.connection import NatsTarget
 from protege.flywheel.data import StoreData, StoreFacts
 from protege.flywheel.specialist import Event, JobState, PoolFacts, reconcile
@@ -44,6 +51,7 @@ __all__ = [
     "RouteTable",
     "StatusSink",
     "delete",
+    "deletion_policy",
     "drive",
     "invalid_status",
     "missing_pool_status",
@@ -254,21 +262,36 @@ async def drive(
 
 
 async def delete(
-    name: str, recorded: SpecialistStatus, *, routes: RouteTable | None, store: ArtifactStore
+    name: str,
+    recorded: SpecialistStatus,
+    *,
+    routes: RouteTable | None,
+    store: ArtifactStore,
+    policy: DeletionPolicy = DeletionPolicy.DELETE,
 ) -> None:
     """A deleted Specialist: out of its pool's routes (``routes``; None: no pool, so no route), its
-    calls going to the teacher; then its adapters and reports, and the results of the jobs its status
-    recorded (by their names, never by a name prefix: another Specialist's name may start with this
-    one's). Safe to repeat. Its jobs are its driver's to end (on Kubernetes, by owner reference)."""
+    calls going to the teacher; then the results of the jobs its status recorded (by their names,
+    never by a name prefix: another Specialist's name may start with this one's), and, with
+    ``policy`` Delete (its ``spec.deletionPolicy``), its adapters and reports; with Retain those
+    stay in the store. Safe to repeat. Its jobs are its driver's to end (on Kubernetes, by owner
+    reference)."""
     if routes is not None:
         await routes.update(name, None)
     jobs = sorted({v.job_name for v in recorded.versions if v.job_name})
 
     def delete_stored() -> None:
-        for kind in (ADAPTER_KIND, REPORT_KIND):
-            store.delete(kind, name)
+        if policy is DeletionPolicy.DELETE:
+            for kind in (ADAPTER_KIND, REPORT_KIND):
+                store.delete(kind, name)
         for job in jobs:
             if store.has_object(RESULTS_AREA, job):  # a job that never finished left none
                 store.delete_object(RESULTS_AREA, job)
 
     await asyncio.to_thread(delete_stored)
+
+
+def deletion_policy(spec: Mapping[str, Any] | None) -> DeletionPolicy:
+    """A deleted Specialist's ``spec.deletionPolicy``, read from its raw spec (it may be invalid
+    otherwise): Retain when it says so, Delete (the default) else."""
+    value = (spec or {}).get("deletionPolicy")
+    return DeletionPolicy.RETAIN if value == DeletionPolicy.RETAIN.value else DeletionPolicy.DELETE

@@ -9,7 +9,9 @@ The same pass as the operator's (:func:`protege.flywheel.lifecycle.drive`), with
 - each Specialist's status in ``<state>/status/<name>.json`` (replaced atomically when a
   pass changed it), so a restarted driver carries on where it stopped;
 - Specialists as manifests (``kind: Specialist``) in ``<state>/specialists/``, of one pool
-  (the stack's); removing a manifest deletes the Specialist (:meth:`LocalDriver.forget_removed`).
+  (the stack's); removing a manifest deletes the Specialist (:meth:`LocalDriver.forget_removed`),
+  as its last valid manifest's ``spec.deletionPolicy`` says (a ``Retain`` one is remembered in
+  ``<state>/retain/<name>`` while the manifest exists, since a removed manifest no longer tells).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from protege.api.jobs import JobSpec
 from protege.api.meta import quantity_value
 from protege.api.naming import NAME_RULE, is_dns_1035_label
 from protege.api.routes import RoutingTable
-from protege.api.specialist import SpecialistSpec, SpecialistStatus, TrainingSpec
+from protege.api.specialist import DeletionPolicy, SpecialistSpec, SpecialistStatus, TrainingSpec
 from protege.capture.connection import NatsTarget
 from protege.flywheel.data import StoreData
 from protege.flywheel.lifecycle import DriverIO, Pool, RouteTable, delete, drive, parse_spec
@@ -232,6 +234,7 @@ class LocalDriver:
         self.pool_name = pool_name
         (state / "specialists").mkdir(parents=True, exist_ok=True)
         (state / "status").mkdir(parents=True, exist_ok=True)
+        (state / "retain").mkdir(parents=True, exist_ok=True)
 
     def specialists(self) -> dict[str, tuple[SpecialistSpec | None, str]]:
         """name → (spec, "") or (None, what is wrong with its manifest)."""
@@ -264,6 +267,22 @@ class LocalDriver:
     def status(self, name: str) -> SpecialistStatus:
         return self.status_file(name).read()
 
+    def _retain_marker(self, name: str) -> Path:
+        return self.state / "retain" / name
+
+    def remember_policy(self, name: str, spec: SpecialistSpec) -> None:
+        """Remember a Retain ``spec.deletionPolicy`` for when the manifest is gone (a marker file)."""
+        marker = self._retain_marker(name)
+        if spec.deletion_policy is DeletionPolicy.RETAIN:
+            if not marker.exists():
+                marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+
+    def remembered_policy(self, name: str) -> DeletionPolicy:
+        """The deletion policy of the Specialist's last valid manifest."""
+        return DeletionPolicy.RETAIN if self._retain_marker(name).exists() else DeletionPolicy.DELETE
+
     async def find_pool(self, name: str) -> Pool | None:
         return Pool(self.pool, self.io) if name == self.pool_name else None
 
@@ -274,6 +293,8 @@ class LocalDriver:
         for name, (spec, problem) in specialists.items():
             if spec is None:
                 done.invalid[name] = problem
+            else:
+                self.remember_policy(name, spec)
             status = self.status_file(name)
             driven = await drive(
                 name,
@@ -293,17 +314,21 @@ class LocalDriver:
 
     async def forget_removed(self, present: set[str], done: Pass) -> None:
         """A Specialist whose manifest was removed is deleted, as on a cluster: its route leaves the
-        table (its calls go to the teacher), its adapters, reports and job results leave the store
+        table (its calls go to the teacher), its job results leave the store, and its adapters and
+        reports too unless its last valid manifest's ``spec.deletionPolicy`` was Retain
         (:func:`protege.flywheel.lifecycle.delete`), its jobs are stopped and forgotten (as RayJobs go
         with their owner), and then its status goes (kept until no job of it is left: a stopped job
-        ends a moment later)."""
+        ends a moment later), and with it the remembered policy."""
         routes = self.io.route_file
         listed = {route.specialist for route in routes.read().routes}
         statuses = {path.stem for path in (self.state / "status").glob("*.json")}
-        for name in sorted((listed | statuses) - present):
+        retained = {path.name for path in (self.state / "retain").iterdir()}
+        for name in sorted((listed | statuses | retained) - present):
             status = self.status_file(name)
             none_left = await asyncio.to_thread(self.io.ray.forget, name)
-            await delete(name, status.read(), routes=routes, store=self.io.data.store)
+            policy = self.remembered_policy(name)
+            await delete(name, status.read(), routes=routes, store=self.io.data.store, policy=policy)
             if none_left:
                 status.path.unlink(missing_ok=True)
+                self._retain_marker(name).unlink(missing_ok=True)
             done.removed.append(name)

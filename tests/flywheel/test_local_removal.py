@@ -11,11 +11,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from protege.api.calls import CallRecord
 from protege.api.jobs import RESULTS_AREA
 from protege.api.routes import SpecialistRoute
-from protege.api.specialist import SpecialistPhase, SpecialistSpec, SpecialistStatus
+from protege.api.specialist import DeletionPolicy, SpecialistPhase, SpecialistSpec, SpecialistStatus
 from protege.flywheel.data import StoreData
+from protege.flywheel.lifecycle import delete, deletion_policy
 from protege.flywheel.local import LocalDriver, LocalFlywheelIO, Pass, RayJobs, RouteFile
 from protege.flywheel.specialist import PoolFacts
 from protege.store.artifacts import ArtifactStore
@@ -101,6 +104,74 @@ async def test_a_removed_manifest_takes_its_route_results_jobs_and_status_away(t
     assert third.removed == ["gone"] and job not in ray.jobs
     assert sorted(p.stem for p in (tmp_path / "flywheel" / "status").glob("*.json")) == ["kept"]
     assert (await driver.step()).removed == []  # nothing left to do
+
+
+async def test_a_retain_policy_keeps_the_adapters_and_reports_of_a_removed_specialist(tmp_path: Path) -> None:
+    """spec.deletionPolicy Retain: the route goes, the jobs are stopped and their results deleted, the
+    adapters and reports stay; the policy of the last valid manifest counts (remembered once it is gone),
+    and switching back to Delete deletes them."""
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    seed_task(store, "extract", 40, task_id="task-1")
+    ray = FakeRay()
+    driver = local_driver(tmp_path, store, ray)
+    retain = SPEC.model_copy(update={"deletion_policy": DeletionPolicy.RETAIN})
+    driver.add("kept", retain)
+    driver.add("switched", retain)
+    first = await driver.step()
+    job = first.statuses["kept"].versions[-1].job_name
+    assert job is not None
+    for name in ("kept", "switched"):
+        store.put_artifact("adapter", name, {"adapter_config.json": b"{}"})
+        store.put_artifact("report", name, {"report.json": b"{}"})
+    store.put_object(RESULTS_AREA, job, b"{}")
+    driver.add("switched", SPEC)  # back to Delete before it is removed
+    await driver.step()
+    for name in ("kept", "switched"):
+        (tmp_path / "flywheel" / "specialists" / f"{name}.yaml").unlink()
+
+    second = await driver.step()
+    assert second.removed == ["kept", "switched"] and driver.io.route_file.read().routes == []
+    assert len(store.versions("adapter", "kept")) == 1 and len(store.versions("report", "kept")) == 1
+    assert store.versions("adapter", "switched") == [] and store.versions("report", "switched") == []
+    assert not store.has_object(RESULTS_AREA, job) and ray.jobs[job]["status"].startswith("STOP")
+    await driver.step()  # the stopped jobs are gone: the statuses and the remembered policy go
+    assert list((tmp_path / "flywheel" / "status").glob("*.json")) == []
+    assert list((tmp_path / "flywheel" / "retain").iterdir()) == []
+    assert len(store.versions("adapter", "kept")) == 1
+
+
+@pytest.mark.parametrize("policy", list(DeletionPolicy))
+async def test_the_shared_delete_follows_the_deletion_policy(tmp_path: Path, policy: DeletionPolicy) -> None:
+    """:func:`protege.flywheel.lifecycle.delete`, which both drivers call: the route and the recorded
+    jobs' results go either way; the adapters and reports only with Delete."""
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    routes = RouteFile(tmp_path / "routes.json")
+    await routes.update("gone", SpecialistRoute(specialist="gone", task_id="task-1", tenant="acme"))
+    store.put_artifact("adapter", "gone", {"adapter_config.json": b"{}"})
+    store.put_artifact("report", "gone", {"report.json": b"{}"})
+    store.put_artifact("adapter", "gone-too", {"adapter_config.json": b"{}"})  # a name it prefixes
+    store.put_object(RESULTS_AREA, "gone-train-1", b"{}")
+    recorded = SpecialistStatus.model_validate(
+        {
+            "versions": [
+                {"state": "Serving", "jobName": "gone-train-1"},
+                {"state": "Training", "jobName": "gone-x"},
+            ]
+        }
+    )
+
+    await delete("gone", recorded, routes=routes, store=store, policy=policy)
+    await delete("gone", recorded, routes=routes, store=store, policy=policy)  # safe to repeat
+    assert routes.read().for_specialist("gone") is None and not store.has_object(RESULTS_AREA, "gone-train-1")
+    kept = 0 if policy is DeletionPolicy.DELETE else 1
+    assert len(store.versions("adapter", "gone")) == kept and len(store.versions("report", "gone")) == kept
+    assert len(store.versions("adapter", "gone-too")) == 1
+
+
+def test_the_deletion_policy_is_read_from_a_raw_spec() -> None:
+    assert deletion_policy({"deletionPolicy": "Retain", "training": {"rank": 0}}) is DeletionPolicy.RETAIN
+    assert deletion_policy({}) is deletion_policy(None) is DeletionPolicy.DELETE
+    assert SpecialistSpec.model_validate(SPEC.to_kube()).deletion_policy is DeletionPolicy.DELETE
 
 
 async def test_an_invalid_spec_and_a_missing_pool_are_in_the_status_which_is_written_when_it_changes(

@@ -701,7 +701,7 @@ async def test_both_drivers_give_a_specialist_the_same_status_and_forget_it_alik
     """One lifecycle, two drivers (:mod:`protege.flywheel.lifecycle`): the same Specialists, on a cluster
     and on one machine, get the same phase and conditions (an invalid spec: Failed, Stalled InvalidSpec; a
     missing pool: Pending, Reconciling PoolNotFound; a valid one: registered, collecting data), and a
-    deleted one leaves its pool's routing table on both."""
+    deleted one leaves its pool's routing table on both, its adapters kept (spec.deletionPolicy Retain)."""
     from types import SimpleNamespace
 
     from kopf.testing import KopfRunner
@@ -718,8 +718,9 @@ async def test_both_drivers_give_a_specialist_the_same_status_and_forget_it_alik
     specs = {
         "bad-rank": waiting | {"training": {"rank": 0}},
         "orphan": waiting | {"pool": "no-such-pool"},
-        "sql-writer": waiting,
+        "sql-writer": waiting | {"deletionPolicy": "Retain"},
     }
+    store.put_artifact("adapter", "sql-writer", {"adapter_config.json": b"{}"})
 
     def summary(status: dict[str, Any]) -> tuple[Any, ...]:
         conditions = sorted((c["type"], c["status"], c["reason"]) for c in status.get("conditions") or [])
@@ -760,6 +761,7 @@ async def test_both_drivers_give_a_specialist_the_same_status_and_forget_it_alik
             await delete(kmock, "/apis/protege.dev/v1alpha1/namespaces/agents/specialists/sql-writer")
             await until(lambda: stored(kmock, resource, "sql-writer") is None, seconds=60)
             assert "sql-writer" not in routes_of(kmock)
+            assert len(store.versions("adapter", "sql-writer")) == 1  # retained
         assert runner.exception is None
 
     assert local == cluster
@@ -770,3 +772,4 @@ async def test_both_drivers_give_a_specialist_the_same_status_and_forget_it_alik
     assert (await driver.step()).removed == ["sql-writer"]
     assert routes.read().for_specialist("sql-writer") is None
     assert not (tmp_path / "flywheel" / "status" / "sql-writer.json").exists()
+    assert len(store.versions("adapter", "sql-writer")) == 1  # retained, locally too

@@ -27,7 +27,14 @@ from protege.capture.access import OPERATOR
 from protege.capture.connection import NatsEndpoint
 from protege.config import load_settings
 from protege.flywheel.data import StoreData
-from protege.flywheel.lifecycle import Pool, delete, drive, invalid_status, parse_spec
+from protege.flywheel.lifecycle import (
+    Pool,
+    delete,
+    deletion_policy,
+    drive,
+    invalid_status,
+    parse_spec,
+)
 from protege.flywheel.specialist import TRIGGER_ANNOTATION, PoolFacts
 from protege.operator import metrics
 from protege.operator.allowlist import PoolAllowList
@@ -346,8 +353,8 @@ async def _specialist_pass(
 async def delete_specialist(
     *, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Take the Specialist out of its pool's routes, then delete its adapters, reports and results
-    (:func:`protege.flywheel.lifecycle.delete`).
+    """Take the Specialist out of its pool's routes, then delete its job results, and its adapters
+    and reports unless its ``spec.deletionPolicy`` is Retain (:func:`protege.flywheel.lifecycle.delete`).
 
     The RayJobs go with it by owner reference; the finalizer holds the deletion until this ran.
     """
@@ -360,4 +367,6 @@ async def delete_specialist(
         else None
     )
     routes = memo.routes.of(_owner(pool_body)) if pool_body is not None else None
-    await delete(name, _specialist_status(status), routes=routes, store=memo.store)
+    await delete(
+        name, _specialist_status(status), routes=routes, store=memo.store, policy=deletion_policy(spec)
+    )
