@@ -16,6 +16,7 @@ from protege.cli.common import console, fail
 
 
 def render(
+    *,
     files: list[Path] = typer.Option(
         ..., "-f", "--filename", help="SpecialistPool and Specialist manifests."
     ),
@@ -35,6 +36,20 @@ def render(
         help="A glob pattern of the engine.extraArgs a pool may set (pools.allowedExtraArgs); repeat it. "
         "Default: PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS, as the operator reads it; unset: any.",
     ),
+    allowed_service_accounts: list[str] | None = typer.Option(
+        None,
+        "--allowed-service-account",
+        help="A glob pattern of the serviceAccountNames a pool's podTemplate may set "
+        "(pools.allowedServiceAccounts); repeat it. Default: PROTEGE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS, "
+        "as the operator reads it; unset: any.",
+    ),
+    allowed_priority_classes: list[str] | None = typer.Option(
+        None,
+        "--allowed-priority-class",
+        help="A glob pattern of the priorityClassNames a pool's podTemplate may set "
+        "(pools.allowedPriorityClasses); repeat it. Default: PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES, "
+        "as the operator reads it; unset: any.",
+    ),
 ) -> None:
     """Print what the operator would apply: the RayService, gateway (with its autoscaler, disruption
     budget and, with PROTEGE_OPERATOR_NETWORK_POLICIES, network policies), routing ConfigMap and
@@ -53,6 +68,8 @@ def render(
     allowed = PoolAllowList(
         tuple(allowed_images) if allowed_images else allowed.images,
         tuple(allowed_extra_args) if allowed_extra_args else allowed.extra_args,
+        tuple(allowed_service_accounts) if allowed_service_accounts else allowed.service_accounts,
+        tuple(allowed_priority_classes) if allowed_priority_classes else allowed.priority_classes,
     )
     documents: list[dict[str, Any]] = []
     for path in files:
@@ -78,7 +95,9 @@ def render(
     for document in documents:
         if document.get("kind") == "SpecialistPool":
             spec = spec_of(document, SpecialistPoolSpec)
-            refusals = allowed.refusals(spec, platform_image=platform.serving_image)  # as the operator
+            refusals = allowed.refusals(  # as the operator
+                spec, platform_image=platform.serving_image, platform_pods=platform.pod_templates
+            )
             if refusals:
                 name = document["metadata"]["name"]
                 fail(f"SpecialistPool {name}: not allowed by the platform: " + "; ".join(refusals))

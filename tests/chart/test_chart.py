@@ -422,6 +422,8 @@ def test_environment_is_what_the_operator_reads(render: Render) -> None:
     read |= {  # PoolAllowList and NetworkIsolation
         "PROTEGE_OPERATOR_ALLOWED_IMAGES",
         "PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS",
+        "PROTEGE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS",
+        "PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES",
         "PROTEGE_OPERATOR_NETWORK_POLICIES",
     }
     everything = render(
@@ -535,6 +537,7 @@ def test_values_and_examples_satisfy_the_schema() -> None:
         ({"nats": {"enabled": "yes"}}, "/nats/enabled"),
         ({"gateway": {}}, ""),
         ({"pools": {"allowedImages": "rayproject/*"}}, "/pools/allowedImages"),
+        ({"pools": {"allowedServiceAccounts": ["has space"]}}, "/pools/allowedServiceAccounts/0"),
         ({"networkPolicies": {"prometheus": [{"podSelecter": {}}]}}, "/networkPolicies/prometheus/0"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
@@ -927,7 +930,12 @@ def test_pools_are_held_to_the_allow_list_of_the_values(render: Render) -> None:
     env = render().env()
     allowed = PoolAllowList.from_environment({k: v["value"] for k, v in env.items() if "value" in v})
     values = yaml.safe_load((CHART / "values.yaml").read_text())["pools"]
-    assert allowed == PoolAllowList(tuple(values["allowedImages"]), tuple(values["allowedExtraArgs"]))
+    assert allowed == PoolAllowList(
+        tuple(values["allowedImages"]),
+        tuple(values["allowedExtraArgs"]),
+        tuple(values["allowedServiceAccounts"]),
+        tuple(values["allowedPriorityClasses"]),
+    )
     base = {
         "baseModel": {"source": "smollm2-135m"},
         "teacher": {"url": "http://t.example/v1", "model": "big"},
@@ -942,9 +950,26 @@ def test_pools_are_held_to_the_allow_list_of_the_values(render: Render) -> None:
     [image, argument] = allowed.refusals(rogue, platform_image="serving:1")
     assert "spec.image 'evil.example/miner:1'" in image and "'serving:1'" in image
     assert "spec.engine.extraArgs.trustRemoteCode (true)" in argument and "'enablePrefixCaching'" in argument
-    opened = render({"pools": {"allowedImages": ["rayproject/ray-llm:*"], "allowedExtraArgs": ["*"]}}).env()
+    # by default a pool may not choose its pods' service account or priority class
+    identity = {"serviceAccountName": "cluster-admin-sa", "priorityClassName": "system-cluster-critical"}
+    chosen = SpecialistPoolSpec.model_validate({**base, "podTemplate": {"training": identity}})
+    [account, priority] = allowed.refusals(chosen, platform_image="serving:1")
+    assert "spec.podTemplate.training.serviceAccountName 'cluster-admin-sa'" in account
+    assert "(pools.allowedServiceAccounts)" in account and "(pools.allowedPriorityClasses)" in priority
+    opened = render(
+        {
+            "pools": {
+                "allowedImages": ["rayproject/ray-llm:*"],
+                "allowedExtraArgs": ["*"],
+                "allowedServiceAccounts": ["s3-*"],
+                "allowedPriorityClasses": ["batch-*", "team-a"],
+            }
+        }
+    ).env()
     assert json.loads(opened["PROTEGE_OPERATOR_ALLOWED_IMAGES"]["value"]) == ["rayproject/ray-llm:*"]
     assert json.loads(opened["PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS"]["value"]) == ["*"]
+    assert json.loads(opened["PROTEGE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"]["value"]) == ["s3-*"]
+    assert json.loads(opened["PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES"]["value"]) == ["batch-*", "team-a"]
 
 
 def test_the_platforms_pod_settings_reach_every_pools_pods(render: Render) -> None:

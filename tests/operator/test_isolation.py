@@ -63,17 +63,67 @@ def test_the_allow_list_holds_images_and_engine_arguments_to_glob_patterns() -> 
     )
 
 
+def test_the_allow_list_holds_the_pods_service_accounts_and_priority_classes_to_glob_patterns() -> None:
+    """A pool's spec.podTemplate serviceAccountName and priorityClassName, for each kind of pod: a
+    pattern, or the platform's own for that kind of pod (platform.podTemplate), or no list at all."""
+    from protege.api.pods import PodTemplates
+
+    allowed = PoolAllowList(service_accounts=("protege-*", "s3-reader"), priority_classes=("batch-*",))
+    chosen = pool(
+        podTemplate={
+            "gateway": {"serviceAccountName": "protege-gateway", "priorityClassName": "batch-low"},
+            "serving": {"serviceAccountName": "cluster-admin-sa"},
+            "training": {"serviceAccountName": "s3-reader", "priorityClassName": "system-cluster-critical"},
+        }
+    )
+    assert allowed.refusals(chosen, platform_image="p:1") == [
+        "spec.podTemplate.serving.serviceAccountName 'cluster-admin-sa' is not allowed: service accounts "
+        "must match one of 'protege-*', 's3-reader' (pools.allowedServiceAccounts)",
+        "spec.podTemplate.training.priorityClassName 'system-cluster-critical' is not allowed: priority "
+        "classes must match one of 'batch-*' (pools.allowedPriorityClasses)",
+    ]
+    assert PoolAllowList().refusals(chosen, platform_image="p:1") == []  # no list: no limit
+    assert (
+        PoolAllowList(service_accounts=("*",), priority_classes=("*",)).refusals(chosen, platform_image="p:1")
+        == []
+    )
+    # an empty list: only the platform's own name for that kind of pod
+    platform = PodTemplates.model_validate(
+        {"training": {"serviceAccountName": "s3-reader", "priorityClassName": "batch-low"}}
+    )
+    none = PoolAllowList(service_accounts=(), priority_classes=())
+    own = pool(
+        podTemplate={"training": {"serviceAccountName": "s3-reader", "priorityClassName": "batch-low"}}
+    )
+    assert none.refusals(own, platform_image="p:1", platform_pods=platform) == []
+    refused = none.refusals(chosen, platform_image="p:1", platform_pods=platform)
+    assert refused == [
+        "spec.podTemplate.gateway.serviceAccountName 'protege-gateway' is not allowed: pools may not choose "
+        "service accounts; remove it (pools.allowedServiceAccounts)",
+        "spec.podTemplate.gateway.priorityClassName 'batch-low' is not allowed: pools may not choose "
+        "priority classes; remove it (pools.allowedPriorityClasses)",
+        "spec.podTemplate.serving.serviceAccountName 'cluster-admin-sa' is not allowed: pools may not choose "
+        "service accounts; remove it (pools.allowedServiceAccounts)",
+        "spec.podTemplate.training.priorityClassName 'system-cluster-critical' is not allowed: pools use the "
+        "platform's 'batch-low' (platform.podTemplate.training); remove it (pools.allowedPriorityClasses)",
+    ]
+
+
 def test_the_allow_list_comes_from_the_operators_environment() -> None:
     env = {
         "PROTEGE_OPERATOR_ALLOWED_IMAGES": '["rayproject/*"]',
         "PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS": "[]",
+        "PROTEGE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS": '["protege-*"]',
+        "PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES": "",  # empty: unset, no limit
     }
-    assert PoolAllowList.from_environment(env) == PoolAllowList(("rayproject/*",), ())
-    assert PoolAllowList.from_environment({}) == PoolAllowList(None, None)
+    assert PoolAllowList.from_environment(env) == PoolAllowList(("rayproject/*",), (), ("protege-*",), None)
+    assert PoolAllowList.from_environment({}) == PoolAllowList(None, None, None, None)
     with pytest.raises(
         ValueError, match="PROTEGE_OPERATOR_ALLOWED_IMAGES must be a JSON list of glob patterns"
     ):
         PoolAllowList.from_environment({"PROTEGE_OPERATOR_ALLOWED_IMAGES": "rayproject/*"})
+    with pytest.raises(ValueError, match="PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES must be a JSON list"):
+        PoolAllowList.from_environment({"PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES": '{"a": 1}'})
     with pytest.raises(ValueError, match="PROTEGE_OPERATOR_NETWORK_POLICIES: kuberay must be a list"):
         NetworkIsolation.from_environment(
             {"PROTEGE_OPERATOR_NETWORK_POLICIES": '{"kuberay": [{"pods": {}}]}'}
@@ -105,6 +155,18 @@ def test_protege_render_refuses_what_the_operator_refuses(
     )
     monkeypatch.delenv("PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS")
     assert CliRunner().invoke(app, ["render", "-f", str(path)]).exit_code == 0  # no allow-list: no limit
+    manifest["spec"]["podTemplate"] = {
+        "training": {"serviceAccountName": "admin", "priorityClassName": "top"}
+    }
+    path.write_text(yaml.safe_dump(manifest))
+    monkeypatch.setenv("PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES", '["batch-*"]')  # as the operator
+    refused = CliRunner().invoke(app, ["render", "-f", str(path), "--allowed-service-account", "s3-*"])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code != 0 and "spec.podTemplate.training.serviceAccountName 'admin'" in text
+    assert "'s3-*' (pools.allowedServiceAccounts)" in text
+    assert "spec.podTemplate.training.priorityClassName 'top' is not allowed" in text
+    allowed = ["--allowed-service-account", "admin", "--allowed-priority-class", "top"]
+    assert CliRunner().invoke(app, ["render", "-f", str(path), *allowed]).exit_code == 0
 
 
 def test_the_operators_client_makes_only_the_calls_its_rbac_grants() -> None:

@@ -209,13 +209,15 @@ def undeclared_calls(kmock: Any) -> list[str]:
 async def test_a_pool_the_platform_does_not_allow_fails_and_the_others_get_network_policies(
     kmock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """pools.allowedImages / allowedExtraArgs and networkPolicies, as the chart passes them."""
+    """pools.allowedImages / allowedExtraArgs / allowedServiceAccounts and networkPolicies, as the chart
+    passes them."""
     from kopf.testing import KopfRunner
 
     register_kmock_resources(kmock)
     monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
     monkeypatch.setenv("PROTEGE_OPERATOR_ALLOWED_IMAGES", json.dumps(["registry.example/serving/*"]))
     monkeypatch.setenv("PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS", json.dumps(["enablePrefixCaching"]))
+    monkeypatch.setenv("PROTEGE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS", json.dumps(["s3-*"]))
     kuberay = [
         {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay"}}}
     ]
@@ -223,7 +225,11 @@ async def test_a_pool_the_platform_does_not_allow_fails_and_the_others_get_netwo
         "PROTEGE_OPERATOR_NETWORK_POLICIES", json.dumps({"kuberay": kuberay, "prometheus": []})
     )
     rogue = pool_body(
-        "rogue", "u-9", image="evil.example/miner:1", engine={"extraArgs": {"trustRemoteCode": True}}
+        "rogue",
+        "u-9",
+        image="evil.example/miner:1",
+        engine={"extraArgs": {"trustRemoteCode": True}},
+        podTemplate={"training": {"serviceAccountName": "cluster-admin-sa"}},
     )
     allowed = pool_body("smollm2-pool", "u-1", image="registry.example/serving/vllm:1")
     resource = "protege.dev/v1alpha1/specialistpools"
@@ -240,6 +246,8 @@ async def test_a_pool_the_platform_does_not_allow_fails_and_the_others_get_netwo
             "'registry.example/serving/*' (pools.allowedImages)",
             "spec.engine.extraArgs.trustRemoteCode (true) is not allowed",
             "'enablePrefixCaching' (pools.allowedExtraArgs)",
+            "spec.podTemplate.training.serviceAccountName 'cluster-admin-sa' is not allowed",
+            "'s3-*' (pools.allowedServiceAccounts)",
         ):
             assert needle in stalled["message"], needle
         serve = await until(

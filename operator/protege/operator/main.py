@@ -83,7 +83,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.routes = RouteBook(memo.kube)
     memo.phases = PhaseBook()
     memo.passes = Passes()
-    # what a pool may choose (pools.allowedImages/allowedExtraArgs) and its NetworkPolicies, if any
+    # what a pool may choose (pools.allowed*: images, extraArgs, service accounts, priority classes)
+    # and its NetworkPolicies, if any
     memo.allowed = PoolAllowList.from_environment()
     memo.isolation = NetworkIsolation.from_environment()
     metrics.serve(int(os.environ.get("PROTEGE_OPERATOR_METRICS_PORT", "9090")))
@@ -124,12 +125,15 @@ def _validated(model: type[SpecT], spec: Mapping[str, Any], kind: str) -> SpecT:
 
 
 class NotAllowedError(kopf.PermanentError):
-    """A valid pool that chooses what the platform does not allow (image, engine arguments)."""
+    """A valid pool that chooses what the platform does not allow (image, engine arguments, its pods'
+    service accounts and priority classes)."""
 
 
 def _allowed(pool: SpecialistPoolSpec, memo: kopf.Memo) -> SpecialistPoolSpec:
     allowed: PoolAllowList = memo.allowed
-    refusals = allowed.refusals(pool, platform_image=memo.platform.serving_image)
+    refusals = allowed.refusals(
+        pool, platform_image=memo.platform.serving_image, platform_pods=memo.platform.pod_templates
+    )
     if refusals:
         raise NotAllowedError("SpecialistPool not allowed by the platform: " + "; ".join(refusals))
     return pool
@@ -312,7 +316,9 @@ async def _specialist_pass(
         pool_body = await memo.kube.get(f"{GROUP}/{VERSION}", "SpecialistPool", namespace, pool)
         if pool_body is None:
             return None
-        pool_spec = _validated(SpecialistPoolSpec, pool_body["spec"], "SpecialistPool")
+        # a pool the platform does not allow trains nothing either: its training pods would run as
+        # the service account and priority class it chose (its own status says NotAllowed)
+        pool_spec = _allowed(_validated(SpecialistPoolSpec, pool_body["spec"], "SpecialistPool"), memo)
         io = KubeFlywheelIO(
             memo.data,
             memo.kube,
