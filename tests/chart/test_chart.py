@@ -30,13 +30,20 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from protege.api.jobs import JobSpec
 from protege.api.pool import SpecialistPoolSpec
 from protege.capture.access import COMPONENTS, identities
 from protege.config import load_settings
 from protege.operator.allowlist import PoolAllowList
 from protege.operator.api_access import Rules, required_rules
 from protege.operator.isolation import NetworkIsolation, render_network_policies
-from protege.operator.render import Owner, Platform, render_gateway, render_ray_service
+from protege.operator.render import (
+    Owner,
+    Platform,
+    render_gateway,
+    render_ray_service,
+    render_training_job,
+)
 from protege.services.process import find_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -820,7 +827,7 @@ def test_rbac_grants_exactly_the_operators_api_calls(
 
 def test_network_policies_admit_only_the_platform_to_nats_and_reach_the_operator(render: Render) -> None:
     rendered = render({"callLog": {"auth": {"tenants": ["acme"]}}})
-    [policy] = rendered.kind("NetworkPolicy")
+    [policy] = [p for p in rendered.kind("NetworkPolicy") if p["metadata"]["name"].endswith("-nats")]
     spec = policy["spec"]
     assert spec["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/instance": RELEASE,  # the NATS chart's server pods
@@ -867,7 +874,8 @@ def test_network_policies_admit_only_the_platform_to_nats_and_reach_the_operator
             "networkPolicies": {"natsClients": [{"namespaceSelector": {"matchLabels": {"team": "acme"}}}]},
         }
     )
-    clients = namespaced.one("NetworkPolicy")["spec"]["ingress"][0]["from"]
+    [nats] = [p for p in namespaced.kind("NetworkPolicy") if p["metadata"]["name"].endswith("-nats")]
+    clients = nats["spec"]["ingress"][0]["from"]
     [gateways] = [peer for peer in clients if "podSelector" in peer and "namespaceSelector" in peer]
     assert gateways["namespaceSelector"] == {
         "matchExpressions": [
@@ -879,8 +887,44 @@ def test_network_policies_admit_only_the_platform_to_nats_and_reach_the_operator
     off = render({"networkPolicies": {"enabled": False}})
     assert off.kind("NetworkPolicy") == [] and "PROTEGE_OPERATOR_NETWORK_POLICIES" not in off.env()
     external = render({"nats": {"enabled": False}, "platform": {"natsUrl": "nats://nats.messaging:4222"}})
-    assert external.kind("NetworkPolicy") == []  # another release's NATS is not this chart's to guard
+    # another release's NATS is not this chart's to guard: only the operator's policy is left
+    assert [p["metadata"]["name"] for p in external.kind("NetworkPolicy")] == [
+        external.workload()["metadata"]["name"]
+    ]
     assert "PROTEGE_OPERATOR_NETWORK_POLICIES" in external.env()  # the pools' policies still are
+
+
+def test_the_operator_pod_admits_only_prometheus_on_its_metrics_port(render: Render) -> None:
+    """The operator's own pods: Prometheus (networkPolicies.prometheus) on the metrics port its
+    Service and ServiceMonitor name, nothing else (the kubelet's probes come from the node)."""
+    rendered = render({"metrics": {"port": 9191, "serviceMonitor": {"enabled": True}}})
+    workload = rendered.workload()
+    [policy] = [
+        p for p in rendered.kind("NetworkPolicy") if p["metadata"]["name"] == workload["metadata"]["name"]
+    ]
+    kubernetes_validate.validate(policy, KUBE, strict=True)
+    spec = policy["spec"]
+    operator_pod = workload["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= operator_pod.items()
+    assert spec["podSelector"]["matchLabels"] == workload["spec"]["selector"]["matchLabels"]
+    for kind in ("Deployment", "CronJob"):  # the curator and discovery are not selected
+        for other in rendered.kind(kind):
+            if other is workload:
+                continue
+            template = other["spec"].get("template") or other["spec"]["jobTemplate"]["spec"]["template"]
+            assert not spec["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicies"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["ingress"] == [{"from": values["prometheus"], "ports": [{"port": 9191, "protocol": "TCP"}]}]
+    [container] = workload["spec"]["template"]["spec"]["containers"]
+    metrics = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
+    [monitor] = rendered.kind("ServiceMonitor")
+    assert metrics == 9191 and [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    closed = render({"networkPolicies": {"prometheus": []}})
+    [shut] = [
+        p for p in closed.kind("NetworkPolicy") if p["metadata"]["name"] == workload["metadata"]["name"]
+    ]
+    assert shut["spec"]["ingress"] == []  # no scraper named: no ingress at all
 
 
 def test_the_pools_policies_the_operator_renders_from_the_values_select_its_pods(render: Render) -> None:
@@ -895,8 +939,8 @@ def test_the_pools_policies_the_operator_renders_from_the_values_select_its_pods
     pool = SpecialistPoolSpec.model_validate(
         {"baseModel": {"source": "smollm2-135m"}, "teacher": {"url": "http://t.example/v1", "model": "big"}}
     )
-    serve, gateway = render_network_policies(owner, isolation)
-    for policy in (serve, gateway):
+    serve, gateway, training = render_network_policies(owner, isolation)
+    for policy in (serve, gateway, training):
         kubernetes_validate.validate(policy, KUBE, strict=True)
     service = render_ray_service(owner, pool, Platform())
     cluster = service["spec"]["rayClusterConfig"]
@@ -924,6 +968,36 @@ def test_the_pools_policies_the_operator_renders_from_the_values_select_its_pods
     unrestricted = [rule for rule in serve["spec"]["ingress"] if "ports" not in rule]
     assert unrestricted == [{"from": [ray_pods]}]  # Ray's own traffic, within the pool's pods
     assert sources(gateway, 8080) == ["anyone"] and sources(gateway, 9090) == [values["prometheus"]]
+
+    # Training: the policy selects the pods of the RayJobs the operator renders for the pool's
+    # Specialists (head and workers), and admits their own pods, the submitter and KubeRay only.
+    job = JobSpec(specialist="sql-writer", task="t", base_model="smollm2-135m")
+    rayjob = render_training_job(
+        Owner("Specialist", "sql-writer", "agents", "s"), job, pool, Platform(), pool_name=owner.name
+    )
+    selector = training["spec"]["podSelector"]["matchLabels"]
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert selector.items() <= group["template"]["metadata"]["labels"].items()
+    submitter = rayjob["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    assert not selector.items() <= submitter.items()  # selected apart: it only calls the dashboard
+    for other in (serve, gateway):  # neither the serving Ray pods nor the gateways are selected
+        assert not selector.items() <= other["spec"]["podSelector"]["matchLabels"].items()
+    elsewhere = render_training_job(
+        Owner("Specialist", "s", "agents", "s"), job, pool, Platform(), pool_name="other-pool"
+    )
+    assert (
+        not selector.items()
+        <= elsewhere["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"].items()
+    )  # another pool's training pods are another policy's
+    training_pods = {"podSelector": {"matchLabels": selector}}
+    submitters = {"podSelector": {"matchLabels": submitter}}
+    assert [rule for rule in training["spec"]["ingress"] if "ports" not in rule] == [
+        {"from": [training_pods]}
+    ]
+    assert sources(training, 8265) == [[submitters, *values["kuberay"]]]
+    assert sources(training, 8080) == [values["prometheus"]]
+    assert sources(training, 8000) == []  # training serves nothing: no gateway, no agent
 
 
 def test_pools_are_held_to_the_allow_list_of_the_values(render: Render) -> None:

@@ -217,7 +217,7 @@ RAYJOB_RULES: list[tuple[str, Callable[[dict[str, Any]], Any], tuple[str, str]]]
     (
         "SidecarMode with a restarting head",
         lambda j: (
-            j["spec"].update(submissionMode="SidecarMode")
+            j["spec"].update(submissionMode="SidecarMode", submitterPodTemplate=None)  # not SidecarMode's
             or head(job_cluster(j))["template"]["spec"].update(restartPolicy="Always")
         ),
         ("InvalidRayJobSpec", "restartPolicy for head Pod should be Never or unset when using SidecarMode"),

@@ -1,6 +1,6 @@
 """A pool's NetworkPolicies: who may reach its Ray pods and its gateway (pure, like render.py).
 
-With the chart's ``networkPolicies.enabled`` the operator creates two ingress policies next to
+With the chart's ``networkPolicies.enabled`` the operator creates three ingress policies next to
 each pool (``PROTEGE_OPERATOR_NETWORK_POLICIES``: the peers below, as JSON; unset: none):
 
 - ``<pool>-serve`` selects the pool's serving Ray pods (:func:`protege.operator.render.ray_pod_labels`):
@@ -11,6 +11,13 @@ each pool (``PROTEGE_OPERATOR_NETWORK_POLICIES``: the peers below, as JSON; unse
   (8080). Nothing else reaches the dashboard, whose API submits jobs and deploys code.
 - ``<pool>-gateway`` selects the pool's gateway pods: the API (8080) from anywhere (agents, with
   their API keys), the metrics port (9090, every tenant's figures) from Prometheus only.
+- ``<pool>-training`` selects the training Ray pods of the pool's Specialists (their RayJobs'
+  heads and workers, :func:`protege.operator.render.training_pod_labels`): they reach each other
+  on every port (Ray's GCS, raylets, object transfers, Ray Train's collectives); the RayJobs'
+  submitter pods (:func:`~protege.operator.render.training_submitter_labels`) and the KubeRay
+  operator (it reads the job's status from the dashboard) reach the dashboard (8265), Prometheus
+  Ray's metrics port (8080); nothing else reaches them (no gateway, no agent: training serves
+  nothing).
 
 Egress is not restricted (engines and gateways reach the artifact store, the teacher, NATS).
 """
@@ -23,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from protege.api.naming import child_name
 from protege.operator.render import (
     GATEWAY_METRICS_PORT,
     GATEWAY_PORT,
@@ -34,6 +42,8 @@ from protege.operator.render import (
     gateway_name,
     ray_pod_labels,
     ray_service_name,
+    training_pod_labels,
+    training_submitter_labels,
 )
 
 NETWORK_POLICIES_VARIABLE = "PROTEGE_OPERATOR_NETWORK_POLICIES"
@@ -85,8 +95,14 @@ class NetworkIsolation:
         )
 
 
+def training_policy_name(pool: str) -> str:
+    """``<pool>-training``."""
+    return child_name(pool, "training")
+
+
 def render_network_policies(owner: Owner, isolation: NetworkIsolation) -> list[dict[str, Any]]:
-    """The pool's ``<pool>-serve`` and ``<pool>-gateway`` NetworkPolicies (ingress only)."""
+    """The pool's ``<pool>-serve``, ``<pool>-gateway`` and ``<pool>-training`` NetworkPolicies
+    (ingress only)."""
     serving = ray_pod_labels(owner.name)
     gateways = _gateway_selector(owner)
     serve_rules: list[dict[str, Any]] = [
@@ -97,12 +113,20 @@ def render_network_policies(owner: Owner, isolation: NetworkIsolation) -> list[d
         ports = [_port(RAY_DASHBOARD_PORT), _port(SERVE_PORT)]
         serve_rules.append({"from": list(isolation.kuberay), "ports": ports})
     gateway_rules: list[dict[str, Any]] = [{"ports": [_port(GATEWAY_PORT)]}]  # the API, from anywhere
+    training = training_pod_labels(owner.name)
+    submitters = {"podSelector": {"matchLabels": training_submitter_labels(owner.name)}}
+    training_rules: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": training}}]},  # Ray within the cluster: every port
+        {"from": [submitters, *isolation.kuberay], "ports": [_port(RAY_DASHBOARD_PORT)]},
+    ]
     if isolation.prometheus:
         serve_rules.append({"from": list(isolation.prometheus), "ports": [_port(RAY_METRICS_PORT)]})
         gateway_rules.append({"from": list(isolation.prometheus), "ports": [_port(GATEWAY_METRICS_PORT)]})
+        training_rules.append({"from": list(isolation.prometheus), "ports": [_port(RAY_METRICS_PORT)]})
     return [
         _policy(ray_service_name(owner.name), owner, serving, serve_rules),
         _policy(gateway_name(owner.name), owner, gateways, gateway_rules),
+        _policy(training_policy_name(owner.name), owner, training, training_rules),
     ]
 
 

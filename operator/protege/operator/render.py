@@ -399,6 +399,41 @@ def ray_pod_labels(pool: str) -> dict[str, str]:
     return {"app.kubernetes.io/component": "serving", f"{API_GROUP}/pool": pool}
 
 
+def training_pod_labels(pool: str) -> dict[str, str]:
+    """The labels of a pool's training Ray pods, head and workers (its Specialists' RayJobs' clusters);
+    its ``<pool>-training`` NetworkPolicy selects them (:mod:`protege.operator.isolation`)."""
+    return {"app.kubernetes.io/component": "training", f"{API_GROUP}/pool": pool}
+
+
+def training_submitter_labels(pool: str) -> dict[str, str]:
+    """The labels of the pods that submit a pool's training jobs (KubeRay's K8sJobMode submitter):
+    the one peer besides the cluster itself and KubeRay that reaches a training head's dashboard."""
+    return {"app.kubernetes.io/component": "training-submitter", f"{API_GROUP}/pool": pool}
+
+
+def _submitter(image: str, pool: str, overrides: PodOverrides) -> dict[str, Any]:
+    """KubeRay's default submitter pod (the head's image, its resources; KubeRay sets the command
+    and the dashboard's address), labelled for the training NetworkPolicy, with the training pods'
+    overrides (pull secrets, service account, priority, labels)."""
+    template = {
+        "metadata": {"labels": training_submitter_labels(pool)},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "ray-job-submitter",
+                    "image": image,
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "200Mi"},
+                        "limits": {"cpu": "1", "memory": "1Gi"},
+                    },
+                }
+            ],
+        },
+    }
+    return _with_overrides(template, overrides)
+
+
 def routes_config_map_name(pool: str) -> str:
     return f"{pool}-routes"
 
@@ -595,6 +630,8 @@ def render_training_job(
     Labelled with its pool (the pool's cap on concurrent training jobs counts them) and, with
     ``training.queueName``, with its Kueue queue. Its cluster goes a minute after the job ends
     (``ttlSecondsAfterFinished``): a GPU is not held idle; the result is in the artifact store.
+    Its head, workers and submitter pod carry the labels the pool's ``<pool>-training``
+    NetworkPolicy selects and admits (:func:`training_pod_labels`, :func:`training_submitter_labels`).
     """
     image = platform.training_image
     env = _store_env(platform)
@@ -624,7 +661,7 @@ def render_training_job(
     metadata["labels"][f"{API_GROUP}/pool"] = pool_name
     if training.queue_name:
         metadata["labels"][KUEUE_QUEUE_LABEL] = training.queue_name
-    return _plain(
+    rayjob = _plain(
         {
             "apiVersion": "ray.io/v1",
             "kind": "RayJob",
@@ -639,6 +676,7 @@ def render_training_job(
                 "activeDeadlineSeconds": training.active_deadline_seconds,
                 "backoffLimit": 0,
                 "submissionMode": "K8sJobMode",
+                "submitterPodTemplate": _submitter(image, pool_name, overrides),
                 "rayClusterSpec": {
                     "rayVersion": RAY_VERSION,
                     "headGroupSpec": _head(image, env, overrides),
@@ -647,3 +685,8 @@ def render_training_job(
             },
         }
     )
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:  # its NetworkPolicy selects them
+        metadata = group["template"].setdefault("metadata", {})
+        metadata["labels"] = {**training_pod_labels(pool_name), **metadata.get("labels", {})}
+    return rayjob
