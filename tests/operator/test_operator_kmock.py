@@ -259,6 +259,13 @@ async def test_a_pool_the_platform_does_not_allow_fails_and_the_others_get_netwo
             "ports": [{"port": 8265, "protocol": "TCP"}, {"port": 8000, "protocol": "TCP"}],
         } in (serve["spec"]["ingress"])
         await until(lambda: stored(kmock, "networking.k8s.io/v1/networkpolicies", "smollm2-pool-gateway"))
+        training = await until(
+            lambda: stored(kmock, "networking.k8s.io/v1/networkpolicies", "smollm2-pool-training")
+        )
+        assert training["spec"]["podSelector"]["matchLabels"] == {
+            "app.kubernetes.io/component": "training",
+            "protege.dev/pool": "smollm2-pool",
+        }
         assert stored(kmock, "ray.io/v1/rayservices", "rogue-serve") is None  # nothing for the refused one
         assert not labelled(
             kmock, "networking.k8s.io/v1/networkpolicies", "protege.dev/specialistpool", "rogue"
