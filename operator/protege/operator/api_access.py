@@ -101,7 +101,7 @@ API_USES: tuple[ApiUse, ...] = (
         "rayservices",
         "get create patch",
         OPERATOR,
-        "a pool's RayService: read, then created or merge-patched; read for the pool's status",
+        "a pool's RayService: server-side applied (creates or patches it); read for the pool's status",
     ),
     _use(
         "ray.io",
@@ -111,7 +111,13 @@ API_USES: tuple[ApiUse, ...] = (
         "training jobs: created, read for their state, listed by label (training slots, adoption), "
         "finished ones deleted once the Specialist's status no longer names them",
     ),
-    _use("", "configmaps", "get create patch", OPERATOR, "a pool's routing table: read-modify-write"),
+    _use(
+        "",
+        "configmaps",
+        "get create patch",
+        OPERATOR,
+        "a pool's routing table: created empty, read, merge-patched over the resourceVersion read",
+    ),
     _use("", "services", "get create patch", OPERATOR, "a pool's gateway Service"),
     _use("apps", "deployments", "get create patch", OPERATOR, "a pool's gateway Deployment"),
     _use(
