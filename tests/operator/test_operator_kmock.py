@@ -358,8 +358,9 @@ async def test_deleted_and_edited_children_are_restored_within_a_reconcile_inter
     kmock: Any, monkeypatch: pytest.MonkeyPatch, kuberay_crds: Any
 ) -> None:
     """Drift: the pool's timer applies every child again (server-side apply, the operator's field
-    manager), so a child deleted or edited out of band is back to its rendered spec one interval later
-    (0.5 s here); a field the operator does not render (the HPA's replica count) is left alone."""
+    manager), so a child deleted or edited out of band is back to its rendered spec at its next tick
+    (0.5 s here; the test allows a few on a loaded machine); a field the operator does not render (the
+    HPA's replica count) is left alone."""
     from kopf.testing import KopfRunner
 
     from protege.api.pool import SpecialistPoolSpec
