@@ -1,7 +1,8 @@
 """Operator scale: Specialists across 10 pools against kmock — time to converge and operator memory.
 
 The real operator (``kopf run -A --standalone -m protege.operator.main``, a subprocess) is
-pointed at kmock's Kubernetes emulator served from this process and at a file artifact
+pointed at kmock's Kubernetes emulator (with the API server's write rules:
+:class:`protege.testing.kube_api.KubeApiEmulator`) served from this process and at a file artifact
 store holding one discovered task per pool. Every tenth Specialist's task has enough
 examples, so its first pass builds a dataset and creates a RayJob; the others collect data.
 Converged: every Specialist has a status for its generation (CollectingData or Training),
@@ -31,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kmock import KubernetesEmulator, Server
+from kmock import Server
 from rich.console import Console
 from rich.table import Table
 
 from protege.store.artifacts import ArtifactStore
+from protege.testing.kube_api import KubeApiEmulator
 from protege.testing.plugin import register_kmock_resources, seed_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +121,7 @@ async def run(count: int, pools: int, work: Path) -> Result:
     seed_store(store, pools)
     pool_doc = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text())
     specialist_doc = yaml.safe_load((ROOT / "examples" / "specialist.yaml").read_text())
-    async with KubernetesEmulator() as kmock, Server(kmock):
+    async with KubeApiEmulator() as kmock, Server(kmock):
         register_kmock_resources(kmock)
         trimmer = asyncio.create_task(trim_request_log(kmock))
         for index in range(pools):

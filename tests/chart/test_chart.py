@@ -310,7 +310,7 @@ def test_namespaced_install_has_a_role_per_namespace_and_only_cluster_reads(rend
         granted = rules(role)
         assert ("protege.dev", "specialistpools/status", frozenset({"patch"})) in granted
         assert ("", "configmaps", frozenset({"get", "create", "patch"})) in granted
-        assert ("apps", "deployments", frozenset({"get", "create", "patch"})) in granted
+        assert ("apps", "deployments", frozenset({"create", "patch"})) in granted
         assert ("", "events", frozenset({"create"})) in granted
         [binding] = [b for b in rendered.kind("RoleBinding") if b["metadata"]["namespace"] == namespace]
         assert binding["roleRef"] == {

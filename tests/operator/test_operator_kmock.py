@@ -18,10 +18,12 @@ import pytest
 import yaml
 
 from protege.api.jobs import RESULTS_AREA
+from protege.testing.kube_api import KubeApiEmulator
 from protege.testing.kuberay import KubeRayDouble, parse_timestamp
 from protege.testing.plugin import register_kmock_resources
 
-pytestmark = pytest.mark.slow
+# the API server's write rules: server-side apply needs a field manager, resourceVersions move and are checked
+pytestmark = [pytest.mark.slow, pytest.mark.kmock(cls=KubeApiEmulator)]
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY_CRDS = Path(__file__).parent / "kuberay-crds"  # KubeRay v1.7.0, vendored
 
@@ -365,6 +367,106 @@ async def test_a_pool_says_why_its_serve_application_is_not_running(
             )
             assert unhealthy["status"] == "False"
         assert runner.exception is None
+
+
+async def test_deleted_and_edited_children_are_restored_within_a_reconcile_interval(
+    kmock: Any, monkeypatch: pytest.MonkeyPatch, kuberay_crds: Any
+) -> None:
+    """Drift: the pool's timer applies every child again (server-side apply, the operator's field
+    manager), so a child deleted or edited out of band is back to its rendered spec at its next tick
+    (0.5 s here; the test allows a few on a loaded machine); a field the operator does not render (the
+    HPA's replica count) is left alone."""
+    from kopf.testing import KopfRunner
+
+    from protege.api.pool import SpecialistPoolSpec
+    from protege.operator.children import render_pool
+    from protege.operator.kube import FIELD_MANAGER
+    from protege.operator.render import Owner, Platform
+
+    register_kmock_resources(kmock)
+    monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
+    body = pool_body("smollm2-pool", "u-1")
+    owner = Owner("SpecialistPool", "smollm2-pool", "agents", "u-1")
+    rendered = {
+        child["kind"]: child
+        for child in render_pool(owner, SpecialistPoolSpec.model_validate(body["spec"]), Platform(), None)
+    }
+    gateway = "smollm2-pool-gateway"
+    where = {
+        "RayService": ("ray.io/v1/rayservices", "smollm2-pool-serve", "/apis/ray.io/v1"),
+        "Deployment": ("apps/v1/deployments", gateway, "/apis/apps/v1"),
+        "Service": ("v1/services", gateway, "/api/v1"),
+        "HorizontalPodAutoscaler": (
+            "autoscaling/v2/horizontalpodautoscalers",
+            gateway,
+            "/apis/autoscaling/v2",
+        ),
+    }
+
+    def path(kind: str) -> str:
+        resource, name, base = where[kind]
+        return f"{base}/namespaces/agents/{resource.rsplit('/', 1)[1]}/{name}"
+
+    def as_rendered(kind: str) -> bool:
+        found = stored(kmock, where[kind][0], where[kind][1])
+        return found is not None and found["spec"] == rendered[kind]["spec"]
+
+    def routes_back() -> bool:
+        found = stored(kmock, "v1/configmaps", "smollm2-pool-routes")
+        return found is not None and found["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+    async def restored(kinds: list[str]) -> None:
+        await until(
+            lambda: all(as_rendered(kind) for kind in kinds) and routes_back(),
+            seconds=10,  # 0.5-s intervals on a loaded machine
+            what=lambda: (
+                f"not as rendered: {[k for k in kinds if not as_rendered(k)]}, routes {routes_back()}"
+            ),
+        )
+
+    async with KubeRayDouble(kmock, background=False, crds=kuberay_crds):
+        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+            kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = body
+            await restored(list(where))
+
+            # deleted out of band: the RayService, the gateway's Deployment and Service, the routing table
+            for kind in ("RayService", "Deployment", "Service"):
+                await delete(kmock, path(kind))
+            await delete(kmock, "/api/v1/namespaces/agents/configmaps/smollm2-pool-routes")
+            await restored(list(where))  # (the next tick may have restored some already: no check between)
+
+            # edited out of band: an environment variable of the gateway, the HPA's bounds; the HPA's
+            # count of gateway replicas is not the operator's and stays
+            container = rendered["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+            env = [dict(e, value="edited") if "value" in e else e for e in container["env"]]
+            edited = {"containers": [{**container, "env": env}]}
+            await api_patch(
+                kmock, path("Deployment"), {"spec": {"replicas": 5, "template": {"spec": edited}}}
+            )
+            await api_patch(kmock, path("HorizontalPodAutoscaler"), {"spec": {"maxReplicas": 99}})
+            await until(
+                lambda: (
+                    (stored(kmock, "apps/v1/deployments", gateway) or {})["spec"]["template"]
+                    == rendered["Deployment"]["spec"]["template"]
+                    and as_rendered("HorizontalPodAutoscaler")
+                ),
+                seconds=10,
+                what=lambda: "the gateway's template and the HPA as rendered again",
+            )
+            assert (stored(kmock, "apps/v1/deployments", gateway) or {})["spec"]["replicas"] == 5
+        assert runner.exception is None
+
+    # every child written by server-side apply as the operator's field manager (the emulator refuses
+    # an apply without one)
+    applies = [
+        r
+        for r in list(kmock)
+        if r.headers.get("User-Agent", "").startswith("protege-operator/") and str(r.method.value) == "PATCH"
+    ]
+    assert {r.resource.plural for r in applies} >= {"rayservices", "deployments", "services"}
+    for request in applies:
+        assert request.headers["Content-Type"] == "application/apply-patch+yaml"
+        assert request.params == {"fieldManager": FIELD_MANAGER, "force": "true"}
 
 
 def task_size(store: Any) -> int:

@@ -101,7 +101,7 @@ API_USES: tuple[ApiUse, ...] = (
         "rayservices",
         "get create patch",
         OPERATOR,
-        "a pool's RayService: read, then created or merge-patched; read for the pool's status",
+        "a pool's RayService: server-side applied (creates or patches it); read for the pool's status",
     ),
     _use(
         "ray.io",
@@ -111,25 +111,35 @@ API_USES: tuple[ApiUse, ...] = (
         "training jobs: created, read for their state, listed by label (training slots, adoption), "
         "finished ones deleted once the Specialist's status no longer names them",
     ),
-    _use("", "configmaps", "get create patch", OPERATOR, "a pool's routing table: read-modify-write"),
-    _use("", "services", "get create patch", OPERATOR, "a pool's gateway Service"),
-    _use("apps", "deployments", "get create patch", OPERATOR, "a pool's gateway Deployment"),
+    _use(
+        "",
+        "configmaps",
+        "get create patch",
+        OPERATOR,
+        "a pool's routing table: created empty, read, merge-patched over the resourceVersion read",
+    ),
+    _use("", "services", "create patch", OPERATOR, "a pool's gateway Service: server-side applied"),
+    _use("apps", "deployments", "create patch", OPERATOR, "a pool's gateway Deployment: server-side applied"),
     _use(
         "autoscaling",
         "horizontalpodautoscalers",
-        "get create patch",
+        "create patch",
         OPERATOR,
-        "a pool's gateway's autoscaler",
+        "a pool's gateway's autoscaler: server-side applied",
     ),
     _use(
-        "policy", "poddisruptionbudgets", "get create patch", OPERATOR, "a pool's gateway's disruption budget"
+        "policy",
+        "poddisruptionbudgets",
+        "create patch",
+        OPERATOR,
+        "a pool's gateway's disruption budget: server-side applied",
     ),
     _use(
         "networking.k8s.io",
         "networkpolicies",
-        "get create patch",
+        "create patch",
         OPERATOR,
-        "a pool's NetworkPolicies: who reaches its Ray pods and its gateway's metrics",
+        "a pool's NetworkPolicies, server-side applied: who reaches its Ray pods and its gateway's metrics",
         needs=(Mode.NETWORK_POLICIES,),
     ),
     _use(

@@ -1,4 +1,4 @@
-"""A small async client for the objects the operator owns: create-or-patch, read, status.
+"""A small async client for the objects the operator owns: server-side apply, read, patch.
 
 Only the handful of kinds the operator renders, by their REST paths; no discovery. The
 connection is the operator's own: ``PROTEGE_OPERATOR_API_SERVER`` (plain HTTP, for tests
@@ -10,6 +10,7 @@ as ``protege-operator/<version>``.
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ import aiohttp
 
 from protege.operator.api_access import check_client_call
 from protege.version import __version__
+
+# the operator's field manager on every server-side apply (``metadata.managedFields``)
+FIELD_MANAGER = "protege-operator"
+APPLY_PATCH = "application/apply-patch+yaml"
 
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
@@ -42,6 +47,10 @@ def object_path(api_version: str, kind: str, namespace: str, name: str | None = 
 
 def _declared(verb: str, api_version: str, kind: str) -> None:
     check_client_call(verb, api_version, PLURALS[(api_version, kind)])
+
+
+class ConflictError(Exception):
+    """409 Conflict: the object changed since the ``resourceVersion`` the write carried."""
 
 
 @dataclass
@@ -121,31 +130,35 @@ class KubeClient:
             return True
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Create the object, or merge-patch its labels, owner references, spec and data."""
+        """Server-side apply: the whole manifest as the operator's intent (field manager
+        :data:`FIELD_MANAGER`, ``force``: the operator owns what it renders, so another manager's
+        change of those fields is taken back); creates the object when it is missing. Every child
+        the operator renders is written through here."""
         meta = manifest["metadata"]
-        api_version, kind, namespace, name = (
-            manifest["apiVersion"],
-            manifest["kind"],
-            meta["namespace"],
-            meta["name"],
-        )
-        for verb in ("create", "patch"):  # before anything is sent
+        api_version, kind = manifest["apiVersion"], manifest["kind"]
+        for verb in ("create", "patch"):  # before anything is sent: apply creates or patches
             _declared(verb, api_version, kind)
-        if await self.get(api_version, kind, namespace, name) is None:
-            url = self.connection.server + object_path(api_version, kind, namespace)
-            async with self.session.post(url, json=manifest) as response:
-                if response.status != 409:  # created meanwhile: patch it below
-                    response.raise_for_status()
-                    created: dict[str, Any] = await response.json()
-                    return created
-        patch = {key: value for key, value in manifest.items() if key in ("spec", "data")}
-        patch["metadata"] = {
-            "labels": meta.get("labels", {}),
-            "ownerReferences": meta.get("ownerReferences", []),
-        }
+        url = self.connection.server + object_path(api_version, kind, meta["namespace"], meta["name"])
+        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        headers = {"Content-Type": APPLY_PATCH}  # JSON is YAML
+        async with self.session.patch(
+            url, data=json.dumps(manifest), params=params, headers=headers
+        ) as response:
+            response.raise_for_status()
+            applied: dict[str, Any] = await response.json()
+            return applied
+
+    async def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A merge patch; a ``metadata.resourceVersion`` in it is a precondition: :class:`ConflictError`
+        when the object changed since that version was read."""
+        _declared("patch", api_version, kind)
         url = self.connection.server + object_path(api_version, kind, namespace, name)
         headers = {"Content-Type": "application/merge-patch+json"}
         async with self.session.patch(url, json=patch, headers=headers) as response:
+            if response.status == 409:
+                raise ConflictError(f"{kind} {namespace}/{name} changed since it was read")
             response.raise_for_status()
             patched: dict[str, Any] = await response.json()
             return patched

@@ -1,8 +1,9 @@
 """The kopf operator: ``kopf run -m protege.operator.main``.
 
 Handlers adopt, apply and patch status; every child comes from :mod:`protege.operator.render`.
-A SpecialistPool gets its RayService, routing ConfigMap and gateway; its status follows
-the RayService (Ready once KubeRay reports the Serve application running). A Specialist
+A SpecialistPool gets its RayService, routing ConfigMap and gateway, applied server-side again on
+its timer (drift is undone within one interval); its status follows the RayService (Ready once KubeRay
+reports the Serve application running). A Specialist
 is driven by the lifecycle shared with the local driver (:mod:`protege.flywheel.lifecycle`:
 validation and a missing pool to status, the decision core, deletion, a status written only
 when it changed): RayJobs to train, its pool's routing table to roll out, events for every
@@ -205,13 +206,7 @@ async def reconcile_pool(
             _status(status, meta, PoolPhase.FAILED, ready=False, reason=reason, message=str(error))
         )
         raise
-    owner = _owner(body)
-    for child in render_pool(owner, pool, memo.platform, memo.isolation):
-        await memo.kube.apply(child)
-        logger.info(f"applied {child['kind']} {child['metadata']['name']}")
-    # Created empty if missing, never overwritten: the table is the Specialists' to fill.
-    if await memo.kube.create(render_routes(owner, RoutingTable())):
-        logger.info(f"created ConfigMap {routes_config_map_name(owner.name)}")
+    await _apply_children(_owner(body), pool, memo, logger)
     patch.status.update(
         _status(
             status,
@@ -224,12 +219,33 @@ async def reconcile_pool(
     )
 
 
+async def _apply_children(
+    owner: Owner, pool: SpecialistPoolSpec, memo: kopf.Memo, logger: kopf.Logger, *, healing: bool = False
+) -> None:
+    """Server-side apply every child (:func:`render_pool`), and create the routing ConfigMap if it is
+    missing: created empty, never overwritten (the table is the Specialists' to fill)."""
+    log = logger.debug if healing else logger.info  # the timer applies them every interval
+    for child in render_pool(owner, pool, memo.platform, memo.isolation):
+        await memo.kube.apply(child)
+        log(f"applied {child['kind']} {child['metadata']['name']}")
+    if await memo.kube.create(render_routes(owner, RoutingTable())):
+        logger.info(f"created ConfigMap {routes_config_map_name(owner.name)}")
+
+
 @kopf.timer(GROUP, VERSION, "specialistpools", interval=STATUS_INTERVAL, initial_delay=1)
 async def follow_pool(
-    *, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any
-) -> None:
-    """Ready once KubeRay reports the pool's Serve application running; otherwise why not, in KubeRay's
-    and Serve's words (:func:`readiness`)."""
+    *,
+    body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
+    memo: kopf.Memo, logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """Heal drift, then follow KubeRay: every child is applied again (a deleted one comes back, an
+    edited field the operator renders is set back), then the pool is Ready once KubeRay reports its
+    Serve application running; otherwise why not, in KubeRay's and Serve's words (:func:`readiness`)."""
+    try:
+        pool = _allowed(_validated(SpecialistPoolSpec, spec, "SpecialistPool"), memo)
+    except kopf.PermanentError:
+        return  # Failed with the reason already (reconcile_pool): nothing of it to apply or follow
+    await _apply_children(_owner(body), pool, memo, logger, healing=True)
     phase = status.get("phase") if status else None
     if phase == PoolPhase.FAILED.value:
         return

@@ -1,0 +1,113 @@
+"""kmock's Kubernetes emulator with the API server's write rules the operator relies on.
+
+kmock's :class:`~kmock.KubernetesEmulator` stores what it is sent (merge patches merged, JSON patches
+applied) and leaves ``metadata.resourceVersion`` as it was given. :class:`KubeApiEmulator` adds:
+
+- server-side apply (``Content-Type: application/apply-patch+yaml``): refused with 400 without a
+  ``fieldManager`` (as the API server refuses it); creates the object when it is missing; otherwise
+  merged like a merge patch (kmock keeps no ``managedFields``: fields another manager added stay,
+  fields the applier stops sending are not removed);
+- a new ``metadata.resourceVersion`` on every create and patch (status included), as the API
+  server's;
+- a ``metadata.resourceVersion`` in a merge patch or an apply is a precondition: 409 Conflict when
+  the object has another one now; a JSON patch whose ``test`` op fails is refused with 422.
+
+The versions move for the kinds the operator's client writes, not for kopf's custom resources
+(``protege.dev``, :data:`UNVERSIONED_GROUPS`), which keep kmock's behaviour.
+Writes are served one at a time, so a precondition is checked against the state the write lands on.
+Use it in a test with ``@pytest.mark.kmock(cls=KubeApiEmulator)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+from typing import Any
+
+import attrs
+import jsonpatch
+import yaml
+from kmock import KubernetesEmulator
+from kmock._internal import enums, k8s, rendering
+
+APPLY_PATCH = "application/apply-patch+yaml"
+# kopf's own resources keep kmock's versions (as the test set them): kmock's watch replays every object
+# when a watch starts, so kopf would see stale bodies whose JSON-patch ``test`` of the version then fails
+UNVERSIONED_GROUPS = frozenset({"protege.dev"})
+
+
+def _error(status: int, reason: str, message: str) -> k8s.KubernetesError:
+    return k8s.KubernetesError(status=status, reason=reason, message=message, details={})
+
+
+@attrs.define(kw_only=True)
+class KubeApiEmulator(KubernetesEmulator):
+    _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        if request.resource is None or request.action not in (enums.action.CREATE, enums.action.UPDATE):
+            return await super()._handle(request)
+        async with self._writes:
+            served = self._write(request)
+            # kmock matches its reactions to the requests it logged, by identity: the served one stands
+            # in for what the client sent while it is served, the log keeps what was sent
+            log = self._requests
+            index = next(i for i in range(len(log) - 1, -1, -1) if log[i] is request)
+            log[index] = served
+            try:
+                return await super()._handle(served)
+            finally:
+                log[:] = [request if logged is served else logged for logged in log]
+
+    def _write(self, request: rendering.Request) -> rendering.Request:
+        """The request as the emulator should serve it: checked, its object stamped with a new version."""
+        kind = (request.headers.get("Content-Type") or "").split(";")[0].strip()
+        data, action, method = copy.deepcopy(request.data), request.action, request.method
+        if kind == APPLY_PATCH:
+            if not request.params.get("fieldManager"):
+                raise _error(400, "BadRequest", "fieldManager is required for apply requests")
+            if not isinstance(data, dict):
+                data = yaml.safe_load(request.text)
+        resource = request.resource
+        assert resource is not None  # only Kubernetes writes come here
+        if resource.group in UNVERSIONED_GROUPS:
+            return attrs.evolve(request, data=data)
+        if action is enums.action.UPDATE and request.name is not None:
+            key = (resource, request.namespace, request.name)
+            try:
+                current = self.objects[key]
+            except KeyError:
+                current = None
+            if current is not None and not current.deleted:
+                _check_preconditions(request, dict(current.last.raw), data)
+            elif kind == APPLY_PATCH:
+                action, method = enums.action.CREATE, enums.method.POST  # apply creates what is missing
+        version = str(next(self._versions))
+        if isinstance(data, dict):
+            data.setdefault("metadata", {})["resourceVersion"] = version
+        elif isinstance(data, list):
+            data = [*data, {"op": "add", "path": "/metadata/resourceVersion", "value": version}]
+        return attrs.evolve(request, data=data, action=action, method=method)
+
+
+def _check_preconditions(request: rendering.Request, current: dict[str, Any], data: Any) -> None:
+    """409 for a merge patch or apply carrying another resourceVersion than ``current``'s; 422 for a
+    JSON patch that does not apply (a failed ``test``)."""
+    if isinstance(data, dict):
+        sent = (data.get("metadata") or {}).get("resourceVersion")
+        stored = (current.get("metadata") or {}).get("resourceVersion")
+        if sent is not None and str(sent) != str(stored):
+            plural = request.resource.plural if request.resource else "objects"
+            raise _error(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {plural} "{request.name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+            )
+    elif isinstance(data, list):
+        try:
+            jsonpatch.apply_patch(current, data)
+        except jsonpatch.JsonPatchException as error:
+            raise _error(422, "Invalid", f"the JSON patch does not apply: {error}") from None
