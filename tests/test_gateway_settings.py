@@ -16,7 +16,8 @@ import yaml
 
 from protege.api.pool import SpecialistPoolSpec
 from protege.config import Settings, as_environment, gateway_settings, load_settings, merged_settings
-from protege.operator.render import Owner, Platform, gateway_environment, render_gateway
+from protege.operator.gateway import gateway_environment, render_gateway
+from protege.operator.platform import Owner, Platform
 from protege.stack.config import StackConfig
 from protege.stack.supervisor import Stack
 

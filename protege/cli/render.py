@@ -59,7 +59,9 @@ def render(
     from protege.operator.allowlist import PoolAllowList
     from protege.operator.children import render_pool
     from protege.operator.isolation import NetworkIsolation
-    from protege.operator.render import Owner, Platform, render_routes, render_training_job
+    from protege.operator.platform import Owner, Platform
+    from protege.operator.routing import render_routes
+    from protege.operator.training_jobs import render_training_job
 
     try:  # the operator's settings, as it reads them from its environment; the options over them
         allowed, isolation = PoolAllowList.from_environment(), NetworkIsolation.from_environment()

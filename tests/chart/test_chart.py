@@ -36,14 +36,11 @@ from protege.capture.access import COMPONENTS, identities
 from protege.config import load_settings
 from protege.operator.allowlist import PoolAllowList
 from protege.operator.api_access import Rules, required_rules
+from protege.operator.gateway import render_gateway
 from protege.operator.isolation import NetworkIsolation, render_network_policies
-from protege.operator.render import (
-    Owner,
-    Platform,
-    render_gateway,
-    render_ray_service,
-    render_training_job,
-)
+from protege.operator.platform import Owner, Platform
+from protege.operator.ray_service import render_ray_service
+from protege.operator.training_jobs import render_training_job
 from protege.services.process import find_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,7 +207,8 @@ def check_service_monitor(monitor: dict[str, Any], services: list[dict[str, Any]
 def check_gateway_pod_monitor(monitor: dict[str, Any]) -> None:
     """It selects the gateway pods the operator renders and scrapes their named metrics port."""
     from protege.api.pool import SpecialistPoolSpec
-    from protege.operator.render import Owner, render_gateway
+    from protege.operator.gateway import render_gateway
+    from protege.operator.platform import Owner
 
     assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
     spec = monitor["spec"]
@@ -1050,7 +1048,9 @@ def test_the_platforms_pod_settings_reach_every_pools_pods(render: Render) -> No
     """platform.podTemplate becomes PROTEGE_OPERATOR_POD_TEMPLATE, which the operator lays a pool's
     podTemplate over; a label pods are selected by is refused by the schema, naming it."""
     from protege.api.pool import SpecialistPoolSpec
-    from protege.operator.render import Owner, render_gateway, render_ray_service
+    from protege.operator.gateway import render_gateway
+    from protege.operator.platform import Owner
+    from protege.operator.ray_service import render_ray_service
 
     pod_template = {
         "gateway": {"imagePullSecrets": [{"name": "regcred"}], "labels": {"team": "platform"}},

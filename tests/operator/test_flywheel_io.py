@@ -12,7 +12,7 @@ from protege.api.specialist import TrainingSpec
 from protege.flywheel.data import StoreData
 from protege.flywheel.specialist import JobPhase
 from protege.operator.flywheel_io import KubeFlywheelIO, RouteBook, job_state
-from protege.operator.render import Owner, Platform
+from protege.operator.platform import Owner, Platform
 from protege.store.artifacts import ArtifactStore
 
 

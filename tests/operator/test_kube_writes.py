@@ -13,7 +13,8 @@ import pytest
 from protege.api.routes import RoutingTable, SpecialistRoute
 from protege.operator.flywheel_io import ROUTES_ATTEMPTS, PoolRoutes, RoutesConflictError
 from protege.operator.kube import FIELD_MANAGER, ConflictError, Connection, KubeClient
-from protege.operator.render import Owner, render_routes
+from protege.operator.platform import Owner
+from protege.operator.routing import render_routes
 from protege.testing.kube_api import KubeApiEmulator
 from protege.testing.plugin import register_kmock_resources
 

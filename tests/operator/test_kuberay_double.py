@@ -20,7 +20,9 @@ import yaml
 from protege.api.jobs import JobSpec
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.specialist import SpecialistSpec
-from protege.operator.render import Owner, Platform, render_ray_service, render_training_job
+from protege.operator.platform import Owner, Platform
+from protege.operator.ray_service import render_ray_service
+from protege.operator.training_jobs import render_training_job
 from protege.testing.kuberay import (
     MAX_RAYJOB_NAME_LENGTH,
     KubeRayDouble,

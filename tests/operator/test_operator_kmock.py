@@ -381,7 +381,7 @@ async def test_deleted_and_edited_children_are_restored_within_a_reconcile_inter
     from protege.api.pool import SpecialistPoolSpec
     from protege.operator.children import render_pool
     from protege.operator.kube import FIELD_MANAGER
-    from protege.operator.render import Owner, Platform
+    from protege.operator.platform import Owner, Platform
 
     register_kmock_resources(kmock)
     monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))

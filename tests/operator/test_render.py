@@ -22,18 +22,16 @@ from protege.api.routes import RolloutStage
 from protege.api.specialist import SpecialistSpec, TrainingSpec
 from protege.crds.validate import CrdCatalogue
 from protege.models.sources import volume_source
-from protege.operator.render import (
-    Owner,
-    Platform,
+from protege.operator.gateway import (
     gateway_name,
-    ray_service_name,
     render_gateway,
     render_gateway_autoscaler,
     render_gateway_disruption_budget,
-    render_ray_service,
-    render_routes,
-    render_training_job,
 )
+from protege.operator.platform import Owner, Platform
+from protege.operator.ray_service import ray_service_name, render_ray_service
+from protege.operator.routing import render_routes
+from protege.operator.training_jobs import render_training_job
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from protege.api.pool import SpecialistPoolSpec
-from protege.operator.isolation import NetworkIsolation, render_network_policies
-from protege.operator.render import (
-    Owner,
-    Platform,
+from protege.operator.gateway import (
     render_gateway,
     render_gateway_autoscaler,
     render_gateway_disruption_budget,
-    render_ray_service,
 )
+from protege.operator.isolation import NetworkIsolation, render_network_policies
+from protege.operator.platform import Owner, Platform
+from protege.operator.ray_service import render_ray_service
 
 
 def render_pool(

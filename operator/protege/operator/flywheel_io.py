@@ -20,15 +20,9 @@ from protege.flywheel.data import StoreData
 from protege.flywheel.lifecycle import DriverIO, RouteTable
 from protege.flywheel.specialist import JobPhase, JobState
 from protege.operator.kube import ConflictError, KubeClient
-from protege.operator.render import (
-    API_GROUP,
-    ROUTES_KEY,
-    Owner,
-    Platform,
-    render_routes,
-    render_training_job,
-    routes_config_map_name,
-)
+from protege.operator.platform import API_GROUP, Owner, Platform
+from protege.operator.routing import ROUTES_KEY, render_routes, routes_config_map_name
+from protege.operator.training_jobs import render_training_job
 
 _SUCCEEDED, _FAILED = {"SUCCEEDED"}, {"FAILED", "STOPPED"}
 # KubeRay's terminal deployment states without a success: the spec refused (name, fields), or the

@@ -1,9 +1,9 @@
-"""A pool's NetworkPolicies: who may reach its Ray pods and its gateway (pure, like render.py).
+"""A pool's NetworkPolicies: who may reach its Ray pods and its gateway (pure, like the renderers).
 
 With the chart's ``networkPolicies.enabled`` the operator creates three ingress policies next to
 each pool (``PROTEGE_OPERATOR_NETWORK_POLICIES``: the peers below, as JSON; unset: none):
 
-- ``<pool>-serve`` selects the pool's serving Ray pods (:func:`protege.operator.render.ray_pod_labels`):
+- ``<pool>-serve`` selects the pool's serving Ray pods (:func:`protege.operator.ray_service.ray_pod_labels`):
   the pool's own Ray pods reach them on every port (GCS, raylets, object transfers); its gateways
   reach Serve's port (8000) and nothing else; the KubeRay operator reaches the dashboard (8265:
   it deploys the Serve application and reads its status through the dashboard's API) and Serve's
@@ -12,9 +12,9 @@ each pool (``PROTEGE_OPERATOR_NETWORK_POLICIES``: the peers below, as JSON; unse
 - ``<pool>-gateway`` selects the pool's gateway pods: the API (8080) from anywhere (agents, with
   their API keys), the metrics port (9090, every tenant's figures) from Prometheus only.
 - ``<pool>-training`` selects the training Ray pods of the pool's Specialists (their RayJobs'
-  heads and workers, :func:`protege.operator.render.training_pod_labels`): they reach each other
+  heads and workers, :func:`protege.operator.training_jobs.training_pod_labels`): they reach each other
   on every port (Ray's GCS, raylets, object transfers, Ray Train's collectives); the RayJobs'
-  submitter pods (:func:`~protege.operator.render.training_submitter_labels`) and the KubeRay
+  submitter pods (:func:`~protege.operator.training_jobs.training_submitter_labels`) and the KubeRay
   operator (it reads the job's status from the dashboard) reach the dashboard (8265), Prometheus
   Ray's metrics port (8080); nothing else reaches them (no gateway, no agent: training serves
   nothing).
@@ -31,20 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protege.api.naming import child_name
-from protege.operator.render import (
-    GATEWAY_METRICS_PORT,
-    GATEWAY_PORT,
-    SERVE_PORT,
-    Owner,
-    _gateway_selector,
-    _metadata,
-    _plain,
-    gateway_name,
-    ray_pod_labels,
-    ray_service_name,
-    training_pod_labels,
-    training_submitter_labels,
-)
+from protege.operator.gateway import GATEWAY_METRICS_PORT, GATEWAY_PORT, gateway_name, gateway_selector
+from protege.operator.platform import Owner, child_metadata, plain
+from protege.operator.ray_pods import SERVE_PORT
+from protege.operator.ray_service import ray_pod_labels, ray_service_name
+from protege.operator.training_jobs import training_pod_labels, training_submitter_labels
 
 NETWORK_POLICIES_VARIABLE = "PROTEGE_OPERATOR_NETWORK_POLICIES"
 RAY_DASHBOARD_PORT = 8265
@@ -104,7 +95,7 @@ def render_network_policies(owner: Owner, isolation: NetworkIsolation) -> list[d
     """The pool's ``<pool>-serve``, ``<pool>-gateway`` and ``<pool>-training`` NetworkPolicies
     (ingress only)."""
     serving = ray_pod_labels(owner.name)
-    gateways = _gateway_selector(owner)
+    gateways = gateway_selector(owner)
     serve_rules: list[dict[str, Any]] = [
         {"from": [{"podSelector": {"matchLabels": serving}}]},  # Ray within the pool: every port
         {"from": [{"podSelector": {"matchLabels": gateways}}], "ports": [_port(SERVE_PORT)]},
@@ -131,11 +122,11 @@ def render_network_policies(owner: Owner, isolation: NetworkIsolation) -> list[d
 
 
 def _policy(name: str, owner: Owner, selected: dict[str, str], rules: list[dict[str, Any]]) -> dict[str, Any]:
-    return _plain(
+    return plain(
         {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
-            "metadata": _metadata(name, owner, "network-policy"),
+            "metadata": child_metadata(name, owner, "network-policy"),
             "spec": {"podSelector": {"matchLabels": selected}, "policyTypes": ["Ingress"], "ingress": rules},
         }
     )

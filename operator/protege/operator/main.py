@@ -1,6 +1,7 @@
 """The kopf operator: ``kopf run -m protege.operator.main``.
 
-Handlers adopt, apply and patch status; every child comes from :mod:`protege.operator.render`.
+Handlers adopt, apply and patch status; every child comes from a pure renderer
+(:mod:`protege.operator.children`, :mod:`~protege.operator.routing`, :mod:`~protege.operator.training_jobs`).
 A SpecialistPool gets its RayService, routing ConfigMap and gateway, applied server-side again on
 its timer (drift is undone within one interval); its status follows the RayService (Ready once KubeRay
 reports the Serve application running). A Specialist
@@ -41,18 +42,14 @@ from protege.operator import metrics
 from protege.operator.allowlist import PoolAllowList
 from protege.operator.children import render_pool
 from protege.operator.flywheel_io import KubeFlywheelIO, RouteBook
+from protege.operator.gateway import gateway_name
 from protege.operator.isolation import NetworkIsolation
 from protege.operator.kube import Connection, KubeClient
 from protege.operator.metrics import PhaseBook
 from protege.operator.passes import Passes
-from protege.operator.render import (
-    Owner,
-    Platform,
-    gateway_name,
-    ray_service_name,
-    render_routes,
-    routes_config_map_name,
-)
+from protege.operator.platform import Owner, Platform
+from protege.operator.ray_service import ray_service_name
+from protege.operator.routing import render_routes, routes_config_map_name
 from protege.operator.serve_state import readiness
 from protege.store.artifacts import ArtifactStore
 
