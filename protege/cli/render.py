@@ -1,9 +1,17 @@
-"""`protege render`: the exact child manifests the operator would create, for review in Git."""
+"""`protege render`: the exact child manifests the operator would create, for review in Git.
+
+With ``--values`` the operator's settings are those the chart gives it for these values files:
+Helm renders the chart's operator Deployment and the operator's own
+:meth:`~protege.operator.settings.OperatorSettings.from_environment` reads its container's
+variables (:mod:`protege.operator.settings`). Without, they come from this process's
+``PROTEGE_OPERATOR_*`` variables, as the operator reads its own.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
@@ -13,6 +21,9 @@ from protege.api.meta import spec_problems
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.specialist import SpecialistSpec
 from protege.cli.common import console, fail
+
+if TYPE_CHECKING:
+    from protege.operator.settings import OperatorSettings
 
 
 def render(
@@ -24,49 +35,66 @@ def render(
     dataset_version: str = typer.Option(
         "latest", help="Dataset version a Specialist's training RayJob would train on."
     ),
+    values_files: list[Path] | None = typer.Option(
+        None,
+        "--values",
+        help="A values file of the chart, as `helm install -f` takes it; repeat it (later files override "
+        "earlier ones). The operator's settings (images, artifact store, NATS, platform.podTemplate, "
+        "pools.allowed*, networkPolicies) are those the chart gives it for these values: rendered by Helm "
+        "(the Python package helm-python-sdk). Without: the PROTEGE_OPERATOR_* variables, as the operator "
+        "reads them; unset: the defaults.",
+    ),
+    chart: Path | None = typer.Option(
+        None, "--chart", help="The chart's directory, for --values. Default: charts/protege of this checkout."
+    ),
+    release: str = typer.Option("protege", "--release", help="The chart's release name, for --values."),
+    release_namespace: str = typer.Option(
+        "protege-system", "--release-namespace", help="The chart's release namespace, for --values."
+    ),
     allowed_images: list[str] | None = typer.Option(
         None,
         "--allowed-image",
         help="A glob pattern of the images a pool may choose (the chart's pools.allowedImages); repeat it. "
-        "Default: PROTEGE_OPERATOR_ALLOWED_IMAGES (a JSON list), as the operator reads it; unset: any.",
+        "Default: the --values', else PROTEGE_OPERATOR_ALLOWED_IMAGES (a JSON list), as the operator "
+        "reads it; unset: any.",
     ),
     allowed_extra_args: list[str] | None = typer.Option(
         None,
         "--allowed-extra-arg",
         help="A glob pattern of the engine.extraArgs a pool may set (pools.allowedExtraArgs); repeat it. "
-        "Default: PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS, as the operator reads it; unset: any.",
+        "Default: the --values', else PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS, as the operator reads it; "
+        "unset: any.",
     ),
     allowed_service_accounts: list[str] | None = typer.Option(
         None,
         "--allowed-service-account",
         help="A glob pattern of the serviceAccountNames a pool's podTemplate may set "
-        "(pools.allowedServiceAccounts); repeat it. Default: PROTEGE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS, "
+        "(pools.allowedServiceAccounts); repeat it. "
+        "Default: the --values', else PROTEGE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS, "
         "as the operator reads it; unset: any.",
     ),
     allowed_priority_classes: list[str] | None = typer.Option(
         None,
         "--allowed-priority-class",
         help="A glob pattern of the priorityClassNames a pool's podTemplate may set "
-        "(pools.allowedPriorityClasses); repeat it. Default: PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES, "
+        "(pools.allowedPriorityClasses); repeat it. "
+        "Default: the --values', else PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES, "
         "as the operator reads it; unset: any.",
     ),
 ) -> None:
     """Print what the operator would apply: the RayService, gateway (with its autoscaler, disruption
-    budget and, with PROTEGE_OPERATOR_NETWORK_POLICIES, network policies), routing ConfigMap and
-    training RayJobs."""
+    budget and, with the chart's networkPolicies, network policies), routing ConfigMap and training
+    RayJobs, with the operator's settings from --values (the chart's) or PROTEGE_OPERATOR_*."""
     from protege.api.jobs import JobSpec
     from protege.api.routes import RoutingTable
     from protege.operator.allowlist import PoolAllowList
     from protege.operator.children import render_pool
-    from protege.operator.isolation import NetworkIsolation
-    from protege.operator.platform import Owner, Platform
+    from protege.operator.platform import Owner
     from protege.operator.routing import render_routes
     from protege.operator.training_jobs import render_training_job
 
-    try:  # the operator's settings, as it reads them from its environment; the options over them
-        allowed, isolation = PoolAllowList.from_environment(), NetworkIsolation.from_environment()
-    except ValueError as error:
-        fail(str(error))
+    settings = _operator_settings(values_files, chart, release, release_namespace)
+    platform, allowed, isolation = settings.platform, settings.allowed, settings.isolation
     allowed = PoolAllowList(
         tuple(allowed_images) if allowed_images else allowed.images,
         tuple(allowed_extra_args) if allowed_extra_args else allowed.extra_args,
@@ -79,7 +107,6 @@ def render(
             documents += [d for d in yaml.safe_load_all(path.read_text()) if d]
         except (OSError, yaml.YAMLError) as error:
             fail(f"{path}: {error}")
-    platform = Platform()
     pools: dict[str, SpecialistPoolSpec] = {}
     out: list[dict[str, Any]] = []
 
@@ -130,3 +157,18 @@ def render(
     if not out:
         fail("no SpecialistPool or Specialist in the files")
     console.print(yaml.safe_dump_all(out, sort_keys=False), highlight=False, end="", soft_wrap=True)
+
+
+def _operator_settings(
+    values_files: list[Path] | None, chart: Path | None, release: str, namespace: str
+) -> OperatorSettings:
+    """The chart's settings for the values files (the operator's own reading of the variables Helm
+    renders into its Deployment), or this process's PROTEGE_OPERATOR_* variables."""
+    from protege.operator.settings import CHART, OperatorSettings, chart_settings
+
+    try:
+        if values_files:
+            return chart_settings(values_files, chart=chart or CHART, release=release, namespace=namespace)
+        return OperatorSettings.from_environment(os.environ)
+    except (ValueError, RuntimeError) as error:
+        fail(str(error))

@@ -1086,3 +1086,110 @@ def test_the_platforms_pod_settings_reach_every_pools_pods(render: Render) -> No
     assert ["/".join(str(p) for p in e.absolute_path) for e in errors] == [
         "platform/podTemplate/serving/labels"
     ]
+
+
+def test_protege_render_values_renders_what_the_operator_installed_with_them_applies(
+    render: Render, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`protege render --values a.yaml --values b.yaml` prints what an operator installed with
+    ``helm install -f a.yaml -f b.yaml`` applies: the same objects as `protege render` run with
+    the environment this chart gives the operator's container (the variables the operator's
+    configure() reads), and not the defaults'."""
+    from typer.testing import CliRunner
+
+    from protege.cli import app
+    from protege.operator.settings import OperatorSettings, merge_values
+
+    first = {
+        "platform": {
+            "servingImage": "registry.example/serving:9",
+            "trainingImage": "registry.example/training:1",
+            "podTemplate": {"training": {"priorityClassName": "batch-low"}},
+        },
+        "pools": {"allowedImages": ["rayproject/ray-llm:*"]},
+        "networkPolicies": {"enabled": False},
+    }
+    second = {  # later files win: maps merge, anything else replaces
+        "platform": {"trainingImage": "registry.example/training:9", "gatewayImage": "registry.example/gw:9"},
+        "networkPolicies": {
+            "enabled": True,
+            "prometheus": [{"namespaceSelector": {"matchLabels": {"team": "observability"}}}],
+        },
+    }
+    values_files = []
+    for i, values in enumerate((first, second)):
+        values_files += ["--values", str(tmp_path / f"values-{i}.yaml")]
+        (tmp_path / f"values-{i}.yaml").write_text(yaml.safe_dump(values))
+    manifests = ["-f", str(ROOT / "examples" / "pool.yaml"), "-f", str(ROOT / "examples" / "specialist.yaml")]
+
+    printed = CliRunner().invoke(app, ["render", *manifests, *values_files])
+    assert printed.exit_code == 0, printed.output
+    objects = list(yaml.safe_load_all(printed.output))
+
+    # the operator's reading of the environment the chart renders for the same values
+    env = {
+        name: e["value"]
+        for name, e in render(merge_values([first, second])).env().items()
+        if name.startswith("PROTEGE_OPERATOR_") and "value" in e
+    }
+    operator = OperatorSettings.from_environment(env)
+    assert operator.platform.serving_image == "registry.example/serving:9"
+    assert operator.platform.training_image == "registry.example/training:9"
+    assert operator.platform.gateway_image == "registry.example/gw:9"
+    assert operator.platform.nats_url != Platform().nats_url  # the release's NATS Service, fully qualified
+    assert operator.allowed.images == ("rayproject/ray-llm:*",)
+    assert operator.isolation is not None
+    assert list(operator.isolation.prometheus) == second["networkPolicies"]["prometheus"]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    as_operator = CliRunner().invoke(app, ["render", *manifests])
+    assert as_operator.exit_code == 0, as_operator.output
+    assert objects == list(yaml.safe_load_all(as_operator.output))
+
+    kinds = [o["kind"] for o in objects]
+    assert kinds.count("NetworkPolicy") == 3 and "RayJob" in kinds
+    [service] = [o for o in objects if o["kind"] == "RayService"]
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    [job] = [o for o in objects if o["kind"] == "RayJob"]
+    serve_head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert serve_head["containers"][0]["image"] == "registry.example/serving:9"
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/gw:9"
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["image"] == "registry.example/training:9"
+    assert head["priorityClassName"] == "batch-low"
+    for name in list(env):
+        monkeypatch.delenv(name)
+    defaults = CliRunner().invoke(app, ["render", *manifests])
+    assert defaults.exit_code == 0 and list(yaml.safe_load_all(defaults.output)) != objects
+
+    # the allow-list of the values: a pool's own image beyond it is refused, as the operator would
+    pool = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text())
+    pool["spec"]["image"] = "evil.example/miner:1"
+    (tmp_path / "rogue.yaml").write_text(yaml.safe_dump(pool))
+    refused = CliRunner().invoke(app, ["render", "-f", str(tmp_path / "rogue.yaml"), *values_files])
+    assert refused.exit_code != 0
+    assert "'rayproject/ray-llm:*'" in " ".join(refused.output.split())
+
+
+def test_protege_render_values_says_what_helm_refuses_and_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from typer.testing import CliRunner
+
+    from protege.cli import app
+    from protege.operator.settings import merge_values
+
+    assert merge_values([{"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": 3, "c": None}, "d": [2]}]) == {
+        "a": {"b": 3},
+        "d": [2],
+    }
+    pool = ["-f", str(ROOT / "examples" / "pool.yaml")]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"platform": {"artifactStore": 7}}))
+    refused = CliRunner().invoke(app, ["render", *pool, "--values", str(tmp_path / "bad.yaml")])
+    assert refused.exit_code != 0 and "helm refused the values" in refused.output
+    assert "/platform/artifactStore" in refused.output
+    monkeypatch.setitem(sys.modules, "helm_python", None)  # not installed
+    missing = CliRunner().invoke(app, ["render", *pool, "--values", str(tmp_path / "bad.yaml")])
+    assert missing.exit_code != 0 and "helm-python-sdk" in " ".join(missing.output.split())

@@ -43,7 +43,6 @@ from protege.operator.allowlist import PoolAllowList
 from protege.operator.children import render_pool
 from protege.operator.flywheel_io import KubeFlywheelIO, RouteBook
 from protege.operator.gateway import gateway_name
-from protege.operator.isolation import NetworkIsolation
 from protege.operator.kube import Connection, KubeClient
 from protege.operator.metrics import PhaseBook
 from protege.operator.passes import Passes
@@ -51,6 +50,7 @@ from protege.operator.platform import Owner, Platform
 from protege.operator.ray_service import ray_service_name
 from protege.operator.routing import render_routes, routes_config_map_name
 from protege.operator.serve_state import readiness
+from protege.operator.settings import OperatorSettings
 from protege.store.artifacts import ArtifactStore
 
 GROUP, VERSION = "protege.dev", "v1alpha1"
@@ -67,13 +67,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # seconds (60 by default) whether it has exited before it releases the finalizer.
     settings.background.cancellation_polling = 1.0
     memo.kube = KubeClient(Connection.from_environment())
-    memo.platform = Platform(
-        **{
-            field: os.environ[f"PROTEGE_OPERATOR_{field.upper()}"]
-            for field in Platform.__dataclass_fields__
-            if f"PROTEGE_OPERATOR_{field.upper()}" in os.environ
-        }
-    )
+    # the installation, what pools may choose (pools.allowed*: images, extraArgs, service accounts,
+    # priority classes) and their NetworkPolicies, if any: as `protege render --values` reads them
+    operator = OperatorSettings.from_environment(os.environ)
+    memo.platform, memo.allowed, memo.isolation = operator.platform, operator.allowed, operator.isolation
     memo.store = _store(memo.platform)
     # its own identity on the call log (PROTEGE_NATS_AUTH__*: the chart passes it from a Secret)
     memo.nats = NatsEndpoint.from_settings(load_settings(), OPERATOR).with_servers(memo.platform.nats_url)
@@ -81,10 +78,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.routes = RouteBook(memo.kube)
     memo.phases = PhaseBook()
     memo.passes = Passes()
-    # what a pool may choose (pools.allowed*: images, extraArgs, service accounts, priority classes)
-    # and its NetworkPolicies, if any
-    memo.allowed = PoolAllowList.from_environment()
-    memo.isolation = NetworkIsolation.from_environment()
     metrics.serve(int(os.environ.get("PROTEGE_OPERATOR_METRICS_PORT", "9090")))
 
 

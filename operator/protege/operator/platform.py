@@ -9,6 +9,7 @@ deterministic, so a restarted operator finds what it created instead of creating
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -18,6 +19,7 @@ from protege.config import as_environment, setting_variable
 from protege.version import __version__
 
 API_GROUP = "protege.dev"
+ENVIRONMENT_PREFIX = "PROTEGE_OPERATOR_"  # the operator's settings, as the chart sets them
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,17 @@ class Platform:
     # with the fields of a pool's spec.podTemplate (protege.api.pods.PodTemplates); a pool's own
     # podTemplate is laid over it. Checked when the operator starts.
     pod_template: str | None = None
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Platform:
+        """The fields the chart sets, each from ``PROTEGE_OPERATOR_<FIELD>``; the others their defaults."""
+        return cls(
+            **{
+                field: environ[f"{ENVIRONMENT_PREFIX}{field.upper()}"]
+                for field in cls.__dataclass_fields__
+                if f"{ENVIRONMENT_PREFIX}{field.upper()}" in environ
+            }
+        )
 
     def __post_init__(self) -> None:
         self.pod_templates  # noqa: B018 - parsed now: a bad setting fails the operator's startup, saying why
