@@ -16,7 +16,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from protege.operator.gateway import render_gateway
 from protege.operator.isolation import NetworkIsolation, render_network_policies
 from protege.operator.platform import Owner, Platform
 from protege.operator.ray_service import render_ray_service
+from protege.operator.settings import chart_without_subcharts
 from protege.operator.training_jobs import render_training_job
 from protege.services.process import find_binary
 
@@ -112,12 +112,7 @@ class Render(Protocol):
 @pytest.fixture(scope="module")
 def chart_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """charts/protege without its dependencies (see the module docstring), nor fetched subcharts."""
-    target = tmp_path_factory.mktemp("chart") / "protege"
-    shutil.copytree(CHART, target, ignore=shutil.ignore_patterns("charts", "Chart.lock", "*.tgz"))
-    metadata = yaml.safe_load((target / "Chart.yaml").read_text())
-    metadata.pop("dependencies")
-    (target / "Chart.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False))
-    return target
+    return chart_without_subcharts(CHART, tmp_path_factory.mktemp("chart") / "protege")
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,16 @@ def _over(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def chart_without_subcharts(chart: Path, target: Path) -> Path:
+    """A copy of ``chart`` at ``target`` without its dependencies (NATS, KubeRay) or fetched
+    subcharts: Helm renders it without ``helm dependency build``."""
+    shutil.copytree(chart, target, ignore=shutil.ignore_patterns("charts", "Chart.lock", "*.tgz"))
+    metadata = yaml.safe_load((target / "Chart.yaml").read_text())
+    metadata.pop("dependencies", None)
+    (target / "Chart.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False))
+    return target
+
+
 def render_chart(
     values: Mapping[str, Any],
     *,
@@ -103,11 +113,7 @@ def render_chart(
     if not (chart / "Chart.yaml").is_file():
         raise ValueError(f"{chart} is not a chart directory (no Chart.yaml): pass the chart's directory")
     with tempfile.TemporaryDirectory() as scratch:
-        copy = Path(scratch) / chart.name
-        shutil.copytree(chart, copy, ignore=shutil.ignore_patterns("charts", "Chart.lock", "*.tgz"))
-        metadata = yaml.safe_load((copy / "Chart.yaml").read_text())
-        metadata.pop("dependencies", None)
-        (copy / "Chart.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False))
+        copy = chart_without_subcharts(chart, Path(scratch) / chart.name)
         with helm.Config(namespace=namespace, storage_driver="memory", kubeconfig_content=_KUBECONFIG) as cfg:
             try:
                 release_info = cfg.install(copy, release, dict(values), dry_run="client")
