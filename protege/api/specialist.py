@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field, field_validator, model_validator
 
@@ -403,6 +403,20 @@ class SpecialistVersion(KubeModel):
     message: str = Field(default="", description="Why it is in its state.")
 
 
+class CandidateStep(KubeModel):
+    """Where the candidate version is in its rollout: the step the routing table routes it at."""
+
+    stage: Literal["shadow", "canary"] = Field(
+        description="shadow: its answers scored, not returned; canary: it answers a share of the calls."
+    )
+    traffic_percent: int = Field(
+        default=0, ge=0, le=100, description="Share of the calls it answers in canary."
+    )
+    since: AwareDatetime | None = Field(
+        default=None, description="When it entered this stage or step: calls before do not count."
+    )
+
+
 class LiveAgreement(KubeModel):
     """A version's agreement with the teacher on live traffic, with its confidence interval."""
 
@@ -448,6 +462,13 @@ class SpecialistStatus(KubeModel):
     new_examples: int = Field(default=0, ge=0, description="Examples since the active version's dataset.")
     active_version: str | None = Field(default=None, description="Version serving the task's traffic.")
     candidate_version: str | None = Field(default=None, description="Version in shadow or canary.")
+    candidate_step: CandidateStep | None = Field(
+        default=None, description="The candidate version's stage, traffic share and since when."
+    )
+    previous_version: str | None = Field(
+        default=None,
+        description="Version that served before the active one: where a rollback of it returns.",
+    )
     traffic_share: int = Field(
         default=0, ge=0, le=100, description="Percent of the task's calls answered by a specialist version."
     )

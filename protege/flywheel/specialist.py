@@ -7,7 +7,8 @@ through the I/O, and returns the new status with an event for every transition.
 
 Every action is safe to repeat after a crash: job names are a hash of their spec (starting
 the same job twice finds the first), a job's result is read back from the store, and the
-route is rewritten whole from the status and the table it read.
+route is written whole from the status (:func:`implied_route`; the status is the rollout's source
+of truth, the pool's routing table derived from it), only when the table's differs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from protege.api.meta import ConditionStatus, set_condition, set_progress
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import Candidate, RolloutStage, SpecialistRoute
 from protege.api.specialist import (
+    CandidateStep,
     ConfidenceCheck,
     DataPolicy,
     InputDrift,
@@ -176,29 +178,82 @@ async def reconcile(
     current.task_id, current.examples = task.id, task.examples
 
     stored_route = await io.read_route(name)
-    route = SpecialistRoute(
-        specialist=name,
-        tenant=spec.task.tenant,
-        task_id=task.id,
-        fallback=spec.fallback,
-        metric=spec.evaluation.metric,
-        teacher_sample_rate=spec.rollout.teacher_sample_rate,
-        active=stored_route.active if stored_route else None,
-        previous=stored_route.previous if stored_route else None,
-        candidate=stored_route.candidate if stored_route else None,
-        failed=stored_route.failed if stored_route else [],
-    )
+    route = implied_route(name, spec, task.id, current, stored_route, now=now)
     step = _Pass(name, spec, pool, io, now, outcome)
     route = await step.follow_training(route)
     route = await step.follow_rollout(route)
     route = route.model_copy(update={"confidence_checks": _confidence_checks(current, route)})
-    if route != stored_route:
+    _record_route(current, route)
+    if route != stored_route:  # a transition, or the table lost or changed the route out of band
         await io.write_route(route)
     await step.watch_inputs(route)
     await step.maybe_train(route, task, trigger, job_options or {})
-    current.active_version = route.active
-    current.candidate_version = route.candidate.version if route.candidate else None
     return _summarize(outcome, spec, now, route=route)
+
+
+def implied_route(
+    name: str,
+    spec: SpecialistSpec,
+    task_id: str,
+    status: SpecialistStatus,
+    stored: SpecialistRoute | None,
+    *,
+    now: datetime,
+) -> SpecialistRoute:
+    """The route a Specialist's status implies, before this pass's transitions (pure).
+
+    Its task and policies come from its spec; its versions (``active``, ``previous``, the
+    candidate at its stage and traffic share) from its status, the rollout's source of truth:
+    the routing table is derived from it, so a route deleted or edited out of band is written
+    again as the status says. ``stored``, the table's route, gives what the status does not hold:
+    the versions that failed to load; and, for a status written before it recorded the previous
+    version and the candidate's step, those while they agree with its active and candidate versions.
+    """
+    step = status.candidate_step
+    candidate = None
+    if status.candidate_version is not None:
+        if step is not None:
+            candidate = Candidate(
+                version=status.candidate_version,
+                stage=RolloutStage(step.stage),
+                traffic_percent=step.traffic_percent,
+                since=step.since,
+            )
+        elif stored is not None and stored.candidate and stored.candidate.version == status.candidate_version:
+            candidate = stored.candidate
+        if candidate is None:  # its step unrecorded and the table's gone: shadow again, from now
+            candidate = Candidate(version=status.candidate_version, stage=RolloutStage.SHADOW, since=now)
+    previous = status.previous_version
+    if previous is None and stored is not None and status.active_version is not None:
+        previous = stored.previous if stored.active == status.active_version else None
+    return SpecialistRoute(
+        specialist=name,
+        tenant=spec.task.tenant,
+        task_id=task_id,
+        fallback=spec.fallback,
+        metric=spec.evaluation.metric,
+        teacher_sample_rate=spec.rollout.teacher_sample_rate,
+        active=status.active_version,
+        previous=previous,
+        candidate=candidate,
+        failed=stored.failed if stored else [],
+    )
+
+
+def _record_route(status: SpecialistStatus, route: SpecialistRoute) -> None:
+    """The route's versions into the status: what :func:`implied_route` derives the route from."""
+    candidate = route.candidate
+    status.active_version, status.previous_version = route.active, route.previous
+    status.candidate_version = candidate.version if candidate else None
+    status.candidate_step = (
+        CandidateStep(
+            stage="canary" if candidate.stage is RolloutStage.CANARY else "shadow",
+            traffic_percent=candidate.traffic_percent,
+            since=candidate.since,
+        )
+        if candidate
+        else None
+    )
 
 
 def _live(version: str, seen: RolloutObservation) -> LiveAgreement | None:

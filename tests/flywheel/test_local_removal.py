@@ -231,3 +231,36 @@ async def test_forget_removed_alone_takes_a_route_and_status_away(tmp_path: Path
     await driver.forget_removed(set(driver.specialists()), done)
     assert done.removed == ["gone"] and [r.specialist for r in routes.read().routes] == ["kept"]
     assert sorted(p.stem for p in (tmp_path / "flywheel" / "status").glob("*.json")) == ["kept"]
+
+
+async def test_a_deleted_or_edited_routing_file_gets_the_routes_the_statuses_imply(tmp_path: Path) -> None:
+    """The routing file is derived from the Specialists' statuses: removed (or a route edited), the next
+    pass writes each route again with the versions its status names, not the teacher's alone."""
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    seed_task(store, "extract", 40, task_id="task-1")
+    driver = local_driver(tmp_path, store, FakeRay())
+    routes = driver.io.route_file
+    driver.add("serving", SPEC)
+    serving = SpecialistStatus.model_validate(
+        {
+            "activeVersion": "v2",
+            "previousVersion": "v1",
+            "versions": [
+                {"version": "v1", "state": "Retired", "examples": 40},
+                {"version": "v2", "state": "Serving", "examples": 40},
+            ],
+        }
+    )
+    await driver.status_file("serving").save(serving)
+    first = await driver.step()
+    assert first.statuses["serving"].phase is SpecialistPhase.SERVING
+    written = routes.read().for_specialist("serving")
+    assert written is not None and (written.active, written.previous) == ("v2", "v1")
+
+    routes.path.unlink()  # deleted out of band
+    await driver.step()
+    assert routes.read().for_specialist("serving") == written
+
+    await routes.update("serving", written.model_copy(update={"active": None, "previous": None}))
+    await driver.step()  # edited out of band
+    assert routes.read().for_specialist("serving") == written

@@ -315,8 +315,7 @@ async def test_a_serving_version_that_turns_wrong_is_rolled_back_and_retrained()
     status, _ = await step(io, SpecialistStatus(), T0)
     io.finish(status.versions[-1].job_name or "", "v1", 0.95)
     status, _ = await step(io, status, T0)
-    io.route = io.route.model_copy(update={"active": "v1", "candidate": None})  # v1 serves
-    status.versions[-1].state = VersionState.SERVING
+    serve(status, "v1")
     for minute in range(4):
         io.call(T0 + timedelta(minutes=minute), "v1", sampled=1.0)
     status, events = await step(io, status, T0 + timedelta(minutes=5))
@@ -337,6 +336,12 @@ async def test_a_serving_version_that_turns_wrong_is_rolled_back_and_retrained()
     assert status.retrain_reason is None
 
 
+def serve(status: SpecialistStatus, version: str) -> None:
+    """``version`` serves, its candidacy skipped: as the status says so (the route follows it)."""
+    status.active_version, status.candidate_version, status.candidate_step = version, None, None
+    status.versions[-1].state = VersionState.SERVING
+
+
 def routed_calls(io: MemoryIO, at: datetime, calls: int, novel: int) -> None:
     """``calls`` of the task answered by v1, the first ``novel`` unlike its training calls (router's word)."""
     for index in range(calls):
@@ -349,8 +354,7 @@ async def test_input_drift_is_reported_and_retrains_once_new_examples_arrive() -
     status, _ = await step(io, SpecialistStatus(), T0)  # v1's training starts at T0
     io.finish(status.versions[-1].job_name or "", "v1", 0.95)
     status, _ = await step(io, status, T0)
-    io.route = io.route.model_copy(update={"active": "v1", "candidate": None})  # v1 serves
-    status.versions[-1].state = VersionState.SERVING
+    serve(status, "v1")
     routed_calls(io, T0 + timedelta(minutes=10), calls=100, novel=5)  # like the training calls
     status, events = await step(io, status, T0 + timedelta(minutes=11))
     assert events == [] and status.drift is not None
@@ -376,3 +380,75 @@ async def test_input_drift_is_reported_and_retrains_once_new_examples_arrive() -
     assert "of 200 calls unlike the training data (5% expected), over data.maxInputDrift 25%" in message
     status, events = await step(io, status, T0 + timedelta(minutes=24))
     assert events == [] and status.drift is None  # measured anew from the new training on
+
+
+class CountingIO(MemoryIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    async def write_route(self, route: SpecialistRoute) -> None:
+        self.writes += 1
+        await super().write_route(route)
+
+
+def rolled_out(*, canary: bool) -> SpecialistStatus:
+    """v2 serves (v1 before it); with ``canary``, v3 answers 50% of the calls since T0."""
+    versions = [{"version": v, "state": "Retired", "examples": 60, "jobName": f"j-{v}"} for v in ("v1", "v2")]
+    versions[1]["state"] = "Serving"
+    status = {"activeVersion": "v2", "previousVersion": "v1", "versions": versions}
+    if canary:
+        versions.append({"version": "v3", "state": "Canary", "examples": 60, "jobName": "j-v3"})
+        status |= {
+            "candidateVersion": "v3",
+            "candidateStep": {"stage": "canary", "trafficPercent": 50, "since": T0.isoformat()},
+        }
+    return SpecialistStatus.model_validate(status)
+
+
+async def test_a_route_lost_or_edited_out_of_band_is_written_again_as_the_status_says() -> None:
+    """The status is the rollout's source of truth, the routing table derived from it: a route gone
+    (the ConfigMap deleted, the file removed) comes back with its versions and the candidate's step;
+    one edited comes back as it was; an unchanged one is not written (no watch event for the gateways)."""
+    for canary in (False, True):
+        io, status = CountingIO(), rolled_out(canary=canary)
+        io.examples = 60
+        status, events = await step(io, status, T0 + timedelta(minutes=1))  # the route is gone
+        assert events == [] and io.writes == 1 and io.route is not None
+        assert (io.route.active, io.route.previous, io.route.task_id) == ("v2", "v1", "task-1")
+        assert status.phase is (SpecialistPhase.CANARY if canary else SpecialistPhase.SERVING)
+        if canary:
+            assert io.route.candidate is not None
+            assert io.route.candidate.model_dump() == {
+                "version": "v3",
+                "stage": "canary",
+                "traffic_percent": 50,
+                "since": T0,
+            }
+        else:
+            assert io.route.candidate is None
+        restored = io.route
+
+        status, events = await step(io, status, T0 + timedelta(minutes=2))
+        assert events == [] and io.writes == 1  # nothing differs: no write
+
+        io.route = restored.model_copy(update={"active": "v9", "previous": None, "candidate": None})
+        status, events = await step(io, status, T0 + timedelta(minutes=3))  # edited out of band
+        assert events == [] and io.writes == 2 and io.route == restored
+
+
+async def test_the_status_records_the_route_a_transition_wrote() -> None:
+    """The previous version and the candidate's step are in the status after each transition, so the
+    route it implies is the one written; a status without them (an older operator's) keeps the table's."""
+    io = MemoryIO()
+    io.examples = 60
+    status, _ = await step(io, SpecialistStatus(), T0)
+    io.finish(status.versions[-1].job_name or "", "v1", 0.95)
+    status, events = await step(io, status, T0)
+    assert events == ["CandidateShadowing"] and status.candidate_step is not None
+    assert (status.candidate_step.stage, status.candidate_step.since) == ("shadow", T0)
+    assert io.route is not None and io.route.candidate is not None and io.route.candidate.since == T0
+
+    legacy = status.model_copy(update={"candidate_step": None})  # the table's step is kept
+    status, events = await step(io, legacy, T0 + timedelta(minutes=1))
+    assert events == [] and status.candidate_step is not None and status.candidate_step.since == T0
