@@ -20,6 +20,8 @@ Three signals, in order:
    intents of an intent router) together, which density clustering such as HDBSCAN and a
    fixed distance threshold both split apart on this kind of data (measured on the
    shipped workload while building this).
+   Only what this needs is embedded: a sample of each group (``sample_size``) rules a
+   split out; the whole group is embedded only where the sample would split.
 
 Ids stay stable across runs: a task found again (same fingerprint, centroid within
 ``match_similarity`` of a previous task's) keeps its id; a new one gets an id from its
@@ -105,7 +107,7 @@ class DiscoverySettings:
     min_part_share: float = 0.25  # ... and each half is at least this share of the whole group
     # Embed and cluster a sample this big of a group (evenly spread); the rest only where it splits.
     # A task's centroid, threshold and exemplars come from its embedded members.
-    sample_size: int = 64
+    sample_size: int = 32
     max_cluster_points: int = 2000  # where a group splits, cluster a sample this big; assign the rest
     match_similarity: float = 0.9  # centroid similarity that makes a new task the old one
     threshold_margin: float = 0.05  # router threshold: the 2nd-percentile member similarity minus this
