@@ -129,7 +129,7 @@ class LazyVectors:
     """The unit embeddings of texts, made only when first asked for, each distinct text once.
 
     Discovery asks for a sample of each group, and for the whole group only where the sample
-    shows it splits: a group that stays one task never has its other members embedded.
+    would split: a group that stays one task never has its other members embedded.
     """
 
     def __init__(self, texts: Sequence[str], embedder: Embedder) -> None:
