@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from protege.api.ids import uuid7
 from protege.api.specialist import OutputKind
 from protege.tasks.discovery import MiniLM, TaskRegistry, discover
+from protege.tasks.discovery.discover import DiscoverySettings, split_indices
 from protege.tasks.examples import Example, example_from_record, output_kind
 from protege.workload import generate
 from protege.workload.agent import CITIES, NAMES
@@ -195,3 +197,30 @@ def test_task_names_skip_proper_nouns() -> None:
     others = [example(f"hello there number {i}") for i in range(5)]
     name = propose_name(members, members + others, fingerprint(members[0], {}))
     assert name == "label-deliver-parcel"
+
+
+def _clustered(sizes: list[int], seed: int = 0) -> np.ndarray:
+    """Unit vectors around one random direction per size (far apart), shuffled together."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.normal(size=64) * 4 + rng.normal(size=(n, 64)) for n in sizes]
+    vectors = np.concatenate(rows)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors[rng.permutation(len(vectors))].astype(np.float32)
+
+
+def test_a_group_that_stays_whole_embeds_only_its_sample_and_splits_decide_as_without_it() -> None:
+    settings, unbounded = DiscoverySettings(), DiscoverySettings(sample_size=10**9)
+    for sizes, parts in (([300], 1), ([180, 120], 2)):
+        vectors = _clustered(sizes)
+        asked: set[int] = set()
+
+        def embed(indices: np.ndarray, vectors: np.ndarray = vectors, asked: set[int] = asked) -> np.ndarray:
+            asked.update(indices.tolist())
+            return vectors[indices]
+
+        group = np.arange(len(vectors))
+        found = split_indices(group, embed, settings)
+        assert len(found) == parts
+        assert len(asked) == (settings.sample_size if parts == 1 else len(vectors))
+        whole = split_indices(group, lambda indices, v=vectors: v[indices], unbounded)
+        assert sorted(map(tuple, found)) == sorted(map(tuple, whole))

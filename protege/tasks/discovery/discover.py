@@ -20,6 +20,8 @@ Three signals, in order:
    intents of an intent router) together, which density clustering such as HDBSCAN and a
    fixed distance threshold both split apart on this kind of data (measured on the
    shipped workload while building this).
+   Only what this needs is embedded: a sample of each group (``sample_size``) rules a
+   split out; the whole group is embedded only where the sample would split.
 
 Ids stay stable across runs: a task found again (same fingerprint, centroid within
 ``match_similarity`` of a previous task's) keeps its id; a new one gets an id from its
@@ -33,7 +35,7 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -62,6 +64,8 @@ from protege.tasks.discovery.tasks import (
 from protege.tasks.examples import Example
 
 Matrix = NDArray[np.float32]
+# A task found: fingerprint, members, centroid, and the embedded members it and the threshold come from.
+Found = tuple["Fingerprint", list[int], NDArray[np.float32], NDArray[np.intp]]
 
 
 class Embedder(Protocol):
@@ -101,7 +105,10 @@ class DiscoverySettings:
     # requests score 0.1-0.3 with MiniLM; phrasings of one task 0.45 and up on the workload) ...
     split_similarity: float = 0.4
     min_part_share: float = 0.25  # ... and each half is at least this share of the whole group
-    max_cluster_points: int = 2000  # cluster a sample this big; assign the rest to its parts
+    # Embed and cluster a sample this big of a group (evenly spread); the rest only where it splits.
+    # A task's centroid, threshold and exemplars come from its embedded members.
+    sample_size: int = 32
+    max_cluster_points: int = 2000  # where a group splits, cluster a sample this big; assign the rest
     match_similarity: float = 0.9  # centroid similarity that makes a new task the old one
     threshold_margin: float = 0.05  # router threshold: the 2nd-percentile member similarity minus this
 
@@ -111,38 +118,94 @@ def _unit(vector: NDArray[Any]) -> NDArray[np.float32]:
     return (vector / norm if norm else vector).astype(np.float32)
 
 
+def _sample(indices: NDArray[np.intp], size: int) -> NDArray[np.intp]:
+    """At most ``size`` of ``indices``, evenly spread (deterministic: same input, same sample)."""
+    if len(indices) <= size:
+        return indices
+    return indices[np.linspace(0, len(indices) - 1, size).astype(np.intp)]
+
+
+class LazyVectors:
+    """The unit embeddings of texts, made only when first asked for, each distinct text once.
+
+    Discovery asks for a sample of each group, and for the whole group only where the sample
+    would split: a group that stays one task never has its other members embedded.
+    """
+
+    def __init__(self, texts: Sequence[str], embedder: Embedder) -> None:
+        self.texts, self.embedder = texts, embedder
+        self.rows: dict[int, NDArray[np.float32]] = {}
+
+    def known(self, indices: NDArray[np.intp]) -> bool:
+        return all(i in self.rows for i in indices.tolist())
+
+    def __call__(self, indices: NDArray[np.intp]) -> Matrix:
+        wanted = indices.tolist()
+        missing = [i for i in wanted if i not in self.rows]
+        if missing:
+            distinct = list(dict.fromkeys(self.texts[i] for i in missing))
+            made = dict(zip(distinct, self.embedder.encode(distinct), strict=True))
+            for i in missing:
+                self.rows[i] = made[self.texts[i]]
+        if not wanted:
+            return np.zeros((0, 1), np.float32)
+        return np.stack([self.rows[i] for i in wanted]).astype(np.float32)
+
+
 def split_group(vectors: Matrix, settings: DiscoverySettings, whole: int = 0) -> list[NDArray[np.intp]]:
     """Indices of the parts of one structural group: bisected while the halves are far apart and big.
 
     ``whole`` is the size of the group the recursion started from (shares are of it).
     """
-    every = np.arange(len(vectors))
-    whole = whole or len(vectors)
-    if len(vectors) < 2 * settings.min_task_size:
-        return [every]
-    from sklearn.cluster import AgglomerativeClustering
+    return split_indices(np.arange(len(vectors)), lambda indices: vectors[indices], settings, whole)
 
-    n = len(vectors)
-    sample = (
-        every
-        if n <= settings.max_cluster_points
-        else np.linspace(0, n - 1, settings.max_cluster_points).astype(np.intp)
-    )
-    halves = AgglomerativeClustering(n_clusters=2, metric="cosine", linkage="average").fit_predict(
-        vectors[sample]
-    )
-    centroids = np.stack([_unit(vectors[sample[halves == half]].mean(axis=0)) for half in (0, 1)])
-    side = np.argmax(vectors @ centroids.T, axis=1)  # unsampled points join the nearer half
-    smaller = min(int((side == 0).sum()), int((side == 1).sum()))
-    if float(centroids[0] @ centroids[1]) >= settings.split_similarity or smaller < max(
-        settings.min_task_size, settings.min_part_share * whole
-    ):
-        return [every]
+
+def split_indices(
+    group: NDArray[np.intp],
+    embed: Callable[[NDArray[np.intp]], Matrix],
+    settings: DiscoverySettings,
+    whole: int = 0,
+) -> list[NDArray[np.intp]]:
+    """The parts of ``group`` (indices ``embed`` maps to unit embeddings), bisected recursively.
+
+    A screen first: a sample (``sample_size``, evenly spread) is embedded and bisected; where
+    its halves are alike or one is too small a share, the group stays whole and the rest of it
+    is never embedded. Where the sample would split, the whole group is embedded and bisected
+    (a sample of ``max_cluster_points`` clustered, every member assigned to the nearer half):
+    the split itself is decided on the whole group, as without the screen.
+    """
+    whole = whole or len(group)
+    if len(group) < 2 * settings.min_task_size:
+        return [group]
+    least = max(settings.min_task_size, settings.min_part_share * whole)
+    if len(group) > settings.sample_size:
+        screened = _bisect(embed(_sample(group, settings.sample_size)), settings)
+        if (
+            screened is None
+            or min(np.bincount(screened[1], minlength=2)) * len(group) / settings.sample_size < least
+        ):
+            return [group]
+    cluster = _bisect(embed(_sample(group, settings.max_cluster_points)), settings)
+    if cluster is None:
+        return [group]
+    side = np.argmax(embed(group) @ cluster[0].T, axis=1)  # unsampled points join the nearer half
+    if min(int((side == 0).sum()), int((side == 1).sum())) < least:
+        return [group]
     parts = []
     for half in (0, 1):
-        members = every[side == half]
-        parts += [members[sub] for sub in split_group(vectors[members], settings, whole)]
+        parts += split_indices(group[side == half], embed, settings, whole)
     return parts
+
+
+def _bisect(vectors: Matrix, settings: DiscoverySettings) -> tuple[Matrix, NDArray[np.intp]] | None:
+    """Two halves of ``vectors`` (their centroids, each vector's half) if their centroids are far apart."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    halves = AgglomerativeClustering(n_clusters=2, metric="cosine", linkage="average").fit_predict(vectors)
+    centroids = np.stack([_unit(vectors[halves == half].mean(axis=0)) for half in (0, 1)])
+    if float(centroids[0] @ centroids[1]) >= settings.split_similarity:
+        return None
+    return centroids, np.argmax(vectors @ centroids.T, axis=1)
 
 
 _WORD = re.compile(r"\b[A-Za-z][A-Za-z_]{2,}")
@@ -217,14 +280,14 @@ def discover(
 ) -> TaskRegistry:
     settings = settings or DiscoverySettings()
     ordered = sorted(examples, key=lambda e: e.id)  # the same input in any order gives the same tasks
-    vectors = embedder.encode([e.user_text for e in ordered]) if ordered else np.zeros((0, 1), np.float32)
+    embed = LazyVectors([e.user_text for e in ordered], embedder)
     counts = tenant_segment_counts(ordered, settings.min_task_size)
     groups: dict[tuple[Structure, OutputKind], list[int]] = defaultdict(list)
     for index, example in enumerate(ordered):
         structure = example_structure(example, counts[example.tenant])
         groups[(structure, example.output_kind)].append(index)
 
-    found: list[tuple[Fingerprint, list[int], NDArray[np.float32]]] = []
+    found: list[Found] = []
     unassigned: list[str] = []
     for (structure, kind), indices in sorted(groups.items(), key=lambda item: str(item[0])):
         for tools, part_indices in by_tool_evidence(ordered, indices, settings, len(indices)):
@@ -232,25 +295,25 @@ def discover(
                 unassigned += [ordered[i].id for i in part_indices]
                 continue
             fp = Fingerprint.of(structure, kind, tools)
-            group = np.asarray(part_indices)
-            for part in split_group(vectors[group], settings):
-                chosen = group[part].tolist()
-                found.append((fp, chosen, _unit(vectors[chosen].mean(axis=0))))
+            for part in split_indices(np.asarray(part_indices, dtype=np.intp), embed, settings):
+                seen = part if embed.known(part) else _sample(part, settings.sample_size)
+                centroid = _unit(embed(seen).mean(axis=0))
+                found.append((fp, part.tolist(), centroid, seen))
 
     profiles = word_profiles(found, ordered)
     now = datetime.now(UTC)
     reuse = _match_previous(found, previous, settings)
     proposed = [
         propose_name([ordered[i] for i in indices], list(ordered), fp)
-        for position, (fp, indices, _) in enumerate(found)
+        for position, (fp, indices, _, _) in enumerate(found)
         if position not in reuse
     ]
     fresh = iter(unique_names(proposed, {old.name for old in reuse.values()}))
     tasks = []
-    for position, (fp, indices, centroid) in enumerate(found):
+    for position, (fp, indices, centroid, seen) in enumerate(found):
         members = [ordered[i] for i in indices]
-        similarity = vectors[indices] @ centroid
-        closest = np.argsort(-similarity)[:3]
+        similarity = embed(seen) @ centroid
+        closest = [ordered[i] for i in seen[np.argsort(-similarity)[:3]].tolist()]
         old = reuse.get(position)
         task_id = (
             old.id if old else f"task-{hashlib.sha256((fp.key + members[0].id).encode()).hexdigest()[:10]}"
@@ -262,7 +325,7 @@ def discover(
                 size=len(members),
                 output_kind=fp.output_kind,
                 example_ids=[m.id for m in members],
-                exemplars=[Exemplar(id=members[i].id, user_text=members[i].user_text[:200]) for i in closest],
+                exemplars=[Exemplar(id=e.id, user_text=e.user_text[:200]) for e in closest],
                 router=RouterProfile(
                     fingerprint=fp,
                     centroids=[centroid.round(6).tolist()],
@@ -282,9 +345,7 @@ def discover(
 MAX_PROFILE_WORDS = 300  # a task's vocabulary: its most frequent words (bounds the registry's size)
 
 
-def word_profiles(
-    found: list[tuple[Fingerprint, list[int], NDArray[np.float32]]], ordered: Sequence[Example]
-) -> dict[int, dict[str, Any]]:
+def word_profiles(found: list[Found], ordered: Sequence[Example]) -> dict[int, dict[str, Any]]:
     """Naive Bayes word profiles of the tasks, among the tasks that share a structure, and novelty bars.
 
     Laplace-smoothed over the words of the group's user turns; each task keeps its most frequent
@@ -294,7 +355,7 @@ def word_profiles(
     its novelty bar against its vocabulary (:func:`features.novelty_bar`).
     """
     groups: dict[Structure, list[int]] = defaultdict(list)
-    for position, (fp, _, _) in enumerate(found):
+    for position, (fp, _, _, _) in enumerate(found):
         groups[fp.structure].append(position)
     profiles: dict[int, dict[str, Any]] = {}
     for positions in groups.values():
@@ -318,7 +379,7 @@ def word_profiles(
 
 
 def _match_previous(
-    found: list[tuple[Fingerprint, list[int], NDArray[np.float32]]],
+    found: list[Found],
     previous: TaskRegistry | None,
     settings: DiscoverySettings,
 ) -> dict[int, Task]:
@@ -326,7 +387,7 @@ def _match_previous(
     if previous is None:
         return {}
     pairs = []
-    for position, (fp, _, centroid) in enumerate(found):
+    for position, (fp, _, centroid, _) in enumerate(found):
         for old in previous.tasks:
             if old.router.fingerprint == fp:
                 similarity = float(np.asarray(old.router.centroids[0], dtype=np.float32) @ centroid)
