@@ -39,7 +39,7 @@ from protege.operator.gateway import render_gateway
 from protege.operator.isolation import NetworkIsolation, render_network_policies
 from protege.operator.platform import Owner, Platform
 from protege.operator.ray_service import render_ray_service
-from protege.operator.settings import chart_without_subcharts
+from protege.operator.settings import DRY_RUN_KUBECONFIG, chart_without_subcharts
 from protege.operator.training_jobs import render_training_job
 from protege.services.process import find_binary
 
@@ -64,15 +64,6 @@ STANDARD_LABELS = {
     "app.kubernetes.io/managed-by",
     "helm.sh/chart",
 }
-# A kubeconfig for an address nothing listens on: a client dry run must never reach a cluster.
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
-contexts: [{name: none, context: {cluster: none, user: none}}]
-users: [{name: none, user: {token: none}}]
-current-context: none
-"""
 
 
 @dataclass
@@ -117,7 +108,9 @@ def chart_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def config() -> Iterator[helm.Config]:
-    with helm.Config(namespace=NAMESPACE, storage_driver="memory", kubeconfig_content=KUBECONFIG) as cfg:
+    with helm.Config(
+        namespace=NAMESPACE, storage_driver="memory", kubeconfig_content=DRY_RUN_KUBECONFIG
+    ) as cfg:
         yield cfg
 
 

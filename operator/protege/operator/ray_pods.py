@@ -106,6 +106,14 @@ def pod_templates(spec: SpecialistPoolSpec, platform: Platform) -> PodTemplates:
     return spec.pod_template.over(platform.pod_templates)
 
 
+def label_ray_pods(cluster: dict[str, Any], labels: dict[str, str]) -> None:
+    """Put ``labels`` on the pods of a Ray cluster spec's head and worker groups (their own labels
+    win): the NetworkPolicy that guards the cluster selects its pods by them."""
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        metadata = group["template"].setdefault("metadata", {})
+        metadata["labels"] = {**labels, **metadata.get("labels", {})}
+
+
 def ray_head(image: str, env: list[dict[str, Any]], overrides: PodOverrides) -> dict[str, Any]:
     """A head that runs no replicas or training itself (num-cpus 0): workers do the work."""
     template = {

@@ -21,6 +21,7 @@ from protege.operator.platform import (
 from protege.operator.ray_pods import (
     RAY_VERSION,
     ModelAccess,
+    label_ray_pods,
     pod_templates,
     ray_head,
     ray_worker,
@@ -73,10 +74,7 @@ def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platfor
             },
         }
     )
-    cluster = service["spec"]["rayClusterConfig"]
-    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:  # its NetworkPolicy selects them
-        metadata = group["template"].setdefault("metadata", {})
-        metadata["labels"] = {**ray_pod_labels(owner.name), **metadata.get("labels", {})}
+    label_ray_pods(service["spec"]["rayClusterConfig"], ray_pod_labels(owner.name))
     return service
 
 

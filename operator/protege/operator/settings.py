@@ -28,7 +28,7 @@ from protege.operator.platform import Platform
 CHART = Path(__file__).resolve().parents[3] / "charts" / "protege"
 RELEASE, RELEASE_NAMESPACE = "protege", "protege-system"  # as docs/kubernetes.md installs it
 # A kubeconfig for an address nothing listens on: the client-side dry run never reaches a cluster.
-_KUBECONFIG = """\
+DRY_RUN_KUBECONFIG = """\
 apiVersion: v1
 kind: Config
 clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
@@ -114,7 +114,9 @@ def render_chart(
         raise ValueError(f"{chart} is not a chart directory (no Chart.yaml): pass the chart's directory")
     with tempfile.TemporaryDirectory() as scratch:
         copy = chart_without_subcharts(chart, Path(scratch) / chart.name)
-        with helm.Config(namespace=namespace, storage_driver="memory", kubeconfig_content=_KUBECONFIG) as cfg:
+        with helm.Config(
+            namespace=namespace, storage_driver="memory", kubeconfig_content=DRY_RUN_KUBECONFIG
+        ) as cfg:
             try:
                 release_info = cfg.install(copy, release, dict(values), dry_run="client")
             except helm.HelmError as error:

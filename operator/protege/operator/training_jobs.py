@@ -14,6 +14,7 @@ from protege.operator.platform import API_GROUP, Owner, Platform, child_metadata
 from protege.operator.ray_pods import (
     RAY_VERSION,
     ModelAccess,
+    label_ray_pods,
     pod_templates,
     ray_head,
     ray_worker,
@@ -123,8 +124,5 @@ def render_training_job(
             },
         }
     )
-    cluster = rayjob["spec"]["rayClusterSpec"]
-    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:  # its NetworkPolicy selects them
-        metadata = group["template"].setdefault("metadata", {})
-        metadata["labels"] = {**training_pod_labels(pool_name), **metadata.get("labels", {})}
+    label_ray_pods(rayjob["spec"]["rayClusterSpec"], training_pod_labels(pool_name))
     return rayjob
