@@ -225,7 +225,8 @@ class Episode:
         v0 = SpecialistVersion(version="v0", state=VersionState.RETIRED, examples=size, created_at=trained)
         v1 = SpecialistVersion(version="v1", state=VersionState.SERVING, examples=size, created_at=trained)
         v0.message = "replaced by v1"
-        self.status = SpecialistStatus(versions=[v0, v1])  # as just after v1's promotion
+        # as just after v1's promotion: the status says who serves, the route follows it
+        self.status = SpecialistStatus(versions=[v0, v1], active_version="v1", previous_version="v0")
         assert await self.step() == []  # the route gets the spec's teacher sample rate and metric
         assert self.status.phase is SpecialistPhase.SERVING and self.status.live is None
         written = await self.io.read_route(NAME)
