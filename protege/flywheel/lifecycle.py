@@ -49,6 +49,7 @@ __all__ = [
     "JobLauncher",
     "Pool",
     "RouteTable",
+    "RoutesConflictError",
     "StatusSink",
     "delete",
     "deletion_policy",
@@ -78,33 +79,49 @@ class JobLauncher(Protocol):
         ...
 
 
+class RoutesConflictError(RuntimeError):
+    """The routing table changed under every one of an update's attempts (:attr:`RouteTable.attempts`)."""
+
+
 class RouteTable(ABC):
-    """One pool's routing table, and its one writer: read whole, one Specialist's route put in or
-    taken out, written whole and only when that changed it (the gateways' routers re-read it). One
-    update at a time per table (a lock shared by everything that writes it)."""
+    """One pool's routing table, and its one writer: read whole with its version, one Specialist's
+    route put in or taken out, written whole over the version read and only when that changed it
+    (the gateways' routers re-read it). One update at a time per table (a lock shared by everything
+    in this process that writes it); a table whose store checks versions (a ConfigMap's
+    resourceVersion) refuses a write over a stale one, and the update reads it again, at most
+    :attr:`attempts` times."""
+
+    attempts = 1  # reads and writes of one update: more where other writers may come in between
 
     def __init__(self, lock: asyncio.Lock | None = None) -> None:
         self._lock = lock or asyncio.Lock()
 
     @abstractmethod
-    async def load(self) -> RoutingTable: ...
+    async def fetch(self) -> tuple[RoutingTable, str | None]:
+        """The table and its version (None: no version, or no table yet)."""
 
     @abstractmethod
-    async def save(self, table: RoutingTable) -> None: ...
+    async def store(self, table: RoutingTable, version: str | None) -> bool:
+        """Write the table over ``version``; False when it changed since (nothing written)."""
 
     async def route(self, specialist: str) -> SpecialistRoute | None:
-        return (await self.load()).for_specialist(specialist)
+        return (await self.fetch())[0].for_specialist(specialist)
 
     async def update(self, specialist: str, route: SpecialistRoute | None) -> bool:
         """Put ``route`` in the table as ``specialist``'s, or take ``specialist`` out (None);
         whether the table changed."""
         async with self._lock:
-            table = await self.load()
-            updated = table.replacing(specialist, route)
-            if updated == table:
-                return False
-            await self.save(updated)
-            return True
+            for _ in range(self.attempts):
+                table, version = await self.fetch()
+                updated = table.replacing(specialist, route)
+                if updated == table:
+                    return False
+                if await self.store(updated, version):
+                    return True
+            raise RoutesConflictError(
+                f"{specialist}'s route not written: the routing table changed under each of "
+                f"{self.attempts} attempts"
+            )
 
 
 class DriverIO(StoreFacts):

@@ -175,11 +175,12 @@ class RouteFile(RouteTable):
             return RoutingTable()
         return RoutingTable.model_validate_json(self.path.read_text())
 
-    async def load(self) -> RoutingTable:
-        return self.read()
+    async def fetch(self) -> tuple[RoutingTable, str | None]:
+        return self.read(), None
 
-    async def save(self, table: RoutingTable) -> None:
+    async def store(self, table: RoutingTable, version: str | None) -> bool:
         write_atomically(self.path, table.model_dump_json(indent=1))
+        return True
 
 
 class LocalFlywheelIO(DriverIO):

@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 
 from protege.api.routes import RoutingTable, SpecialistRoute
-from protege.operator.flywheel_io import ROUTES_ATTEMPTS, PoolRoutes, RoutesConflictError
+from protege.flywheel.lifecycle import RoutesConflictError
+from protege.operator.flywheel_io import PoolRoutes
 from protege.operator.kube import FIELD_MANAGER, ConflictError, Connection, KubeClient
 from protege.operator.platform import Owner
 from protege.operator.routing import render_routes
@@ -152,7 +153,7 @@ async def test_a_routing_table_that_keeps_changing_fails_the_update_after_bounde
 
     kube = AlwaysStale(Connection(str(kmock.url).rstrip("/"), {}, None))
     try:
-        with pytest.raises(RoutesConflictError, match=f"{ROUTES_ATTEMPTS} attempts"):
+        with pytest.raises(RoutesConflictError, match=f"{PoolRoutes.attempts} attempts"):
             await PoolRoutes(kube, POOL, asyncio.Lock()).update("a", route("a"))
         with pytest.raises(ConflictError):
             await kube.patch(
@@ -162,4 +163,4 @@ async def test_a_routing_table_that_keeps_changing_fails_the_update_after_bounde
         await kube.close()
     assert routes_in(kmock) == []
     writes = [r for r in list(kmock) if str(r.method.value) == "PATCH" and r.url.path == ROUTES_PATH]
-    assert len(writes) == ROUTES_ATTEMPTS + 1
+    assert len(writes) == PoolRoutes.attempts + 1

@@ -13,7 +13,7 @@ from typing import Any
 
 from protege.api.jobs import JobSpec, job_name
 from protege.api.pool import SpecialistPoolSpec
-from protege.api.routes import RoutingTable, SpecialistRoute
+from protege.api.routes import RoutingTable
 from protege.api.specialist import TrainingSpec
 from protege.capture.connection import NatsEndpoint
 from protege.flywheel.data import StoreData
@@ -48,22 +48,16 @@ def job_state(ray_job: dict[str, Any] | None) -> JobState:
     return JobState(JobPhase.RUNNING, message)
 
 
-# how many times one routing-table update re-reads the ConfigMap after a 409 Conflict before it fails
-ROUTES_ATTEMPTS = 5
-
-
-class RoutesConflictError(RuntimeError):
-    """The routing table changed under every one of :data:`ROUTES_ATTEMPTS` updates."""
-
-
 class PoolRoutes(RouteTable):
     """A pool's routing table in its ConfigMap (``owner`` is the pool).
 
     Every Specialist of the pool read-modify-writes it: each write carries the ``resourceVersion``
     it read (a merge patch with ``metadata.resourceVersion``, which the API server checks), and a
     409 Conflict (another writer in between: another operator replica, a ``kubectl edit``) re-reads
-    it and puts the route in again, at most :data:`ROUTES_ATTEMPTS` times. The lock serializes this
+    it and puts the route in again, at most :attr:`attempts` times. The lock serializes this
     process's writers of one table; the resourceVersion guards against everyone else."""
+
+    attempts = 5
 
     def __init__(self, kube: KubeClient, owner: Owner, lock: asyncio.Lock) -> None:
         super().__init__(lock)
@@ -73,7 +67,7 @@ class PoolRoutes(RouteTable):
     def _name(self) -> str:
         return routes_config_map_name(self.owner.name)
 
-    async def _read(self) -> tuple[RoutingTable, str | None]:
+    async def fetch(self) -> tuple[RoutingTable, str | None]:
         """The table and the ConfigMap's resourceVersion (None: no ConfigMap)."""
         found = await self.kube.get("v1", "ConfigMap", self.owner.namespace, self._name)
         if found is None:
@@ -82,7 +76,7 @@ class PoolRoutes(RouteTable):
         table = RoutingTable.model_validate_json(text) if text else RoutingTable()
         return table, str(found["metadata"]["resourceVersion"])
 
-    async def _write(self, table: RoutingTable, version: str | None) -> bool:
+    async def store(self, table: RoutingTable, version: str | None) -> bool:
         """Write the table over ``version`` (None: create the ConfigMap); whether it was written."""
         manifest = render_routes(self.owner, table)
         if version is None:
@@ -93,32 +87,6 @@ class PoolRoutes(RouteTable):
         except ConflictError:
             return False
         return True
-
-    async def load(self) -> RoutingTable:
-        return (await self._read())[0]
-
-    async def save(self, table: RoutingTable) -> None:
-        """Write the whole table over whatever is there (:meth:`update` is the conflict-safe way)."""
-        for _ in range(ROUTES_ATTEMPTS):
-            if await self._write(table, (await self._read())[1]):
-                return
-        raise RoutesConflictError(f"ConfigMap {self._name}: changed under {ROUTES_ATTEMPTS} writes")
-
-    async def update(self, specialist: str, route: SpecialistRoute | None) -> bool:
-        """Put ``route`` in (None: take ``specialist`` out) over the version read; on a conflict
-        read again and retry; whether the table changed."""
-        async with self._lock:
-            for _ in range(ROUTES_ATTEMPTS):
-                table, version = await self._read()
-                updated = table.replacing(specialist, route)
-                if updated == table:
-                    return False
-                if await self._write(updated, version):
-                    return True
-            raise RoutesConflictError(
-                f"ConfigMap {self._name}: {specialist}'s route not written, the table changed under "
-                f"each of {ROUTES_ATTEMPTS} attempts"
-            )
 
 
 class RouteBook:
