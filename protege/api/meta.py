@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -78,9 +79,20 @@ class KubeModel(BaseModel):
         return unset | self.to_kube()
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
 def spec_problems(error: ValidationError) -> str:
     """Every wrong field of a spec, as ``spec.<path>: <what is wrong>`` joined by "; "."""
     return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+
+
+def spec_or_problems(model: type[ModelT], spec: Mapping[str, Any], kind: str) -> ModelT | str:
+    """The spec as ``model``, or what is wrong with it: ``invalid <kind>: `` and every wrong field."""
+    try:
+        return model.model_validate(dict(spec))
+    except ValidationError as error:
+        return f"invalid {kind}: {spec_problems(error)}"
 
 
 # Conditions are a list keyed by type, as in every built-in Kubernetes status.

@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
 from protege.api.jobs import ADAPTER_KIND, REPORT_KIND, RESULTS_AREA, JobSpec
-from protege.api.meta import ConditionStatus, set_condition, set_progress, spec_problems
+from protege.api.meta import ConditionStatus, set_condition, set_progress, spec_or_problems
 from protege.api.routes import RoutingTable, SpecialistRoute
 from protege.api.specialist import (
     DeletionPolicy,
@@ -177,10 +175,7 @@ class Driven:
 
 def parse_spec(spec: Mapping[str, Any]) -> SpecialistSpec | str:
     """The spec as its model, or what is wrong with it: every wrong field and how to fix it."""
-    try:
-        return SpecialistSpec.model_validate(dict(spec))
-    except ValidationError as error:
-        return f"invalid Specialist: {spec_problems(error)}"
+    return spec_or_problems(SpecialistSpec, spec, "Specialist")
 
 
 def _now() -> datetime:

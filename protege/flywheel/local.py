@@ -107,11 +107,7 @@ class RayJobs:
         ]
 
     def running(self, specialist: str) -> list[str]:
-        return sorted(
-            job.submission_id
-            for job in self._live_jobs()
-            if job.submission_id and (job.metadata or {}).get(SPECIALIST) == specialist
-        )
+        return self._ended_and_live(specialist)[1]
 
     def _ended_and_live(self, specialist: str) -> tuple[list[str], list[str]]:
         """The Specialist's jobs (by their metadata, never a name prefix): ended, and not yet."""

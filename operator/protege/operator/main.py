@@ -19,9 +19,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kopf
-from pydantic import ValidationError
 
-from protege.api.meta import ConditionStatus, KubeModel, set_condition, set_progress, spec_problems
+from protege.api.meta import ConditionStatus, KubeModel, set_condition, set_progress, spec_or_problems
 from protege.api.pool import PoolPhase, SpecialistPoolSpec, SpecialistPoolStatus
 from protege.api.routes import RoutingTable
 from protege.api.specialist import SpecialistStatus
@@ -109,10 +108,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 def _validated(model: type[SpecT], spec: Mapping[str, Any], kind: str) -> SpecT:
     """The spec as its model, or a PermanentError naming every wrong field and how to fix it."""
-    try:
-        return model.model_validate(dict(spec))
-    except ValidationError as error:
-        raise kopf.PermanentError(f"invalid {kind}: {spec_problems(error)}") from None
+    parsed = spec_or_problems(model, spec, kind)
+    if isinstance(parsed, str):
+        raise kopf.PermanentError(parsed)
+    return parsed
 
 
 class NotAllowedError(kopf.PermanentError):
