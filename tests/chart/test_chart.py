@@ -39,7 +39,7 @@ from protege.operator.gateway import render_gateway
 from protege.operator.isolation import NetworkIsolation, render_network_policies
 from protege.operator.platform import Owner, Platform
 from protege.operator.ray_service import render_ray_service
-from protege.operator.settings import DRY_RUN_KUBECONFIG, chart_without_subcharts
+from protege.operator.settings import DRY_RUN_KUBECONFIG, chart_without_subcharts, merge_values
 from protege.operator.training_jobs import render_training_job
 from protege.services.process import find_binary
 
@@ -510,7 +510,7 @@ def test_values_and_examples_satisfy_the_schema() -> None:
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     assert list(validator.iter_errors(defaults)) == []
     for path in EXAMPLES:  # an example overrides the defaults, as `helm install -f` merges them
-        errors = [e.message for e in validator.iter_errors(merge(defaults, example(path)))]
+        errors = [e.message for e in validator.iter_errors(merge_values([defaults, example(path)]))]
         assert errors == [], path.name
     assert len(EXAMPLES) >= 2
 
@@ -538,19 +538,12 @@ def test_values_and_examples_satisfy_the_schema() -> None:
 def test_bad_values_are_rejected_by_the_schema_and_by_helm(
     render: Render, change: dict[str, Any], path: str
 ) -> None:
-    values = merge(yaml.safe_load((CHART / "values.yaml").read_text()), change)
+    values = merge_values([yaml.safe_load((CHART / "values.yaml").read_text()), change])
     errors = list(jsonschema.Draft7Validator(schema()).iter_errors(values))
     assert errors and {"/" + "/".join(str(p) for p in e.absolute_path) for e in errors} == {path or "/"}
     with pytest.raises(helm.HelmError, match="don't meet the specifications of the schema") as raised:
         render(change)
     assert f"at '{path}'" in str(raised.value)
-
-
-def merge(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in change.items():
-        merged[key] = merge(base[key], value) if isinstance(value, dict) and key in base else value
-    return merged
 
 
 def documented_paths(values: dict[str, Any], node: dict[str, Any], prefix: str = "") -> Iterator[str]:
@@ -1066,9 +1059,11 @@ def test_the_platforms_pod_settings_reach_every_pools_pods(render: Render) -> No
     default = render().env()["PROTEGE_OPERATOR_POD_TEMPLATE"]["value"]
     assert Platform(pod_template=default).pod_templates == Platform().pod_templates
 
-    bad = merge(
-        yaml.safe_load((CHART / "values.yaml").read_text()),
-        {"platform": {"podTemplate": {"serving": {"labels": {"app.kubernetes.io/name": "mine"}}}}},
+    bad = merge_values(
+        [
+            yaml.safe_load((CHART / "values.yaml").read_text()),
+            {"platform": {"podTemplate": {"serving": {"labels": {"app.kubernetes.io/name": "mine"}}}}},
+        ]
     )
     errors = list(jsonschema.Draft7Validator(schema()).iter_errors(bad))
     assert ["/".join(str(p) for p in e.absolute_path) for e in errors] == [
@@ -1086,7 +1081,7 @@ def test_protege_render_values_renders_what_the_operator_installed_with_them_app
     from typer.testing import CliRunner
 
     from protege.cli import app
-    from protege.operator.settings import OperatorSettings, merge_values
+    from protege.operator.settings import OperatorSettings
 
     first = {
         "platform": {
@@ -1167,7 +1162,6 @@ def test_protege_render_values_says_what_helm_refuses_and_what_to_install(
     from typer.testing import CliRunner
 
     from protege.cli import app
-    from protege.operator.settings import merge_values
 
     assert merge_values([{"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": 3, "c": None}, "d": [2]}]) == {
         "a": {"b": 3},
