@@ -1,6 +1,6 @@
 """Task discovery (S3): recurring tasks from curated examples, and the router's profiles of them."""
 
-from protege.tasks.discovery.discover import DiscoverySettings, Embedder, MiniLM, discover, split_group
+from protege.tasks.discovery.discover import DiscoverySettings, Embedder, MiniLM, discover
 from protege.tasks.discovery.tasks import Fingerprint, RouterProfile, Task, TaskRegistry, fingerprint
 
 __all__ = [
@@ -13,5 +13,4 @@ __all__ = [
     "TaskRegistry",
     "discover",
     "fingerprint",
-    "split_group",
 ]

@@ -152,14 +152,6 @@ class LazyVectors:
         return np.stack([self.rows[i] for i in wanted]).astype(np.float32)
 
 
-def split_group(vectors: Matrix, settings: DiscoverySettings, whole: int = 0) -> list[NDArray[np.intp]]:
-    """Indices of the parts of one structural group: bisected while the halves are far apart and big.
-
-    ``whole`` is the size of the group the recursion started from (shares are of it).
-    """
-    return split_indices(np.arange(len(vectors)), lambda indices: vectors[indices], settings, whole)
-
-
 def split_indices(
     group: NDArray[np.intp],
     embed: Callable[[NDArray[np.intp]], Matrix],
