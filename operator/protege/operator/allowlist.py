@@ -80,9 +80,7 @@ class PoolAllowList:
         )
 
     def image_allowed(self, image: str, *, platform_image: str) -> bool:
-        if self.images is None or image == platform_image:
-            return True
-        return any(fnmatchcase(image, pattern) for pattern in self.images)
+        return self.name_allowed(image, self.images, platform=platform_image)
 
     def extra_arg_allowed(self, name: str) -> bool:
         if self.extra_args is None:
@@ -92,8 +90,8 @@ class PoolAllowList:
 
     @staticmethod
     def name_allowed(name: str, patterns: tuple[str, ...] | None, *, platform: str | None) -> bool:
-        """A service account or priority class name: allowed when unlimited, the platform's own for
-        that kind of pod, or matching a pattern."""
+        """An image, service account or priority class name: allowed when unlimited, the platform's
+        own (for that kind of pod), or matching a pattern."""
         if patterns is None or name == platform:
             return True
         return any(fnmatchcase(name, pattern) for pattern in patterns)
