@@ -132,6 +132,13 @@ class DemoPlan(BaseModel):
         default=True, description="Once min_promoted serve, also wait for the other rollouts under way."
     )
     settle_minutes: float = Field(default=0, ge=0, description="Traffic through the promoted specialists.")
+    settle_answers: int = Field(
+        default=0,
+        ge=0,
+        description="After settle_minutes, the agent goes on calling until each serving specialist has "
+        "answered this many calls (a restarted replica may still be loading).",
+    )
+    settle_answers_minutes: float = Field(default=5, gt=0, description="Most time for settle_answers.")
     drift_minutes: float = Field(default=9, ge=0, description="Most time for retraining after the drift.")
     stack: StackConfig = Field(default_factory=lambda: StackConfig.model_validate(DEMO_STACK))
     prices: PriceModel = Field(default_factory=PriceModel)
@@ -257,6 +264,22 @@ class Demo:
 
     def agent_outcomes(self) -> list[Outcome]:
         return list(self.agent.outcomes) if self.agent is not None else []
+
+    def watch_answers(self, answers: int, minutes: float) -> bool:
+        """Until each serving specialist has answered ``answers`` of the agent's calls from now on."""
+        since = len(self.agent_outcomes())
+
+        def answered(statuses: dict[str, SpecialistStatus]) -> bool:
+            counts = Counter(
+                o.specialist.partition("@")[0] for o in self.agent_outcomes()[since:] if o.specialist
+            )
+            return all(counts[name] >= answers for name, s in statuses.items() if s.active_version)
+
+        self.say(f"[{self.elapsed()}] serving: until each specialist has answered {answers} calls")
+        done = self.watch(answered, minutes)
+        if not done:
+            self.say(f"[{self.elapsed()}] serving: still under {answers} answers after {minutes:g} min")
+        return done
 
     # --- held-out evaluation ---------------------------------------------------------------
     def scored_calls(self, family: str) -> list[WorkloadCall]:
@@ -389,6 +412,8 @@ class Demo:
                     f"[{self.elapsed()}] serving: the agent keeps calling for {plan.settle_minutes:g} min"
                 )
                 self.watch(lambda _: False, plan.settle_minutes)
+                if plan.settle_answers:
+                    self.watch_answers(plan.settle_answers, plan.settle_answers_minutes)
             if plan.drift_family and self.drift:
                 self.marks["drift"] = time.time() - self.first_call
                 mixed = [c for c in self.train if c.task != plan.drift_family] + self.drift

@@ -50,7 +50,10 @@ PLAN = {
     "min_promoted": 1,
     "finish_rollouts": False,  # the second task's rollout may go on: the kills start at the first
     "learn_minutes": 10,
-    "settle_minutes": 1,
+    "settle_minutes": 1,  # the kills happen in it (four, 12 s apart)
+    # then until the specialists answer again: the restarted replica may still be loading (a CI run
+    # ended with none answered)
+    "settle_answers": 3,
     "stack": {
         **DEMO_STACK,
         "policy": POLICY,
@@ -60,7 +63,9 @@ PLAN = {
             **DEMO_STACK["flywheel"],
             "min_task_size": 10,
             "discover_every_seconds": 20,
-            "job_options": {"max_steps": 4, "few_shot": 0, "max_new_tokens": 48},
+            # 8 steps: with 4, most answers fell back on low confidence and the run took longer (433 s
+            # against 312 s here, with settle_answers)
+            "job_options": {"max_steps": 8, "few_shot": 0, "max_new_tokens": 48},
         },
     },
 }
@@ -119,7 +124,12 @@ def test_the_demo_completes_the_loop_through_crashes(
     # costs ~4 ms a text; this test is about crashes. The full demo runs with it (docs/quickstart.md).
     monkeypatch.setenv("PROTEGE_CURATION__PII_DETECTOR", "builtin")
     lines: list[str] = []
-    demo = Demo(DemoPlan.model_validate(PLAN), tmp_path / "demo", say=lines.append)
+
+    def say(line: str) -> None:  # kept for the assertions, shown live with -s
+        lines.append(line)
+        print(line, flush=True)
+
+    demo = Demo(DemoPlan.model_validate(PLAN), tmp_path / "demo", say=say)
     chaos = Chaos(demo)
     chaos.start()
     try:
