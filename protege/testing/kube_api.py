@@ -12,6 +12,13 @@ applied) and leaves ``metadata.resourceVersion`` as it was given. :class:`KubeAp
 - a ``metadata.resourceVersion`` in a merge patch or an apply is a precondition: 409 Conflict when
   the object has another one now; a JSON patch whose ``test`` op fails is refused with 422.
 
+- RBAC, once a test sets :attr:`KubeApiEmulator.rbac` (:class:`~protege.testing.rbac.Rbac`, what one
+  ServiceAccount may do): the requests of the clients it names by User-Agent (:attr:`rbac_clients`,
+  the operator's: kopf's and its own) are refused with 403 Forbidden and the API server's message
+  unless a rule allows them; each refusal is kept in :attr:`forbidden`. Discovery is open.
+- the Namespaces collection (kopf lists and watches it when it watches named namespaces), which
+  kmock cannot parse: the namespaces of stored objects and :attr:`KubeApiEmulator.namespaces`.
+
 The versions move for the kinds the operator's client writes, not for kopf's custom resources
 (``protege.dev``, :data:`UNVERSIONED_GROUPS`), which keep kmock's behaviour.
 Writes are served one at a time, so a precondition is checked against the state the write lands on.
@@ -25,11 +32,14 @@ import copy
 import itertools
 from typing import Any
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import yaml
 from kmock import KubernetesEmulator
 from kmock._internal import enums, k8s, rendering
+
+from protege.testing.rbac import Rbac
 
 APPLY_PATCH = "application/apply-patch+yaml"
 # kopf's own resources keep kmock's versions (as the test set them): kmock's watch replays every object
@@ -45,8 +55,13 @@ def _error(status: int, reason: str, message: str) -> k8s.KubernetesError:
 class KubeApiEmulator(KubernetesEmulator):
     _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
+    rbac: Rbac | None = attrs.field(default=None, init=False)
+    rbac_clients: tuple[str, ...] = attrs.field(default=("kopf/", "protege-operator/"), init=False)
+    forbidden: list[str] = attrs.field(factory=list, init=False)
+    namespaces: set[str] = attrs.field(factory=set, init=False)  # besides those of stored objects
 
     async def _handle(self, request: rendering.Request) -> Any:
+        self._authorize(request)
         if request.resource is None or request.action not in (enums.action.CREATE, enums.action.UPDATE):
             return await super()._handle(request)
         async with self._writes:
@@ -60,6 +75,78 @@ class KubeApiEmulator(KubernetesEmulator):
                 return await super()._handle(served)
             finally:
                 log[:] = [request if logged is served else logged for logged in log]
+
+    def _authorize(self, request: rendering.Request) -> None:
+        resource = request.resource
+        if resource is None or not resource.plural:
+            return  # discovery: open to every authenticated client
+        verb = _VERBS.get(request.action) if request.action else None
+        if request.action is enums.action.UPDATE:
+            verb = "update" if request.method is enums.method.PUT else "patch"
+        plural = resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        agent = request.headers.get("User-Agent") or ""
+        self._check(
+            agent, verb or str(request.method), resource.group or "", plural,
+            namespace=request.namespace, name=request.name,
+        )  # fmt: skip
+
+    def _check(
+        self,
+        agent: str,
+        verb: str,
+        group: str,
+        resource: str,
+        *,
+        namespace: str | None,
+        name: str | None = None,
+    ) -> None:
+        """403 Forbidden, as the API server says it, for a request of the RBAC's clients it does not allow."""
+        if self.rbac is None or not agent.startswith(self.rbac_clients):
+            return  # no RBAC set, or the test's own requests, KubeRay's, the HPA's
+        if not self.rbac.allows(verb, group, resource, namespace, name):
+            message = self.rbac.refusal(verb, group, resource, namespace)
+            self.forbidden.append(message)
+            raise _error(403, "Forbidden", message)
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock cannot parse the namespaces collection (/api/v1/namespaces reads as a namespace's path)
+        if raw_request.method == "GET" and raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            return await self._serve_namespaces(raw_request)
+        return await super().__call__(raw_request)
+
+    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """The Namespaces: :attr:`namespaces` and those of stored objects. A watch stays open without
+        events (none comes or goes in a test) until the client leaves."""
+        watch = raw_request.query.get("watch") in ("true", "1")
+        try:
+            self._check(
+                raw_request.headers.get("User-Agent") or "",
+                "watch" if watch else "list",
+                "",
+                "namespaces",
+                namespace=None,
+            )
+        except k8s.KubernetesError as error:
+            return await self._render_error(error)
+        if not watch:
+            names = self.namespaces | {key[1] for key in list(self.objects) if key[1]}
+            items = [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in sorted(names)
+            ]
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "NamespaceList",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": items,
+                }
+            )
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        # aiohttp signals no event when a client leaves: its transport says so
+        while raw_request.transport is not None and not raw_request.transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        return response
 
     def _write(self, request: rendering.Request) -> rendering.Request:
         """The request as the emulator should serve it: checked, its object stamped with a new version."""
@@ -90,6 +177,15 @@ class KubeApiEmulator(KubernetesEmulator):
         elif isinstance(data, list):
             data = [*data, {"op": "add", "path": "/metadata/resourceVersion", "value": version}]
         return attrs.evolve(request, data=data, action=action, method=method)
+
+
+_VERBS = {
+    enums.action.FETCH: "get",
+    enums.action.LIST: "list",
+    enums.action.WATCH: "watch",
+    enums.action.CREATE: "create",
+    enums.action.DELETE: "delete",
+}
 
 
 def _check_preconditions(request: rendering.Request, current: dict[str, Any], data: Any) -> None:

@@ -276,6 +276,48 @@ async def test_a_pool_the_platform_does_not_allow_fails_and_the_others_get_netwo
     assert undeclared_calls(kmock) == []
 
 
+async def test_an_operator_watching_named_namespaces_needs_no_more_than_the_charts_roles(
+    kmock: Any, monkeypatch: pytest.MonkeyPatch, kuberay_crds: Any
+) -> None:
+    """operator.watchNamespaces, as the chart installs it: its command line, and its RBAC enforced by
+    the emulator (a Role in each watched namespace, a ClusterRole with kopf's cluster-scoped reads).
+    The watched namespace's pool becomes Ready with no request refused; a pool elsewhere gets nothing."""
+    from kopf.testing import KopfRunner
+
+    from protege.operator.settings import RELEASE_NAMESPACE, render_chart
+    from protege.testing.rbac import Rbac
+
+    objects = render_chart({"operator": {"watchNamespaces": ["agents"]}})
+    [deployment] = [
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "protege-operator"
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    args = [a for a in container["args"] if not a.startswith("--liveness=")]  # no probe server in a test
+    assert "--namespace=agents" in args and "--all-namespaces" not in args
+    register_kmock_resources(kmock)
+    kmock.rbac = Rbac.for_service_account(objects, RELEASE_NAMESPACE, pod["serviceAccountName"])
+    kmock.namespaces |= {"agents", "elsewhere"}  # kopf lists them to find the ones it watches
+    monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
+    outside = pool_body("outside", "u-2")
+    outside["metadata"]["namespace"] = "elsewhere"
+    resource = "protege.dev/v1alpha1/specialistpools"
+    async with KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay:
+        with KopfRunner(args) as runner:
+            kmock.objects[resource, "agents", "smollm2-pool"] = pool_body("smollm2-pool", "u-1")
+            kmock.objects[resource, "elsewhere", "outside"] = outside
+            await until(lambda: stored(kmock, "ray.io/v1/rayservices", "smollm2-pool-serve"))
+            await until(lambda: stored(kmock, "apps/v1/deployments", "smollm2-pool-gateway"))
+            await kuberay.settle()
+            await until(lambda: pool_status(kmock, "smollm2-pool").get("phase") == "Ready")
+            await asyncio.sleep(2)  # a few of the pool timer's passes (0.5 s: status, drift healing)
+            assert not [key for key in list(kmock.objects) if key[1] == "elsewhere" and key[0] != resource]
+            assert (kmock.objects[resource, "elsewhere", "outside"].raw.get("status") or {}) == {}
+    assert runner.exception is None
+    assert kmock.forbidden == []
+    assert undeclared_calls(kmock) == []
+
+
 async def test_a_pool_with_a_long_name_serves_or_says_why_kuberay_refused_it(
     kmock: Any, monkeypatch: pytest.MonkeyPatch, kuberay_crds: Any
 ) -> None:
