@@ -44,25 +44,33 @@ def render(
         "(the Python package helm-python-sdk). Without: the PROTEGE_OPERATOR_* variables, as the operator "
         "reads them; unset: the defaults.",
     ),
-    chart: Path | None = typer.Option(
-        None, "--chart", help="The chart's directory, for --values. Default: charts/protege of this checkout."
+    set_values: list[str] | None = typer.Option(
+        None,
+        "--set",
+        help="Chart values on the command line, as `helm install --set` takes them (Helm's own parser: "
+        "a.b=1,c[0]=x); repeat it. Set over the --values files, as Helm does.",
     ),
-    release: str = typer.Option("protege", "--release", help="The chart's release name, for --values."),
+    chart: Path | None = typer.Option(
+        None,
+        "--chart",
+        help="The chart's directory, for --values and --set. Default: charts/protege of this checkout.",
+    ),
+    release: str = typer.Option("protege", "--release", help="The chart's release name, for --values/--set."),
     release_namespace: str = typer.Option(
-        "protege-system", "--release-namespace", help="The chart's release namespace, for --values."
+        "protege-system", "--release-namespace", help="The chart's release namespace, for --values/--set."
     ),
     allowed_images: list[str] | None = typer.Option(
         None,
         "--allowed-image",
         help="A glob pattern of the images a pool may choose (the chart's pools.allowedImages); repeat it. "
-        "Default: the --values', else PROTEGE_OPERATOR_ALLOWED_IMAGES (a JSON list), as the operator "
+        "Default: the chart's, else PROTEGE_OPERATOR_ALLOWED_IMAGES (a JSON list), as the operator "
         "reads it; unset: any.",
     ),
     allowed_extra_args: list[str] | None = typer.Option(
         None,
         "--allowed-extra-arg",
         help="A glob pattern of the engine.extraArgs a pool may set (pools.allowedExtraArgs); repeat it. "
-        "Default: the --values', else PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS, as the operator reads it; "
+        "Default: the chart's, else PROTEGE_OPERATOR_ALLOWED_EXTRA_ARGS, as the operator reads it; "
         "unset: any.",
     ),
     allowed_service_accounts: list[str] | None = typer.Option(
@@ -70,7 +78,7 @@ def render(
         "--allowed-service-account",
         help="A glob pattern of the serviceAccountNames a pool's podTemplate may set "
         "(pools.allowedServiceAccounts); repeat it. "
-        "Default: the --values', else PROTEGE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS, "
+        "Default: the chart's, else PROTEGE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS, "
         "as the operator reads it; unset: any.",
     ),
     allowed_priority_classes: list[str] | None = typer.Option(
@@ -78,7 +86,7 @@ def render(
         "--allowed-priority-class",
         help="A glob pattern of the priorityClassNames a pool's podTemplate may set "
         "(pools.allowedPriorityClasses); repeat it. "
-        "Default: the --values', else PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES, "
+        "Default: the chart's, else PROTEGE_OPERATOR_ALLOWED_PRIORITY_CLASSES, "
         "as the operator reads it; unset: any.",
     ),
 ) -> None:
@@ -93,7 +101,7 @@ def render(
     from protege.operator.routing import render_routes
     from protege.operator.training_jobs import render_training_job
 
-    settings = _operator_settings(values_files, chart, release, release_namespace)
+    settings = _operator_settings(values_files or [], set_values or [], chart, release, release_namespace)
     platform, allowed, isolation = settings.platform, settings.allowed, settings.isolation
     allowed = PoolAllowList(
         tuple(allowed_images) if allowed_images else allowed.images,
@@ -160,15 +168,21 @@ def render(
 
 
 def _operator_settings(
-    values_files: list[Path] | None, chart: Path | None, release: str, namespace: str
+    values_files: list[Path], set_values: list[str], chart: Path | None, release: str, namespace: str
 ) -> OperatorSettings:
-    """The chart's settings for the values files (the operator's own reading of the variables Helm
-    renders into its Deployment), or this process's PROTEGE_OPERATOR_* variables."""
+    """The chart's settings for the values files and --set expressions (the operator's own reading of
+    the variables Helm renders into its Deployment), or this process's PROTEGE_OPERATOR_* variables."""
     from protege.operator.settings import CHART, OperatorSettings, chart_settings
 
     try:
-        if values_files:
-            return chart_settings(values_files, chart=chart or CHART, release=release, namespace=namespace)
+        if values_files or set_values:
+            return chart_settings(
+                values_files,
+                set_values=set_values,
+                chart=chart or CHART,
+                release=release,
+                namespace=namespace,
+            )
         return OperatorSettings.from_environment(os.environ)
     except (ValueError, RuntimeError) as error:
         fail(str(error))

@@ -1175,3 +1175,57 @@ def test_protege_render_values_says_what_helm_refuses_and_what_to_install(
     monkeypatch.setitem(sys.modules, "helm_python", None)  # not installed
     missing = CliRunner().invoke(app, ["render", *pool, "--values", str(tmp_path / "bad.yaml")])
     assert missing.exit_code != 0 and "helm-python-sdk" in " ".join(missing.output.split())
+
+
+def test_protege_render_set_sets_values_over_the_files_as_helm_does(tmp_path: Path) -> None:
+    """`--set` goes through Helm's own parser (typed values, lists, later over earlier) and over the
+    --values files, as `helm install -f values.yaml --set ...` does."""
+    from typer.testing import CliRunner
+
+    from protege.cli import app
+    from protege.operator.settings import parse_set
+
+    assert parse_set(["a.b=1,a.c=x", "d={80,443},e=true", "a.b=2"]) == {
+        "a": {"b": 2, "c": "x"},
+        "d": [80, 443],
+        "e": True,
+    }
+    assert parse_set([]) == {}
+    with pytest.raises(ValueError, match=r"--set 'image': key \"image\" has no value"):
+        parse_set(["image"])
+
+    base = {
+        "platform": {"servingImage": "registry.example/serving:1", "trainingImage": "registry.example/t:1"}
+    }
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(base))
+    over = "platform.servingImage=registry.example/serving:2,pools.allowedImages={rayproject/ray-llm:*}"
+    merged = merge_values(
+        [
+            base,
+            {
+                "platform": {"servingImage": "registry.example/serving:2"},
+                "pools": {"allowedImages": ["rayproject/ray-llm:*"]},
+            },
+        ]
+    )
+    (tmp_path / "merged.yaml").write_text(yaml.safe_dump(merged))
+    manifests = ["-f", str(ROOT / "examples" / "pool.yaml")]
+
+    def printed(*options: str) -> list[dict[str, Any]]:
+        result = CliRunner().invoke(app, ["render", *manifests, *options])
+        assert result.exit_code == 0, result.output
+        return list(yaml.safe_load_all(result.output))
+
+    with_set = printed("--values", str(tmp_path / "values.yaml"), "--set", over)
+    assert with_set == printed("--values", str(tmp_path / "merged.yaml"))
+    [service] = [o for o in with_set if o["kind"] == "RayService"]
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["image"] == "registry.example/serving:2"
+    # --set alone renders the chart too (over its defaults)
+    alone = printed("--set", "platform.servingImage=registry.example/serving:3")
+    [service] = [o for o in alone if o["kind"] == "RayService"]
+    assert service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0][
+        "image"
+    ] == ("registry.example/serving:3")
+    refused = CliRunner().invoke(app, ["render", *manifests, "--set", "ports={80,443"])
+    assert refused.exit_code != 0 and "list must terminate with '}'" in " ".join(refused.output.split())

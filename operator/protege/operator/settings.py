@@ -4,7 +4,7 @@ gives it there.
 The chart turns its values into the operator container's ``PROTEGE_OPERATOR_*`` variables
 (charts/protege/templates/operator.yaml); the operator builds its settings from them
 (:meth:`OperatorSettings.from_environment`). `protege render --values` goes the same way: Helm
-renders the chart's operator Deployment for those values (:func:`chart_environment`) and the
+renders the chart's operator Deployment for those values (:func:`chart_settings`) and the
 same :meth:`OperatorSettings.from_environment` reads that container's variables. There is one
 mapping from values to settings, the chart's template; nothing here repeats it.
 """
@@ -37,7 +37,7 @@ users: [{name: none, user: {token: none}}]
 current-context: none
 """
 HELM_MISSING = (
-    "`protege render --values` renders the chart with Helm, embedded in the Python package "
+    "`protege render --values/--set` renders the chart with Helm, embedded in the Python package "
     "helm-python-sdk, which is not installed: pip install 'helm-python-sdk>=0.2' (or protege[dev])"
 )
 
@@ -106,10 +106,7 @@ def render_chart(
     Raises RuntimeError with what to install when helm-python-sdk is missing, and ValueError
     when Helm refuses the values (the chart's schema, a ``fail`` in a template).
     """
-    try:
-        import helm_python as helm
-    except ImportError:
-        raise RuntimeError(HELM_MISSING) from None
+    helm = _helm()
     if not (chart / "Chart.yaml").is_file():
         raise ValueError(f"{chart} is not a chart directory (no Chart.yaml): pass the chart's directory")
     with tempfile.TemporaryDirectory() as scratch:
@@ -122,6 +119,28 @@ def render_chart(
             except helm.HelmError as error:
                 raise ValueError(f"helm refused the values: {error}") from None
     return [d for d in yaml.safe_load_all(release_info["manifest"]) if d]
+
+
+def _helm() -> Any:
+    """helm-python-sdk (Helm's Go library, embedded), or RuntimeError saying how to install it."""
+    try:
+        import helm_python
+    except ImportError:
+        raise RuntimeError(HELM_MISSING) from None
+    return helm_python
+
+
+def parse_set(expressions: Sequence[str]) -> dict[str, Any]:
+    """``--set`` expressions as Helm reads them (its own parser: ``a.b=1,c[0]=x,d={80,443}``, typed
+    values, ``\\,`` escapes), in order: a later one sets over an earlier one, as ``helm --set a --set b``."""
+    if not expressions:
+        return {}
+    helm = _helm()
+    try:
+        # Helm parses each --set into the same map, in turn: one comma-joined expression does the same
+        return dict(helm.parse_set_string(",".join(expressions)))
+    except helm.HelmError as error:
+        raise ValueError(f"--set {' '.join(expressions)!r}: {error}") from None
 
 
 def operator_environment(objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -144,11 +163,13 @@ def operator_environment(objects: Sequence[Mapping[str, Any]]) -> dict[str, str]
 def chart_settings(
     values_files: Sequence[Path],
     *,
+    set_values: Sequence[str] = (),
     chart: Path = CHART,
     release: str = RELEASE,
     namespace: str = RELEASE_NAMESPACE,
 ) -> OperatorSettings:
-    """The settings an operator installed with these values files (``helm install -f ...``) runs with."""
+    """The settings an operator installed with these values files and ``--set`` expressions
+    (``helm install -f ... --set ...``: the expressions over the files) runs with."""
     layers: list[Mapping[str, Any]] = []
     for path in values_files:
         try:
@@ -158,5 +179,6 @@ def chart_settings(
         if not isinstance(layer, Mapping):
             raise ValueError(f"{path}: a values file is a YAML mapping")
         layers.append(layer)
+    layers.append(parse_set(set_values))
     objects = render_chart(merge_values(layers), chart=chart, release=release, namespace=namespace)
     return OperatorSettings.from_environment(operator_environment(objects))
