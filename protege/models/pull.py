@@ -18,9 +18,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from protege.models.catalogue import LocalSource, lookup
+from protege.models.catalogue import CatalogueEntry, LocalSource, lookup
 from protege.store.artifacts import sha256_file
-from protege.store.staging import rename_into_place
+from protege.store.staging import exclusive, rename_into_place
 
 MARKER = "protege-model.json"
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # what a model needs from a hub repo
@@ -73,7 +73,18 @@ def pull(
                 f"{target} is corrupted ({', '.join(bad)} changed); delete the directory and pull again"
             )
         return target
-    store.mkdir(parents=True, exist_ok=True)
+    with exclusive(target):  # a replica pulling into the same cache meanwhile: wait for it
+        if (target / MARKER).exists():
+            console.print(f"{name} was pulled meanwhile → {target}")
+            return target
+        return _provision(entry, hub_id, target, source_file=source_file, console=console)
+
+
+def _provision(
+    entry: CatalogueEntry | None, hub_id: str, target: Path, *, source_file: Path | None, console: Console
+) -> Path:
+    """Fetch the model into a new directory beside ``target`` (its name), then rename it into place."""
+    store, name = target.parent, target.name
     with _progress(console) as progress, tempfile.TemporaryDirectory(dir=store, prefix=f".{name}-") as tmp:
         work = Path(tmp)
         output = work / "model"

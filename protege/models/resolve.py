@@ -13,7 +13,8 @@ load the base model from what :meth:`ModelResolver.resolve` returns, a local dir
   with the artifact store's S3 settings: into a new directory, every file checked (its size,
   and its sha256 where the prefix holds a ``protege-model.json``, as ``protege models pull``
   writes), then renamed into place. A second replica or a restart on the same cache finds it
-  there and reads nothing from S3; a download that fails midway leaves nothing behind;
+  there and reads nothing from S3 (one starting meanwhile waits for the first's download:
+  :func:`protege.store.staging.exclusive`); a download that fails midway leaves nothing behind;
 - ``hf://org/name``: the hub's snapshot at the spec's ``revision`` (the default branch
   without), in the hub's cache (``HF_HOME``: the model cache volume in the pods), with the
   token in ``HF_TOKEN`` when it is set (a gated or private model).
@@ -47,7 +48,7 @@ from protege.models.sources import (
 )
 from protege.store.artifacts import s3_storage_options, sha256_file
 from protege.store.retry import Backoff
-from protege.store.staging import staged_directory
+from protege.store.staging import exclusive, staged_directory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,6 +125,12 @@ class ModelResolver:
         target = self.store.joinpath("s3", objects.bucket, *parts)
         if (target / MARKER).is_file():  # a directory there is whole: it was renamed into place
             return target
+        with exclusive(target):  # replicas on one cache: one downloads, the others wait for it
+            if (target / MARKER).is_file():
+                return target
+            return self._download_s3(source, objects, target)
+
+    def _download_s3(self, source: str, objects: ObjectSource, target: Path) -> Path:
         import fsspec
 
         # One try per request: the backoff below is the only retry (and it logs each).

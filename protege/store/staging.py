@@ -3,15 +3,19 @@
 A reader that finds the directory finds every file of it (the rename is atomic on one file
 system), so a download cut short, a process killed midway or two processes filling the same
 place at once (replicas sharing a cache volume) never leave a half-written directory behind.
+:func:`exclusive` goes further for the second of two such processes: it waits for the first
+instead of filling a copy of its own (one download of a model per cache, not one per replica).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -47,3 +51,22 @@ def staged_directory(destination: Path, fill: Callable[[Path], None]) -> bool:
     if not placed:
         shutil.rmtree(staging, ignore_errors=True)
     return placed
+
+
+@contextmanager
+def exclusive(place: Path) -> Iterator[None]:
+    """Hold ``place``'s lock (the file ``.<name>.lock`` beside it) while this process fills it.
+
+    Processes sharing the volume (replicas on one cache claim, a training job's workers on one
+    node) take it one at a time: check for ``place`` again once inside, and the later ones find
+    it filled. An ``flock``: released when its holder exits, however it exits (no stale lock);
+    kept on a volume whose file system shares locks between its clients (local disks, NFSv4,
+    CephFS); elsewhere each still fills a whole copy of its own, as :func:`staged_directory` allows.
+    """
+    place.parent.mkdir(parents=True, exist_ok=True)
+    with open(place.parent / f".{place.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

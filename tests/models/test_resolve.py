@@ -4,6 +4,7 @@ file:// against directories."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -80,6 +81,51 @@ def test_s3_model_is_downloaded_once_verified_and_then_found_in_the_cache(
     assert again.resolve(source) == directory
     with pytest.raises(ModelUnavailableError, match="failed"):  # it would have failed had it tried
         again.resolve(f"s3://{prefix}-elsewhere")
+
+
+@pytest.mark.slow
+def test_two_replicas_on_one_cache_download_the_model_once(
+    seaweed_s3: SeaweedS3,
+    s3_model: tuple[s3fs.S3FileSystem, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two resolvers (two replicas' pods on one cache claim) start at once: one downloads, the other
+    waits for it and reads the cache. Each resolves through its own lock file handle, as two
+    processes would."""
+    _, prefix = s3_model
+    source = f"s3://{prefix}"
+    downloads: list[str] = []
+    both_in = threading.Barrier(2)
+    original = ModelResolver._download
+
+    started: set[int] = set()
+
+    def counted(fs: Any, remote: str, local: Path, size: int, sha256: str | None) -> str:
+        downloads.append(remote)
+        if threading.get_ident() not in started:  # a replica's first file: without the lock, the
+            started.add(threading.get_ident())  # other one would be downloading too by now
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_in.wait(timeout=1)
+        return original(fs, remote, local, size, sha256)
+
+    monkeypatch.setattr(ModelResolver, "_download", staticmethod(counted))
+    resolved: list[Path] = []
+    replicas = [
+        threading.Thread(
+            target=lambda: resolved.append(
+                ModelResolver(tmp_path / "cache", _settings(seaweed_s3)).resolve(source)
+            )
+        )
+        for _ in range(2)
+    ]
+    for replica in replicas:
+        replica.start()
+    for replica in replicas:
+        replica.join(timeout=120)
+    assert len(resolved) == 2 and resolved[0] == resolved[1]
+    assert sorted(d.rsplit("/", 1)[-1] for d in downloads) == sorted(n.rsplit("/", 1)[-1] for n in MODEL)
+    assert _no_staging_left(tmp_path) == []
 
 
 @pytest.mark.slow
