@@ -5,8 +5,9 @@ applied) and leaves ``metadata.resourceVersion`` as it was given. :class:`KubeAp
 
 - server-side apply (``Content-Type: application/apply-patch+yaml``): refused with 400 without a
   ``fieldManager`` (as the API server refuses it); creates the object when it is missing; otherwise
-  merged like a merge patch (kmock keeps no ``managedFields``: fields another manager added stay,
-  fields the applier stops sending are not removed);
+  merged, with the fields each manager set tracked (:mod:`protege.testing.field_owners`, the API
+  server's ``managedFields``): fields another manager set stay, fields the applier applied
+  before and stops sending are removed;
 - a new ``metadata.resourceVersion`` on every create and patch (status included), as the API
   server's;
 - a ``metadata.resourceVersion`` in a merge patch or an apply is a precondition: 409 Conflict when
@@ -39,6 +40,7 @@ import yaml
 from kmock import KubernetesEmulator
 from kmock._internal import enums, k8s, rendering
 
+from protege.testing.field_owners import FieldOwners
 from protege.testing.rbac import Rbac
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -59,9 +61,15 @@ class KubeApiEmulator(KubernetesEmulator):
     rbac_clients: tuple[str, ...] = attrs.field(default=("kopf/", "protege-operator/"), init=False)
     forbidden: list[str] = attrs.field(factory=list, init=False)
     namespaces: set[str] = attrs.field(factory=set, init=False)  # besides those of stored objects
+    _fields: FieldOwners = attrs.field(factory=FieldOwners, init=False)
 
     async def _handle(self, request: rendering.Request) -> Any:
         self._authorize(request)
+        if request.action is enums.action.DELETE and request.resource is not None and request.name:
+            resource = request.resource
+            self._fields.forget(
+                (resource.group or "", resource.plural or "", request.namespace or "", request.name)
+            )
         if request.resource is None or request.action not in (enums.action.CREATE, enums.action.UPDATE):
             return await super()._handle(request)
         async with self._writes:
@@ -161,22 +169,33 @@ class KubeApiEmulator(KubernetesEmulator):
         assert resource is not None  # only Kubernetes writes come here
         if resource.group in UNVERSIONED_GROUPS:
             return attrs.evolve(request, data=data)
+        live: dict[str, Any] | None = None
         if action is enums.action.UPDATE and request.name is not None:
-            key = (resource, request.namespace, request.name)
             try:
-                current = self.objects[key]
+                current = self.objects[resource, request.namespace, request.name]
             except KeyError:
                 current = None
             if current is not None and not current.deleted:
-                _check_preconditions(request, dict(current.last.raw), data)
+                live = dict(current.last.raw)
+                _check_preconditions(request, live, data)
             elif kind == APPLY_PATCH:
                 action, method = enums.action.CREATE, enums.method.POST  # apply creates what is missing
+        if isinstance(data, dict) and request.subresource is None:
+            name = request.name or (data.get("metadata") or {}).get("name") or ""
+            manager = request.params.get("fieldManager") or _client(request)
+            key = (resource.group or "", resource.plural or "", request.namespace or "", name)
+            data = self._fields.write(key, manager, live, data, apply=kind == APPLY_PATCH)
         version = str(next(self._versions))
         if isinstance(data, dict):
             data.setdefault("metadata", {})["resourceVersion"] = version
         elif isinstance(data, list):
             data = [*data, {"op": "add", "path": "/metadata/resourceVersion", "value": version}]
         return attrs.evolve(request, data=data, action=action, method=method)
+
+
+def _client(request: rendering.Request) -> str:
+    """The field manager of a write that names none: its User-Agent's product, as the API server's."""
+    return (request.headers.get("User-Agent") or "unknown").split("/")[0].split()[0] or "unknown"
 
 
 _VERBS = {

@@ -69,6 +69,34 @@ async def test_the_emulator_holds_writes_to_the_api_servers_rules(kmock: Any) ->
     assert await send(kmock, "PATCH", path, test, "application/json-patch+json") == 422
 
 
+async def test_an_apply_prunes_what_its_manager_stopped_sending_and_keeps_what_others_set(kmock: Any) -> None:
+    """Server-side apply's field ownership (managedFields): the applier's dropped fields go, fields
+    another writer set or changed stay."""
+    register_kmock_resources(kmock)
+    path = "/api/v1/namespaces/agents/configmaps/owned"
+    apply, merge = "application/apply-patch+yaml", "application/merge-patch+json"
+    first = config_map("owned", k="1", dropped="1", shared="1")
+    first["metadata"]["annotations"] = {"note": "x"}
+    assert await send(kmock, "PATCH", path, first, apply, fieldManager="operator") == 200
+    # another writer (an HPA, kubectl) adds a field and changes one the operator applied
+    assert await send(kmock, "PATCH", path, {"data": {"extra": "x", "shared": "2"}}, merge) == 200
+    assert await send(kmock, "PATCH", path, config_map("owned", k="1"), apply, fieldManager="operator") == 200
+    after = stored(kmock, "owned") or {}
+    assert after["data"] == {"k": "1", "extra": "x", "shared": "2"}  # dropped and the annotation pruned
+    assert "annotations" not in after["metadata"] or not after["metadata"]["annotations"]
+    assert after["metadata"]["labels"] == {"app": "x"}
+    # two appliers of one value own it together: one dropping it leaves it to the other
+    both = config_map("owned", k="1")
+    assert await send(kmock, "PATCH", path, both, apply, fieldManager="other") == 200
+    assert await send(kmock, "PATCH", path, config_map("owned"), apply, fieldManager="operator") == 200
+    assert (stored(kmock, "owned") or {})["data"]["k"] == "1"
+    # deleted and applied again: nothing of the old object's ownership carries over
+    async with aiohttp.ClientSession() as session, session.delete(str(kmock.url).rstrip("/") + path):
+        pass
+    assert await send(kmock, "PATCH", path, config_map("owned", k="2"), apply, fieldManager="operator") == 200
+    assert (stored(kmock, "owned") or {})["data"] == {"k": "2"}
+
+
 async def test_children_are_applied_server_side_with_the_operators_field_manager(kmock: Any) -> None:
     register_kmock_resources(kmock)
     kube = KubeClient(Connection(str(kmock.url).rstrip("/"), {}, None))
