@@ -204,6 +204,16 @@ def test_children_are_owned_and_secrets_only_referenced() -> None:
     }
 
 
+def test_every_ray_cluster_asks_for_rays_token_authentication() -> None:
+    """The pool's RayService and every training RayJob: KubeRay makes each cluster a token and its
+    dashboard (jobs, Serve deployments) refuses requests without it."""
+    objects = rendered()
+    clusters = [o["spec"]["rayClusterConfig"] for o in objects.values() if o["kind"] == "RayService"]
+    clusters += [o["spec"]["rayClusterSpec"] for o in objects.values() if o["kind"] == "RayJob"]
+    assert len(clusters) >= 8
+    assert all(cluster["authOptions"] == {"mode": "token"} for cluster in clusters)
+
+
 def test_the_pool_spec_reaches_the_serve_app_and_the_gpu_workers() -> None:
     service = rendered()["rayservice"]
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]

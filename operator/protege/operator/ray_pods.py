@@ -19,9 +19,22 @@ from protege.operator.platform import Platform, container_env
 
 RAY_VERSION = "2.60.0"
 SERVE_PORT = 8000
+# Ray's token authentication (Ray >= 2.52, KubeRay >= 1.5.1): KubeRay makes the cluster a Secret
+# with a random token and gives it to every Ray container and a RayJob's submitter; the
+# dashboard, which submits jobs and deploys code, refuses requests without it.
+RAY_AUTH = {"mode": "token"}
 # What a serving or training container writes besides the model cache (Ray's logs and spilled
 # objects, vLLM's compile cache, adapters, a job's checkpoints): requested as ephemeral storage.
 WORKING_SPACE = "10Gi"
+
+
+def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]], *, autoscaling: bool) -> dict[str, Any]:
+    """A RayService's rayClusterConfig or a RayJob's rayClusterSpec: the Ray version the images
+    run, token authentication, the head and the worker groups."""
+    cluster: dict[str, Any] = {"rayVersion": RAY_VERSION, "authOptions": dict(RAY_AUTH)}
+    if autoscaling:
+        cluster["enableInTreeAutoscaling"] = True
+    return {**cluster, "headGroupSpec": head, "workerGroupSpecs": workers}
 
 
 def worker_resources(

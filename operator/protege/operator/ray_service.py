@@ -19,10 +19,10 @@ from protege.operator.platform import (
     store_env,
 )
 from protege.operator.ray_pods import (
-    RAY_VERSION,
     ModelAccess,
     label_ray_pods,
     pod_templates,
+    ray_cluster,
     ray_head,
     ray_worker,
     worker_resources,
@@ -65,12 +65,7 @@ def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platfor
             "metadata": child_metadata(ray_service_name(owner.name), owner, "pool"),
             "spec": {
                 "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
-                "rayClusterConfig": {
-                    "rayVersion": RAY_VERSION,
-                    "enableInTreeAutoscaling": True,
-                    "headGroupSpec": ray_head(image, env, overrides),
-                    "workerGroupSpecs": [workers],
-                },
+                "rayClusterConfig": ray_cluster(ray_head(image, env, overrides), [workers], autoscaling=True),
             },
         }
     )

@@ -12,10 +12,10 @@ from protege.api.pods import PodOverrides
 from protege.api.pool import SpecialistPoolSpec
 from protege.operator.platform import API_GROUP, Owner, Platform, child_metadata, plain, store_env
 from protege.operator.ray_pods import (
-    RAY_VERSION,
     ModelAccess,
     label_ray_pods,
     pod_templates,
+    ray_cluster,
     ray_head,
     ray_worker,
     with_overrides,
@@ -116,11 +116,7 @@ def render_training_job(
                 "backoffLimit": 0,
                 "submissionMode": "K8sJobMode",
                 "submitterPodTemplate": _submitter(image, pool_name, overrides),
-                "rayClusterSpec": {
-                    "rayVersion": RAY_VERSION,
-                    "headGroupSpec": ray_head(image, env, overrides),
-                    "workerGroupSpecs": [workers],
-                },
+                "rayClusterSpec": ray_cluster(ray_head(image, env, overrides), [workers], autoscaling=False),
             },
         }
     )
