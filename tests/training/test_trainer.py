@@ -16,6 +16,7 @@ import pytest
 
 from protege.api.specialist import TrainingSpec
 from protege.models.chat import hermes_messages
+from protege.store.artifacts import ArtifactStore
 from protege.tasks.examples import example_from_record
 from protege.training.trainer import IGNORE, TrainingError, tokenize_row, train_lora
 from protege.training.trainer.data import keep_answer_logits, pack_batch, pad_batch, tokenize_rows
@@ -165,23 +166,32 @@ def test_a_killed_run_resumes_to_the_same_adapter(smollm2: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_two_workers_train_data_parallel_through_ray_train(smollm2: Path, tmp_path: Path) -> None:
+def test_two_workers_train_data_parallel_and_the_adapter_comes_back_through_the_store(
+    smollm2: Path, tmp_path: Path, s3_artifact_store: ArtifactStore
+) -> None:
+    """Each rank trains in a directory of its own (on a cluster, its own pod); rank 0's adapter
+    reaches the driver as the run's checkpoint in the artifact store (S3 here), which is cleaned
+    up once downloaded."""
     import ray
 
-    from protege.training.trainer.distributed import train_lora_distributed
+    from protege.training.trainer.distributed import RUNS_AREA, RunStorage, train_lora_distributed
 
     data = rows(32, "intent", seed=2)
     spec = TrainingSpec(
         rank=4, epochs=1, batch_size=8, max_seq_len=256, workers=2, resources={"gpu": 0, "cpu": 1}
     )
+    store = s3_artifact_store
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         result = train_lora_distributed(
-            smollm2.as_uri(), data, [], spec, tmp_path / "run", max_steps=2, eval_every=1000
-        )
+            smollm2.as_uri(), data, [], spec, tmp_path / "run",
+            storage=RunStorage.in_store(store), name="protege-train-x", max_steps=2, eval_every=1000,
+        )  # fmt: skip
     finally:
         ray.shutdown()
-    assert result.steps == 2 and (result.adapter_dir / "adapter_model.safetensors").exists()
-    # Two ranks ran distributed data parallel: each saved its own RNG state in the checkpoint.
-    states = sorted(p.name for p in (tmp_path / "run" / "checkpoints").rglob("rng_state_*.pth"))
-    assert states == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert result.steps == 2 and result.adapter_dir == tmp_path / "run" / "adapter"
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == 4
+    # the run's copy is gone (SeaweedFS may keep its empty folder entries; S3 keeps no folders)
+    leftover = store.fs.find(f"{store.root}/{RUNS_AREA}/protege-train-x", detail=True)
+    assert sum(int(info["size"]) for info in leftover.values()) == 0, leftover

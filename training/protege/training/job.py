@@ -128,7 +128,7 @@ def run(spec: JobSpec) -> JobResult:
     from protege.training.evaluation import TransformersGenerator, evaluate
     from protege.training.report import chart, markdown
     from protege.training.trainer import train_lora
-    from protege.training.trainer.distributed import train_lora_distributed
+    from protege.training.trainer.distributed import RunStorage, train_lora_distributed
 
     settings = load_settings()
     store = ArtifactStore.from_settings(settings)
@@ -152,6 +152,8 @@ def run(spec: JobSpec) -> JobResult:
                 rows["validation"],
                 spec.training,
                 Path(work),
+                storage=RunStorage.in_store(store),
+                name=job_name(spec),
                 revision=spec.base_model_revision,
                 max_steps=spec.max_steps,
             )
