@@ -62,11 +62,22 @@ def exclusive(place: Path) -> Iterator[None]:
     it filled. An ``flock``: released when its holder exits, however it exits (no stale lock);
     kept on a volume whose file system shares locks between its clients (local disks, NFSv4,
     CephFS); elsewhere each still fills a whole copy of its own, as :func:`staged_directory` allows.
+    The holder removes the lock file as it leaves, so nothing stays beside ``place``; a process
+    that was waiting on the removed file takes the next one.
     """
     place.parent.mkdir(parents=True, exist_ok=True)
-    with open(place.parent / f".{place.name}.lock", "a") as lock:
+    path = place.parent / f".{place.name}.lock"
+    while True:
+        lock = open(path, "a")  # noqa: SIM115 - held across the yield, closed below
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break  # the file at the path now: this process holds the lock
+        except FileNotFoundError:
+            pass  # removed by the holder this process waited on
+        lock.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        lock.close()  # closing releases the flock

@@ -40,10 +40,30 @@ def test_a_place_is_held_by_one_process_and_freed_when_it_dies(tmp_path: Path) -
     finally:
         holder.kill()  # SIGKILL: no cleanup of its own; the kernel drops its lock
         holder.wait()
-    assert _free(place)
+    assert _free(place)  # its lock file stays (a SIGKILL removes nothing) but holds no lock
     with exclusive(place):
         assert not _free(place)
-    assert _free(place) and not place.exists()  # the lock file sits beside the place, not in it
+    assert [p.name for p in place.parent.iterdir()] == []  # the holder removed the lock file as it left
+    assert _free(place)
+
+
+def test_a_waiter_on_a_removed_lock_file_takes_the_next_one(tmp_path: Path) -> None:
+    """The holder removes the file as it leaves: a process that opened it before must not hold a
+    lock on the removed file while another locks a new one at the path."""
+    place = tmp_path / "model"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD.replace("time.sleep(600)", "input()"), str(place)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline().strip() == "held"
+    holder.stdin.write("\n")  # let it go: it removes the file and releases
+    holder.stdin.flush()
+    with exclusive(place):  # opened while held or after: either way, the file now at the path
+        lock = place.parent / f".{place.name}.lock"
+        assert lock.exists() and not _free(place)
+    holder.wait(timeout=30)
+    assert holder.returncode == 0
 
 
 def test_the_holder_releases_it_when_its_work_fails(tmp_path: Path) -> None:
