@@ -66,10 +66,7 @@ class KubeApiEmulator(KubernetesEmulator):
     async def _handle(self, request: rendering.Request) -> Any:
         self._authorize(request)
         if request.action is enums.action.DELETE and request.resource is not None and request.name:
-            resource = request.resource
-            self._fields.forget(
-                (resource.group or "", resource.plural or "", request.namespace or "", request.name)
-            )
+            self._fields.forget(_object_key(request, request.name))
         if request.resource is None or request.action not in (enums.action.CREATE, enums.action.UPDATE):
             return await super()._handle(request)
         async with self._writes:
@@ -183,14 +180,22 @@ class KubeApiEmulator(KubernetesEmulator):
         if isinstance(data, dict) and request.subresource is None:
             name = request.name or (data.get("metadata") or {}).get("name") or ""
             manager = request.params.get("fieldManager") or _client(request)
-            key = (resource.group or "", resource.plural or "", request.namespace or "", name)
-            data = self._fields.write(key, manager, live, data, apply=kind == APPLY_PATCH)
+            data = self._fields.write(
+                _object_key(request, name), manager, live, data, apply=kind == APPLY_PATCH
+            )
         version = str(next(self._versions))
         if isinstance(data, dict):
             data.setdefault("metadata", {})["resourceVersion"] = version
         elif isinstance(data, list):
             data = [*data, {"op": "add", "path": "/metadata/resourceVersion", "value": version}]
         return attrs.evolve(request, data=data, action=action, method=method)
+
+
+def _object_key(request: rendering.Request, name: str) -> tuple[str, ...]:
+    """Whose fields :class:`FieldOwners` tracks: the object the request writes or deletes."""
+    resource = request.resource
+    assert resource is not None
+    return (resource.group or "", resource.plural or "", request.namespace or "", name)
 
 
 def _client(request: rendering.Request) -> str:

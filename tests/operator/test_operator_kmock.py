@@ -297,14 +297,11 @@ async def test_an_operator_watching_named_namespaces_needs_no_more_than_the_char
     The watched namespace's pool becomes Ready with no request refused; a pool elsewhere gets nothing."""
     from kopf.testing import KopfRunner
 
-    from protege.operator.settings import RELEASE_NAMESPACE, render_chart
+    from protege.operator.settings import RELEASE_NAMESPACE, operator_pod, render_chart
     from protege.testing.rbac import Rbac
 
     objects = render_chart({"operator": {"watchNamespaces": ["agents"]}})
-    [deployment] = [
-        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "protege-operator"
-    ]
-    pod = deployment["spec"]["template"]["spec"]
+    pod = operator_pod(objects)
     [container] = pod["containers"]
     args = [a for a in container["args"] if not a.startswith("--liveness=")]  # no probe server in a test
     assert "--namespace=agents" in args and "--all-namespaces" not in args

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from protege.operator.settings import RELEASE_NAMESPACE, render_chart
+from protege.operator.settings import RELEASE_NAMESPACE, operator_pod, render_chart
 from protege.testing.kube_api import KubeApiEmulator
 from protege.testing.plugin import register_kmock_resources
 from protege.testing.rbac import Rbac, Rule
@@ -16,11 +16,7 @@ from protege.testing.rbac import Rbac, Rule
 
 def operator_rbac(values: dict[str, Any]) -> Rbac:
     objects = render_chart(values)
-    [deployment] = [
-        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "protege-operator"
-    ]
-    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-    return Rbac.for_service_account(objects, RELEASE_NAMESPACE, account)
+    return Rbac.for_service_account(objects, RELEASE_NAMESPACE, operator_pod(objects)["serviceAccountName"])
 
 
 def test_named_namespaces_grant_workloads_there_and_nothing_cluster_wide() -> None:

@@ -143,16 +143,23 @@ def parse_set(expressions: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"--set {' '.join(expressions)!r}: {error}") from None
 
 
-def operator_environment(objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """The operator container's ``PROTEGE_OPERATOR_*`` variables with literal values, from the
-    chart's rendered objects (its Deployment, or its StatefulSet with peering)."""
+def operator_pod(objects: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The operator's pod spec among the chart's rendered objects (its Deployment, or its
+    StatefulSet with peering): its container, its ServiceAccount."""
     [workload] = [
         o
         for o in objects
         if o.get("kind") in ("Deployment", "StatefulSet")
         and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"
     ]
-    [container] = workload["spec"]["template"]["spec"]["containers"]
+    pod: Mapping[str, Any] = workload["spec"]["template"]["spec"]
+    return pod
+
+
+def operator_environment(objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The operator container's ``PROTEGE_OPERATOR_*`` variables with literal values, from the
+    chart's rendered objects."""
+    [container] = operator_pod(objects)["containers"]
     return {
         e["name"]: str(e["value"])
         for e in container.get("env", [])
