@@ -3,10 +3,12 @@
 ``submit()`` never blocks on the network or the disk and never raises: the record is written
 to the journal (so a killed process loses none, see :mod:`protege.capture.journal`) and goes
 into a queue bounded in records (``queue_size``) and in bytes (``queue_max_bytes``); past
-either bound it spills to the disk spool instead. One worker task publishes batches with
-``Nats-Msg-Id`` = record id (so JetStream drops the duplicates a retry could make). When a
-publish fails, the batch and everything after it goes to the disk spool, in order, until the
-spool has been replayed into JetStream. Spool writes (and their ``fsync``) run in a thread,
+either bound it spills to the disk spool instead. One worker task takes what the queue holds
+(up to ``batch_size`` records) and publishes it as one message per subject
+(:mod:`protege.capture.wire`), whose ``Nats-Msg-Id`` comes from its records' ids (so
+JetStream drops the duplicates a retry could make). When a publish fails, the batch and
+everything after it goes to the disk spool, in order, until the spool has been replayed
+into JetStream. Spool writes (and their ``fsync``) run in a thread,
 never on the event loop.
 """
 
@@ -17,6 +19,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from protege.capture.connection import NatsEndpoint, NatsTarget
 from protege.capture.journal import Journal
 from protege.capture.redaction import RedactingSink
 from protege.capture.spool import DiskSpool, SpoolFullError
+from protege.capture.wire import SEPARATOR, count_records, join_records, message_id
 from protege.config import CurationSettings, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -91,11 +95,51 @@ class PublisherStats:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-Message = tuple[str, str, bytes]  # subject, Nats-Msg-Id, payload
+Message = tuple[str, str, bytes]  # subject, Nats-Msg-Id, payload: one record or a batch of them
+# NATS refuses a message past the server's max_payload (1 MiB by default); headers count too.
+_HEADER_ROOM = 4096
 
 
 def _message(record: CallRecord) -> Message:
     return record.subject, record.id, record.to_json()
+
+
+def _runs(records: list[Message], max_bytes: int) -> list[list[Message]]:
+    """Records (one-record messages) in as few runs, one message each, as their subjects and
+    ``max_bytes`` allow; each subject's records in their order."""
+    runs: list[list[Message]] = []
+    open_runs: dict[str, tuple[list[Message], int]] = {}  # subject → its last run, and that run's bytes
+    for record in records:
+        subject, _, data = record
+        run, size = open_runs.get(subject, ([], 0))
+        if not run or size + len(data) > max_bytes:
+            run, size = [], 0
+            runs.append(run)
+        run.append(record)
+        open_runs[subject] = run, size + len(data) + len(SEPARATOR)
+    return runs
+
+
+def _chunks(messages: list[Message], records: int) -> Iterator[list[Message]]:
+    """Messages in order, in chunks of about ``records`` records each (a chunk is published at once)."""
+    chunk: list[Message] = []
+    held = 0
+    for message in messages:
+        chunk.append(message)
+        held += count_records(message[2])
+        if held >= records:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk
+
+
+def _joined(records: list[Message]) -> Message:
+    """One message holding these records (of one subject), in order."""
+    if len(records) == 1:
+        return records[0]
+    ids = [record_id for _, record_id, _ in records]
+    return records[0][0], message_id(ids), join_records([data for _, _, data in records])
 
 
 def _frame(message: Message) -> bytes:
@@ -245,12 +289,16 @@ class CallLogPublisher:
         Records a killed predecessor left in the journal go to the spool first (replayed like
         any spooled record; JetStream drops those that had arrived).
         """
-        recovered = await asyncio.to_thread(self.journal.recover, self.spool.append)
+        recovered = await asyncio.to_thread(self.journal.recover, self._spool_recovered)
         if recovered:
             self.stats.spooled += recovered
             log.warning("call log: recovered %d journaled records of a stopped publisher", recovered)
         self._connector = asyncio.create_task(self._connect(), name="call-log-connect")
         self._worker = asyncio.create_task(self._run(), name="call-log-publisher")
+
+    def _spool_recovered(self, groups: list[list[bytes]]) -> None:
+        """A killed predecessor's records, each batch it formed as that same message again."""
+        self.spool.append([_frame(_joined([_unframe(frame) for frame in group])) for group in groups])
 
     async def _connect(self) -> None:
         """Connect, retrying for as long as it takes; after that the client reconnects by itself."""
@@ -292,7 +340,7 @@ class CallLogPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         drained = self._drain_queue()
-        await self._spool(drained)
+        await self._spool(self._formed(drained))
         for message in drained:
             self.journal.done(message[1])
         if self._spiller is not None:
@@ -364,17 +412,17 @@ class CallLogPublisher:
 
     async def _spill_to_disk(self) -> None:
         while self._spill:
-            messages, self._spill = self._spill, []
+            records, self._spill = self._spill, []
             try:
-                await self._spool(messages)  # all that came meanwhile, in one write and one fsync
+                await self._spool(self._formed(records))  # all that came meanwhile: one write, one fsync
             except Exception:  # never lost without a word: counted and logged
-                self.stats.dropped += len(messages)
-                log.exception("call log: DROPPED %d records: spooling them failed", len(messages))
+                self.stats.dropped += len(records)
+                log.exception("call log: DROPPED %d records: spooling them failed", len(records))
             finally:
-                self._spill_bytes -= sum(len(message[2]) for message in messages)
+                self._spill_bytes -= sum(len(record[2]) for record in records)
                 self._spill_dropping = False
-                for message in messages:
-                    self.journal.done(message[1])
+                for record in records:
+                    self.journal.done(record[1])
 
     def hold(self, record: CallRecord) -> None:
         """Journal a record that will be submitted later, complete (a shadow answer pending):
@@ -390,13 +438,14 @@ class CallLogPublisher:
     # --- the worker --------------------------------------------------------------------
     async def _run(self) -> None:
         while True:
-            messages = await self._next_batch()
+            records = await self._next_batch()
+            messages = self._formed(records)
             spooling = False  # the batch's spool write began (its thread finishes it, cancelled or not)
             try:
                 if not self.spool.is_empty():
                     await self._replay()
                 if self.spool.is_empty() and await self._publish(messages):
-                    self.stats.published += len(messages)
+                    self.stats.published += len(records)
                 else:
                     spooling = True
                     await self._spool(messages)
@@ -405,12 +454,24 @@ class CallLogPublisher:
                     await self._spool(messages)
                 raise
             except Exception:  # the worker must outlive any surprise; records go to disk
-                log.exception("call log: unexpected publish failure; spooling %d records", len(messages))
+                log.exception("call log: unexpected publish failure; spooling %d records", len(records))
                 await self._spool(messages)
             finally:
-                for message in messages:
-                    self.journal.done(message[1])
+                for record in records:
+                    self.journal.done(record[1])
                     self._queue.task_done()
+
+    def _formed(self, records: list[Message]) -> list[Message]:
+        """Records as the messages that carry them, each batch's records journaled as one first."""
+        limit = (self._nc.max_payload if self._nc is not None else 1 << 20) - _HEADER_ROOM
+        runs = _runs(records, limit)
+        for run in runs:
+            if len(run) > 1:
+                try:
+                    self.journal.batched([record_id for _, record_id, _ in run])
+                except OSError as error:  # a full disk: a recovery could then duplicate, never lose
+                    log.error("call log: journal write failed (%s)", error)
+        return [_joined(run) for run in runs]
 
     async def _next_batch(self) -> list[Message]:
         if self.spool.is_empty():
@@ -467,24 +528,26 @@ class CallLogPublisher:
     async def _replay(self) -> None:
         """Move spooled records into JetStream, oldest first; stop at the first failure."""
         for batch in self.spool.batches():
-            for start in range(0, len(batch.payloads), self.batch_size):
-                chunk = [_unframe(frame) for frame in batch.payloads[start : start + self.batch_size]]
+            messages = [_unframe(frame) for frame in batch.payloads]
+            for chunk in _chunks(messages, self.batch_size):
                 if not await self._publish(chunk):
                     return
             self.spool.done(batch)
-            self.stats.replayed += len(batch.payloads)
-            log.info("call log: replayed %d spooled records", len(batch.payloads))
+            records = sum(count_records(data) for _, _, data in messages)
+            self.stats.replayed += records
+            log.info("call log: replayed %d spooled records", records)
 
     async def _spool(self, messages: list[Message]) -> None:
         """Append to the disk spool in a thread: its fsync must not stall the event loop."""
         if not messages:
             return
+        records = sum(count_records(data) for _, _, data in messages)
         try:
             await asyncio.to_thread(self.spool.append, [_frame(message) for message in messages])
-            self.stats.spooled += len(messages)
+            self.stats.spooled += records
         except (SpoolFullError, OSError) as error:
-            self.stats.dropped += len(messages)
-            log.error("call log: DROPPED %d records: %s", len(messages), error)
+            self.stats.dropped += records
+            log.error("call log: DROPPED %d records: %s", records, error)
 
 
 class BackgroundPublisher:

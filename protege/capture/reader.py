@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from pydantic import ValidationError
 
 from protege.api.calls import SUBJECT_PREFIX, CallRecord
 from protege.capture.connection import NatsEndpoint, NatsTarget
+from protege.capture.wire import records_in_message
 
 
 @dataclass(frozen=True)
@@ -37,19 +39,6 @@ def subject_filter(tenant: str | None = None, app: str | None = None) -> str:
     if tenant is None:
         return f"{SUBJECT_PREFIX}.>" if app is None else f"{SUBJECT_PREFIX}.*.{app}"
     return f"{SUBJECT_PREFIX}.{tenant}.{app or '*'}"
-
-
-def record_on_subject(data: bytes, subject: str) -> CallRecord:
-    """The record in a message, checked against the subject it came on: an identity may publish
-    only its own tenant's subjects, so a record naming another tenant (or app) than its subject
-    is a forgery and refused (ValueError), never taken for that tenant's."""
-    record = CallRecord.from_json(data)
-    if record.subject != subject:
-        raise ValueError(
-            f"record of {record.tenant}/{record.app} published on {subject}: its tenant and app must be "
-            "its subject's"
-        )
-    return record
 
 
 async def _unless_denied(call: Awaitable[T], denied: asyncio.Future[str], endpoint: NatsEndpoint) -> T:
@@ -80,9 +69,10 @@ async def read_records(
 ) -> AsyncIterator[CallRecord | UnreadableRecord]:
     """Records on ``subject`` in stream order; with ``follow``, keep waiting for new ones.
 
-    ``since`` starts at a time, ``last`` at the last N messages of the whole stream;
-    the default is the beginning. Reading acknowledges nothing and changes nothing. A record
-    whose tenant or app is not its subject's comes as an :class:`UnreadableRecord`.
+    ``since`` starts at a time, ``last`` with the last N records (of the last N messages of
+    the whole stream); the default is the beginning. Reading acknowledges nothing and changes
+    nothing. A record whose tenant or app is not its subject's comes as an
+    :class:`UnreadableRecord`.
     """
     endpoint = NatsEndpoint.of(nats_url)
     denied: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -121,19 +111,45 @@ async def read_records(
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = max(info.state.first_seq, info.state.last_seq - last + 1)
         subscription = await js.pull_subscribe(subject, stream=stream, config=config)
-        while True:
-            try:
-                messages = await subscription.fetch(batch, timeout=idle_seconds)
-            except TimeoutError:
-                if follow:
-                    continue
-                return
-            for message in messages:
-                try:
-                    yield record_on_subject(message.data, message.subject)
-                except (ValidationError, ValueError) as error:
-                    yield UnreadableRecord(message.subject, message.metadata.sequence.stream, str(error))
-            if not follow and messages and messages[-1].metadata.num_pending == 0:
-                return
+        # With ``last``, the records of the stream's last N messages, less all but the last N.
+        held: deque[CallRecord | UnreadableRecord] | None = deque(maxlen=last) if last is not None else None
+        async for read in _read(subscription, batch, idle_seconds, follow):
+            if read is not CAUGHT_UP:
+                if held is None:
+                    yield read
+                else:
+                    held.append(read)
+            elif held is not None:
+                for record in held:
+                    yield record
+                held = None
     finally:
         await client.close()
+
+
+CAUGHT_UP = UnreadableRecord("", 0, "")  # stands for: no record left now (said once or more)
+
+
+async def _read(
+    subscription: JetStreamContext.PullSubscription, batch: int, idle_seconds: float, follow: bool
+) -> AsyncIterator[CallRecord | UnreadableRecord]:
+    """Every record of the subscription's messages, then CAUGHT_UP; with ``follow``, on and on."""
+    while True:
+        try:
+            messages = await subscription.fetch(batch, timeout=idle_seconds)
+        except TimeoutError:
+            yield CAUGHT_UP
+            if follow:
+                continue
+            return
+        for message in messages:
+            sequence = message.metadata.sequence.stream
+            for _, found in records_in_message(message.data, message.subject):
+                if isinstance(found, ValueError):
+                    yield UnreadableRecord(message.subject, sequence, str(found))
+                else:
+                    yield found
+        if messages and messages[-1].metadata.num_pending == 0:
+            yield CAUGHT_UP
+            if not follow:
+                return

@@ -13,6 +13,7 @@ from protege.capture import CallLogPublisher
 from protege.capture.access import GATEWAY, OPERATOR
 from protege.capture.journal import Journal
 from protege.capture.reader import read_records, subject_filter
+from protege.capture.spool import pack_frames
 from protege.services.nats import NatsServer
 
 
@@ -45,34 +46,62 @@ def test_recovery_hands_over_whole_records_and_keeps_them_if_that_fails(tmp_path
     with pytest.raises(OSError, match="disk full"):
         Journal(tmp_path).recover(refuse)
     assert segment.exists()
-    kept: list[bytes] = []
+    kept: list[list[bytes]] = []
     assert Journal(tmp_path).recover(kept.extend) == 3
-    assert kept == [b"payload 0", b"payload 1", b"payload 2"] and not segment.exists()
+    assert kept == [[b"payload 0"], [b"payload 1"], [b"payload 2"]] and not segment.exists()
+
+
+def test_recovery_gives_back_each_batch_as_it_was_formed(tmp_path: Path) -> None:
+    """A recovered batch goes out again as the same message, under the same id, for JetStream to drop."""
+    legacy = tmp_path / "000000000000.journal"  # a record journaled by a version without batches
+    legacy.write_bytes(pack_frames([b"protege.calls.t.a\nold\n{}"]))
+    journal = Journal(tmp_path)
+    for i in range(5):
+        journal.write(f"r{i}", f"payload {i}".encode())
+    journal.batched(["r3", "r1"])
+    journal.done("r4")
+    kept: list[list[bytes]] = []
+    assert Journal(tmp_path).recover(kept.extend) == 6
+    assert kept == [
+        [b"protege.calls.t.a\nold\n{}"],
+        [b"payload 0"],
+        [b"payload 3", b"payload 1"],  # in the batch's order
+        [b"payload 2"],
+        [b"payload 4"],  # done, but its segment was still open: JetStream drops it (its own id)
+    ]
 
 
 KILLED_PUBLISHER = """
 import asyncio, os, signal, sys
-from protege.capture import CallLogPublisher
+from protege.capture import CallLogPublisher, NatsEndpoint
 sys.path.insert(0, sys.argv[3])
 from test_publisher import make_record
 
 async def main() -> None:
-    publisher = CallLogPublisher(sys.argv[1], sys.argv[2])
+    publisher = CallLogPublisher(NatsEndpoint.from_credentials(sys.argv[1], sys.argv[5]), sys.argv[2])
     await publisher.start()
+    if sys.argv[4] == "published":  # a crash between JetStream's acks and the journal forgetting
+        publisher.journal.done = lambda record_id: None
     for i in range(200):
         publisher.submit(make_record(i, "journal"))
-    os.kill(os.getpid(), signal.SIGKILL)  # answered, handed over, not yet published: a crash
+    while sys.argv[4] == "published" and publisher.stats.published < 200:
+        await asyncio.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)  # answered, handed over (published or not): a crash
 
 asyncio.run(main())
 """
 
 
 @pytest.mark.slow
-async def test_a_killed_publisher_loses_no_record_it_took(tmp_path: Path) -> None:
+@pytest.mark.parametrize("killed", ["queued", "published"])
+async def test_a_killed_publisher_loses_and_duplicates_no_record_it_took(tmp_path: Path, killed: str) -> None:
+    """Killed with 200 records taken: before publishing any, or after JetStream took them all (in
+    batches) but before the journal forgot them; either way the stream ends with each once."""
     with NatsServer(tmp_path / "nats") as nats_server:
         spool = tmp_path / "spool"
         here = str(Path(__file__).parent)
-        command = [sys.executable, "-c", KILLED_PUBLISHER, nats_server.url, str(spool), here]
+        gateway = str(nats_server.credentials_file(GATEWAY))
+        command = [sys.executable, "-c", KILLED_PUBLISHER, gateway, str(spool), here, killed, nats_server.url]
         died = await asyncio.to_thread(subprocess.run, command, check=False)
         assert died.returncode == -9
         successor = CallLogPublisher(nats_server.endpoint(GATEWAY), spool)

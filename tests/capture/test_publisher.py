@@ -32,11 +32,17 @@ def make_record(i: int, tenant: str = "acme") -> CallRecord:
 
 
 async def stream_ids(url: str, tenant: str | None = None) -> list[str]:
-    ids = []
+    """The ids in the stream, app by app: the stream keeps each subject's order (a batch is one
+    message per subject, so records of different apps may come in another order)."""
+    records = []
     async for record in read_records(call_log(url), subject=subject_filter(tenant)):
         assert isinstance(record, CallRecord)
-        ids.append(record.id)
-    return ids
+        records.append(record)
+    return in_app_order(records)
+
+
+def in_app_order(records: list[CallRecord]) -> list[str]:
+    return [record.id for record in sorted(records, key=lambda record: record.app)]
 
 
 async def wait_for(condition, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
@@ -56,7 +62,29 @@ async def test_records_reach_jetstream_once_each(nats_server: NatsServer, tmp_pa
         publisher.submit(record)
     await publisher.close()
     assert publisher.stats.published == 300 and publisher.stats.spooled == 0
-    assert await stream_ids(nats_server.url, tenant) == [r.id for r in records]
+    assert await stream_ids(nats_server.url, tenant) == in_app_order(records)
+    client = await nats_server.endpoint(ADMIN).connect()
+    try:  # handed over at once, so published as one batch: one message per app
+        subjects = f"protege.calls.{tenant}.>"
+        info = await client.jetstream().stream_info("PROTEGE_CALLS", subjects_filter=subjects)
+    finally:
+        await client.close()
+    assert info.state.subjects == {f"protege.calls.{tenant}.app{i}": 1 for i in range(3)}
+
+
+async def test_the_last_n_records_are_n_whatever_the_messages_hold(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    publisher = CallLogPublisher(nats_server.endpoint(GATEWAY), tmp_path / "spool")
+    await publisher.start()
+    tenant = f"last{uuid.uuid4().hex[:8]}"
+    records = [make_record(i, tenant).model_copy(update={"app": "tail"}) for i in range(50)]
+    for record in records:
+        publisher.submit(record)
+    await publisher.close()
+    reader = call_log(nats_server.url)
+    last = [r async for r in read_records(reader, subject=subject_filter(tenant), last=5)]
+    assert [r.id for r in last if isinstance(r, CallRecord)] == [r.id for r in records[-5:]]
 
 
 async def test_a_stream_jetstream_refuses_spools_rather_than_drops(
@@ -127,7 +155,7 @@ async def test_nats_down_at_start_then_up(tmp_path: Path) -> None:
         await publisher.close()
         assert publisher.stats.replayed >= 50 and publisher.stats.dropped == 0
         # Spooled records are replayed before the newer one: the stream keeps call order.
-        assert await stream_ids(server.url) == [r.id for r in records]
+        assert await stream_ids(server.url) == in_app_order(records)
     finally:
         server.stop()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import groupby
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from protege.api.calls import CallRecord, CallStatus, Endpoint, ErrorInfo, Upstream, UpstreamKind
 from protege.api.ids import uuid7_at
 from protege.capture.access import ADMIN, CURATOR, GATEWAY
+from protege.capture.wire import join_records
 from protege.config import ConfigError, CurationPolicy, CurationSettings, load_settings
 from protege.services.nats import NatsServer
 from protege.store.artifacts import ArtifactStore
@@ -98,8 +100,9 @@ async def publish(
     js = client.jetstream()
     if not stream_exists:
         await js.add_stream(name="PROTEGE_CALLS", subjects=["protege.calls.>"])
-    for item in records:
-        await js.publish(item.subject, item.to_json())
+    for start in range(0, len(records), 40):  # as a gateway does: a message holds a batch of a subject's
+        for subject, batch in groupby(records[start : start + 40], key=lambda item: item.subject):
+            await js.publish(subject, join_records([item.to_json() for item in batch]))
     for subject, data in raw:
         await js.publish(subject, data)
     await client.close()
@@ -127,17 +130,19 @@ async def test_curator_keeps_clean_unique_examples_and_parks_bad_messages(tmp_pa
         ),
         ("protege.calls.acme.agent", json.dumps({"tenant": "acme"}).encode()),
     ]
+    kept_beside_a_torn_line = record("what are your opening hours on sundays?", "From 10 to 4.")
+    mixed = join_records([kept_beside_a_torn_line.to_json(), b'{"torn'])
     with NatsServer(tmp_path / "nats") as server:
-        await publish(server.url, good + extra, bad)
+        await publish(server.url, good + extra, [*bad, (kept_beside_a_torn_line.subject, mixed)])
         store = ArtifactStore((tmp_path / "store").as_uri())
         stats = await Curator(server.endpoint(CURATOR), store, batch=64).run(until_idle=True, idle_seconds=1)
         distinct = {
             (c.request["messages"][-1]["content"], json.dumps(c.answer, sort_keys=True)) for c in calls
         }
-        assert stats.seen == len(good) + len(extra) + len(bad)
+        assert stats.seen == len(good) + len(extra) + len(bad) + 2
         accounted = stats.kept + stats.duplicates + stats.near_duplicates + sum(stats.rejected.values())
         assert accounted + stats.dead_lettered == stats.seen
-        assert stats.rejected == {"failed": 1, "empty": 1} and stats.dead_lettered == 3
+        assert stats.rejected == {"failed": 1, "empty": 1} and stats.dead_lettered == 4
         # Calls that differ only in punctuation or one value in a long text are near duplicates.
         assert 0.8 * len(distinct) <= stats.kept <= len(distinct) + 2
         # The extra call's email and phone; the workload's customers sign with their first names.
@@ -150,13 +155,14 @@ async def test_curator_keeps_clean_unique_examples_and_parks_bad_messages(tmp_pa
         assert texts.count(LONG_EMAIL.format(n=4, tail="Thanks, <PERSON_1>")) == 1
         assert LONG_EMAIL.format(n=4, tail="Thanks, Ann") not in texts
         assert texts.count(str(good[0].request.messages[-1].content)) == 1
+        assert texts.count("what are your opening hours on sundays?") == 1
         dumped = "".join(e.model_dump_json() for e in examples)
         assert "jane.doe@example.com" not in dumped and "555-0132" not in dumped
 
         client = await server.endpoint(ADMIN).connect()
         parked = await client.jetstream().pull_subscribe("protege.deadletter.>", stream=DEAD_LETTER_STREAM)
-        messages = await parked.fetch(3, timeout=5)
-        assert [m.data for m in messages] == [data for _, data in bad]
+        messages = await parked.fetch(4, timeout=5)
+        assert [m.data for m in messages] == [*(data for _, data in bad), b'{"torn']  # the line alone
         assert "schema version 99" in messages[1].headers["Protege-Error"]  # type: ignore[index]
         await client.close()
 

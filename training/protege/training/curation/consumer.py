@@ -1,13 +1,14 @@
 """The curation consumer (S2): call log → filtered, de-duplicated, PII-free examples in the store.
 
-A durable JetStream pull consumer reads call records in batches. Each record is checked
-(failed, empty, truncated, over-long calls are dropped), redacted, and de-duplicated; the
-kept examples are written to the artifact store under a key made from their content, and
-only then is the batch acknowledged. So a crash at any point is harmless: unacknowledged
+A durable JetStream pull consumer reads call records in batches (a message holds one or
+more records, :mod:`protege.capture.wire`). Each record is checked (failed, empty,
+truncated, over-long calls are dropped), redacted, and de-duplicated; the kept examples are
+written to the artifact store under a key made from their content, and only then are their
+messages acknowledged. So a crash at any point is harmless: unacknowledged
 records come back, and writing an example again writes the same object under the same
-key. Messages that are not readable call records (bad JSON, unknown schema version,
-missing fields) are counted, logged and parked on the dead-letter subject, then
-acknowledged: they never stop the consumer.
+key. Records that are not readable (bad JSON, unknown schema version, missing fields) are
+counted, logged and parked on the dead-letter subject, then acknowledged: they never stop
+the consumer.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from protege.api.calls import SUBJECT_PREFIX, CallRecord
 from protege.capture.access import CURATOR, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT
 from protege.capture.connection import NatsEndpoint, NatsTarget
 from protege.capture.publisher import StreamSettings, ensure_stream
-from protege.capture.reader import record_on_subject
+from protege.capture.wire import records_in_message
 from protege.config import CurationSettings, Settings
 from protege.pii import Finding, PiiBackend, RecordRedaction, backend_from_settings
 from protege.store.artifacts import ArtifactNotFoundError, ArtifactStore
@@ -135,7 +136,8 @@ class Curator:
         self.stream = stream
         self.durable = durable
         self.create_stream = create_stream  # made (or updated) before consuming, as a gateway does
-        self.batch = batch
+        self.batch = batch  # records curated (and acknowledged) together
+        self._records_per_message = float(batch)  # until seen: so the first fetch takes one message
         self.stats = CurationStats()
         self.prune_every_seconds = prune_every_seconds
         self._pruned_at = float("-inf")
@@ -191,7 +193,7 @@ class Curator:
             while stop is None or not stop.is_set():
                 await self._prune_if_due()
                 try:
-                    messages = await subscription.fetch(self.batch, timeout=idle_seconds)
+                    messages = await subscription.fetch(self._fetch_size(), timeout=idle_seconds)
                 except TimeoutError:
                     if until_idle:
                         # Idle means nothing left, also nothing that a crashed reader took and
@@ -220,15 +222,25 @@ class Curator:
             log.info("curation: %d examples of tenant %s passed retention_days: deleted", count, tenant)
         self.stats.expired += sum(pruned.values())
 
+    def _fetch_size(self) -> int:
+        """Messages to fetch for about ``batch`` records: a message holds one record or hundreds, and
+        a batch must be curated within ``ack_wait_seconds``."""
+        return max(1, round(self.batch / self._records_per_message))
+
     async def _curate_batch(self, js: JetStreamContext, messages: list[Msg]) -> None:
-        to_write: dict[str, Example] = {}
+        records: list[CallRecord] = []
+        seen = self.stats.seen
         for message in messages:
-            self.stats.seen += 1
-            try:
-                record = teacher_view(record_on_subject(message.data, message.subject))
-            except (ValidationError, ValueError) as error:
-                await self._dead_letter(js, message, error)
-                continue
+            for line, found in records_in_message(message.data, message.subject):
+                self.stats.seen += 1
+                if isinstance(found, ValueError):
+                    await self._dead_letter(js, message, line, found)
+                else:
+                    records.append(teacher_view(found))
+        if messages:
+            self._records_per_message = max(1.0, (self.stats.seen - seen) / len(messages))
+        to_write: dict[str, Example] = {}
+        for record in records:
             policy = self.settings.for_tenant(record.tenant)
             reason = reject_reason(record, policy)
             if reason is not None:
@@ -256,7 +268,8 @@ class Curator:
         for key, example in examples.items():
             self.examples.put(key, example)
 
-    async def _dead_letter(self, js: JetStreamContext, message: Msg, error: Exception) -> None:
+    async def _dead_letter(self, js: JetStreamContext, message: Msg, line: bytes, error: ValueError) -> None:
+        """Park an unreadable record (a line of ``message``) on the dead-letter subject."""
         if isinstance(error, ValidationError):
             first = error.errors()[0]
             reason = f"{'.'.join(str(p) for p in first['loc']) or 'record'}: {first['msg']}"
@@ -276,7 +289,7 @@ class Curator:
             "Protege-Subject": message.subject,
             "Protege-Sequence": str(sequence),
         }
-        await js.publish(DEAD_LETTER_SUBJECT, message.data, headers=headers, stream=DEAD_LETTER_STREAM)
+        await js.publish(DEAD_LETTER_SUBJECT, line, headers=headers, stream=DEAD_LETTER_STREAM)
         self.stats.dead_lettered += 1
 
 
