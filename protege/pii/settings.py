@@ -7,16 +7,17 @@ import threading
 from collections.abc import Callable
 
 from protege.config import CurationSettings
-from protege.pii.redactor import PiiBackend, RecordRedaction, builtin_backend
+from protege.pii.redactor import RecordRedaction, Remembering, shared_builtin_backend
 
 log = logging.getLogger(__name__)
 
-_backends: dict[tuple[str, str], PiiBackend] = {}
+_backends: dict[tuple[str, str], Remembering] = {}
 _lock = threading.Lock()
 
 
-def backend_from_settings(settings: CurationSettings | None = None) -> PiiBackend:
-    """The PII backend ``curation.pii_detector`` names, loaded once per process.
+def backend_from_settings(settings: CurationSettings | None = None) -> Remembering:
+    """The PII backend ``curation.pii_detector`` names, loaded once per process, remembering what
+    it found in the texts it saw last (:class:`~protege.pii.redactor.Remembering`).
 
     ``auto`` (the default): the built-in detectors with Presidio's NER where Presidio, spaCy and
     ``curation.pii_spacy_model`` are installed, the built-in detectors alone elsewhere (logged).
@@ -33,10 +34,10 @@ def backend_from_settings(settings: CurationSettings | None = None) -> PiiBacken
     with _lock:
         if (choice, model) not in _backends:
             if choice == "presidio":
-                _backends[choice, model] = ner.NerBackend(model)
+                _backends[choice, model] = Remembering(ner.NerBackend(model))
                 log.info("PII: built-in detectors with Presidio's NER (%s)", model)
             else:
-                _backends[choice, model] = builtin_backend()
+                _backends[choice, model] = shared_builtin_backend()
         return _backends[choice, model]
 
 

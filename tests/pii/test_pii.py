@@ -14,6 +14,7 @@ The full corpus, with figures, is in ``bench/pii.py``.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -22,10 +23,11 @@ from protege.api.calls import CallRecord
 from protege.config import CurationSettings
 from protege.pii import PiiType, RecordRedaction, backend_from_settings, detect, redact_record
 from protege.pii.corpus import Snippet, build_corpus
-from protege.pii.detectors import key_type
+from protege.pii.detectors import _API_KEYS, Finding, _WordStart, key_type
 from protege.pii.evaluation import Score, score
 from protege.pii.national_ids import national_id_ok
-from protege.pii.redactor import PiiBackend, builtin_backend
+from protege.pii.redactor import PiiBackend, Remembering, builtin_backend
+from protege.workload import generate
 
 faker = pytest.importorskip("faker")
 from protege.pii.faker_corpus import NATIONAL_IDS, _faker, build_faker_corpus  # noqa: E402
@@ -381,6 +383,49 @@ def test_ner_person_recall_and_overall_precision_on_the_sample(
 def test_curation_uses_the_ner_backend_where_installed(ner: PiiBackend) -> None:
     from protege.pii.ner import NerBackend
 
-    assert isinstance(backend_from_settings(CurationSettings()), NerBackend)  # auto
-    assert isinstance(backend_from_settings(CurationSettings(pii_detector="presidio")), NerBackend)
-    assert not isinstance(backend_from_settings(CurationSettings(pii_detector="builtin")), NerBackend)
+    assert isinstance(backend_from_settings(CurationSettings()).backend, NerBackend)  # auto
+    assert isinstance(backend_from_settings(CurationSettings(pii_detector="presidio")).backend, NerBackend)
+    assert not isinstance(backend_from_settings(CurationSettings(pii_detector="builtin")).backend, NerBackend)
+
+
+def test_word_start_patterns_match_as_their_leading_word_boundary_would() -> None:
+    """The API-key patterns are searched without their leading \\b (fast), the boundary checked
+    apart: the same matches as the pattern with it, on keys inside and beside other words."""
+    keys = [
+        "sk-" + "a" * 24,
+        "sk-ant-api03-" + "b" * 24,
+        "pgk-" + "c" * 24,
+        "AKIA" + "D" * 16,
+        "ghp_" + "e" * 36,
+        "eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJlMTIz",
+        "xoxb-" + "1" * 12,
+        "AIza" + "f" * 35,
+    ]
+    beside = ("{}", "x{} {}", "é{}", "_{}", "({})", "a-{}")
+    texts = [shape.format(key, key) for key in keys for shape in beside]
+    texts += [call.request["messages"][-1]["content"] for call in generate(200, seed=5)]
+    for pattern in _API_KEYS:
+        if isinstance(pattern, _WordStart):
+            bounded = re.compile(r"\b" + pattern.pattern.pattern)
+            for text in texts:
+                spans = [match.span() for match in pattern.finditer(text)]
+                assert spans == [match.span() for match in bounded.finditer(text)], (pattern.pattern, text)
+
+
+def test_a_remembering_backend_detects_each_distinct_text_once_and_forgets_the_oldest() -> None:
+    scanned: list[str] = []
+
+    def counting(text: str) -> list[Finding]:
+        scanned.append(text)
+        return builtin_backend()(text)
+
+    backend = Remembering(counting, size=2)
+    prompt = "You are the support agent of Acme. Escalate to Jane Miller (jane@acme.example)."
+    first = backend(prompt)
+    assert {f.type for f in first} >= {PiiType.EMAIL}
+    first.clear()  # a caller's list is its own
+    assert backend(prompt) == builtin_backend()(prompt) and scanned == [prompt]
+    backend("call me at (415) 555-0132")
+    backend("nothing here")  # the third distinct text: the prompt, used least recently, goes
+    backend(prompt)
+    assert scanned == [prompt, "call me at (415) 555-0132", "nothing here", prompt]
