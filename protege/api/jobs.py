@@ -6,6 +6,7 @@ its result, the flywheel decides on the scores (the gate is the flywheel's, neve
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,14 +48,25 @@ class JobSpec(BaseModel):
     min_train_examples: int = Field(default=8, ge=1, description="Refuse smaller training splits.")
 
 
-# Fields added after jobs were named: left out of the id while unset, so a spec without them keeps
-# its job's name (an operator upgraded mid-job finds the job it started, rather than starting another).
-_UNNAMED_WHEN_UNSET = ("base_model_revision",)
+# Fields added after jobs were named (dotted: nested): left out of the id while unset, so a spec without
+# them keeps its job's name (an operator upgraded mid-job finds the job it started, rather than starting
+# another).
+_UNNAMED_WHEN_UNSET = ("base_model_revision", "training.micro_batch_size")
 
 
 def job_id(spec: JobSpec) -> str:
     """Deterministic: the same spec always has the same id (the RayJob's name ends with it)."""
-    unset = {name for name in _UNNAMED_WHEN_UNSET if getattr(spec, name) is None}
+    unset: dict[str, Any] = {}
+    for path in _UNNAMED_WHEN_UNSET:
+        *parents, name = path.split(".")
+        owner: Any = spec
+        for parent in parents:
+            owner = getattr(owner, parent)
+        if getattr(owner, name) is None:
+            node = unset
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[name] = True
     return hashlib.sha256(spec.model_dump_json(exclude=unset).encode()).hexdigest()[:10]
 
 

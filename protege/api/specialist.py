@@ -98,7 +98,25 @@ class TrainingMethod(StrEnum):
     QLORA = "qlora"
 
 
+_MICRO_BATCH_MESSAGE = (
+    "training.microBatchSize must divide training.batchSize / training.workers (the examples of one "
+    "worker's step)"
+)
+
+
 class TrainingSpec(KubeModel):
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.microBatchSize) || "
+                    "(self.batchSize / self.workers) % self.microBatchSize == 0",
+                    "message": _MICRO_BATCH_MESSAGE,
+                }
+            ]
+        }
+    }
+
     method: TrainingMethod = Field(
         default=TrainingMethod.LORA, description="'lora', or 'qlora' (4-bit, CUDA only)."
     )
@@ -114,6 +132,14 @@ class TrainingSpec(KubeModel):
     learning_rate: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
     batch_size: int = Field(
         default=8, ge=1, le=4096, description="Examples per optimizer step (all workers)."
+    )
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Examples per forward pass; each step accumulates batchSize / microBatchSize passes "
+        "(the same update, less memory: activations grow with the tokens of one pass). Must divide "
+        "batchSize (per worker). Unset: the whole batch on a GPU; on CPU, as many as keep a pass near "
+        "512 tokens at the training examples' mean length.",
     )
     max_seq_len: int = Field(default=2048, ge=64, description="Longer examples are dropped, not cut.")
     packing: bool = Field(
@@ -151,6 +177,15 @@ class TrainingSpec(KubeModel):
     tolerations: list[Toleration] | None = Field(
         default=None, description="Tolerations for the training workers; the pool's when unset."
     )
+
+    @model_validator(mode="after")
+    def _micro_batches_fill_a_step(self) -> TrainingSpec:
+        if self.micro_batch_size is not None and (self.batch_size // self.workers) % self.micro_batch_size:
+            raise ValueError(
+                f"{_MICRO_BATCH_MESSAGE}: {self.micro_batch_size} does not divide "
+                f"{self.batch_size} / {self.workers}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _qlora_needs_gpu(self) -> TrainingSpec:

@@ -9,6 +9,7 @@ rules (those reading ``oldSelf``) only when an old object is given.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,32 @@ class CrdCatalogue:
         schema = self._schemas.get(key)
         if schema is None:
             return [f"no CRD for apiVersion {key[0]!r} kind {key[1]!r}"]
+        obj = defaulted(self._openapi[key], obj)  # the API server defaults, then validates
         validator = jsonschema.Draft202012Validator(schema)
         found = sorted(
             f"{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
             for error in validator.iter_errors(obj)
         )
         return found or cel_errors(self._openapi[key], obj, old)
+
+
+def defaulted(schema: Schema, value: Any) -> Any:
+    """``value`` with the schema's defaults filled in where a field is missing, in every object
+    present (structural defaulting, as the API server applies it before validation)."""
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        filled = {
+            name: copy.deepcopy(sub["default"])
+            for name, sub in properties.items()
+            if name not in value and "default" in sub
+        }
+        extra = schema.get("additionalProperties")
+        other = extra if isinstance(extra, dict) else {}
+        filled.update({name: defaulted(properties.get(name, other), child) for name, child in value.items()})
+        return filled
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [defaulted(schema["items"], item) for item in value]
+    return value
 
 
 def cel_errors(schema: Schema, value: Any, old: Any = None, path: str = "") -> list[str]:

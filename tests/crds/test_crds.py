@@ -8,6 +8,7 @@ import yaml
 from protege.api.naming import NAME_RULE, is_dns_1035_label
 from protege.api.pool import SpecialistPoolSpec
 from protege.api.resources import RESOURCE_KINDS
+from protege.api.specialist import _MICRO_BATCH_MESSAGE, TrainingSpec
 from protege.crds import CrdCatalogue, crd_files, drifted, render_crd, structural_errors
 from protege.crds.schema import to_structural
 
@@ -124,6 +125,23 @@ def test_the_crds_cel_rules_pass_the_examples_and_refuse_what_they_name(repo: Pa
     short = copy.deepcopy(specialist)
     short["spec"]["rollout"]["canarySteps"] = [10, 50]
     assert catalogue.errors(short) == ["spec.rollout: rollout.canarySteps must end at 100"]
+
+    def training(**fields: object) -> dict:  # type: ignore[type-arg]
+        changed = copy.deepcopy(specialist)
+        changed["spec"]["training"] = {**changed["spec"].get("training", {}), **fields}
+        return changed
+
+    for fields, fits in (
+        ({"microBatchSize": 2}, True),  # of the default batchSize 8
+        ({"microBatchSize": 3}, False),
+        ({"batchSize": 12, "workers": 2, "microBatchSize": 3}, True),  # 6 examples per worker
+        ({"batchSize": 12, "workers": 2, "microBatchSize": 4}, False),
+    ):
+        errors = catalogue.errors(training(**fields))
+        assert errors == ([] if fits else [f"spec.training: {_MICRO_BATCH_MESSAGE}"]), fields
+        if not fits:  # the model agrees
+            with pytest.raises(ValueError, match="microBatchSize must divide"):
+                TrainingSpec.model_validate(training(**fields)["spec"]["training"])
 
 
 def test_what_would_fail_only_later_is_refused_at_apply(repo: Path) -> None:

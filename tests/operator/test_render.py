@@ -342,6 +342,10 @@ def test_training_job_names_are_deterministic() -> None:
     assert job_name(job) != job_name(other)
     v2, v3 = (job.model_copy(update={"base_model_revision": r}) for r in ("v2", "v3"))  # other weights
     assert len({job_name(job), job_name(v2), job_name(v3)}) == 3
+    passes = job.model_copy(update={"training": job.training.model_copy(update={"micro_batch_size": 2})})
+    assert job_name(passes) != job_name(
+        job
+    )  # set, a field added later names a new job; unset, the golden names stay
     entrypoint = rendered()["rayjob"]["spec"]["entrypoint"]
     assert entrypoint.startswith("python -m protege.training.job --spec '{")
 

@@ -19,7 +19,13 @@ from protege.models.chat import hermes_messages
 from protege.store.artifacts import ArtifactStore
 from protege.tasks.examples import example_from_record
 from protege.training.trainer import IGNORE, TrainingError, tokenize_row, train_lora
-from protege.training.trainer.data import keep_answer_logits, pack_batch, pad_batch, tokenize_rows
+from protege.training.trainer.data import (
+    examples_per_pass,
+    keep_answer_logits,
+    pack_batch,
+    pad_batch,
+    tokenize_rows,
+)
 from protege.training.trainer.lora import answer_loss, complete_checkpoint, last_checkpoint
 from protege.workload import generate
 
@@ -138,6 +144,47 @@ def test_a_checkpoint_killed_mid_save_is_passed_over(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_step_in_several_passes_is_the_step_in_one() -> None:
+    """On CPU a pass holds about 512 tokens: the most examples, dividing the step, that fit."""
+    assert examples_per_pass(8, 60, 512) == 8
+    assert examples_per_pass(8, 150, 512) == 2  # 4 x 150 = 600 tokens: two passes of four would not fit
+    assert examples_per_pass(12, 150, 512) == 3
+    assert examples_per_pass(8, 900, 512) == 1  # an example longer than a pass: one at a time
+    assert examples_per_pass(7, 100, 512) == 1  # 7 is prime: seven passes of one, not an uneven step
+
+
+def test_micro_batches_give_the_update_of_the_whole_batch(smollm2: Path, tmp_path: Path) -> None:
+    """Four passes of two examples make the step one pass of eight makes: the same loss at each
+    step (the second step's after the first update). The adapters differ only as Adam's first
+    step amplifies float noise (it moves each weight by ±lr whatever its gradient's size)."""
+    import torch
+    from safetensors.torch import load_file
+
+    data = rows(16, "extract", seed=4)
+    losses, adapters = {}, {}
+    for per_pass in (8, 2):
+        spec = TrainingSpec(
+            rank=4,
+            epochs=1,
+            batch_size=8,
+            learning_rate=1e-3,
+            max_seq_len=512,
+            micro_batch_size=per_pass,
+            dropout=0,
+        )
+        result = train_lora(smollm2, data, [], spec, tmp_path / str(per_pass), max_steps=2, eval_every=2)
+        state = json.loads(
+            (tmp_path / str(per_pass) / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text()
+        )
+        losses[per_pass] = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+        adapters[per_pass] = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert len(losses[8]) == 2 and losses[2] == pytest.approx(losses[8], rel=1e-3)
+    whole, passes = adapters[8], adapters[2]
+    difference = sum((whole[n] - passes[n]).norm() ** 2 for n in whole) ** 0.5
+    assert difference / sum(whole[n].norm() ** 2 for n in whole) ** 0.5 < 0.05
+    assert not all(torch.equal(whole[n], passes[n]) for n in whole)  # trained apart, not copied
+
+
 def test_a_killed_run_resumes_to_the_same_adapter(smollm2: Path, tmp_path: Path) -> None:
     data = rows(24, "intent", seed=9)
     (tmp_path / "rows.json").write_text(json.dumps(data))

@@ -23,8 +23,10 @@ from typing import Any
 
 from protege.api.specialist import TrainingMethod, TrainingSpec
 from protege.training.trainer.data import (
+    CPU_TOKENS_PER_PASS,
     IGNORE,
     Tokenized,
+    examples_per_pass,
     keep_answer_logits,
     pack_batch,
     pad_batch,
@@ -94,6 +96,17 @@ def answer_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> An
     )
     count = num_items_in_batch if num_items_in_batch is not None else targets.ne(IGNORE).sum()
     return total / count
+
+
+def micro_batch(spec: TrainingSpec, train: Sequence[Tokenized], cuda: bool) -> int:
+    """Examples per forward pass: ``training.microBatchSize``; unset, the whole step on a GPU
+    and about ``CPU_TOKENS_PER_PASS`` tokens a pass on CPU, where memory, not speed, grows with them."""
+    if spec.micro_batch_size is not None:
+        return min(spec.micro_batch_size, spec.batch_size)
+    if cuda:
+        return spec.batch_size
+    mean_tokens = sum(len(item.input_ids) for item in train) / len(train)
+    return examples_per_pass(spec.batch_size, mean_tokens, CPU_TOKENS_PER_PASS)
 
 
 def check_method(spec: TrainingSpec) -> None:
@@ -189,12 +202,16 @@ def train_lora(
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
 
+    per_pass = micro_batch(spec, train, cuda)
+    passes = spec.batch_size // per_pass
+    log.info("training: %d examples per forward pass, %d passes a step", per_pass, passes)
     steps_per_epoch = max(1, len(train) // spec.batch_size)
     every = eval_every or max(1, steps_per_epoch // 2)
     has_validation = bool(validation)
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
-        per_device_train_batch_size=spec.batch_size,
+        per_device_train_batch_size=per_pass,
+        gradient_accumulation_steps=passes,  # the same update as one pass of the whole step
         per_device_eval_batch_size=spec.batch_size,
         num_train_epochs=spec.epochs,
         max_steps=max_steps if max_steps is not None else -1,
