@@ -9,8 +9,13 @@ of those.
 
 The publisher sends records in batches, one message each (:mod:`protege.capture.wire`), and
 a batch's ``Nats-Msg-Id`` comes from the records it holds. So before a batch is published,
-which records it holds is written here too (:meth:`Journal.batched`): a recovered record
-goes out again in the same batch, under the same id, and JetStream can drop it.
+which records it holds is written here too (:meth:`Journal.batched`), and recovery gives
+each batch back as it was: under the same id, for JetStream to drop if it arrived; not at
+all when one of its records is gone from the journal (done: the batch reached JetStream
+or the spool). A segment that says which records went out together is kept until no older
+segment is left, since any of those may hold a record of its batches (a record held for its
+shadow answer is written long before its batch forms); without that, a done record left in
+an older segment would go out again alone, under an id JetStream has not seen.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class Journal:
         self.segment_records = segment_records
         self._segment_of: dict[str, int] = {}  # record id → segment holding it
         self._open: Counter[int] = Counter()  # records not yet done, per segment
+        self._segments: set[int] = set()  # segments this journal wrote and has not deleted
+        self._marked: set[int] = set()  # of those, the ones saying which records went out together
         self._current = 0
         self._written = 0
         self._fd: int | None = None
@@ -46,8 +53,9 @@ class Journal:
         journal stays as it was. Call it before any write.
 
         ``keep`` gets every whole record, oldest first, in groups: the records of a batch the
-        previous owner formed together, in its order; every other record alone. Returns the
-        number of records.
+        previous owner formed together, in its order; every other record alone. A batch some of
+        whose records are gone (done) is left out: it reached JetStream or the spool. Returns the
+        number of records handed over.
         """
         left = sorted(self.directory.glob(f"*{_SUFFIX}"))
         entries = [entry for path in left for entry in unpack_frames(path.read_bytes(), path)]
@@ -68,8 +76,13 @@ class Journal:
         self._open[self._current] += 1
 
     def batched(self, record_ids: list[str]) -> None:
-        """Say that these records (written, not yet done) go out together, in this order."""
-        self._append(_BATCH + "\n".join(record_ids).encode())
+        """Say that these records (written, not yet done) go out together, in this order.
+
+        Not said when one of them is not here (its write failed): a record missing from a batch
+        at recovery must mean that it was done, so that the batch can be left out."""
+        if all(record_id in self._segment_of for record_id in record_ids):
+            self._append(_BATCH + "\n".join(record_ids).encode())
+            self._marked.add(self._current)
 
     def _append(self, entry: bytes) -> None:
         if self._fd is None or self._written >= self.segment_records:
@@ -83,9 +96,8 @@ class Journal:
         if segment is None:
             return
         self._open[segment] -= 1
-        if self._open[segment] <= 0 and segment != self._current:
-            del self._open[segment]
-            self._path(segment).unlink(missing_ok=True)
+        if self._open[segment] <= 0:
+            self._collect()
 
     def pending(self) -> int:
         return len(self._segment_of)
@@ -97,9 +109,22 @@ class Journal:
         self._current += 1
         self._written = 0
         self._fd = os.open(self._path(self._current), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        if previous and self._open.get(previous, 0) <= 0:
-            self._open.pop(previous, None)
-            self._path(previous).unlink(missing_ok=True)
+        self._segments.add(self._current)
+        if previous:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Delete the segments no recovery needs: all their records done, and, for one that says
+        which records went out together, no older segment left."""
+        oldest = True
+        for number in sorted(self._segments):
+            if number != self._current and self._open[number] <= 0 and (oldest or number not in self._marked):
+                self._path(number).unlink(missing_ok=True)
+                self._segments.discard(number)
+                self._marked.discard(number)
+                self._open.pop(number, None)
+            else:
+                oldest = False
 
     def close(self) -> None:
         """Stop writing; an empty journal leaves no file behind."""
@@ -112,7 +137,8 @@ class Journal:
 
 
 def _groups(entries: list[bytes]) -> list[list[bytes]]:
-    """The journal's records, oldest first, grouped as their batches (each other record alone)."""
+    """The journal's records, oldest first, grouped as their batches (each other record alone);
+    none of a batch whose records are not all here (done: it was delivered)."""
     payloads: dict[str, bytes] = {}
     batch_of: dict[str, tuple[str, ...]] = {}
     alone: list[bytes] = []  # written by a version that kept no record ids: each its own group
@@ -140,7 +166,7 @@ def _groups(entries: list[bytes]) -> list[list[bytes]]:
         if item in emitted:
             continue
         members = batch_of.get(item, (item,))
-        present = [member for member in members if member in payloads]
-        emitted.update(present)
-        groups.append([payloads[member] for member in present])
+        emitted.update(members)
+        if all(member in payloads for member in members):
+            groups.append([payloads[member] for member in members])
     return groups

@@ -71,6 +71,29 @@ def test_recovery_gives_back_each_batch_as_it_was_formed(tmp_path: Path) -> None
     ]
 
 
+def test_a_done_record_in_an_older_segment_goes_back_with_its_batch_or_not_at_all(tmp_path: Path) -> None:
+    """A record held for its shadow answer sits in an old segment, kept by another record still
+    waiting; its batch forms much later. Recovery must give it back in that batch (the same
+    message id, which JetStream drops), never alone under an id JetStream has not seen."""
+    journal = Journal(tmp_path, segment_records=2)
+    journal.write("waiting", b"w")  # a shadow answer that never comes: keeps segment 1
+    journal.write("held", b"h")
+    for i in range(4):  # later calls, published alone, fill and empty segments
+        journal.write(f"r{i}", f"{i}".encode())
+        journal.done(f"r{i}")
+    journal.write("partner", b"p")
+    journal.batched(["held", "partner"])
+    journal.batched(["held", "never-written"])  # not said: one of them is not in the journal
+    journal.done("held")
+    journal.done("partner")
+    for i in range(4, 10):
+        journal.write(f"r{i}", f"{i}".encode())
+        journal.done(f"r{i}")
+    kept: list[list[bytes]] = []
+    Journal(tmp_path).recover(kept.extend)
+    assert [b"h"] not in kept and [b"h", b"p"] in kept and [b"w"] in kept
+
+
 KILLED_PUBLISHER = """
 import asyncio, os, signal, sys
 from protege.capture import CallLogPublisher, NatsEndpoint
