@@ -8,6 +8,7 @@ replica's. The engine is a small vLLM-like server that checks every file it is h
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -36,6 +37,8 @@ class Engine:
 
     def __init__(self) -> None:
         self.loads: list[tuple[str, dict[str, str]]] = []
+        self.resident: set[str] = set()
+        self.unload_seconds = 0.0  # how long an unload takes to land
         self.refuse = False  # answer chat calls with the pool's 422 adapter_unavailable
         self.chats = 0
         self.app = web.Application()
@@ -45,10 +48,17 @@ class Engine:
 
     async def load(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if body["lora_name"] in self.resident:  # as vLLM answers
+            message = f"The lora adapter '{body['lora_name']}' has already been loaded."
+            return web.json_response({"error": {"message": message, "type": "InvalidUserInput"}}, status=400)
         self.loads.append((body["lora_name"], _hashes(Path(body["lora_path"]))))
+        self.resident.add(body["lora_name"])
         return web.Response(text="ok")
 
     async def unload(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        await asyncio.sleep(self.unload_seconds)
+        self.resident.discard(body["lora_name"])
         return web.Response(text="ok")
 
     async def chat(self, request: web.Request) -> web.Response:
@@ -253,3 +263,25 @@ async def test_a_version_the_pool_refused_is_asked_for_again_once_its_mark_expir
         assert not router.failed
     finally:
         await router.close()
+
+
+@pytest.mark.slow
+async def test_a_load_waits_for_its_unload_on_the_way(
+    engine: tuple[str, Engine], stores: tuple[ArtifactStore, ArtifactStore], tmp_path: Path
+) -> None:
+    """Serve's cache evicts an adapter while a call asks for it again: the load goes after the
+    unload has landed, not into an engine that still holds it (vLLM refuses that with a 400)."""
+    url, served = engine
+    writer, reader = stores
+    version = _adapter(writer).version
+    manager = AdapterManager(url, reader, tmp_path / "cache", base_model=BASE, max_loras=4, max_lora_rank=16)
+    try:
+        name = await manager.ensure("intent", version)
+        served.unload_seconds = 0.3
+        evicting = asyncio.ensure_future(manager.unload(name))
+        await asyncio.sleep(0.05)  # the unload is on its way
+        assert await manager.ensure("intent", version) == name
+        await evicting
+        assert name in served.resident and [loaded for loaded, _ in served.loads] == [name, name]
+    finally:
+        await manager.close()

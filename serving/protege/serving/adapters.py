@@ -63,6 +63,10 @@ class FailureMark:
     failures: int  # failed loads in a row
 
 
+# vLLM's answer to a load of an adapter it already has resident (400, InvalidUserInput).
+_ALREADY_LOADED = "has already been loaded"
+
+
 class AdapterManager:
     def __init__(
         self,
@@ -162,7 +166,7 @@ class AdapterManager:
             f"{self.engine_url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(directory)}
         ) as response:
             text = await response.text()
-        if response.status != 200:
+        if response.status != 200 and _ALREADY_LOADED not in text:  # resident: what a load is for
             raise AdapterLoadError(
                 f"{name}: the engine refused the adapter ({response.status}): {text[:500]}"
             )
@@ -201,11 +205,19 @@ class AdapterManager:
         return directory
 
     async def unload(self, name: str) -> None:
-        """Unload a resident adapter (twice is harmless: Serve's cache and this LRU may both ask)."""
-        if self.loaded.pop(name, None) is None:
+        """Unload a resident adapter (twice is harmless: Serve's cache and this LRU may both ask).
+
+        Under the name's lock, as its loads: a load sent while its unload is on the way would find
+        it still resident."""
+        if name not in self.loaded:
             return
-        async with self.session.post(f"{self.engine_url}/v1/unload_lora_adapter", json={"lora_name": name}):
-            pass
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if self.loaded.pop(name, None) is None:
+                return
+            async with self.session.post(
+                f"{self.engine_url}/v1/unload_lora_adapter", json={"lora_name": name}
+            ):
+                pass
 
     async def close(self) -> None:
         if self._session is not None:
