@@ -7,9 +7,10 @@ RayService state machines, on a clock the tests move); the operator reads what i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from protege.testing.plugin import register_kmock_resources
 pytestmark = [pytest.mark.slow, pytest.mark.kmock(cls=KubeApiEmulator)]
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY_CRDS = Path(__file__).parent / "kuberay-crds"  # KubeRay v1.7.0, vendored
+OPERATOR = ("run", "-A", "--standalone", "-m", "protege.operator.main")
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +42,26 @@ def fast_timers(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(f"PROTEGE_OPERATOR_{name}", "0.5")
         module = sys.modules.get("protege.operator.main")
         assert module is None or getattr(module, name) == 0.5, "imported before with other intervals"
+
+
+@contextlib.asynccontextmanager
+async def operator_running(*args: str) -> AsyncIterator[Any]:
+    """The real operator (kopf's ``KopfRunner``, in a thread), stopped without blocking this loop.
+
+    kmock and the KubeRay double answer the operator from this event loop: a blocking stop would
+    leave the requests of a pass under way unanswered, and the operator's cleanup would wait for
+    that pass until its drain timeout (30 s).
+    """
+    from kopf.testing import KopfRunner
+
+    runner = KopfRunner(list(args or OPERATOR))
+    runner.__enter__()
+    try:
+        yield runner
+    except BaseException as error:
+        await asyncio.to_thread(runner.__exit__, type(error), error, error.__traceback__)
+        raise
+    await asyncio.to_thread(runner.__exit__, None, None, None)
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +121,6 @@ def labelled(kmock: Any, resource: str, label: str, value: str) -> list[dict[str
 async def test_a_pool_gets_its_children_and_becomes_ready(
     kmock: Any, monkeypatch: pytest.MonkeyPatch, kuberay_crds: Any
 ) -> None:
-    from kopf.testing import KopfRunner
-
     register_kmock_resources(kmock)
     monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
     pool = pool_body("smollm2-pool", "u-1")
@@ -108,7 +128,7 @@ async def test_a_pool_gets_its_children_and_becomes_ready(
 
     # KubeRay acts when the test says so (settle): the pool is seen Provisioning first, deterministically.
     async with KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay:
-        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        async with operator_running() as runner:
             kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
             kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "broken"] = broken
             service = await until(lambda: stored(kmock, "ray.io/v1/rayservices", "smollm2-pool-serve"))
@@ -226,8 +246,6 @@ async def test_a_pool_the_platform_does_not_allow_fails_and_the_others_get_netwo
 ) -> None:
     """pools.allowedImages / allowedExtraArgs / allowedServiceAccounts and networkPolicies, as the chart
     passes them."""
-    from kopf.testing import KopfRunner
-
     register_kmock_resources(kmock)
     monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
     monkeypatch.setenv("PROTEGE_OPERATOR_ALLOWED_IMAGES", json.dumps(["registry.example/serving/*"]))
@@ -248,7 +266,7 @@ async def test_a_pool_the_platform_does_not_allow_fails_and_the_others_get_netwo
     )
     allowed = pool_body("smollm2-pool", "u-1", image="registry.example/serving/vllm:1")
     resource = "protege.dev/v1alpha1/specialistpools"
-    with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+    async with operator_running() as runner:
         kmock.objects[resource, "agents", "rogue"] = rogue
         kmock.objects[resource, "agents", "smollm2-pool"] = allowed
         failed = await until(
@@ -295,8 +313,6 @@ async def test_an_operator_watching_named_namespaces_needs_no_more_than_the_char
     """operator.watchNamespaces, as the chart installs it: its command line, and its RBAC enforced by
     the emulator (a Role in each watched namespace, a ClusterRole with kopf's cluster-scoped reads).
     The watched namespace's pool becomes Ready with no request refused; a pool elsewhere gets nothing."""
-    from kopf.testing import KopfRunner
-
     from protege.operator.settings import RELEASE_NAMESPACE, operator_pod, render_chart
     from protege.testing.rbac import Rbac
 
@@ -312,17 +328,19 @@ async def test_an_operator_watching_named_namespaces_needs_no_more_than_the_char
     outside = pool_body("outside", "u-2")
     outside["metadata"]["namespace"] = "elsewhere"
     resource = "protege.dev/v1alpha1/specialistpools"
-    async with KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay:
-        with KopfRunner(args) as runner:
-            kmock.objects[resource, "agents", "smollm2-pool"] = pool_body("smollm2-pool", "u-1")
-            kmock.objects[resource, "elsewhere", "outside"] = outside
-            await until(lambda: stored(kmock, "ray.io/v1/rayservices", "smollm2-pool-serve"))
-            await until(lambda: stored(kmock, "apps/v1/deployments", "smollm2-pool-gateway"))
-            await kuberay.settle()
-            await until(lambda: pool_status(kmock, "smollm2-pool").get("phase") == "Ready")
-            await asyncio.sleep(2)  # a few of the pool timer's passes (0.5 s: status, drift healing)
-            assert not [key for key in list(kmock.objects) if key[1] == "elsewhere" and key[0] != resource]
-            assert (kmock.objects[resource, "elsewhere", "outside"].raw.get("status") or {}) == {}
+    async with (
+        KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay,
+        operator_running(*args) as runner,
+    ):
+        kmock.objects[resource, "agents", "smollm2-pool"] = pool_body("smollm2-pool", "u-1")
+        kmock.objects[resource, "elsewhere", "outside"] = outside
+        await until(lambda: stored(kmock, "ray.io/v1/rayservices", "smollm2-pool-serve"))
+        await until(lambda: stored(kmock, "apps/v1/deployments", "smollm2-pool-gateway"))
+        await kuberay.settle()
+        await until(lambda: pool_status(kmock, "smollm2-pool").get("phase") == "Ready")
+        await asyncio.sleep(2)  # a few of the pool timer's passes (0.5 s: status, drift healing)
+        assert not [key for key in list(kmock.objects) if key[1] == "elsewhere" and key[0] != resource]
+        assert (kmock.objects[resource, "elsewhere", "outside"].raw.get("status") or {}) == {}
     assert runner.exception is None
     assert kmock.forbidden == []
     assert undeclared_calls(kmock) == []
@@ -336,14 +354,12 @@ async def test_a_pool_with_a_long_name_serves_or_says_why_kuberay_refused_it(
     KubeRay must get a RayService name it takes, and the pool become Ready; or, if KubeRay refuses
     the RayService, the pool must fail with KubeRay's message, never stay Provisioning.
     """
-    from kopf.testing import KopfRunner
-
     register_kmock_resources(kmock)
     monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
     name = "a-pool-whose-name-makes-its-rayservice-long-1"
     assert len(name) == 45
     async with KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay:
-        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        async with operator_running() as runner:
             kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", name] = pool_body(name, "u-long")
             [service] = await until(
                 lambda: labelled(kmock, "ray.io/v1/rayservices", "protege.dev/specialistpool", name)
@@ -377,8 +393,6 @@ async def test_a_pool_says_why_its_serve_application_is_not_running(
 ) -> None:
     """KubeRay reports a failed Serve application only in applicationStatuses: a DEPLOY_FAILED app of a
     new pool leaves serviceStatus empty, an UNHEALTHY app of a running one leaves it Running."""
-    from kopf.testing import KopfRunner
-
     register_kmock_resources(kmock)
     monkeypatch.setenv("PROTEGE_OPERATOR_API_SERVER", str(kmock.url))
     engine_error = "ValueError: LoRA rank 32 needs max_lora_rank >= 32"
@@ -388,7 +402,7 @@ async def test_a_pool_says_why_its_serve_application_is_not_running(
         return next((dict(c) for c in conditions if c["type"] == "Ready"), {})
 
     async with KubeRayDouble(kmock, background=False, crds=kuberay_crds) as kuberay:
-        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        async with operator_running() as runner:
             kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool_body(
                 "smollm2-pool", "u-1"
             )
@@ -428,8 +442,6 @@ async def test_deleted_and_edited_children_are_restored_within_a_reconcile_inter
     manager), so a child deleted or edited out of band is back to its rendered spec at its next tick
     (0.5 s here; the test allows a few on a loaded machine); a field the operator does not render (the
     HPA's replica count) is left alone."""
-    from kopf.testing import KopfRunner
-
     from protege.api.pool import SpecialistPoolSpec
     from protege.operator.children import render_pool
     from protege.operator.kube import FIELD_MANAGER
@@ -477,7 +489,7 @@ async def test_deleted_and_edited_children_are_restored_within_a_reconcile_inter
         )
 
     async with KubeRayDouble(kmock, background=False, crds=kuberay_crds):
-        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        async with operator_running() as runner:
             kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = body
             await restored(list(where))
 
@@ -641,8 +653,6 @@ def specialist_status(kmock: Any, name: str) -> dict[str, Any]:
 async def test_a_specialist_trains_shadows_fails_and_cleans_up(
     kmock: Any, flywheel_cluster: tuple[Any, dict[str, Any], dict[str, Any]], kuberay_crds: Any
 ) -> None:
-    from kopf.testing import KopfRunner
-
     from protege.services.process import free_port
     from protege.testing.plugin import seed_task
 
@@ -656,7 +666,7 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
 
     resource = "protege.dev/v1alpha1/specialists"
     async with KubeRayDouble(kmock, crds=kuberay_crds) as kuberay:
-        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        async with operator_running() as runner:
             kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
             kmock.objects[resource, "agents", "sql-writer"] = specialist("sql-writer", "s-1")
             kmock.objects[resource, "agents", "bad-rank"] = specialist(
@@ -690,7 +700,7 @@ async def test_a_specialist_trains_shadows_fails_and_cleans_up(
         seed_task(store, "extract", 120, task_id="t-extract")
         kmock.objects[resource, "agents", "other"] = specialist("other", "s-3")
         os.environ["PROTEGE_OPERATOR_METRICS_PORT"] = str(free_port())  # the first one's server lives on
-        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        async with operator_running() as runner:
             await asyncio.sleep(2)
             assert children(kmock, "ray.io/v1/rayjobs", "sql-writer-train-") == [job_name]
 
@@ -758,13 +768,11 @@ async def test_a_specialist_with_a_long_name_trains_or_fails_with_kuberays_messa
     refuses the RayJob (``ValidationFailed``), the version must fail with KubeRay's message and a
     ``TrainingFailed`` event, never stay Training.
     """
-    from kopf.testing import KopfRunner
-
     store, pool, base = flywheel_cluster
     name = "a-specialist-name-of-forty-two-characters1"
     assert len(name) == 42
     async with KubeRayDouble(kmock, crds=kuberay_crds) as kuberay:
-        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        async with operator_running() as runner:
             kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
             kmock.objects["protege.dev/v1alpha1/specialists", "agents", name] = specialist_body(
                 base, name, "s-long"
@@ -818,11 +826,9 @@ async def test_a_finished_training_jobs_cluster_is_gone_within_minutes(
 ) -> None:
     """shutdownAfterJobFinishes and ttlSecondsAfterFinished: KubeRay deletes the job's RayCluster (and its
     GPUs) that long after the job ended. KubeRay v1.7.0 keeps the RayJob itself; so does the operator."""
-    from kopf.testing import KopfRunner
-
     store, pool, base = flywheel_cluster
     async with KubeRayDouble(kmock, crds=kuberay_crds) as kuberay:
-        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        async with operator_running() as runner:
             kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
             kmock.objects["protege.dev/v1alpha1/specialists", "agents", "sql-writer"] = specialist_body(
                 base, "sql-writer", "s-1"
@@ -873,8 +879,6 @@ async def test_both_drivers_give_a_specialist_the_same_status_and_forget_it_alik
     deleted one leaves its pool's routing table on both, its adapters kept (spec.deletionPolicy Retain)."""
     from types import SimpleNamespace
 
-    from kopf.testing import KopfRunner
-
     from protege.api.pool import SpecialistPoolSpec
     from protege.flywheel.data import StoreData
     from protege.flywheel.local import LocalDriver, LocalFlywheelIO, RayJobs, RouteFile
@@ -915,7 +919,7 @@ async def test_both_drivers_give_a_specialist_the_same_status_and_forget_it_alik
 
     resource = "protege.dev/v1alpha1/specialists"
     async with KubeRayDouble(kmock, crds=kuberay_crds):
-        with KopfRunner(["run", "-A", "--standalone", "-m", "protege.operator.main"]) as runner:
+        async with operator_running() as runner:
             kmock.objects["protege.dev/v1alpha1/specialistpools", "agents", "smollm2-pool"] = pool
             for uid, (name, spec) in enumerate(specs.items()):
                 kmock.objects[resource, "agents", name] = specialist_body(base, name, f"s-{uid}", **spec)
