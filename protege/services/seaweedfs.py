@@ -108,6 +108,9 @@ class SeaweedS3(ServiceProcess):
             f"-master.port.grpc={p['master.grpc']}",
             "-master.volumeSizeLimitMB=256",
             "-master.telemetry=false",
+            # one master: restarted on its data, it waits out a Raft election before it leads (18 s
+            # with the 10 s default, the store unusable meanwhile)
+            "-master.electionTimeout=1s",
             f"-volume.port={p['volume']}",
             f"-volume.port.grpc={p['volume.grpc']}",
             "-volume.max=100",

@@ -52,6 +52,9 @@ def test_curate_killed_mid_run_then_discover_suggest_and_build(
             "PROTEGE_NATS_URL": server.url,
             "PROTEGE_NATS_AUTH__CREDENTIALS_DIR": str(server.credentials_dir),  # it curates as the curator
             "PROTEGE_ARTIFACT_STORE": (tmp_path / "store").as_uri(),
+            # what the killed curator took but never acknowledged comes again after this (30 s by
+            # default); a batch here is curated in well under a second
+            "PROTEGE_CURATION__ACK_WAIT_SECONDS": "8",
         }
         for name, value in env.items():
             if name.startswith("PROTEGE_"):
