@@ -153,10 +153,12 @@ def test_a_step_in_several_passes_is_the_step_in_one() -> None:
     assert examples_per_pass(7, 100, 512) == 1  # 7 is prime: seven passes of one, not an uneven step
 
 
-def test_micro_batches_give_the_update_of_the_whole_batch(smollm2: Path, tmp_path: Path) -> None:
+def test_micro_batches_give_the_update_of_the_whole_batch(tiny_llama: Path, tmp_path: Path) -> None:
     """Four passes of two examples make the step one pass of eight makes: the same loss at each
     step (the second step's after the first update). The adapters differ only as Adam's first
-    step amplifies float noise (it moves each weight by ±lr whatever its gradient's size)."""
+    step amplifies float noise (it moves each weight by ±lr whatever its gradient's size).
+
+    Arithmetic, not learning: the two-layer Llama with SmolLM2's tokenizer does."""
     import torch
     from safetensors.torch import load_file
 
@@ -172,7 +174,7 @@ def test_micro_batches_give_the_update_of_the_whole_batch(smollm2: Path, tmp_pat
             micro_batch_size=per_pass,
             dropout=0,
         )
-        result = train_lora(smollm2, data, [], spec, tmp_path / str(per_pass), max_steps=2, eval_every=2)
+        result = train_lora(tiny_llama, data, [], spec, tmp_path / str(per_pass), max_steps=2, eval_every=2)
         state = json.loads(
             (tmp_path / str(per_pass) / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text()
         )
@@ -214,11 +216,11 @@ def test_a_killed_run_resumes_to_the_same_adapter(smollm2: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_two_workers_train_data_parallel_and_the_adapter_comes_back_through_the_store(
-    smollm2: Path, tmp_path: Path, s3_artifact_store: ArtifactStore
+    tiny_llama: Path, tmp_path: Path, s3_artifact_store: ArtifactStore
 ) -> None:
     """Each rank trains in a directory of its own (on a cluster, its own pod); rank 0's adapter
     reaches the driver as the run's checkpoint in the artifact store (S3 here), which is cleaned
-    up once downloaded."""
+    up once downloaded. The plumbing, not learning: on the two-layer Llama."""
     import ray
 
     from protege.training.trainer.distributed import RUNS_AREA, RunStorage, train_lora_distributed
@@ -231,7 +233,7 @@ def test_two_workers_train_data_parallel_and_the_adapter_comes_back_through_the_
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         result = train_lora_distributed(
-            smollm2.as_uri(), data, [], spec, tmp_path / "run",
+            tiny_llama.as_uri(), data, [], spec, tmp_path / "run",
             storage=RunStorage.in_store(store), name="protege-train-x", max_steps=2, eval_every=1000,
         )  # fmt: skip
     finally:
