@@ -19,6 +19,8 @@ applied) and leaves ``metadata.resourceVersion`` as it was given. :class:`KubeAp
   unless a rule allows them; each refusal is kept in :attr:`forbidden`. Discovery is open.
 - the Namespaces collection (kopf lists and watches it when it watches named namespaces), which
   kmock cannot parse: the namespaces of stored objects and :attr:`KubeApiEmulator.namespaces`.
+- a bounded request log, once :attr:`KubeApiEmulator.keep_requests` is set (benchmarks): kmock
+  scans its whole log to match each request, which grows with the run.
 
 The versions move for the kinds the operator's client writes, not for kopf's custom resources
 (``protege.dev``, :data:`UNVERSIONED_GROUPS`), which keep kmock's behaviour.
@@ -62,8 +64,33 @@ class KubeApiEmulator(KubernetesEmulator):
     forbidden: list[str] = attrs.field(factory=list, init=False)
     namespaces: set[str] = attrs.field(factory=set, init=False)  # besides those of stored objects
     _fields: FieldOwners = attrs.field(factory=FieldOwners, init=False)
+    # None: kmock's whole request log, for assertions; N: only the newest N and those being served
+    keep_requests: int | None = attrs.field(default=None, init=False)
+    _serving: dict[int, rendering.Request] = attrs.field(factory=dict, init=False)
 
     async def _handle(self, request: rendering.Request) -> Any:
+        if self.keep_requests is None:
+            return await self._serve(request)
+        self._serving[id(request)] = request
+        self._forget_requests(self.keep_requests)
+        try:
+            return await self._serve(request)
+        finally:
+            del self._serving[id(request)]
+
+    def _forget_requests(self, keep: int) -> None:
+        """Drop all but the newest ``keep`` logged requests, and those being served.
+
+        kmock matches each request against its reactions by scanning the whole log, so over a long
+        run (a benchmark's thousands of requests) the emulator's cost per request would grow with
+        the run and set the pace instead of the client under test.
+        """
+        log = self._requests
+        old = len(log) - keep
+        if old > 0:
+            log[:old] = [logged for logged in log[:old] if id(logged) in self._serving]
+
+    async def _serve(self, request: rendering.Request) -> Any:
         self._authorize(request)
         if request.action is enums.action.DELETE and request.resource is not None and request.name:
             self._fields.forget(_object_key(request, request.name))
@@ -76,9 +103,11 @@ class KubeApiEmulator(KubernetesEmulator):
             log = self._requests
             index = next(i for i in range(len(log) - 1, -1, -1) if log[i] is request)
             log[index] = served
+            self._serving[id(served)] = served
             try:
                 return await super()._handle(served)
             finally:
+                self._serving.pop(id(served), None)
                 log[:] = [request if logged is served else logged for logged in log]
 
     def _authorize(self, request: rendering.Request) -> None:

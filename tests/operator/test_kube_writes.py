@@ -139,6 +139,38 @@ class StaleReads(KubeClient):
         return found
 
 
+async def test_a_bounded_request_log_serves_every_request_and_keeps_the_newest(kmock: Any) -> None:
+    """With ``keep_requests``, a write held while newer requests are served, concurrent writes and
+    reads are all served as without it, and the log holds only the newest requests."""
+    register_kmock_resources(kmock)
+    kmock.keep_requests = 5
+    apply = "application/apply-patch+yaml"
+
+    async def write(index: int) -> int:
+        path = f"/api/v1/namespaces/agents/configmaps/c{index}"
+        return await send(
+            kmock, "PATCH", path, config_map(f"c{index}", k=str(index)), apply, fieldManager="m"
+        )
+
+    async def read(index: int) -> int:
+        return await send(
+            kmock, "GET", f"/api/v1/namespaces/agents/configmaps/c{index}", None, "application/json"
+        )
+
+    async with kmock._writes:  # a write waits while newer requests come and are served
+        held = asyncio.create_task(write(0))
+        await asyncio.sleep(0.2)
+        assert await asyncio.gather(*(read(0) for _ in range(10))) == [404] * 10
+    assert await held == 200
+    assert await asyncio.gather(*(write(i) for i in range(1, 40))) == [200] * 39
+    assert await asyncio.gather(*(read(i) for i in range(40))) == [200] * 40
+    assert [(stored(kmock, f"c{i}") or {}).get("data") for i in range(40)] == [
+        {"k": str(i)} for i in range(40)
+    ]
+    assert len(list(kmock)) <= 5
+    assert list(kmock)[-1].url.path == "/api/v1/namespaces/agents/configmaps/c39"
+
+
 async def test_two_writers_of_one_routing_table_both_keep_their_route(kmock: Any) -> None:
     """Two operators (each with its own lock) update different Specialists' routes; the first one's
     read is stale by the time it writes: its write is refused (409), it reads again, both routes stay."""
