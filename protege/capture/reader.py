@@ -114,7 +114,7 @@ async def read_records(
         # With ``last``, the records of the stream's last N messages, less all but the last N.
         held: deque[CallRecord | UnreadableRecord] | None = deque(maxlen=last) if last is not None else None
         async for read in _read(subscription, batch, idle_seconds, follow):
-            if read is not CAUGHT_UP:
+            if not isinstance(read, _CaughtUp):
                 if held is None:
                     yield read
                 else:
@@ -127,12 +127,16 @@ async def read_records(
         await client.close()
 
 
-CAUGHT_UP = UnreadableRecord("", 0, "")  # stands for: no record left now (said once or more)
+class _CaughtUp:
+    """What :func:`_read` yields when no record is left now (once or more)."""
+
+
+CAUGHT_UP = _CaughtUp()
 
 
 async def _read(
     subscription: JetStreamContext.PullSubscription, batch: int, idle_seconds: float, follow: bool
-) -> AsyncIterator[CallRecord | UnreadableRecord]:
+) -> AsyncIterator[CallRecord | UnreadableRecord | _CaughtUp]:
     """Every record of the subscription's messages, then CAUGHT_UP; with ``follow``, on and on."""
     while True:
         try:

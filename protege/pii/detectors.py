@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 
-from protege.pii.national_ids import NATIONAL_ID_PATTERNS
+from protege.pii.national_ids import NATIONAL_ID_PATTERNS, SIX_DIGITS, WITHOUT_SIX_DIGITS
 
 
 class PiiType(StrEnum):
@@ -496,7 +496,8 @@ def find_ssns(text: str) -> Iterator[Finding]:
 def find_national_ids(text: str) -> Iterator[Finding]:
     """UK National Insurance numbers and the EU national numbers of national_ids.py, each
     by its format and check digits; those without a strong check only after their name."""
-    for pattern, valid, needs_cue in NATIONAL_ID_PATTERNS:
+    patterns = NATIONAL_ID_PATTERNS if SIX_DIGITS.search(text) else WITHOUT_SIX_DIGITS
+    for pattern, valid, needs_cue in patterns:
         for match in pattern.finditer(text):
             if needs_cue and not needs_cue.search(text[max(0, match.start() - 40) : match.start()]):
                 continue

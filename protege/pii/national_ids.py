@@ -246,6 +246,13 @@ NATIONAL_ID_PATTERNS: list[tuple[re.Pattern[str], Validator, re.Pattern[str] | N
     (CNP, cnp_ok, None),
 ]
 
+# Every pattern above but the codice fiscale's (whose digits may be letters) matches only where
+# six digits run with at most one space, dot, + or - between two of them: a text without such a
+# run needs only the codice fiscale's search. On prose the eleven searches, each tried at every
+# character, cost ~90 µs a 316-character passage.
+SIX_DIGITS = re.compile(r"\d(?:[\s.+-]?\d){5}")
+WITHOUT_SIX_DIGITS = [entry for entry in NATIONAL_ID_PATTERNS if entry[0] is CODICE_FISCALE]
+
 
 def national_id_ok(value: str) -> bool:
     """Whether the whole of ``value`` is one of the national ids above (its check passes)."""
