@@ -54,6 +54,9 @@ schemas, short answers), and the API-key patterns are searched without their lea
 (which turns off ``re``'s literal-prefix scan). Shipped workload, 5,000 calls, idle 2-core AMD
 EPYC: sampled 685 -> 1,540 calls/s (baseline 811 -> 1,938); rag_templates 674 (NOT met:
 passages seen once), tool_retrieval 1,104, tool_loop 1,243, pii_prompts 2,449 (docs/curation.md).
+Then national ids searched past the codice fiscale only where six digits run, and person cues
+that need a ':' or a line break only where one is: rag_templates 894-1,017 over four runs
+(around the target, not reliably over it).
 
     .venv/bin/python bench/curation_throughput.py [--examples 5000] [--skip-every-turn] [--traffic NAME]
 

@@ -223,24 +223,29 @@ _UPPER = "A-ZÀ-ÖØ-ÞĀ-Ž"
 _LOWER = "a-zß-öø-ÿā-ž"
 _NAME = rf"(?:[{_UPPER}]['’])?[{_UPPER}][{_LOWER}]+(?:[-'’][{_UPPER}][{_LOWER}]+)?"
 _FULL_NAME = rf"{_NAME}(?:\s+(?:[{_UPPER}]\.\s+|(?:van|von|de|da|di|del|der|den|la|le)\s+)?{_NAME}){{0,2}}"
-_PERSON_CUES = [
-    re.compile(rf"\b(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Madam|Herr|Frau|Mme|Mlle|Sr|Sra|Sig|Sig\.ra)\.?\s+(?P<name>{_FULL_NAME})"),
-    re.compile(
+# Each with the characters one of which every match of it holds ("": none): a text holding none of
+# them is not searched.
+_PERSON_CUES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(
+        rf"\b(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Madam|Herr|Frau|Mme|Mlle|Sr|Sra|Sig|Sig\.ra)\.?\s+"
+        rf"(?P<name>{_FULL_NAME})"
+    ), ""),
+    (re.compile(
         rf"(?i:\bmy name is|\bname's|\bthis is|\bI am|\bI'm|\bsigned|\bcontact person)\s+"
         rf"(?P<name>{_FULL_NAME})"
-    ),
-    re.compile(
+    ), ""),
+    (re.compile(
         rf"(?i:\b(?:full\s+|first\s+|last\s+|sur)?name|\bcustomer|\bcontact|\bpatient|\bemployee|\bholder"
         rf"|\brecipient|\bsender|\bapplicant|\bpassenger|\bguest|\bowner)\s*[:=]\s*(?P<name>{_FULL_NAME})"
-    ),
-    re.compile(
+    ), ":="),
+    (re.compile(
         rf"(?i:\b(?:regards|sincerely|thanks|thank you|cheers|best|br|cordially|yours)),?\s*\n\s*"
         rf"(?P<name>{_FULL_NAME})"
-    ),
+    ), "\n"),
     # a sign-off ending the text: "..., deliver to Rome. Thanks, Ines"
-    re.compile(
+    (re.compile(
         rf"(?i:\b(?:regards|sincerely|thanks|thank you|cheers|best)),?\s+(?P<name>{_FULL_NAME})[.!]?\s*$"
-    ),
+    ), ""),
 ]  # fmt: skip
 # Common given names (US SSA, UK ONS and EU registers): a capitalized word after one is a surname.
 FIRST_NAMES = frozenset(
@@ -572,7 +577,9 @@ def find_ip_addresses(text: str) -> Iterator[Finding]:
 
 
 def find_people(text: str) -> Iterator[Finding]:
-    for pattern in _PERSON_CUES:
+    for pattern, needs in _PERSON_CUES:
+        if needs and not any(char in text for char in needs):
+            continue
         for finding in _spans(pattern, text, PiiType.PERSON, "name"):
             if finding.text.split()[0] not in NOT_NAMES:
                 yield finding

@@ -106,6 +106,21 @@ def test_national_id_checks_agree_with_fakers_own() -> None:
         assert all(national_id_ok(value) for value in values), (name, values)
 
 
+def test_every_person_cue_match_holds_a_character_its_shortcut_asks_for(sample: list[Snippet]) -> None:
+    """What find_people's shortcut relies on: a cue's match always holds one of its characters."""
+    from protege.pii.detectors import _PERSON_CUES
+
+    texts = [snippet.text for snippet in sample + build_corpus()]
+    texts += ["Name: Ann Lee", "customer = Jo Park", "Best regards,\n  Ines Duarte", "Thanks, Ines"]
+    found = 0
+    for text in texts:
+        for pattern, needs in _PERSON_CUES:
+            for match in pattern.finditer(text) if needs else ():
+                assert any(char in match.group() for char in needs), (pattern.pattern, match.group())
+                found += 1
+    assert found >= 3
+
+
 def test_every_national_id_but_the_codice_fiscale_holds_six_digits(sample: list[Snippet]) -> None:
     """What find_national_ids' shortcut relies on: no pattern but the codice fiscale's matches where
     SIX_DIGITS finds nothing. Checked on Faker's ids of each kind, the corpora (their ids among
