@@ -38,8 +38,15 @@ class VllmServer(ServiceProcess):
         max_loras: int | None = None,
         max_lora_rank: int = 16,
         enforce_eager: bool = True,
+        engine_in_process: bool = True,
         extra_args: Sequence[str] = (),
     ) -> None:
+        """``engine_in_process``: the engine core runs in the API server's process
+        (``VLLM_ENABLE_V1_MULTIPROCESSING=0``). For the CPU build: on a 2-core AMD EPYC with
+        SmolLM2-135M, 16 concurrent callers × 32 tokens decoded 330-333 tokens/s against 217-223
+        with the engine in a process of its own, a 64-token answer took 1.75 s against 2.18 s, and
+        the server was up in 22 s against 31 s (one Python process fewer to import vLLM into).
+        GPU engines keep their own process, where it overlaps scheduling with the GPU's work."""
         # First start compiles and warms up the model: minutes on a small CPU.
         super().__init__(data_dir, ready_timeout=600)
         self.model = model
@@ -52,6 +59,7 @@ class VllmServer(ServiceProcess):
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
         self.enforce_eager = enforce_eager
+        self.engine_in_process = engine_in_process
         self.extra_args = list(extra_args)
 
     @property
@@ -87,6 +95,8 @@ class VllmServer(ServiceProcess):
     def environment(self) -> dict[str, str]:
         # vLLM's CPU backend sizes its KV cache from this (GiB); the GPU build ignores it.
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib)}
+        if self.engine_in_process:
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if self.max_loras:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter and unload
         return env

@@ -10,6 +10,7 @@ specialist answer falls back to the teacher with both answers recorded.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,7 +25,8 @@ from protege.api.pool import SpecialistPoolSpec
 from protege.api.routes import RolloutStage
 from protege.api.specialist import FallbackSpec, OutputValidation
 from protege.services.nats import NatsServer
-from protege.serving.pool.config import deployment_options, engine_args, serve_application
+from protege.services.vllm import VllmServer
+from protege.serving.pool.config import deployment_options, engine_args, on_cpus, serve_application
 from protege.serving.router.table import Candidate, RoutingTable, SpecialistRoute
 from protege.tasks.datasets import save_registry
 from protege.tasks.discovery.tasks import (
@@ -77,6 +79,17 @@ def test_gpu_pools_run_vllm_with_cuda_graphs_and_cpu_pools_eager() -> None:
     args = engine_args(gpu)
     assert "--enforce-eager" not in args and args[args.index("--tensor-parallel-size") + 1] == "2"
     assert deployment_options(gpu)["ray_actor_options"]["num_gpus"] == 2  # the replica's GPUs, once
+    # the CPU build's engine core in the server's process (1.5× the decode of its own process here)
+    assert (on_cpus(POOL), on_cpus(gpu)) == (True, False)
+
+    def multiprocessing(in_process: bool) -> str | None:
+        server = VllmServer(Path("/nonexistent"), Path("/model"), "m", engine_in_process=in_process)
+        return server.environment().get("VLLM_ENABLE_V1_MULTIPROCESSING")
+
+    assert (multiprocessing(True), multiprocessing(False)) == (
+        "0",
+        os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"),
+    )
 
 
 def _chat(pool: ServedPool, adapter: str | None, text: str = "hello") -> httpx.Response:

@@ -38,7 +38,7 @@ from protege.models.resolve import ModelResolver
 from protege.services.vllm import VllmServer
 from protege.serving.adapters import AdapterLoadError, AdapterManager
 from protege.serving.pool.auth import pool_token, refusal
-from protege.serving.pool.config import deployment_options, engine_args
+from protege.serving.pool.config import deployment_options, engine_args, on_cpus
 from protege.serving.router.table import UnknownAdapterError, parse_adapter_name
 from protege.store.artifacts import ArtifactStore
 
@@ -114,6 +114,7 @@ class PoolEngine:
             max_loras=self.spec.engine.max_loras,
             max_lora_rank=self.spec.engine.max_lora_rank,
             enforce_eager=False,  # the pool's engine_args decide (eager on CPUs, CUDA graphs on GPUs)
+            engine_in_process=on_cpus(self.spec),
             extra_args=engine_args(self.spec),
         ).start()
         self.engine_url = f"http://{self.engine.host}:{self.engine.port}"

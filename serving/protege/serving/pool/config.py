@@ -19,6 +19,11 @@ def _flag(name: str) -> str:
     return "--" + re.sub(r"(?<!^)(?=[A-Z])", "-", name).replace("_", "-").lower()
 
 
+def on_cpus(spec: SpecialistPoolSpec) -> bool:
+    """Whether the pool's engine is vLLM's CPU build (no GPU per replica)."""
+    return spec.resources.gpu == 0
+
+
 def engine_args(spec: SpecialistPoolSpec) -> list[str]:
     """vLLM server arguments beyond model, name, host, port, context length and LoRA limits.
 
@@ -30,7 +35,7 @@ def engine_args(spec: SpecialistPoolSpec) -> list[str]:
         args += ["--max-cpu-loras", str(engine.max_cpu_loras)]
     if engine.max_num_seqs is not None:
         args += ["--max-num-seqs", str(engine.max_num_seqs)]
-    if spec.resources.gpu > 0:  # the CPU build sizes its cache from VLLM_CPU_KVCACHE_SPACE instead
+    if not on_cpus(spec):  # the CPU build sizes its cache from VLLM_CPU_KVCACHE_SPACE instead
         args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
         args += ["--tensor-parallel-size", str(engine.tensor_parallel_size)]
     else:  # CUDA graphs on GPUs; on CPUs capture only slows the start, decoding barely gains
