@@ -76,7 +76,7 @@ class KubeApiEmulator(KubernetesEmulator):
         try:
             return await self._serve(request)
         finally:
-            del self._serving[id(request)]
+            self._serving.pop(id(request), None)
 
     def _forget_requests(self, keep: int) -> None:
         """Drop all but the newest ``keep`` logged requests, and those being served.
