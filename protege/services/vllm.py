@@ -46,7 +46,8 @@ class VllmServer(ServiceProcess):
         SmolLM2-135M, 16 concurrent callers × 32 tokens decoded 330-333 tokens/s against 217-223
         with the engine in a process of its own, a 64-token answer took 1.75 s against 2.18 s, and
         the server was up in 22 s against 31 s (one Python process fewer to import vLLM into).
-        GPU engines keep their own process, where it overlaps scheduling with the GPU's work."""
+        Pass False for a GPU engine, whose own process overlaps scheduling with the GPU's work: a
+        pool's replica decides by ``protege.serving.pool.config.on_cpus``."""
         # First start compiles and warms up the model: minutes on a small CPU.
         super().__init__(data_dir, ready_timeout=600)
         self.model = model
