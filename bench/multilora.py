@@ -21,6 +21,11 @@ core for the API server and binds its engine to the other; with the engine core 
 server's process instead (VLLM_ENABLE_V1_MULTIPROCESSING=0, what VllmServer now sets for CPU
 engines), base decode went 174.0 -> 260.9 tokens/s, adapters 52-54 -> 70-71, hot-load 0.32 ->
 0.25 s (docs/serving.md). Adapters stay under a third of base: NOT met, not yet profiled.
+
+The dtype (2-core AVX2 EPYC, no AVX-512, one run): vLLM emulates bf16 where the CPU lacks it,
+and a CPU engine's ``auto`` now means float32 there (protege.services.vllm.cpu_dtype): base
+19.7 -> 62.5 tokens/s, 0.99x a plain transformers batched generate of the same model (63.3);
+the memory-bandwidth bound is 207. Adapters 0.43-0.50x base.
 """
 
 from __future__ import annotations
@@ -91,6 +96,43 @@ async def hot_load_seconds(url: str, name: str, path: Path) -> float:
     ):
         assert r.status == 200, await r.text()
     return time.perf_counter() - started + await first_token_seconds(url, name)
+
+
+def generate_rate(model: Path, dtype: str, concurrency: int, tokens: int) -> float:
+    """Completion tokens per second of a plain transformers batched ``generate`` of the same
+    model in the same dtype: ``concurrency`` copies of the prompt, ``tokens`` tokens each."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+    text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
+    batch = tokenizer([text] * concurrency, return_tensors="pt")
+    options = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
+    with torch.inference_mode():
+        lm.generate(**batch, **{**options, "max_new_tokens": 2, "min_new_tokens": 2})  # warm up
+        started = time.perf_counter()
+        produced = lm.generate(**batch, **options).shape[1] - batch["input_ids"].shape[1]
+        return concurrency * produced / (time.perf_counter() - started)
+
+
+def bandwidth_bound(model: Path, dtype: str, concurrency: int) -> tuple[float, float]:
+    """This machine's memory read bandwidth (GB/s, a sum over 512 MiB) and the decode rate it
+    bounds: every step reads every weight once, for ``concurrency`` tokens."""
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+
+    data = np.ones(1 << 27, dtype=np.float32)  # 512 MiB, far past any cache
+    data.sum()
+    started = time.perf_counter()
+    for _ in range(5):
+        data.sum()
+    bandwidth = 5 * data.nbytes / (time.perf_counter() - started)
+    with safe_open(model / "model.safetensors", "np") as weights:
+        parameters = sum(int(np.prod(weights.get_slice(name).get_shape())) for name in weights.keys())  # noqa: SIM118
+    step_bytes = parameters * torch.finfo(getattr(torch, dtype)).bits // 8
+    return bandwidth / 1e9, concurrency * bandwidth / step_bytes
 
 
 async def decode_rate(url: str, models: list[str], concurrency: int, tokens: int) -> float:
@@ -234,10 +276,12 @@ def main() -> None:
         routing = router_latency(tmp, args.calls, args.rounds)
         console.print("making 8 rank-16 adapters with PEFT ...")
         adapters = [make_lora_adapter(model, tmp / f"a{i}", 16, i) for i in range(8)]
-        console.print("starting vLLM (CPU build) with LoRA ...")
-        with VllmServer(
-            tmp / "vllm", model, "base", max_model_len=1024, max_loras=8, max_lora_rank=16
-        ) as engine:
+        engine = VllmServer(tmp / "vllm", model, "base", max_model_len=1024, max_loras=8, max_lora_rank=16)
+        console.print(f"plain transformers generate, {engine.dtype} ...")
+        generated = max(generate_rate(model, engine.dtype, args.concurrency, args.tokens) for _ in range(2))
+        gigabytes, bound = bandwidth_bound(model, engine.dtype, args.concurrency)
+        console.print(f"starting vLLM (CPU build, --dtype {engine.dtype}) with LoRA ...")
+        with engine:
             url = engine.url.removesuffix("/v1")
             asyncio.run(first_token_seconds(url, "base"))  # warm up
             base_ttft = statistics.median(asyncio.run(first_token_seconds(url, "base")) for _ in range(3))
@@ -266,9 +310,20 @@ def main() -> None:
     for name, values in rates.items():
         table.add_row(name, f"{max(values):.1f}", f"{max(values) / base_rate:.2f}")
     console.print(table)
+    verdict = "met" if base_rate >= generated / 2 else "NOT met"
+    console.print(
+        f"the machine's best with this model ({engine.dtype}): plain transformers batched generate "
+        f"{generated:.1f} tokens/s; memory-bandwidth bound {bound:.0f} tokens/s ({gigabytes:.1f} GB/s "
+        f"read, every weight once a step). vLLM's base {base_rate:.1f} tokens/s = "
+        f"{base_rate / generated:.2f}× the generate (target ≥ 0.5×): {verdict}"
+    )
+    mixed = min(max(values) for name, values in rates.items() if name != "base")
+    verdict = "met" if mixed >= 0.9 * base_rate else "NOT met"
+    console.print(f"adapters: the slowest mix {mixed / base_rate:.2f}× base (target ≥ 0.9×): {verdict}")
     console.print(
         f"hot-load of a rank-16 adapter to its first token: {hot:.2f} s "
-        f"(base model's own time to first token {base_ttft:.2f} s; target ≤ 1 s)"
+        f"(base model's own time to first token {base_ttft:.2f} s; target ≤ 1 s): "
+        + ("met" if hot <= 1 else "NOT met")
     )
     direct, routed = routing["direct"], routing["routed"]
     added50 = percentile(routed, 50) - percentile(direct, 50)
@@ -276,7 +331,7 @@ def main() -> None:
     console.print(
         f"router added latency over {len(direct)} calls: p50 {added50:.2f} ms, p99 {added99:.2f} ms "
         f"(direct p50 {percentile(direct, 50):.2f} ms, routed p50 {percentile(routed, 50):.2f} ms; "
-        "target p50 ≤ 5 ms)"
+        "target p50 ≤ 5 ms): " + ("met" if added50 <= 5 else "NOT met")
     )
 
 

@@ -83,7 +83,7 @@ def test_gpu_pools_run_vllm_with_cuda_graphs_and_cpu_pools_eager() -> None:
     assert (on_cpus(POOL), on_cpus(gpu)) == (True, False)
 
     def multiprocessing(in_process: bool) -> str | None:
-        server = VllmServer(Path("/nonexistent"), Path("/model"), "m", engine_in_process=in_process)
+        server = VllmServer(Path("/nonexistent"), Path("/model"), "m", on_cpus=in_process)
         return server.environment().get("VLLM_ENABLE_V1_MULTIPROCESSING")
 
     assert (multiprocessing(True), multiprocessing(False)) == (

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from protege.services.vllm import VllmServer, cpu_dtype, cpu_flags
 from protege.serving.pool.config import engine_args
-from protege.stack.config import StackConfig, cpu_engine_dtype
+from protege.stack.config import StackConfig
 
 
 def test_bf16_only_where_the_cpu_computes_it_natively() -> None:
-    assert cpu_engine_dtype({"avx2", "fma"}) == "float32"  # emulated bf16 decodes at half the speed
-    assert cpu_engine_dtype({"avx2", "avx512f", "avx512_bf16"}) == "bfloat16"
-    assert cpu_engine_dtype({"amx_bf16", "amx_tile"}) == "bfloat16"
-    assert cpu_engine_dtype(set()) == "float32"  # no /proc/cpuinfo: the safe choice
+    assert cpu_dtype({"avx2", "fma"}) == "float32"  # emulated bf16 decodes at a third of the speed
+    assert cpu_dtype({"avx2", "avx512f", "avx512_bf16"}) == "bfloat16"
+    assert cpu_dtype({"amx_bf16", "amx_tile"}) == "bfloat16"
+    assert cpu_dtype(set()) == "float32"  # no /proc/cpuinfo: the safe choice
 
 
-def test_the_local_pool_hands_its_dtype_to_vllm() -> None:
+def _dtype(server: VllmServer) -> str:
+    command = list(server.command())
+    return command[command.index("--dtype") + 1]
+
+
+def test_auto_is_decided_on_the_machine_that_runs_a_cpu_engine() -> None:
+    """The local pool says auto, as a cluster's CPU pool may: the replica's own CPU decides it,
+    not the operator's or the CLI's; a GPU engine and an explicit dtype pass through."""
     pool = StackConfig().pool
-    args = engine_args(pool)
-    assert args[args.index("--dtype") + 1] == pool.engine.dtype in {"float32", "bfloat16"}
+    assert pool.engine.dtype == "auto" and "--dtype" not in engine_args(pool)
+
+    def server(dtype: str, on_cpus: bool = True) -> VllmServer:
+        return VllmServer(Path("/nonexistent"), Path("/model"), "m", on_cpus=on_cpus, dtype=dtype)
+
+    assert _dtype(server("auto")) == cpu_dtype(cpu_flags())
+    assert _dtype(server("auto", on_cpus=False)) == "auto"
+    assert _dtype(server("float16")) == "float16"

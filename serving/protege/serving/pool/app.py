@@ -114,7 +114,8 @@ class PoolEngine:
             max_loras=self.spec.engine.max_loras,
             max_lora_rank=self.spec.engine.max_lora_rank,
             enforce_eager=False,  # the pool's engine_args decide (eager on CPUs, CUDA graphs on GPUs)
-            engine_in_process=on_cpus(self.spec),
+            on_cpus=on_cpus(self.spec),
+            dtype=self.spec.engine.dtype,
             extra_args=engine_args(self.spec),
         ).start()
         self.engine_url = f"http://{self.engine.host}:{self.engine.port}"

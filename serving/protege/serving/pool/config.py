@@ -25,12 +25,13 @@ def on_cpus(spec: SpecialistPoolSpec) -> bool:
 
 
 def engine_args(spec: SpecialistPoolSpec) -> list[str]:
-    """vLLM server arguments beyond model, name, host, port, context length and LoRA limits.
+    """vLLM server arguments beyond model, name, host, port, context length, dtype and LoRA limits.
 
-    (``VllmServer`` sets those; multi-LoRA is always on in a pool.)
+    (``VllmServer`` sets those, the dtype on the replica's own machine; multi-LoRA is always on
+    in a pool.)
     """
     engine = spec.engine
-    args = ["--dtype", engine.dtype]
+    args: list[str] = []
     if engine.max_cpu_loras is not None:
         args += ["--max-cpu-loras", str(engine.max_cpu_loras)]
     if engine.max_num_seqs is not None:
