@@ -26,6 +26,11 @@ The dtype (2-core AVX2 EPYC, no AVX-512, one run): vLLM emulates bf16 where the 
 and a CPU engine's ``auto`` now means float32 there (protege.services.vllm.cpu_dtype): base
 19.7 -> 62.5 tokens/s, 0.99x a plain transformers batched generate of the same model (63.3);
 the memory-bandwidth bound is 207. Adapters 0.43-0.50x base.
+
+LoRA ops (same machine, float32, one run): py-spy put two thirds of an adapter engine's busy
+time on vLLM's CPU LoRA ops copying every token's adapter weights; with Protégé's vLLM plugin
+(protege.services.vllm_lora) 1 / 2 / 8 adapters decode 52.1 / 39.9 / 29.7 tokens/s against
+26.9 / 28.4 / 31.2 (0.71 / 0.54 / 0.40x base): NOT met.
 """
 
 from __future__ import annotations
