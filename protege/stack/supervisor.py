@@ -152,10 +152,11 @@ class Stack:
             pull(source, self.settings.model_dir)
         env = self.environment()
         # Jobs wait for CPUs on purpose (one at a time beside serving): never time them out waiting.
-        # The pool's replicas require the pool token; the gateway sends it.
+        # The pool's replicas require the pool token (the gateway sends it) and preload the versions
+        # the routing table routes to.
         ray_env = {
             **env,
-            **as_environment({"pool_token": self.pool_token()}),
+            **as_environment({"pool_token": self.pool_token(), "router": {"table": str(self.routes_path)}}),
             "RAY_JOB_START_TIMEOUT_SECONDS": "86400",
         }
         self.ray = LocalRay(self.dir / "ray", num_cpus=self.config.ray_cpus, env=ray_env, detach=True)

@@ -93,6 +93,7 @@ class ServedPool:
     store: ArtifactStore
     s3: dict[str, str]  # the store's S3 settings, for a gateway's settings
     token: str  # the pool token: a gateway's pool_token (the engine refuses calls without it)
+    routes: Path  # the routing table its replicas preload from (router.table; none written yet)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -126,13 +127,16 @@ def smollm2_pool(seaweed_s3: SeaweedS3, model_store: Path, smollm2: Path) -> Ite
     key, secret = seaweed_s3.credentials
     s3 = {"endpoint_url": seaweed_s3.endpoint_url, "access_key_id": key, "secret_access_key": secret}
     token = uuid.uuid4().hex
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths must stay short
+    routes = Path(temp_dir) / "routes.json"
     env = {
         "PROTEGE_MODEL_STORE": str(model_store),
         "PROTEGE_POOL_TOKEN": token,
+        "PROTEGE_ROUTER__TABLE": str(routes),
+        "PROTEGE_ROUTER__REFRESH_SECONDS": "0.5",
         "PROTEGE_ARTIFACT_STORE": store.url,
         **{f"PROTEGE_S3__{name.upper()}": value for name, value in s3.items()},
     }
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths must stay short
     ray.init(
         num_cpus=4,
         include_dashboard=False,
@@ -143,7 +147,7 @@ def smollm2_pool(seaweed_s3: SeaweedS3, model_store: Path, smollm2: Path) -> Ite
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build({"pool": "test", "spec": spec.to_kube()}), name="test", route_prefix="/")
-        yield ServedPool(f"http://127.0.0.1:{port}", spec, store, s3, token)
+        yield ServedPool(f"http://127.0.0.1:{port}", spec, store, s3, token, routes)
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()

@@ -258,8 +258,8 @@ def test_model_loading_pods_get_the_model_cache_and_ask_for_its_disk() -> None:
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert (env["PROTEGE_MODEL_STORE"], env["HF_HOME"]) == ("/models/cache", "/models/cache/huggingface")
         assert "HF_TOKEN" not in env
-        assert pod["volumes"] == [{"name": "model-cache", "emptyDir": {"sizeLimit": "20Gi"}}]
-        assert container["volumeMounts"] == [{"name": "model-cache", "mountPath": "/models/cache"}]
+        assert pod["volumes"][0] == {"name": "model-cache", "emptyDir": {"sizeLimit": "20Gi"}}
+        assert container["volumeMounts"][0] == {"name": "model-cache", "mountPath": "/models/cache"}
         assert container["resources"]["requests"]["ephemeral-storage"] == "30Gi"  # 20Gi + 10Gi
         assert "ephemeral-storage" not in container["resources"]["limits"]  # the emptyDir is limited
         assert "volumes" not in head and "PROTEGE_MODEL_STORE" not in str(head)  # the head loads none
@@ -274,8 +274,8 @@ def test_a_gated_hub_model_gets_its_token_by_reference_and_a_shared_cache_claim(
         "name": "HF_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
     }
-    assert pod["volumes"] == [{"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}}]
-    assert container["volumeMounts"] == [{"name": "model-cache", "mountPath": "/models/cache"}]
+    assert pod["volumes"][0] == {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}}
+    assert container["volumeMounts"][0] == {"name": "model-cache", "mountPath": "/models/cache"}
     assert container["resources"]["requests"]["ephemeral-storage"] == "10Gi"  # the cache is not on the node
     base = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["spec"]["baseModel"]
     assert base == {  # the replicas resolve the pinned revision; the token is the pod's, not the app's
@@ -555,3 +555,22 @@ def test_pod_overrides_go_over_the_platforms_and_never_over_selector_labels() ->
     with pytest.raises(ValueError, match="not valid"):
         Platform(pod_template="{not json")
     assert PodOverrides().over(PodOverrides()) == PodOverrides()
+
+
+def test_serving_pods_read_the_routing_table_the_gateway_reads() -> None:
+    """Each replica preloads the versions the table routes to: its workers mount the pool's routes
+    ConfigMap, read-only, where router.table says, as the gateway does."""
+    objects = rendered()
+
+    def mounted_table(pod: dict[str, Any]) -> tuple[str, str]:
+        [container] = pod["containers"]
+        table = {e["name"]: e.get("value") for e in container["env"]}["PROTEGE_ROUTER__TABLE"]
+        [volume] = [v for v in pod["volumes"] if "configMap" in v]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] and table.startswith(mount["mountPath"] + "/")
+        return volume["configMap"]["name"], table
+
+    gateway = objects["gateway-deployment"]["spec"]["template"]["spec"]
+    [workers] = objects["rayservice"]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert mounted_table(workers["template"]["spec"]) == mounted_table(gateway)
+    assert mounted_table(gateway)[0] == render_routes(POOL_OWNER, RoutingTable())["metadata"]["name"]

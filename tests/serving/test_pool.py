@@ -104,6 +104,52 @@ def _chat(pool: ServedPool, adapter: str | None, text: str = "hello") -> httpx.R
 
 
 @pytest.mark.slow
+def test_replicas_preload_what_the_routing_table_routes_to(
+    smollm2_pool: ServedPool, smollm2: Path, tmp_path: Path
+) -> None:
+    """Before any call: a route's active version, then its candidate in shadow, are resident; a
+    version that cannot load is left out and the rest still load; a preload takes free slots only
+    (maxLoras 2), never evicting. (First in the module: the replica holds no adapter yet.)"""
+    ours = {"base_model": "smollm2-135m"}
+    active, shadowed, later = (
+        smollm2_pool.store.put_artifact(
+            "adapter", name, make_lora_adapter(smollm2, tmp_path / name, 8, i), ours
+        ).version
+        for i, name in enumerate(("live", "live", "later"))
+    )
+
+    def route(name: str, active: str | None, candidate: str | None = None) -> SpecialistRoute:
+        stage = Candidate(version=candidate, stage=RolloutStage.SHADOW) if candidate else None
+        return SpecialistRoute(
+            specialist=name, tenant="acme", task_id=f"task-{name}", active=active, candidate=stage
+        )
+
+    def resident() -> set[str]:
+        models = httpx.get(f"{smollm2_pool.url}/v1/models", headers=smollm2_pool.headers, timeout=30)
+        return {m["id"] for m in models.json()["data"]} - {"smollm2-135m"}
+
+    def settled(expected: set[str], seconds: float) -> set[str]:
+        deadline = time.monotonic() + seconds
+        while (found := resident()) != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return found
+
+    assert resident() == set()
+    # wanted, in order: live@active, missing@... (not in the store: fails), live@shadowed
+    table = RoutingTable(
+        routes=[route("missing", None, "v0000000000000000"), route("live", active, shadowed)]
+    )
+    try:
+        smollm2_pool.routes.write_text(table.model_dump_json())
+        loaded = {f"live@{active}", f"live@{shadowed}"}
+        assert settled(loaded, 120) == loaded
+        # a third version routed to: no slot is free, and none is taken from what is resident
+        smollm2_pool.routes.write_text(table.replacing("later", route("later", later)).model_dump_json())
+        assert settled(loaded | {f"later@{later}"}, 5) == loaded
+    finally:
+        smollm2_pool.routes.write_text(RoutingTable().model_dump_json())
+
+
 def test_a_pool_replica_multiplexes_adapters_from_the_store(
     smollm2_pool: ServedPool, smollm2: Path, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from protege.operator.platform import (
 )
 from protege.operator.ray_pods import SERVE_PORT, pod_templates, with_overrides
 from protege.operator.ray_service import ray_service_name
-from protege.operator.routing import ROUTES_KEY, routes_config_map_name
+from protege.operator.routing import ROUTES_TABLE, routes_volume
 
 GATEWAY_PORT = 8080
 GATEWAY_METRICS_PORT = 9090  # the gateway's /metrics, apart from its API (every tenant's figures)
@@ -87,7 +87,7 @@ def gateway_environment(
     settings = gateway_settings(
         teacher={"url": str(teacher.url), "model": teacher.model, "timeout_seconds": teacher.timeout_seconds},
         engine_url=f"http://{ray_service_name(owner.name)}-serve-svc.{owner.namespace}.svc:{SERVE_PORT}",
-        routes_table=f"/etc/protege/routes/{ROUTES_KEY}",
+        routes_table=ROUTES_TABLE,
         api_keys_file="/etc/protege/keys/keys.yaml",
         gateway={
             "host": "0.0.0.0",
@@ -116,6 +116,7 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
     """
     name = gateway_name(owner.name)
     env = container_env(*gateway_environment(owner, spec, platform))
+    routes, routes_mount = routes_volume(owner.name)
     labels = gateway_selector(owner)
     container: dict[str, Any] = {
         "name": "gateway",
@@ -139,13 +140,13 @@ def render_gateway(owner: Owner, spec: SpecialistPoolSpec, platform: Platform) -
         },
         "volumeMounts": [
             {"name": "keys", "mountPath": "/etc/protege/keys", "readOnly": True},
-            {"name": "routes", "mountPath": "/etc/protege/routes", "readOnly": True},
+            routes_mount,
             {"name": "spool", "mountPath": "/var/lib/protege"},
         ],
     }
     volumes: list[dict[str, Any]] = [
         {"name": "keys", "secret": {"secretName": f"{owner.name}-gateway-keys"}},
-        {"name": "routes", "configMap": {"name": routes_config_map_name(owner.name)}},
+        routes,
         {"name": "spool", "emptyDir": {}},
     ]
     if platform.nats_tls_ca_secret:

@@ -8,6 +8,7 @@ are laid over every template.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,16 +165,18 @@ def ray_worker(
     *,
     model: ModelAccess,
     overrides: PodOverrides,
+    mounted: Sequence[tuple[dict[str, Any], dict[str, Any]]] = (),
 ) -> dict[str, Any]:
-    """A worker that loads the base model (a serving replica, a training worker)."""
+    """A worker that loads the base model (a serving replica, a training worker); ``mounted``:
+    more (volume, mount) pairs."""
     container = {
         "name": "ray-worker",
         "image": image,
         "env": [*env, *model.env],
         "resources": resources,
-        "volumeMounts": model.mounts,
+        "volumeMounts": [*model.mounts, *(mount for _, mount in mounted)],
     }
-    pod: dict[str, Any] = {"containers": [container], "volumes": model.volumes}
+    pod: dict[str, Any] = {"containers": [container], "volumes": [*model.volumes, *(v for v, _ in mounted)]}
     if node_selector:
         pod["nodeSelector"] = dict(node_selector)
     if tolerations:

@@ -14,6 +14,7 @@ from protege.operator.platform import (
     Owner,
     Platform,
     child_metadata,
+    container_env,
     plain,
     pool_token_env,
     store_env,
@@ -27,6 +28,7 @@ from protege.operator.ray_pods import (
     ray_worker,
     worker_resources,
 )
+from protege.operator.routing import ROUTES_TABLE, routes_volume
 from protege.serving.pool.config import serve_application
 
 
@@ -49,12 +51,13 @@ def render_ray_service(owner: Owner, spec: SpecialistPoolSpec, platform: Platfor
         "rayStartParams": {},
         "template": ray_worker(
             image,
-            env,
+            [*env, *container_env({"router": {"table": ROUTES_TABLE}})],
             worker_resources(spec.resources, spec, gpus),
             spec.node_selector,
             spec.tolerations,
             model=ModelAccess.of(spec),
             overrides=overrides,
+            mounted=[routes_volume(owner.name)],  # each replica preloads what the table routes to
         ),
     }
     serve_config = {"applications": [serve_application(owner.name, spec)]}

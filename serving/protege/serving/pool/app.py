@@ -8,7 +8,9 @@ would give — sticky adapter routing and LRU residency — comes from Ray Serve
 multiplexing, used here: the router sends ``serve_multiplexed_model_id:
 <specialist>@<version>``, Serve routes the call to a replica that has the adapter
 resident when there is one, and each replica keeps at most ``engine.maxLoras`` adapters,
-unloading the least recently used.
+unloading the least recently used. Each replica also loads, into its free slots, the versions
+the pool's routing table routes to (:mod:`protege.serving.pool.preload`): a candidate is
+resident everywhere from its shadow on, before any routed call.
 
 Each replica runs vLLM's OpenAI server (CUDA build in Ray's LLM images, CPU build
 locally) as a child process on a loopback port, and relays to it the calls that carry the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,8 +42,11 @@ from protege.services.vllm import VllmServer
 from protege.serving.adapters import AdapterLoadError, AdapterManager
 from protege.serving.pool.auth import pool_token, refusal
 from protege.serving.pool.config import deployment_options, engine_args, on_cpus
-from protege.serving.router.table import UnknownAdapterError, parse_adapter_name
+from protege.serving.pool.preload import to_preload
+from protege.serving.router.table import RoutingTable, TableFile, UnknownAdapterError, parse_adapter_name
 from protege.store.artifacts import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 
 class _Resident:
@@ -133,6 +139,30 @@ class PoolEngine:
         self.holders: dict[str, _Resident] = {}
         self._session: aiohttp.ClientSession | None = None
         self.metrics = _pool_metrics()
+        self.routes = TableFile(settings.router.table)
+        self._preloader: asyncio.Task[None] | None = None
+        if settings.router.table is not None:  # Serve runs a constructor on the replica's loop
+            every = settings.router.refresh_seconds
+            self._preloader = asyncio.get_running_loop().create_task(self._preload_forever(every))
+
+    async def _preload_forever(self, every: float) -> None:
+        """Load what the routing table routes to into the free slots, each time it changes or a
+        slot frees; an adapter that failed to load is not tried again until the table changes."""
+        table, failed = RoutingTable(), set[str]()
+        while True:
+            try:
+                changed = await asyncio.to_thread(self.routes.changed)
+                if changed is not None:
+                    table, failed = changed, set()
+                for name in to_preload(table, self.holders, self.spec.engine.max_loras, failed):
+                    try:
+                        await self.load_adapter(name)
+                    except (AdapterLoadError, UnknownAdapterError) as error:
+                        failed.add(name)
+                        log.warning("pool %s: preloading %s failed: %s", self.pool, name, error)
+            except Exception:  # the replica serves on; calls load what they need
+                log.exception("pool %s: preloading from %s failed", self.pool, self.routes.path)
+            await asyncio.sleep(every)
 
     async def load_adapter(self, model_id: str) -> _Resident:  # multiplexed in build()
         raise NotImplementedError

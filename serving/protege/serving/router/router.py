@@ -49,6 +49,7 @@ from protege.serving.router.table import (
     Choice,
     RoutingTable,
     SpecialistRoute,
+    TableFile,
     adapter_name,
     choose,
     conversation_draw,
@@ -150,7 +151,7 @@ class Router:
         self.classifier = TaskClassifier([])
         self.embeddings: CallEmbeddings | None = None
         self._busy_said: set[str] = set()
-        self._table_text: str | None = None
+        self._table_file = TableFile(self.settings.table)
         self._registry_version: str | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -220,14 +221,9 @@ class Router:
 
     def refresh_table(self) -> None:
         """Re-read the routing table (a local file) if it changed."""
-        path = self.settings.table
-        text = path.read_text() if path is not None and path.exists() else None
-        if text is not None and text != self._table_text:  # small file; mtimes can be too coarse
-            self._table_text = text
-            try:
-                self.table = RoutingTable.model_validate_json(text)
-            except ValueError as error:
-                log.error("routing table %s is invalid, keeping the previous one: %s", path, error)
+        table = self._table_file.changed()
+        if table is not None:
+            self.table = table
 
     def refresh_tasks(self) -> None:
         """Re-read the task registry from the artifact store if a new version is there."""

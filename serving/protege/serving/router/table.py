@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from protege.api.calls import ChatRequest, RouteReason
 from protege.api.routes import (  # the contract, re-exported for the router's callers
@@ -25,6 +27,8 @@ from protege.api.routes import (  # the contract, re-exported for the router's c
     adapter_name,
     parse_adapter_name,
 )
+
+log = logging.getLogger(__name__)
 
 # A caller's name for its conversation: the canary draw is made from it when present.
 CONVERSATION_HEADER = "x-protege-conversation"
@@ -39,6 +43,7 @@ __all__ = [
     "RolloutStage",
     "RoutingTable",
     "SpecialistRoute",
+    "TableFile",
     "UnknownAdapterError",
     "adapter_name",
     "choose",
@@ -46,6 +51,30 @@ __all__ = [
     "conversation_key",
     "parse_adapter_name",
 ]
+
+
+class TableFile:
+    """The routing table in a JSON file (the flywheel's, or the pool's mounted ConfigMap), read
+    again when its text changed: it is small, and mtimes can be too coarse."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._text: str | None = None
+
+    def changed(self) -> RoutingTable | None:
+        """The table, if the file's text changed since the last read; None if not, if there is no
+        file, or if it is invalid (said in the log: the caller keeps the table it has)."""
+        if self.path is None or not self.path.exists():
+            return None
+        text = self.path.read_text()
+        if text == self._text:
+            return None
+        self._text = text
+        try:
+            return RoutingTable.model_validate_json(text)
+        except ValueError as error:
+            log.error("routing table %s is invalid, keeping the previous one: %s", self.path, error)
+            return None
 
 
 @dataclass(frozen=True)
