@@ -22,8 +22,8 @@ def cpu_dtype(cpu_flags: set[str]) -> str:
     natively (AVX512-BF16 or AMX), else float32.
 
     Without those, the CPU backend emulates bf16. On a 2-core AVX2 EPYC (no AVX-512), SmolLM2-135M
-    with 16 callers × 32 tokens decoded 19.7 tokens/s in bf16 against 60.6-68.5 in float32, and
-    an engine with an adapter 13.2 against 22.9-24.1 (bench/multilora.py's decode, one run each).
+    with 16 callers × 32 tokens decoded 19.7 tokens/s in bf16 against 60.6-68.5 in float32
+    (bench/multilora.py's decode, before the LoRA plugin, one run each).
     """
     return "bfloat16" if cpu_flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
