@@ -16,11 +16,12 @@ All on one vLLM engine (CPU build here) serving SmolLM2-135M with LoRA enabled
 
     .venv/bin/python bench/multilora.py [--concurrency 16] [--tokens 32] [--rounds 2] [--calls 300]
 
-Measured (2-core AMD EPYC, vLLM 0.32.0 CPU build, one run each): vLLM's CPU backend reserves a
-core for the API server and binds its engine to the other; with the engine core in the API
-server's process instead (VLLM_ENABLE_V1_MULTIPROCESSING=0, what VllmServer now sets for CPU
-engines), base decode went 174.0 -> 260.9 tokens/s, adapters 52-54 -> 70-71, hot-load 0.32 ->
-0.25 s (docs/serving.md). Adapters stay under a third of base: NOT met, not yet profiled.
+Measured (2-core AMD EPYC with AVX-512 and bf16, vLLM 0.32.0 CPU build, one run each): vLLM's
+CPU backend reserves a core for the API server and binds its engine to the other; with the
+engine core in the API server's process instead (VLLM_ENABLE_V1_MULTIPROCESSING=0, what
+VllmServer now sets for CPU engines), base decode went 174.0 -> 260.9 tokens/s, adapters
+52-54 -> 70-71, hot-load 0.32 -> 0.25 s (docs/serving.md). Adapters stayed under a third of
+base: NOT met (profiled below).
 
 The dtype (2-core AVX2 EPYC, no AVX-512, one run): vLLM emulates bf16 where the CPU lacks it,
 and a CPU engine's ``auto`` now means float32 there (protege.services.vllm.cpu_dtype): base
