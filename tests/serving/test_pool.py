@@ -103,6 +103,12 @@ def _chat(pool: ServedPool, adapter: str | None, text: str = "hello") -> httpx.R
     return httpx.post(f"{pool.url}/v1/chat/completions", json=body, headers=headers, timeout=180)
 
 
+def _resident(pool: ServedPool) -> set[str]:
+    """The adapters the pool's engine holds now (its /v1/models, less the base model)."""
+    models = httpx.get(f"{pool.url}/v1/models", headers=pool.headers, timeout=30).json()["data"]
+    return {m["id"] for m in models} - {"smollm2-135m"}
+
+
 @pytest.mark.slow
 def test_replicas_preload_what_the_routing_table_routes_to(
     smollm2_pool: ServedPool, smollm2: Path, tmp_path: Path
@@ -124,17 +130,13 @@ def test_replicas_preload_what_the_routing_table_routes_to(
             specialist=name, tenant="acme", task_id=f"task-{name}", active=active, candidate=stage
         )
 
-    def resident() -> set[str]:
-        models = httpx.get(f"{smollm2_pool.url}/v1/models", headers=smollm2_pool.headers, timeout=30)
-        return {m["id"] for m in models.json()["data"]} - {"smollm2-135m"}
-
     def settled(expected: set[str], seconds: float) -> set[str]:
         deadline = time.monotonic() + seconds
-        while (found := resident()) != expected and time.monotonic() < deadline:
+        while (found := _resident(smollm2_pool)) != expected and time.monotonic() < deadline:
             time.sleep(0.5)
         return found
 
-    assert resident() == set()
+    assert _resident(smollm2_pool) == set()
     # wanted, in order: live@active, missing@... (not in the store: fails), live@shadowed
     table = RoutingTable(
         routes=[route("missing", None, "v0000000000000000"), route("live", active, shadowed)]
@@ -189,9 +191,8 @@ def test_a_pool_replica_multiplexes_adapters_from_the_store(
     assert first.json()["model"] == f"spec0@{versions[0]}"  # vLLM answered with the adapter
     for i in (1, 2):
         assert _chat(serve_pool, f"spec{i}@{versions[i]}").status_code == 200
-    models = httpx.get(f"{serve_pool.url}/v1/models", headers=serve_pool.headers, timeout=30)
-    resident = {m["id"] for m in models.json()["data"]} - {"smollm2-135m"}
-    assert resident == {f"spec1@{versions[1]}", f"spec2@{versions[2]}"}  # maxLoras 2: spec0 evicted (LRU)
+    # maxLoras 2: spec0 evicted (LRU)
+    assert _resident(serve_pool) == {f"spec1@{versions[1]}", f"spec2@{versions[2]}"}
     assert _chat(serve_pool, f"spec0@{versions[0]}").status_code == 200  # and loaded again on demand
 
     wide = pool_store.put_artifact(
@@ -419,9 +420,8 @@ def test_calls_route_to_their_specialists_and_fall_back_cleanly(  # noqa: PLR091
     assert "the engine refused the adapter" in messages
     assert "above the pool's engine.maxLoraRank 16" in messages
     assert "trained on 'qwen2.5-0.5b'" in messages
-    loaded = httpx.get(f"{engine}/v1/models", headers=smollm2_pool.headers, timeout=30).json()["data"]
-    names = {m["id"] for m in loaded}
-    assert f"intent-spec@{v_broken}" not in names and f"wide-spec@{v_wide}" not in names
-    assert len(names - {"smollm2-135m"}) <= 2  # at most engine.maxLoras resident (LRU eviction)
+    resident = _resident(smollm2_pool)
+    assert f"intent-spec@{v_broken}" not in resident and f"wide-spec@{v_wide}" not in resident
+    assert len(resident) <= 2  # at most engine.maxLoras resident (LRU eviction)
     metrics = httpx.get(gateway.metrics_url + "/metrics", timeout=30).text
     assert 'protege_router_calls_total{reason="fallback_invalid_output"' in metrics
