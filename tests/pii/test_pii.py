@@ -106,19 +106,23 @@ def test_national_id_checks_agree_with_fakers_own() -> None:
         assert all(national_id_ok(value) for value in values), (name, values)
 
 
-def test_every_person_cue_match_holds_a_character_its_shortcut_asks_for(sample: list[Snippet]) -> None:
-    """What find_people's shortcut relies on: a cue's match always holds one of its characters."""
-    from protege.pii.detectors import _PERSON_CUES
+def test_every_gated_pattern_match_holds_what_its_gate_finds(sample: list[Snippet]) -> None:
+    """What find_people's and find_addresses' shortcuts rely on: the gate of a Gated pattern finds
+    something inside each of the pattern's matches (so a text where it finds nothing has none)."""
+    from protege.pii.detectors import _PERSON_CUES, _POSTCODE_LINES
 
     texts = [snippet.text for snippet in sample + build_corpus()]
     texts += ["Name: Ann Lee", "customer = Jo Park", "Best regards,\n  Ines Duarte", "Thanks, Ines"]
-    found = 0
-    for text in texts:
-        for pattern, needs in _PERSON_CUES:
-            for match in pattern.finditer(text) if needs else ():
-                assert any(char in match.group() for char in needs), (pattern.pattern, match.group())
-                found += 1
-    assert found >= 3
+    texts += ["Mrs. Ana Ruiz", "I'm Jo Park", "APO AE 09012", "4835 RO Son en Breugel", "Girona, 02408"]
+    for gated, least in ((_PERSON_CUES, 20), (_POSTCODE_LINES, 20)):
+        found = 0
+        for text in texts:
+            for cue in gated:
+                for match in cue.pattern.finditer(text):
+                    inside = match.group().lower() if cue.folded else match.group()
+                    assert cue.gate.search(inside), (cue.pattern.pattern, match.group())
+                    found += 1
+        assert found >= least
 
 
 def test_every_national_id_but_the_codice_fiscale_holds_six_digits(sample: list[Snippet]) -> None:
