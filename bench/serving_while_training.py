@@ -1,15 +1,16 @@
 """Specialist answers while a training job runs on the same CPUs: does serving starve?
 
 `protege up` and the demo serve and train on one machine. The serving replica runs at Ray's
-worker niceness (15) and the flywheel starts training jobs at niceness 19 (docs/flywheel.md), so
-that answers come first. This measures whether they do, in one process tree:
+worker niceness (15) and the flywheel starts training jobs in Linux's idle scheduling class
+(``--yield-cpus``; niceness 19 before), so that answers come first. This measures whether they
+do, in one process tree:
 
 - alone: sequential answers of ``--tokens`` tokens from a rank-16 LoRA adapter on vLLM's CPU
   build (SmolLM2-135M, the engine at niceness 15 like the replica);
 - during training: the same answers while ``train_lora`` trains a LoRA of the same model in a
   subprocess (bench/train_throughput.py's packed trainer), under each ``--priority``:
-  ``nice`` (niceness 19: what the stack does) and ``idle`` (Linux's SCHED_IDLE class,
-  ``chrt --idle 0``: the CPU only when nothing else wants it).
+  ``nice`` (niceness 19: how the stack ran jobs before) and ``idle`` (SCHED_IDLE,
+  ``chrt --idle 0``: the CPU only when nothing else wants it; what the stack does now).
 
 Target (issue #24): answers of ~71 tokens at p50 ≤ 2 s while a job trains (printed met / NOT met
 with the ratio to the alone p50 of the same run).

@@ -59,9 +59,8 @@ class RayJobs:
     With ``job_cpus`` (what the cluster can give training), a job reserves the CPUs its
     Specialist asks for, at most that many: jobs then queue instead of starving each other
     and the serving replica, and :meth:`slot_free` says whether one more would start now.
-    Without it, jobs reserve nothing. With ``niceness``, a job runs
-    at that CPU priority: on a machine that also serves (Ray runs its workers, the serving
-    replica among them, at niceness 15), 19 keeps answers ahead of training.
+    Without it, jobs reserve nothing. With ``yield_cpus``, a job trains only on CPU time nothing
+    else wants (:func:`protege.training.job.yield_cpus`): for a machine that also serves.
     """
 
     def __init__(
@@ -69,16 +68,18 @@ class RayJobs:
         address: str,
         headers: dict[str, str] | None = None,
         job_cpus: float | None = None,
-        niceness: int | None = None,
+        yield_cpus: bool = False,
     ) -> None:
         from ray.job_submission import JobSubmissionClient
 
         self.client = JobSubmissionClient(address, headers=headers)
-        self.job_cpus, self.niceness = job_cpus, niceness
+        self.job_cpus, self.yield_cpus = job_cpus, yield_cpus
 
     def start(self, job: JobSpec) -> str:
         reserved = self._reserved_cpus(job.training)
-        return submit(self.client, job, env=job_environment(), reserved_cpus=reserved, niceness=self.niceness)
+        return submit(
+            self.client, job, env=job_environment(), reserved_cpus=reserved, yield_cpus=self.yield_cpus
+        )
 
     def _reserved_cpus(self, training: TrainingSpec) -> float | None:
         if self.job_cpus is None or training.workers > 1:  # Ray Train's workers reserve their own

@@ -45,7 +45,7 @@ class FlywheelProcessConfig(BaseModel):
     ray_address: str
     ray_token: str = Field(repr=False)
     job_cpus: float | None = None
-    job_niceness: int | None = None
+    job_yields_cpus: bool = False
     pool_name: str
     pool: dict[str, Any]
     policy: dict[str, Any]
@@ -60,7 +60,7 @@ def build_flywheel(config: FlywheelProcessConfig) -> LocalFlywheel:
         config.ray_address,
         {"Authorization": f"Bearer {config.ray_token}"},
         job_cpus=config.job_cpus,
-        niceness=config.job_niceness,
+        yield_cpus=config.job_yields_cpus,
     )
     reader = NatsEndpoint.from_settings(settings, OPERATOR)  # curation has the curator's identity
     io = LocalFlywheelIO(StoreData(store), jobs, RouteFile(config.routes), reader)

@@ -206,7 +206,7 @@ class Stack:
             "ray_address": self.ray.address,
             "ray_token": self.ray.token,
             "job_cpus": max(1.0, self.config.ray_cpus - serving_cpus),
-            "job_niceness": 19,  # one machine serves and trains: answers first
+            "job_yields_cpus": True,  # one machine serves and trains: answers first
             "pool_name": self.config.pool_name,
             "pool": pool,
             "policy": self.config.policy,

@@ -71,7 +71,7 @@ class QuietIO(LocalFlywheelIO):
 
 def local_driver(state: Path, store: ArtifactStore, ray: FakeRay, pool_name: str = "local") -> LocalDriver:
     jobs = object.__new__(RayJobs)
-    jobs.client, jobs.job_cpus, jobs.niceness = ray, None, None  # type: ignore[assignment]
+    jobs.client, jobs.job_cpus, jobs.yield_cpus = ray, None, False  # type: ignore[assignment]
     io = QuietIO(StoreData(store, ttl_seconds=0), jobs, RouteFile(state / "routes.json"), "nats://unused")
     return LocalDriver(state / "flywheel", io, PoolFacts("smollm2-135m", 16), pool_name=pool_name)
 

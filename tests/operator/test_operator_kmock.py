@@ -901,7 +901,7 @@ async def test_both_drivers_give_a_specialist_the_same_status_and_forget_it_alik
 
     # On one machine: manifests in a directory, a routing file, a local Ray it never needs.
     jobs = object.__new__(RayJobs)
-    jobs.client, jobs.job_cpus, jobs.niceness = SimpleNamespace(list_jobs=list), None, None  # type: ignore[assignment]
+    jobs.client, jobs.job_cpus, jobs.yield_cpus = SimpleNamespace(list_jobs=list), None, False  # type: ignore[assignment]
     routes = RouteFile(tmp_path / "routes.json")
     driver = LocalDriver(
         tmp_path / "flywheel",

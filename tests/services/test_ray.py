@@ -44,7 +44,7 @@ def test_stopping_the_head_stops_a_running_job_and_its_agents(tmp_path: Path) ->
     with LocalRay(tmp_path / "ray", num_cpus=1) as ray:
         client = JobSubmissionClient(ray.address, headers=ray.headers)
         sleeper = f"{sys.executable} -c 'import time; time.sleep(600)' {marker}"
-        job = client.submit_job(entrypoint=f"nice -n 19 {sleeper}")  # as the flywheel submits jobs
+        job = client.submit_job(entrypoint=sleeper)
         deadline = time.monotonic() + 60
         while client.get_job_status(job) is not JobStatus.RUNNING or not _processes_with(marker):
             assert time.monotonic() < deadline, client.get_job_logs(job)

@@ -19,9 +19,11 @@ class JobFailedError(RuntimeError):
     """The training job ended without a result; the message carries the end of its logs."""
 
 
-def entrypoint(spec: JobSpec, python: str = sys.executable) -> str:
-    """The command a RayJob runs and a local submission runs: one and the same."""
-    return f"{shlex.quote(python)} -m protege.training.job --spec {shlex.quote(spec.model_dump_json())}"
+def entrypoint(spec: JobSpec, python: str = sys.executable, *, yield_cpus: bool = False) -> str:
+    """The command a RayJob runs and a local submission runs: one and the same (``yield_cpus``:
+    the job trains only on CPU time nothing else wants, :func:`protege.training.job.yield_cpus`)."""
+    command = f"{shlex.quote(python)} -m protege.training.job --spec {shlex.quote(spec.model_dump_json())}"
+    return command + " --yield-cpus" if yield_cpus else command
 
 
 def submit(
@@ -30,13 +32,14 @@ def submit(
     *,
     env: dict[str, str],
     reserved_cpus: float | None = None,
-    niceness: int | None = None,
+    yield_cpus: bool = False,
 ) -> str:
     """Start the job on Ray unless it is there already; its name (:func:`job_name`) is its submission
     id, so the same spec is always one job. The one way a job is launched through Ray's job API.
 
     ``client`` is a ``ray.job_submission.JobSubmissionClient``; ``env`` the job's environment;
-    ``reserved_cpus`` the CPUs its entrypoint holds (None: none); ``niceness`` its CPU priority.
+    ``reserved_cpus`` the CPUs its entrypoint holds (None: none); ``yield_cpus`` whether it
+    gives the CPUs to anything else that wants them (a machine that also serves).
     """
     name = job_name(spec)
     try:
@@ -44,9 +47,7 @@ def submit(
         return name  # submitted before (by this process or one before it)
     except RuntimeError:  # the client's way of saying 404
         pass
-    command = entrypoint(spec)
-    if niceness is not None:
-        command = f"nice -n {niceness} {command}"
+    command = entrypoint(spec, yield_cpus=yield_cpus)
     metadata = {SPECIALIST: spec.specialist, RESERVED_CPUS: str(reserved_cpus or 0)}
     for attempt in range(SUBMIT_ATTEMPTS):
         try:
