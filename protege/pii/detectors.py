@@ -239,7 +239,7 @@ _UPPER = "A-ZÀ-ÖØ-ÞĀ-Ž"
 _LOWER = "a-zß-öø-ÿā-ž"
 _NAME = rf"(?:[{_UPPER}]['’])?[{_UPPER}][{_LOWER}]+(?:[-'’][{_UPPER}][{_LOWER}]+)?"
 _FULL_NAME = rf"{_NAME}(?:\s+(?:[{_UPPER}]\.\s+|(?:van|von|de|da|di|del|der|den|la|le)\s+)?{_NAME}){{0,2}}"
-
+# Each cue behind its gate (the sign-off words of the last two: a gate may find more than its pattern).
 _SIGN_OFFS = "regards|sincerely|thanks|thank you|cheers|best|br|cordially|yours"
 _PERSON_CUES = [
     Gated(re.compile(
