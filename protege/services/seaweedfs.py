@@ -132,11 +132,26 @@ class SeaweedS3(ServiceProcess):
     def is_ready(self) -> bool:
         if not http_ok(f"{self.endpoint_url}/", accept=lambda status: status in (200, 403)):
             return False
+        if not self._volume_server_registered():
+            return False
         try:
             self._ensure_buckets()
         except OSError:
             return False
         return True
+
+    def _volume_server_registered(self) -> bool:
+        """Whether the master knows the volume server (and so where the stored objects are).
+        Restarted on its data, the S3 gateway answered before that: a read of an object stored
+        before the stop failed with InternalError through all of botocore's retries (once in CI)."""
+        import httpx
+
+        try:
+            topology = httpx.get(f"http://{self.host}:{self.ports['master']}/dir/status", timeout=5).json()
+            centres = topology["Topology"]["DataCenters"] or []
+            return any(rack.get("DataNodes") for centre in centres for rack in centre.get("Racks") or [])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            return False
 
     def _ensure_buckets(self) -> None:
         import s3fs
