@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_overhead import process
 
 from protege.capture.stats import percentile
+from protege.config import load_settings
 from protege.models.pull import pull
 from protege.services.process import free_port
 from protege.services.vllm import VllmServer
@@ -76,7 +77,6 @@ from protege.testing.plugin import make_lora_adapter
 from protege.workload import generate
 
 console = Console()
-MODELS = Path.home() / ".local/share/protege/models"
 PROMPT = [{"role": "user", "content": "Write a short note to a customer about their delayed parcel."}]
 
 
@@ -272,7 +272,7 @@ def main() -> None:
     parser.add_argument(
         "--calls", type=int, default=300, help="sequential calls per round for the router latency"
     )
-    parser.add_argument("--models", type=Path, default=MODELS)
+    parser.add_argument("--models", type=Path, default=load_settings().model_dir)
     args = parser.parse_args()
 
     model = pull("smollm2-135m", args.models)

@@ -43,6 +43,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from protege.config import load_settings
 from protege.models.pull import pull
 from protege.services.vllm import VllmServer
 from protege.testing.plugin import make_lora_adapter
@@ -54,7 +55,6 @@ PRIORITIES = {
     "nice": ["nice", "-n", str(19 - RAY_WORKER_NICENESS)],  # niceness is added to this process's 15
     "idle": ["chrt", "--idle", "0"],
 }
-MODELS = Path.home() / ".local/share/protege/models"
 console = Console()
 
 
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=72, help="tokens per answer")
     parser.add_argument("--priority", nargs="+", choices=list(PRIORITIES), default=list(PRIORITIES))
     parser.add_argument("--warmup", type=float, default=20, help="seconds for the trainer to start training")
-    parser.add_argument("--models", type=Path, default=MODELS)
+    parser.add_argument("--models", type=Path, default=load_settings().model_dir)
     args = parser.parse_args()
     os.nice(RAY_WORKER_NICENESS - os.nice(0))  # the engine (a child) runs at the replica's niceness
     base = pull("smollm2-135m", args.models)

@@ -36,9 +36,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from protege.config import load_settings
+
 TRAINERS = ("baseline", "bucketed", "packed")
 RSS_TARGET_MIB = 4096  # issue #24: a 135M model trains within 4 GiB on CPU
-DEFAULT_MODEL = Path.home() / ".local/share/protege/models/smollm2-135m"
 
 
 def workload_rows(count: int) -> list[dict]:  # type: ignore[type-arg]
@@ -121,7 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--examples", type=int, default=200)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=load_settings().model_dir / "smollm2-135m")
     parser.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
