@@ -273,15 +273,21 @@ def main() -> None:
         "--calls", type=int, default=300, help="sequential calls per round for the router latency"
     )
     parser.add_argument("--models", type=Path, default=load_settings().model_dir)
+    parser.add_argument(
+        "--targets",
+        default="all-linear",
+        help="the adapters' modules: all-linear (the trainer's default) or a list, e.g. q_proj,v_proj",
+    )
     args = parser.parse_args()
+    targets = args.targets if args.targets == "all-linear" else args.targets.split(",")
 
     model = pull("smollm2-135m", args.models)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         console.print("router latency (stub engine, gateway with routing) ...")
         routing = router_latency(tmp, args.calls, args.rounds)
-        console.print("making 8 rank-16 adapters with PEFT ...")
-        adapters = [make_lora_adapter(model, tmp / f"a{i}", 16, i) for i in range(8)]
+        console.print(f"making 8 rank-16 adapters of {args.targets} with PEFT ...")
+        adapters = [make_lora_adapter(model, tmp / f"a{i}", 16, i, targets) for i in range(8)]
         engine = VllmServer(tmp / "vllm", model, "base", max_model_len=1024, max_loras=8, max_lora_rank=16)
         console.print(f"plain transformers generate, {engine.dtype} ...")
         generated = max(generate_rate(model, engine.dtype, args.concurrency, args.tokens) for _ in range(2))
@@ -308,7 +314,7 @@ def main() -> None:
 
     table = Table(
         title=f"decode throughput, {args.concurrency} concurrent calls × {args.tokens} tokens "
-        f"(best of {args.rounds})"
+        f"(best of {args.rounds}; rank-16 adapters of {args.targets})"
     )
     for column in ("traffic", "tokens/s", "× base"):
         table.add_column(column, justify="left" if column == "traffic" else "right")

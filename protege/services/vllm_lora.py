@@ -10,10 +10,14 @@ slot over a block of the tokens otherwise. Same result up to float rounding; mea
 (rank 16, hidden 576 → 1536, float32): decode with one adapter 4-5× faster, prefill of 512
 tokens 20-40× faster, 8 adapters in one batch about the same.
 
-A step whose tokens all use one adapter goes further: the punica wrapper's ``add_lora_linear``
-applies it straight from its slot (two products a slice), not through a shrink and an expand
-op per slice: one call at a time with an adapter, 72-token answers 4.7-5.0 s -> 3.7-3.9 s (bf16,
-2-core Sapphire Rapids; the base model's 2.5-2.8 s).
+The punica wrapper's ``add_lora_linear`` goes further: it applies a layer's LoRA straight from
+float32 copies of its slots, two products a layer whatever its slices and however many adapters
+the step uses, instead of a shrink and an expand op per slice through vLLM's plumbing; and a
+layer none of the step's adapters holds weights for (vLLM gives every linear layer and the
+logits a slot; many adapters adapt a few) is skipped. One call at a time with an adapter,
+72-token answers went 4.7-5.0 s -> 3.7-3.9 s with the first step of it (bf16, 2-core Sapphire
+Rapids; the base model's 2.5-2.8 s); 16 callers on 1 / 2 / 8 all-linear adapters are in
+docs/serving.md.
 
 A token without an adapter (slot -1) gets nothing. vLLM's own ops index the weights with the
 -1, the last slot: with every slot in use, a base-model call batched with adapter calls got
@@ -33,7 +37,7 @@ log = logging.getLogger(__name__)
 
 CHECKED_VLLM = "0.32.0"
 _OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
-_METHODS = ("update_metadata", "add_lora_linear")  # of vLLM's PunicaWrapperCPU
+_METHODS = ("update_metadata", "add_lora_linear", "add_lora_logits")  # of vLLM's PunicaWrapperCPU
 _original: dict[str, Any] = {}
 
 
@@ -125,21 +129,38 @@ def _vllm_method(name: str) -> Any:
     return _original.setdefault(name, getattr(PunicaWrapperCPU, name))
 
 
-def _one_slot(indices: Any) -> int | None:
-    """The slot every token uses when they all use one; None for several, or for none (-1)."""
-    if indices.numel() == 0:
-        return None
-    low, high = (int(value) for value in indices.aminmax())
-    return low if low == high and low >= 0 else None
+class _Step:
+    """Which adapter slots one step's tokens use, noted once a step for every LoRA layer of it.
+
+    ``first``..``last`` is the span of slots the tokens use (None when no token has an adapter);
+    ``mask`` (rows × span, float32) is 1 where a token uses that slot, and None when every token
+    uses the one slot of the span."""
+
+    __slots__ = ("first", "last", "mask", "rows")
+
+    def __init__(self, indices: Any) -> None:
+        import torch
+
+        self.rows = int(indices.shape[0])
+        self.first: int | None = None
+        self.last = -1
+        self.mask: Any = None
+        used = indices[indices >= 0]
+        if used.numel() == 0:
+            return
+        low, high = (int(value) for value in used.aminmax())
+        self.first, self.last = low, high
+        if low != high or used.numel() != self.rows:
+            span = torch.arange(low, high + 1, dtype=indices.dtype, device=indices.device)
+            self.mask = (indices.unsqueeze(1) == span).to(torch.float32)
 
 
 def update_metadata(
     self: Any, mapping: Any, lora_index_to_id: Any, max_loras: int, vocab_size: int, **kwargs: Any
 ) -> None:
-    """vLLM's, once a step; then which one slot the step's tokens use, if they all use one."""
+    """vLLM's, once a step; then which slots the step's tokens use (:class:`_Step`)."""
     _vllm_method("update_metadata")(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
-    indices = self.token_lora_indices
-    self.protege_one_slot = _one_slot(indices), int(indices.shape[0])
+    self.protege_step = _Step(self.token_lora_indices)
 
 
 def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
@@ -154,31 +175,108 @@ def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
     buffer: Any = None,
     **kwargs: Any,
 ) -> None:
-    """``y[:, slice i] += (x @ A_i.T * scale) @ B_i.T`` for each slice of a linear layer.
+    """``y[t, slice i] += (x[t] @ A_i[slot t].T * scale) @ B_i[slot t].T`` for each slice of a
+    linear layer, where token t has an adapter.
 
-    When every token of the step uses one adapter, straight from its slot: two products a slice
-    and nothing else. vLLM's path makes each slice's shrink and expand go through its prefill or
-    decode plumbing (per-token index tensors, a float32 buffer, an op per slice and direction):
-    with one sequence decoding, ~400 small LoRA calls a step of SmolLM2, most of their time not
-    in the products. The shrink is in float32 and the expand in the model's dtype, as vLLM's.
+    Two products, whatever the step holds: every token goes through the A of every slice of every
+    slot in the span its step uses (one shrink), a mask keeps each token's own slot's columns, and
+    one expand through B laid out block-diagonally over the slices adds them up
+    (:func:`_float32_weights`). Nothing when no slot of the span holds weights for this layer.
+    vLLM's path makes each slice's shrink and expand go through its prefill or decode plumbing
+    (per-token index tensors and weight copies, a float32 buffer, an op per slice and
+    direction): ~400 small LoRA calls a decoding step of SmolLM2, most of their time not in the
+    products. Both products are in float32 (vLLM's shrink is; its expand is in the model's
+    dtype), and the sum is added to ``y`` in its dtype.
     """
-    slot, rows = getattr(self, "protege_one_slot", (None, -1))
+    step = getattr(self, "protege_step", None)
     inputs = x.view(-1, x.shape[-1])
-    if slot is None or inputs.shape[0] != rows:
+    if step is None or inputs.shape[0] != step.rows:
         _vllm_method("add_lora_linear")(
             self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
         )
         return
+    if not _any_filled(step, lora_b_stacked):
+        return
     import torch
 
+    a, b = _float32_weights(lora_a_stacked, lora_b_stacked, range(step.first, step.last + 1))
+    rows, span, rank = inputs.shape[0], step.last - step.first + 1, b[0].shape[1]
+    # every slice's shrink at once, through every slot of the span: rows × span × slices·rank
+    shrunk = inputs.to(torch.float32) @ a[step.first : step.last + 1].view(-1, a.shape[-1]).T
+    if step.mask is not None:
+        shrunk = shrunk.view(rows, span, -1) * (step.mask * scale).unsqueeze(2)
+    elif scale != 1.0:
+        shrunk = shrunk * scale
+    shrunk = shrunk.view(rows, span, -1)
     outputs = y.view(-1, y.shape[-1])
-    inputs = inputs.to(torch.float32)
     offset = 0
-    for stacked_a, stacked_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
-        a, b = (w[slot, 0] if w.dim() == 4 else w[slot] for w in (stacked_a, stacked_b))
-        shrunk = (inputs @ a.to(torch.float32).T) * scale
-        outputs[:, offset : offset + size] += shrunk.to(y.dtype) @ b.to(y.dtype).T
+    for index, (weights, size) in enumerate(zip(b, output_slices, strict=True)):
+        own = shrunk[:, :, index * rank : (index + 1) * rank].reshape(rows, span * rank)  # a view for one slot
+        outputs[:, offset : offset + size] += own @ weights[step.first : step.last + 1].view(span * rank, size)
         offset += size
+
+
+def _float32_weights(
+    lora_a_stacked: tuple[Any, ...], lora_b_stacked: tuple[Any, ...], slots: range
+) -> tuple[Any, list[Any]]:
+    """A layer's adapter weights in float32, laid out for :func:`add_lora_linear`, up to date for
+    ``slots``: each slot's A of every slice together (slots × slices·rank × in), and each slice's
+    B transposed (slots × rank × out). Kept beside vLLM's stacked weights; vLLM writes into those
+    in place (loading or removing an adapter bumps their version counters), and a slot is copied
+    again when a step uses it after such a write. Loading an adapter thus costs its own slots'
+    copy at its first step, not every slot's.
+
+    The cost is memory, a float32 copy of the LoRA slots (twice vLLM's bfloat16 ones); it buys
+    speed, since small products in bfloat16 are slow on CPUs (a 16 × 16 by 16 × 1536 product took
+    17-20 µs in bfloat16 and 3-5 µs in float32, 2-core AMD EPYC with avx512_bf16), and no step
+    converts weights."""
+    import torch
+
+    first = lora_a_stacked[0]
+    versions = tuple(weights._version for weights in (*lora_a_stacked, *lora_b_stacked))
+    kept = getattr(first, "protege_float32", None)
+    if kept is None:
+        count, rank = first.shape[0], first.shape[-2]
+        a = torch.empty(count, len(lora_a_stacked) * rank, first.shape[-1], dtype=torch.float32)
+        b = [torch.empty(count, rank, w.shape[-2], dtype=torch.float32) for w in lora_b_stacked]
+        kept = first.protege_float32 = a, b, [None] * count  # the versions each slot was copied at
+    a, b, copied = kept
+    for slot in slots:
+        if copied[slot] != versions:
+            a[slot] = torch.cat([w[slot].reshape(w.shape[-2], w.shape[-1]) for w in lora_a_stacked])
+            for weights, stacked in zip(b, lora_b_stacked, strict=True):
+                weights[slot] = stacked[slot].reshape(stacked.shape[-2], stacked.shape[-1]).T
+            copied[slot] = versions
+    return a, b
+
+
+def add_lora_logits(  # noqa: PLR0917 (vLLM's signature)
+    self: Any, y: Any, x: Any, lora_a_stacked: Any, lora_b_stacked: Any, scale: float, **kwargs: Any
+) -> None:
+    """vLLM's, unless no adapter of the step holds weights for the logits (few adapters train the
+    LM head, and vLLM gives every engine with LoRA a slot for it): then nothing to add. Skipping it
+    saved ~0.7 ms a decoding step of SmolLM2 (16 sequences, a 49,152-token vocabulary)."""
+    step = getattr(self, "protege_step", None)
+    if step is not None and not _any_filled(step, (lora_b_stacked,)):
+        return
+    _vllm_method("add_lora_logits")(self, y, x, lora_a_stacked, lora_b_stacked, scale, **kwargs)
+
+
+def _any_filled(step: _Step, lora_b_stacked: tuple[Any, ...]) -> bool:
+    """Whether a slot the step's tokens use holds weights in this layer: an adapter leaves the
+    layers it does not adapt (vLLM zeroes their slots), and a product with zeros adds nothing.
+    Checked on B; known per slot until vLLM next writes into the slots."""
+    if step.first is None:
+        return False
+    first = lora_b_stacked[0]
+    versions = tuple(weights._version for weights in lora_b_stacked)
+    kept = getattr(first, "protege_filled", None)
+    if kept is None or kept[0] != versions:
+        slots = first.shape[0]
+        filled = [bool(any(w[slot].any() for w in lora_b_stacked)) for slot in range(slots)]
+        kept = versions, filled
+        first.protege_filled = kept
+    return any(kept[1][step.first : step.last + 1])
 
 
 def register() -> None:

@@ -303,15 +303,21 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, seco
     raise AssertionError(f"{url} not ready after {seconds:g} s: {log.read_text()}")
 
 
-def make_lora_adapter(base: Path, out: Path, rank: int, seed: int) -> Path:
-    """A LoRA adapter for ``base`` made by PEFT with random (non-zero) weights, saved in ``out``."""
+def make_lora_adapter(
+    base: Path, out: Path, rank: int, seed: int, targets: str | list[str] = ("q_proj", "v_proj")
+) -> Path:
+    """A LoRA adapter for ``base`` made by PEFT with random (non-zero) weights, saved in ``out``:
+    of ``targets`` (q and v, as many published adapters; the trainer's default is "all-linear")."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     config = LoraConfig(
-        r=rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+        r=rank,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
     )
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), config)
     model.save_pretrained(str(out))

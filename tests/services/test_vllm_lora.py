@@ -91,6 +91,8 @@ def test_a_linear_layers_lora_equals_vllms(
     slices = (OUT, OUT // 2, OUT // 2)
     a = tuple(torch.randn(SLOTS, 1, RANK, HIDDEN, generator=generator).to(kind) for _ in slices)
     b = tuple(torch.randn(SLOTS, 1, size, RANK, generator=generator).to(kind) for size in slices)
+    for weights in a + b:  # the slot without an adapter holds zeros, as vLLM leaves it; vLLM's own
+        weights[SLOTS - 1] = 0  # path reads a token without an adapter (-1) as the last slot
     x = torch.randn(len(tokens), HIDDEN, generator=generator).to(kind)
     start = torch.randn(len(tokens), sum(slices), generator=generator).to(kind)
     mapping = LoRAMapping(tuple(tokens), tuple(adapters), is_prefill=prefill)
@@ -107,8 +109,10 @@ def test_a_linear_layers_lora_equals_vllms(
     tolerance = 1e-5 if dtype == "float32" else 2e-2
     torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
     assert set(adapters) == {0} or not torch.equal(ours, start)  # it wrote
-    one = wrapper.protege_one_slot[0]
-    assert one == (slot_ids.index(adapters[0]) if len(set(adapters)) == 1 and adapters[0] else None)
+    step, used = wrapper.protege_step, sorted({slot_ids.index(adapter) for adapter in adapters if adapter})
+    assert (step.first, step.last) == ((used[0], used[-1]) if used else (None, -1))
+    masked = bool(used) and (len(used) > 1 or 0 in adapters)  # tokens of other slots, or none
+    assert (step.mask is not None) == masked
 
 
 def test_register_puts_them_where_vllm_calls_them(vllm_ops: dict[str, Any]) -> None:
@@ -146,3 +150,60 @@ def test_vllm_finds_the_plugin() -> None:
 
     plugins = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
     assert plugins["protege_cpu_lora"] == "protege.services.vllm_lora:register"
+
+
+def _wrapper(adapters: tuple[int, ...], lengths: tuple[int, ...], slot_ids: list[int | None]) -> Any:
+    from vllm.lora.layers.utils import LoRAMapping
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    tokens = tuple(adapter for adapter, length in zip(adapters, lengths, strict=True) for _ in range(length))
+    wrapper = PunicaWrapperCPU(64, 8, "cpu")
+    vllm_lora.update_metadata(wrapper, LoRAMapping(tokens, adapters, is_prefill=False), slot_ids, SLOTS, 100)
+    return wrapper
+
+
+def test_weights_written_after_a_step_are_the_ones_applied(vllm_ops: dict[str, Any]) -> None:
+    """The float32 copy of the slots follows vLLM's writes: an adapter loaded into a slot (in place,
+    as vLLM's set_lora does) is what the next step applies, and a slot reset to zeros adds nothing."""
+    generator = torch.Generator().manual_seed(7)
+    slices = (OUT, OUT // 2)
+    a = tuple(torch.zeros(SLOTS, 1, RANK, HIDDEN) for _ in slices)
+    b = tuple(torch.zeros(SLOTS, 1, size, RANK) for size in slices)
+    wrapper = _wrapper((1, 2), (2, 3), [1, 2, None, None])
+    x, start = torch.randn(5, HIDDEN, generator=generator), torch.randn(5, sum(slices), generator=generator)
+
+    def ours_and_vllms() -> tuple[Any, Any]:
+        results = []
+        for apply in (vllm_lora.add_lora_linear, vllm_lora._vllm_method("add_lora_linear")):
+            y = start.clone()
+            apply(wrapper, y, x, a, b, 0.5, slices)
+            results.append(y)
+        return results[0], results[1]
+
+    ours, _ = ours_and_vllms()
+    assert torch.equal(ours, start)  # empty slots: nothing added
+    for weights in a + b:
+        weights[1, 0].copy_(torch.randn(weights.shape[2:], generator=generator))  # slot 1 gets an adapter
+    ours, theirs = ours_and_vllms()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ours[2:], start[2:]) and torch.equal(ours[:2], start[:2])  # its tokens only
+    for weights in b:
+        weights[1].zero_()  # and is removed
+    ours, _ = ours_and_vllms()
+    assert torch.equal(ours, start)
+
+
+def test_the_logits_get_an_adapter_only_where_it_holds_weights_for_them(vllm_ops: dict[str, Any]) -> None:
+    generator = torch.Generator().manual_seed(11)
+    a, b = torch.randn(SLOTS, 1, RANK, HIDDEN, generator=generator), torch.zeros(SLOTS, 1, OUT, RANK)
+    wrapper = _wrapper((1, 2), (1, 1), [1, 2, None, None])
+    x, start = torch.randn(2, HIDDEN, generator=generator), torch.randn(2, OUT, generator=generator)
+    y = start.clone()
+    vllm_lora.add_lora_logits(wrapper, y, x, a, b, 1.0)
+    assert torch.equal(y, start)  # neither adapter trained the LM head
+    b[1, 0] = torch.randn(OUT, RANK, generator=generator)  # one did (adapter 2, in slot 1)
+    theirs = start.clone()
+    vllm_lora._vllm_method("add_lora_logits")(wrapper, theirs, x, a, b, 1.0)
+    vllm_lora.add_lora_logits(wrapper, y, x, a, b, 1.0)
+    torch.testing.assert_close(y, theirs)
+    assert not torch.equal(y, start)
