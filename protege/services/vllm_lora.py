@@ -132,24 +132,23 @@ def _vllm_method(name: str) -> Any:
 class _Step:
     """Which adapter slots one step's tokens use, noted once a step for every LoRA layer of it.
 
-    ``first``..``last`` is the span of slots the tokens use (None when no token has an adapter);
-    ``mask`` (rows × span, float32) is 1 where a token uses that slot, and None when every token
-    uses the one slot of the span."""
+    ``slots`` is the span of slots the tokens use (empty when no token has an adapter); ``mask``
+    (rows × span, float32) is 1 where a token uses that slot, and None when every token uses
+    the one slot of the span."""
 
-    __slots__ = ("first", "last", "mask", "rows")
+    __slots__ = ("mask", "rows", "slots")
 
     def __init__(self, indices: Any) -> None:
         import torch
 
         self.rows = int(indices.shape[0])
-        self.first: int | None = None
-        self.last = -1
+        self.slots = range(0)
         self.mask: Any = None
         used = indices[indices >= 0]
         if used.numel() == 0:
             return
         low, high = (int(value) for value in used.aminmax())
-        self.first, self.last = low, high
+        self.slots = range(low, high + 1)
         if low != high or used.numel() != self.rows:
             span = torch.arange(low, high + 1, dtype=indices.dtype, device=indices.device)
             self.mask = (indices.unsqueeze(1) == span).to(torch.float32)
@@ -199,10 +198,11 @@ def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
         return
     import torch
 
-    a, b = _float32_weights(lora_a_stacked, lora_b_stacked, range(step.first, step.last + 1))
-    rows, span, rank = inputs.shape[0], step.last - step.first + 1, b[0].shape[1]
+    a, b = _float32_weights(lora_a_stacked, lora_b_stacked, step.slots)
+    rows, span, rank = inputs.shape[0], len(step.slots), b[0].shape[1]
+    used = slice(step.slots.start, step.slots.stop)
     # every slice's shrink at once, through every slot of the span: rows × span × slices·rank
-    shrunk = inputs.to(torch.float32) @ a[step.first : step.last + 1].view(-1, a.shape[-1]).T
+    shrunk = inputs.to(torch.float32) @ a[used].view(-1, a.shape[-1]).T
     if step.mask is not None:
         shrunk = shrunk.view(rows, span, -1) * (step.mask * scale).unsqueeze(2)
     elif scale != 1.0:
@@ -211,8 +211,8 @@ def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
     outputs = y.view(-1, y.shape[-1])
     offset = 0
     for index, (weights, size) in enumerate(zip(b, output_slices, strict=True)):
-        own = shrunk[:, :, index * rank : (index + 1) * rank].reshape(rows, span * rank)  # a view for one slot
-        outputs[:, offset : offset + size] += own @ weights[step.first : step.last + 1].view(span * rank, size)
+        own = shrunk[:, :, index * rank : (index + 1) * rank].reshape(rows, span * rank)  # one slot: a view
+        outputs[:, offset : offset + size] += own @ weights[used].view(span * rank, size)
         offset += size
 
 
@@ -239,7 +239,8 @@ def _float32_weights(
         count, rank = first.shape[0], first.shape[-2]
         a = torch.empty(count, len(lora_a_stacked) * rank, first.shape[-1], dtype=torch.float32)
         b = [torch.empty(count, rank, w.shape[-2], dtype=torch.float32) for w in lora_b_stacked]
-        kept = first.protege_float32 = a, b, [None] * count  # the versions each slot was copied at
+        never: list[tuple[int, ...] | None] = [None] * count  # the versions each slot was copied at
+        kept = first.protege_float32 = a, b, never
     a, b, copied = kept
     for slot in slots:
         if copied[slot] != versions:
@@ -266,8 +267,6 @@ def _any_filled(step: _Step, lora_b_stacked: tuple[Any, ...]) -> bool:
     """Whether a slot the step's tokens use holds weights in this layer: an adapter leaves the
     layers it does not adapt (vLLM zeroes their slots), and a product with zeros adds nothing.
     Checked on B; known per slot until vLLM next writes into the slots."""
-    if step.first is None:
-        return False
     first = lora_b_stacked[0]
     versions = tuple(weights._version for weights in lora_b_stacked)
     kept = getattr(first, "protege_filled", None)
@@ -276,7 +275,7 @@ def _any_filled(step: _Step, lora_b_stacked: tuple[Any, ...]) -> bool:
         filled = [bool(any(w[slot].any() for w in lora_b_stacked)) for slot in range(slots)]
         kept = versions, filled
         first.protege_filled = kept
-    return any(kept[1][step.first : step.last + 1])
+    return any(kept[1][slot] for slot in step.slots)
 
 
 def register() -> None:

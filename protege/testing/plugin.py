@@ -304,7 +304,11 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, seco
 
 
 def make_lora_adapter(
-    base: Path, out: Path, rank: int, seed: int, targets: str | list[str] = ("q_proj", "v_proj")
+    base: Path,
+    out: Path,
+    rank: int,
+    seed: int,
+    targets: str | list[str] | tuple[str, ...] = ("q_proj", "v_proj"),
 ) -> Path:
     """A LoRA adapter for ``base`` made by PEFT with random (non-zero) weights, saved in ``out``:
     of ``targets`` (q and v, as many published adapters; the trainer's default is "all-linear")."""

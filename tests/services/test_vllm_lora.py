@@ -110,7 +110,7 @@ def test_a_linear_layers_lora_equals_vllms(
     torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
     assert set(adapters) == {0} or not torch.equal(ours, start)  # it wrote
     step, used = wrapper.protege_step, sorted({slot_ids.index(adapter) for adapter in adapters if adapter})
-    assert (step.first, step.last) == ((used[0], used[-1]) if used else (None, -1))
+    assert step.slots == (range(used[0], used[-1] + 1) if used else range(0))
     masked = bool(used) and (len(used) > 1 or 0 in adapters)  # tokens of other slots, or none
     assert (step.mask is not None) == masked
 
