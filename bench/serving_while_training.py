@@ -26,6 +26,14 @@ SCHED_IDLE and one training thread. This bench, same machine, 6 calls a phase: a
 training at niceness 19 57.5 s (13.2×), under SCHED_IDLE 36.6 s (8.4×); alone after 4.45 s.
 A lower CPU priority does not keep the answers near their alone latency on that machine, even
 with training on one of the two cores: the contention is not (only) for CPU time.
+
+What it is (2-core AMD EPYC with AVX-512, 2026-12-08, ``--priority idle --calls 8``, one run
+each): the engine's OpenMP wake-ups. Between two ops libgomp's threads spin 300,000 times and
+then sleep, and with a job on the cores every wake-up waits for the kernel to switch it out.
+With the server's GOMP_SPINCOUNT at libgomp's default: alone 1.36 s, training 6.84 s (5.11×,
+the slowest 13.2 s); at 10 million spins 2.16 s (1.63×, the slowest 8.0 s); at 200 million (what
+VllmServer sets for CPU engines now: protege.services.vllm.CPU_ENGINE_SPINCOUNT) 1.76 s (1.39×,
+the slowest 2.53 s; 1.79 s, 1.27× in a 3-call run): met.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from protege.services.vllm import VllmServer, cpu_dtype, cpu_flags
 from protege.serving.pool.config import engine_args
 from protege.stack.config import StackConfig
@@ -33,3 +35,20 @@ def test_auto_is_decided_on_the_machine_that_runs_a_cpu_engine() -> None:
     assert _dtype(server("auto")) == cpu_dtype(cpu_flags())
     assert _dtype(server("auto", on_cpus=False)) == "auto"
     assert _dtype(server("float16")) == "float16"
+
+
+def test_a_cpu_engines_threads_spin_for_work_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU engine's OpenMP threads wait for work spinning, not asleep (a training job beside
+    it would make every wake-up slow); a GPU engine's are left alone, and an operator's
+    GOMP_SPINCOUNT wins."""
+    from protege.services.vllm import CPU_ENGINE_SPINCOUNT
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+
+    def environment(on_cpus: bool) -> dict[str, str]:
+        return VllmServer(Path("/nonexistent"), Path("/model"), "m", on_cpus=on_cpus).environment()
+
+    assert environment(on_cpus=True)["GOMP_SPINCOUNT"] == CPU_ENGINE_SPINCOUNT
+    assert "GOMP_SPINCOUNT" not in environment(on_cpus=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    assert environment(on_cpus=True)["GOMP_SPINCOUNT"] == "1000"
