@@ -11,7 +11,7 @@ slot over a block of the tokens otherwise. Same result up to float rounding; mea
 tokens 20-40× faster, 8 adapters in one batch about the same.
 
 The punica wrapper's ``add_lora_linear`` goes further: it applies a layer's LoRA straight from
-float32 copies of its slots, two products a layer whatever its slices and however many adapters
+float32 copies of its slots, one shrink a layer and one expand a slice however many adapters
 the step uses, instead of a shrink and an expand op per slice through vLLM's plumbing; and a
 layer none of the step's adapters holds weights for (vLLM gives every linear layer and the
 logits a slot; many adapters adapt a few) is skipped. One call at a time with an adapter,
@@ -177,10 +177,10 @@ def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
     """``y[t, slice i] += (x[t] @ A_i[slot t].T * scale) @ B_i[slot t].T`` for each slice of a
     linear layer, where token t has an adapter.
 
-    Two products, whatever the step holds: every token goes through the A of every slice of every
-    slot in the span its step uses (one shrink), a mask keeps each token's own slot's columns, and
-    one expand through B laid out block-diagonally over the slices adds them up
-    (:func:`_float32_weights`). Nothing when no slot of the span holds weights for this layer.
+    The same few products whatever the step holds: every token goes through the A of every slice
+    of every slot in the span its step uses (one shrink a layer), a mask keeps each token's own
+    slot's columns, and one expand a slice adds them up (:func:`_float32_weights`). Nothing when
+    no slot of the span holds weights for this layer.
     vLLM's path makes each slice's shrink and expand go through its prefill or decode plumbing
     (per-token index tensors and weight copies, a float32 buffer, an op per slice and
     direction): ~400 small LoRA calls a decoding step of SmolLM2, most of their time not in the
