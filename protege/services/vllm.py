@@ -24,8 +24,9 @@ from protege.services.process import ServiceProcess, free_port, http_ok
 # thousands of times a decoding step. bench/serving_while_training.py, 8 answers of 72 tokens
 # from a LoRA specialist beside a job in the idle class: p50 6.84 s (5.11× alone, the slowest
 # 13.2 s) with libgomp's default, 2.16 s (1.63×) with 10 million spins, 1.76 s (1.39×, the
-# slowest 2.53 s) with this. The cost: after its last answer the engine keeps a core ~5 s
-# before training gets it back. An environment that sets GOMP_SPINCOUNT keeps its own.
+# slowest 2.53 s) with this. The cost: after its last answer the engine's OpenMP threads (all
+# but the one that called: one of two cores here) keep spinning ~5 s before training gets their
+# cores back. An environment that sets GOMP_SPINCOUNT keeps its own.
 CPU_ENGINE_SPINCOUNT = "200000000"
 
 
