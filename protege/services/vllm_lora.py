@@ -202,12 +202,11 @@ def add_lora_linear(  # noqa: PLR0917 (vLLM's signature)
     rows, span, rank = inputs.shape[0], len(step.slots), b[0].shape[1]
     used = slice(step.slots.start, step.slots.stop)
     # every slice's shrink at once, through every slot of the span: rows × span × slices·rank
-    shrunk = inputs.to(torch.float32) @ a[used].view(-1, a.shape[-1]).T
+    shrunk = (inputs.to(torch.float32) @ a[used].view(-1, a.shape[-1]).T).view(rows, span, -1)
     if step.mask is not None:
-        shrunk = shrunk.view(rows, span, -1) * (step.mask * scale).unsqueeze(2)
+        shrunk = shrunk * (step.mask * scale).unsqueeze(2)
     elif scale != 1.0:
         shrunk = shrunk * scale
-    shrunk = shrunk.view(rows, span, -1)
     outputs = y.view(-1, y.shape[-1])
     offset = 0
     for index, (weights, size) in enumerate(zip(b, output_slices, strict=True)):

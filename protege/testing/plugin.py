@@ -18,7 +18,7 @@ import asyncio
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -308,7 +308,7 @@ def make_lora_adapter(
     out: Path,
     rank: int,
     seed: int,
-    targets: str | list[str] | tuple[str, ...] = ("q_proj", "v_proj"),
+    targets: str | Sequence[str] = ("q_proj", "v_proj"),
 ) -> Path:
     """A LoRA adapter for ``base`` made by PEFT with random (non-zero) weights, saved in ``out``:
     of ``targets`` (q and v, as many published adapters; the trainer's default is "all-linear")."""

@@ -250,7 +250,9 @@ def yield_cpus() -> str:
     A job of the local stack shares its CPUs with the serving replica (at Ray's worker niceness,
     15). ``bench/serving_while_training.py``, 2-core Sapphire Rapids Xeon: a specialist's 72-token
     answers took 4.34 s alone, 57.5 s at p50 while a job trained at niceness 19, 36.6 s with the
-    job under SCHED_IDLE: better, and still far from alone (docs/flywheel.md)."""
+    job under SCHED_IDLE: better, and still far from alone. The rest was the engine's OpenMP
+    wake-ups (``protege.services.vllm.CPU_ENGINE_SPINCOUNT``): with both, 1.86 s against 1.25 s
+    alone on a 2-core AMD EPYC (docs/flywheel.md)."""
     if hasattr(os, "SCHED_IDLE"):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         return "SCHED_IDLE"
