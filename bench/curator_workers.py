@@ -74,9 +74,7 @@ print(json.dumps({"seen": stats.seen, "kept": stats.kept}), flush=True)
 
 
 async def publish(server: NatsServer, calls: int, spool: Path) -> None:
-    publisher = CallLogPublisher(
-        server.endpoint(GATEWAY), spool, queue_size=calls + 1, queue_max_bytes=1 << 30
-    )
+    publisher = CallLogPublisher(server.endpoint(GATEWAY), spool, queue_max_bytes=1 << 30)
     await publisher.start()
     for call in generate(calls, seed=17, styles=("plain", "terse", "polite")):
         publisher.submit(call.to_record())

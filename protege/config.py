@@ -144,12 +144,11 @@ class CallLogSettings(BaseModel):
     spool_max_bytes: int = Field(
         default=1 << 30, ge=8 << 20, description="Spool limit; past it records are dropped (and counted)."
     )
-    queue_size: int = Field(default=50_000, gt=0, description="In-memory records before spilling to disk.")
     queue_max_bytes: int = Field(
         default=64 << 20,
         gt=0,
-        description="In-memory bytes of records before spilling to disk (with queue_size: whichever "
-        "comes first).",
+        description="Bytes of records in the journal not yet shipped; past it (the shipper stopped or "
+        "that far behind) records are dropped and counted.",
     )
     batch_size: int = Field(default=512, gt=0, description="Records per JetStream publish batch.")
     linger_ms: float = Field(

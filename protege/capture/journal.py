@@ -1,172 +1,291 @@
-"""The publisher's write-ahead journal: a killed gateway loses none of the calls it answered.
+"""The call log's journal: records a publisher took, kept until shipped, across a killed process.
 
-A record is written here (one ``write``, no ``fsync``: it survives the process, not the
-machine) when it is handed to the publisher, and forgotten once JetStream or the disk
-spool has it. Segments hold a bounded number of records (256) and are deleted when all of
-them are done. A new publisher moves whatever a dead one left here into its spool, to be
-replayed; JetStream drops the ones that did arrive, and there are at most a segment's worth
-of those.
+The writer (the gateway's event loop, or the SDK's publisher) copies each record into a
+memory-mapped segment file: one copy into shared memory, no system call, no ``fsync``. The
+pages belong to the file, so a killed process loses none of them (a crashed machine does:
+the spool is what survives that). The shipper (:mod:`protege.capture.shipper`), in another
+process or in a task beside the writer, follows the segments, publishes or spools their
+records, and deletes the segments it is done with. So the request path pays a copy, and
+serializing batches, NATS, acks and the spool happen elsewhere.
 
-The publisher sends records in batches, one message each (:mod:`protege.capture.wire`), and
-a batch's ``Nats-Msg-Id`` comes from the records it holds. So before a batch is published,
-which records it holds is written here too (:meth:`Journal.batched`), and recovery gives
-each batch back as it was: under the same id, for JetStream to drop if it arrived; not at
-all when one of its records is gone from the journal (done: the batch reached JetStream
-or the spool). A segment that says which records went out together is kept until no older
-segment is left, since any of those may hold a record of its batches (a record held for its
-shadow answer is written long before its batch forms); without that, a done record left in
-an older segment would go out again alone, under an id JetStream has not seen.
+Segments are ``<number>-<writer>.ring``: numbered in the order they were made (numbers only
+grow, across writers too), and named
+after the writer (one publisher's lifetime) that made them, so a shipper knows which
+segments a dead writer left. Each is made at its full size (``segment_bytes``, or more for
+a record that needs it) and renamed into place, then filled with frames ``[u32 length][u32
+crc32][entry]``. The writer writes an entry before its header, so a reader never takes a
+frame the writer has not finished: a header of zeros, or a length or CRC that does not
+match, means "not yet" while the writer lives and "the end of the segment" once it is gone.
+
+Entries: ``R<subject>\\n<id>\\n<json>`` a record to ship; ``H`` the same for a record held
+(its final version follows as ``R``: a shadow answer is pending; if it never comes, the
+held version is shipped); ``E`` the writer closed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import mmap
 import os
-from collections import Counter
-from collections.abc import Callable
+import secrets
+import time
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
-from protege.capture.spool import pack_frames, unpack_frames
+from protege.capture.spool import _HEADER, hold_lock
 
-_SUFFIX = ".journal"
-_RECORD = b"R"  # an entry: R<record id>\n<payload>
-_BATCH = b"B"  # B<record id>\n<record id>... (the records one message holds, in order)
+log = logging.getLogger(__name__)
+
+_SUFFIX = ".ring"
+RECORD, HELD, END = b"R", b"H", b"E"
 
 
-class Journal:
-    def __init__(self, directory: Path, segment_records: int = 256) -> None:
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a frame starts in the journal: a segment's number and an offset in it."""
+
+    segment: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: bytes  # RECORD, HELD or END
+    writer: str
+    subject: str
+    record_id: str
+    data: bytes
+    position: Position
+    end: Position  # where the next frame starts
+
+
+@dataclass(frozen=True)
+class Segment:
+    number: int
+    writer: str
+    path: Path
+
+
+def segments(directory: Path) -> list[Segment]:
+    """The journal's segments, oldest first."""
+    found = []
+    for path in directory.glob(f"*{_SUFFIX}"):
+        number, _, writer = path.stem.partition("-")
+        if number.isdigit() and writer:
+            found.append(Segment(int(number), writer, path))
+    return sorted(found, key=lambda segment: segment.number)
+
+
+class JournalWriter:
+    """Appends records to the journal; one writer per directory (a lock says so).
+
+    Bounded by ``max_bytes`` of segments not yet shipped: past it (the shipper is stopped or
+    far behind), records are dropped and counted, never held in memory or failing a call.
+    """
+
+    def __init__(self, directory: Path, *, segment_bytes: int = 4 << 20, max_bytes: int = 64 << 20) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.segment_records = segment_records
-        self._segment_of: dict[str, int] = {}  # record id → segment holding it
-        self._open: Counter[int] = Counter()  # records not yet done, per segment
-        self._segments: set[int] = set()  # segments this journal wrote and has not deleted
-        self._marked: set[int] = set()  # of those, the ones saying which records went out together
-        self._current = 0
-        self._written = 0
-        self._fd: int | None = None
+        self._lock = hold_lock(self.directory / "writer.lock", "publisher")
+        self.segment_bytes = segment_bytes
+        self.max_bytes = max(max_bytes, segment_bytes)
+        self.writer = f"{os.getpid()}x{secrets.token_hex(4)}"
+        # Numbers only grow, across writers too (a shipper's plan names positions of segments it
+        # has since deleted): after every segment here, and after the clock's microseconds.
+        last = max((segment.number for segment in segments(self.directory)), default=0)
+        self._number = max(last, time.time_ns() // 1000)
+        self._map: mmap.mmap | None = None
+        self._offset = 0
+        self.records = 0  # records and bytes written by this writer
+        self.bytes = 0
+        self.dropped = 0
+        self._full_until = 0.0  # while the journal is full: when to look again
+        self.closed = False
 
-    def _path(self, number: int) -> Path:
-        return self.directory / f"{number:012d}{_SUFFIX}"
+    def append(self, kind: bytes, subject: str, record_id: str, data: bytes) -> bool:
+        """Keep one entry; False when it was dropped (the journal is full, or closed)."""
+        if self.closed:
+            self.dropped += 1
+            return False
+        return self._append(kind, subject, record_id, data, bounded=True)
 
-    def recover(self, keep: Callable[[list[list[bytes]]], None]) -> int:
-        """Hand what a previous owner left to ``keep``, then delete it; if ``keep`` raises, the
-        journal stays as it was. Call it before any write.
+    def _append(self, kind: bytes, subject: str, record_id: str, data: bytes, *, bounded: bool) -> bool:
+        entry = b"".join((kind, subject.encode(), b"\n", record_id.encode(), b"\n", data))
+        size = _HEADER.size + len(entry)
+        journal = self._map
+        if journal is None or self._offset + size > len(journal):
+            journal = self._rotate(size, bounded=bounded)
+            if journal is None:
+                self.dropped += 1
+                return False
+        offset = self._offset
+        journal[offset + _HEADER.size : offset + size] = entry
+        journal[offset : offset + _HEADER.size] = _HEADER.pack(len(entry), zlib.crc32(entry))
+        self._offset = offset + size
+        self.records += 1
+        self.bytes += len(data)
+        return True
 
-        ``keep`` gets every whole record, oldest first, in groups: the records of a batch the
-        previous owner formed together, in its order; every other record alone. A batch some of
-        whose records are gone (done) is left out: it reached JetStream or the spool. Returns the
-        number of records handed over.
-        """
-        left = sorted(self.directory.glob(f"*{_SUFFIX}"))
-        entries = [entry for path in left for entry in unpack_frames(path.read_bytes(), path)]
-        groups = _groups(entries)
-        if groups:
-            keep(groups)
-        for path in left:
-            path.unlink(missing_ok=True)
-        self._current = int(left[-1].stem) if left else 0
-        return sum(len(group) for group in groups)
+    def _rotate(self, size: int, *, bounded: bool) -> mmap.mmap | None:
+        """A new segment with room for ``size`` bytes; None while the journal is full."""
+        now = time.monotonic()
+        if bounded and now < self._full_until:
+            return None
+        on_disk = 0
+        for path in self._segments():
+            with contextlib.suppress(FileNotFoundError):  # the shipper deletes what it shipped
+                on_disk += path.stat().st_size
+        if bounded and on_disk + max(size, self.segment_bytes) > self.max_bytes:
+            if not self._full_until:
+                log.error(
+                    "call log: DROPPING records: %d bytes of the journal are not shipped yet "
+                    "(call_log.queue_max_bytes); is the shipper running?",
+                    on_disk,
+                )
+            self._full_until = now + 1.0
+            return None
+        self._full_until = 0.0
+        self._close_map()
+        self._number += 1
+        final = self.directory / f"{self._number:016d}-{self.writer}{_SUFFIX}"
+        making = final.with_suffix(".making")
+        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, max(size, self.segment_bytes))
+            self._map = mmap.mmap(fd, 0)
+        finally:
+            os.close(fd)
+        os.rename(making, final)  # a reader sees the segment whole, at its full size
+        self._offset = 0
+        return self._map
 
-    def write(self, record_id: str, payload: bytes) -> None:
-        """Keep ``payload`` until :meth:`done` (a record written twice is kept once, as written first)."""
-        if record_id in self._segment_of:
-            return
-        self._append(_RECORD + record_id.encode() + b"\n" + payload)
-        self._segment_of[record_id] = self._current
-        self._open[self._current] += 1
+    def _segments(self) -> list[Path]:
+        return [segment.path for segment in segments(self.directory)]
 
-    def batched(self, record_ids: list[str]) -> None:
-        """Say that these records (written, not yet done) go out together, in this order.
-
-        Not said when one of them is not here (its write failed): a record missing from a batch
-        at recovery must mean that it was done, so that the batch can be left out."""
-        if all(record_id in self._segment_of for record_id in record_ids):
-            self._append(_BATCH + "\n".join(record_ids).encode())
-            self._marked.add(self._current)
-
-    def _append(self, entry: bytes) -> None:
-        if self._fd is None or self._written >= self.segment_records:
-            self._rotate()
-        assert self._fd is not None
-        os.write(self._fd, pack_frames([entry]))
-        self._written += 1
-
-    def done(self, record_id: str) -> None:
-        segment = self._segment_of.pop(record_id, None)
-        if segment is None:
-            return
-        self._open[segment] -= 1
-        if self._open[segment] <= 0:
-            self._collect()
-
-    def pending(self) -> int:
-        return len(self._segment_of)
-
-    def _rotate(self) -> None:
-        previous = self._current
-        if self._fd is not None:
-            os.close(self._fd)
-        self._current += 1
-        self._written = 0
-        self._fd = os.open(self._path(self._current), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._segments.add(self._current)
-        if previous:
-            self._collect()
-
-    def _collect(self) -> None:
-        """Delete the segments no recovery needs: all their records done, and, for one that says
-        which records went out together, no older segment left."""
-        oldest = True
-        for number in sorted(self._segments):
-            if number != self._current and self._open[number] <= 0 and (oldest or number not in self._marked):
-                self._path(number).unlink(missing_ok=True)
-                self._segments.discard(number)
-                self._marked.discard(number)
-                self._open.pop(number, None)
-            else:
-                oldest = False
+    def _close_map(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
     def close(self) -> None:
-        """Stop writing; an empty journal leaves no file behind."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if not self._segment_of:
-            for path in self.directory.glob(f"*{_SUFFIX}"):
-                path.unlink(missing_ok=True)
+        """Say so in the journal (the shipper then ships the rest and stops), and let go."""
+        if self.closed:
+            return
+        self._append(END, "", "", b"", bounded=False)
+        self.closed = True
+        self._close_map()
+        os.close(self._lock)
 
 
-def _groups(entries: list[bytes]) -> list[list[bytes]]:
-    """The journal's records, oldest first, grouped as their batches (each other record alone);
-    none of a batch whose records are not all here (done: it was delivered)."""
-    payloads: dict[str, bytes] = {}
-    batch_of: dict[str, tuple[str, ...]] = {}
-    alone: list[bytes] = []  # written by a version that kept no record ids: each its own group
-    order: list[str | int] = []
-    for entry in entries:
-        kind, body = entry[:1], entry[1:]
-        if kind == _RECORD:
-            record_id, _, payload = body.partition(b"\n")
-            if record_id.decode() not in payloads:  # a record written twice is kept as written first
-                payloads[record_id.decode()] = payload
-                order.append(record_id.decode())
-        elif kind == _BATCH:
-            members = tuple(body.decode().split("\n"))
-            for member in members:
-                batch_of[member] = members
-        else:
-            order.append(len(alone))
-            alone.append(entry)
-    groups: list[list[bytes]] = []
-    emitted: set[str] = set()
-    for item in order:
-        if isinstance(item, int):
-            groups.append([alone[item]])
-            continue
-        if item in emitted:
-            continue
-        members = batch_of.get(item, (item,))
-        emitted.update(members)
-        if all(member in payloads for member in members):
-            groups.append([payloads[member] for member in members])
-    return groups
+class JournalReader:
+    """Follows the journal's segments in order, from a position; ``live`` is the writer that
+    may still be writing (None: every writer is gone)."""
+
+    def __init__(self, directory: Path, live: str | None) -> None:
+        self.directory = Path(directory)
+        self.live = live
+        self.live_gone = False  # the live writer ended (its END entry) or died
+        self.position = Position(0, 0)
+        self._segment: Segment | None = None
+        self._map: mmap.mmap | None = None
+
+    def seek(self, position: Position) -> None:
+        self.position = position
+        self._open(None)
+
+    @property
+    def writer(self) -> str | None:
+        """The writer of the segment the reader is in."""
+        return self._segment.writer if self._segment is not None else None
+
+    def _open(self, segment: Segment | None) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        self._segment = segment
+        if segment is not None:
+            with segment.path.open("rb") as file:
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def _current(self) -> bool:
+        """Open the segment the position is in, or the first one after it; False if none."""
+        if self._segment is not None and self._segment.number == self.position.segment:
+            return True
+        for segment in segments(self.directory):
+            if segment.number >= self.position.segment:
+                if segment.number > self.position.segment:
+                    self.position = Position(segment.number, 0)
+                self._open(segment)
+                return True
+        return False
+
+    def _frame(self, journal: mmap.mmap, offset: int) -> bytes | None:
+        if offset + _HEADER.size > len(journal):
+            return None
+        length, crc = _HEADER.unpack_from(journal, offset)
+        start = offset + _HEADER.size
+        if length == 0 or start + length > len(journal):
+            return None
+        entry = journal[start : start + length]
+        return entry if zlib.crc32(entry) == crc else None
+
+    def take(self, limit: int, until: Position | None = None) -> list[Entry]:
+        """Up to ``limit`` entries from the position on (not past ``until``), all of one writer."""
+        taken: list[Entry] = []
+        while len(taken) < limit and (until is None or self.position < until):
+            if not self._current():
+                break
+            segment, journal = self._segment, self._map
+            assert segment is not None and journal is not None
+            offset = self.position.offset
+            entry = self._frame(journal, offset)
+            if entry is None:
+                if not self._finished(segment, journal, offset):
+                    break
+                following = [s for s in segments(self.directory) if s.number > segment.number]
+                if not following or (taken and following[0].writer != segment.writer):
+                    break  # nothing more yet; or another writer's: a batch is one writer's
+                self.position = Position(following[0].number, 0)
+                continue
+            kind = entry[:1]
+            subject, _, rest = entry[1:].partition(b"\n")
+            record_id, _, data = rest.partition(b"\n")
+            end = Position(segment.number, offset + _HEADER.size + len(entry))
+            taken.append(
+                Entry(kind, segment.writer, subject.decode(), record_id.decode(), data, self.position, end)
+            )
+            self.position = end
+            if kind == END and segment.writer == self.live:
+                self.live_gone = True
+        return taken
+
+    def _finished(self, segment: Segment, journal: mmap.mmap, offset: int) -> bool:
+        """No whole frame at ``offset``: is that the segment's end, or one being written?"""
+        if segment.writer != self.live or self.live_gone:
+            return True  # its writer is gone: a torn frame (the crash) or the unwritten rest
+        if not any(s.number > segment.number for s in segments(self.directory)):
+            return False  # the writer is still in this segment
+        # It made a new segment, so it finished with this one first; look once more.
+        return self._frame(journal, offset) is None
+
+    def entry_at(self, position: Position) -> Entry | None:
+        """The entry at ``position`` (a held record's, read again at recovery)."""
+        saved = self.position
+        self.seek(position)
+        found = self.take(1)
+        self.seek(saved)
+        return found[0] if found and found[0].position == position else None
+
+    def delete_before(self, position: Position) -> None:
+        """Delete the segments wholly before ``position``: everything in them is shipped."""
+        for segment in segments(self.directory):
+            if segment.number >= position.segment:
+                break
+            if self._segment is not None and segment.number == self._segment.number:
+                self._open(None)
+            segment.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._open(None)

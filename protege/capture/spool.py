@@ -41,6 +41,21 @@ class SpooledBatch:
     size: int  # bytes on disk
 
 
+def hold_lock(path: Path, what: str) -> int:
+    """An exclusive lock on ``path``, held until its descriptor is closed (or the process ends);
+    SpoolInUseError when another ``what`` holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SpoolInUseError(
+            f"{path.parent} is in use by another {what}; give each gateway or publisher its own "
+            "spool directory (call_log.spool_dir)"
+        ) from None
+    return fd
+
+
 class DiskSpool:
     def __init__(self, directory: Path, max_bytes: int = 1 << 30, segment_bytes: int = 8 << 20) -> None:
         if max_bytes < segment_bytes:
@@ -52,21 +67,13 @@ class DiskSpool:
         self._lock = threading.Lock()
         self._current: Path | None = None
         # One owner per directory: two writers would interleave segments and replay twice.
-        self._owner = (self.directory / "owner.lock").open("a")
-        try:
-            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._owner.close()
-            raise SpoolInUseError(
-                f"spool {self.directory} is in use by another process; give each gateway or "
-                "publisher its own spool directory (call_log.spool_dir)"
-            ) from None
+        self._owner = hold_lock(self.directory / "owner.lock", "process")
         # The owner is the only writer, so the size is kept here rather than listed per call.
         self._size = sum(p.stat().st_size for p in self._segments())
 
     def close(self) -> None:
         """Release the directory (records stay, for the next owner to replay)."""
-        self._owner.close()
+        os.close(self._owner)
 
     def _segments(self) -> list[Path]:
         return sorted(self.directory.glob(f"*{_SUFFIX}"))

@@ -53,8 +53,11 @@ async def wait_for(condition, seconds: float = 30) -> None:  # type: ignore[no-u
     raise AssertionError("condition not met in time")
 
 
-async def test_records_reach_jetstream_once_each(nats_server: NatsServer, tmp_path: Path) -> None:
-    publisher = CallLogPublisher(nats_server.endpoint(GATEWAY), tmp_path / "spool")
+@pytest.mark.parametrize("shipper", ["inline", "process"])
+async def test_records_reach_jetstream_once_each(
+    nats_server: NatsServer, tmp_path: Path, shipper: str
+) -> None:
+    publisher = CallLogPublisher(nats_server.endpoint(GATEWAY), tmp_path / "spool", shipper=shipper)  # type: ignore[arg-type]
     await publisher.start()
     tenant = f"pub{uuid.uuid4().hex[:8]}"
     records = [make_record(i, tenant) for i in range(300)]
@@ -109,10 +112,17 @@ async def ensure_default_stream(url: str) -> None:
     await client.close()
 
 
-async def test_nats_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shipper", ["inline", "process"])
+async def test_nats_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path, shipper: str) -> None:
     server = NatsServer(tmp_path / "nats").start()
     gateway = server.endpoint(GATEWAY)
-    publisher = CallLogPublisher(gateway, tmp_path / "spool", ack_timeout=0.5, retry_seconds=0.2)
+    publisher = CallLogPublisher(
+        gateway,
+        tmp_path / "spool",
+        ack_timeout=0.5,
+        retry_seconds=0.2,
+        shipper=shipper,  # type: ignore[arg-type]
+    )
     await publisher.start()
     submitted: list[str] = []
     try:
@@ -127,7 +137,7 @@ async def test_nats_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) 
                 server.start()
             if i % 50 == 0:
                 await asyncio.sleep(0.01)  # a steady load, not one burst
-        await wait_for(lambda: publisher.spool.is_empty() and publisher._queue.empty())
+        await wait_for(lambda: publisher.spool_bytes == 0 and publisher.queue_depth == 0)
         await publisher.close()
         assert publisher.stats.dropped == 0
         assert publisher.stats.replayed > 0
@@ -151,7 +161,7 @@ async def test_nats_down_at_start_then_up(tmp_path: Path) -> None:
     try:
         records.append(make_record(50))
         publisher.submit(records[-1])
-        await wait_for(lambda: publisher.spool.is_empty() and publisher._queue.empty(), seconds=60)
+        await wait_for(lambda: publisher.spool_bytes == 0 and publisher.queue_depth == 0, seconds=60)
         await publisher.close()
         assert publisher.stats.replayed >= 50 and publisher.stats.dropped == 0
         # Spooled records are replayed before the newer one: the stream keeps call order.
@@ -166,47 +176,42 @@ def large_record(i: int, tenant: str, size: int) -> CallRecord:
     return record
 
 
-async def test_large_records_past_the_queues_byte_bound_spill_to_disk_and_all_arrive(
+async def test_records_larger_than_a_segment_get_one_of_their_own_and_all_arrive(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    bound = 256 << 10
-    publisher = CallLogPublisher(
-        nats_server.endpoint(GATEWAY), tmp_path / "spool", queue_max_bytes=bound, retry_seconds=0.2
-    )
+    publisher = CallLogPublisher(nats_server.endpoint(GATEWAY), tmp_path / "spool", segment_bytes=8 << 10)
     await publisher.start()
     tenant = f"big{uuid.uuid4().hex[:8]}"
-    records = [large_record(i, tenant, 16 << 10) for i in range(30)]  # 30 of ~16 KiB: ~480 KiB
-    peak = 0
-    for record in records:  # one burst: the worker takes nothing out meanwhile
+    records = [large_record(i, tenant, 16 << 10) for i in range(30)]  # 30 of ~16 KiB, segments of 8 KiB
+    for record in records:
         publisher.submit(record)
-        peak = max(peak, publisher._queued_bytes)
-    assert peak <= bound and publisher.queue_depth < 16  # far below queue_size (50,000) records
-    assert publisher.queue_bytes <= 2 * bound  # the queue, and the records on their way to the spool
-    await wait_for(lambda: publisher.stats.published + publisher.stats.replayed >= len(records))
     await publisher.close()
-    assert publisher.stats.spooled > 0 and publisher.stats.dropped == 0  # spilled, never dropped
+    assert publisher.stats.published == len(records) and publisher.stats.dropped == 0
     assert sorted(await stream_ids(nats_server.url, tenant)) == sorted(r.id for r in records)
+    assert not list((tmp_path / "spool" / "journal").glob("*.ring"))  # all shipped: all deleted
 
 
-async def test_a_disk_a_whole_queue_behind_drops_records_and_counts_them_never_fails_a_call(
-    tmp_path: Path,
+async def test_a_journal_no_shipper_drains_stays_within_its_bound_and_counts_what_it_drops(
+    nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    bound = 64 << 10
+    """The shipper stopped (or a whole bound behind): records past queue_max_bytes are dropped
+    and counted, never held in memory or failing a call; the rest all arrive once it runs."""
+    bound = 256 << 10
     publisher = CallLogPublisher(
-        f"nats://127.0.0.1:{free_port()}", tmp_path / "spool", queue_max_bytes=bound, ack_timeout=0.1
+        nats_server.endpoint(GATEWAY), tmp_path / "spool", queue_max_bytes=bound, segment_bytes=32 << 10
     )
-    await publisher.start()
-    records = [large_record(i, "acme", 15 << 10) for i in range(40)]
-    for record in records:  # one burst, before the spool's thread wrote anything: as a stalled disk
+    tenant = f"full{uuid.uuid4().hex[:8]}"
+    records = [large_record(i, tenant, 15 << 10) for i in range(40)]  # ~600 KiB, before start(): no shipper
+    for record in records:
         publisher.submit(record)
-    assert publisher.queue_bytes <= 2 * bound  # memory stays bounded
+    journal = sum(path.stat().st_size for path in (tmp_path / "spool" / "journal").glob("*.ring"))
+    assert journal <= bound
     dropped = publisher.stats.dropped
     assert 0 < dropped < len(records)
+    await publisher.start()
     await publisher.close()
-    assert publisher.stats.spooled == len(records) - dropped and publisher.stats.dropped == dropped
-    spool = DiskSpool(tmp_path / "spool")
-    assert sum(len(batch.payloads) for batch in spool.batches()) == len(records) - dropped
-    spool.close()
+    assert publisher.stats.published == len(records) - dropped and publisher.stats.dropped == dropped
+    assert len(await stream_ids(nats_server.url, tenant)) == len(records) - dropped
 
 
 async def test_spool_writes_and_their_fsync_run_off_the_event_loop(
@@ -221,10 +226,10 @@ async def test_spool_writes_and_their_fsync_run_off_the_event_loop(
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     publisher = CallLogPublisher(  # NATS away: every record goes to the spool
-        f"nats://127.0.0.1:{free_port()}", tmp_path / "spool", queue_size=4, ack_timeout=0.1
+        f"nats://127.0.0.1:{free_port()}", tmp_path / "spool", ack_timeout=0.1
     )
     await publisher.start()
-    for i in range(12):  # past queue_size: spilled from submit(), the rest spooled by the worker
+    for i in range(12):
         publisher.submit(make_record(i))
     await wait_for(lambda: publisher.stats.spooled == 12)
     await publisher.close()

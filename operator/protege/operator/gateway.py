@@ -30,7 +30,7 @@ GATEWAY_METRICS_PORT = 9090  # the gateway's /metrics, apart from its API (every
 # controller and kube-proxy (or the load balancer) stop sending it new calls.
 GATEWAY_PRESTOP_SECONDS = 5
 # After SIGTERM and the calls in flight (the pool's gateway.drainSeconds): the call log's flush to
-# NATS (CallLogPublisher.close: 10 s at most), and a margin for the process to exit.
+# NATS (CallLogPublisher.close: 10 s at most, then the rest to the spool), and a margin to exit.
 GATEWAY_FLUSH_SECONDS = 10 + 5
 
 NATS_CA_DIR = "/etc/protege/nats-ca"

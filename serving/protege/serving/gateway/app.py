@@ -1006,7 +1006,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> FastAPI
         body: dict[str, Any] = {"status": "ready", "models": list(gateway.models), "keys": len(gateway.keys)}
         if publisher is not None:
             # NATS being away does not make the gateway unready: records spool to disk.
-            body["call_log"] = {"connected": publisher.connected, "spool_bytes": publisher.spool.size_bytes()}
+            body["call_log"] = {"connected": publisher.connected, "spool_bytes": publisher.spool_bytes}
         ready = bool(gateway.models) and len(gateway.keys) > 0
         if not ready:
             body["status"] = "not ready: no models or no API keys configured"

@@ -249,17 +249,19 @@ class _PublisherCollector(Collector):
             errors.add_metric([name], count)
         yield errors
         yield GaugeMetricFamily(
-            "protege_calllog_queue_depth", "Records waiting in memory.", value=self.publisher.queue_depth
+            "protege_calllog_queue_depth",
+            "Records in the call log's journal not yet shipped.",
+            value=self.publisher.queue_depth,
         )
         yield GaugeMetricFamily(
             "protege_calllog_queue_bytes",
-            "Bytes of records waiting in memory (bounded by call_log.queue_max_bytes).",
+            "Bytes of records in the journal not yet shipped (bounded by call_log.queue_max_bytes).",
             value=self.publisher.queue_bytes,
         )
         yield GaugeMetricFamily(
             "protege_calllog_spool_bytes",
             "Bytes waiting in the disk spool.",
-            value=self.publisher.spool.size_bytes(),
+            value=self.publisher.spool_bytes,
         )
         yield GaugeMetricFamily(
             "protege_calllog_connected", "1 when connected to NATS.", value=int(self.publisher.connected)
