@@ -99,9 +99,11 @@ class CallLogPublisher:
         self._watch: asyncio.Task[None] | None = None
         self._refused = 0  # records of another tenant than the identity's
         self._errors: dict[str, int] = {}
-        self._board = StatsBoard(self.journal.directory)  # a shipper process's figures
-        self._shipped = PublisherStats()
-        self._board.write(self._shipped)  # not a former shipper's
+        self._shipped = PublisherStats()  # the shipper's figures, as last read
+        self._board: StatsBoard | None = None  # where a shipper process writes them
+        if shipper == "process":
+            self._board = StatsBoard(self.journal.directory)
+            self._board.write(self._shipped)  # not a former shipper's
 
     @classmethod
     def from_settings(cls, settings: Settings, shipper: ShipperMode = "process") -> CallLogPublisher:
@@ -166,14 +168,16 @@ class CallLogPublisher:
                 log.warning("call log: flush timed out; spooling what the journal holds")
                 self.shipper.stop()
                 await self._task
-        if self._process is not None:
-            if not await self._exited(flush_seconds):
-                log.warning("call log: flush timed out; spooling what the journal holds")
-                self._process.send_signal(signal.SIGTERM)  # the rest to the spool: quick
-                if not await self._exited(min(flush_seconds, 5)):
-                    self._process.kill()  # what it held stays in the journal, for the next start
-                    await self._exited(5)
-            self._read_stats()
+        if self._process is not None and not await self._exited(flush_seconds):
+            log.warning("call log: flush timed out; spooling what the journal holds")
+            self._process.send_signal(signal.SIGTERM)  # the rest to the spool: quick
+            if not await self._exited(min(flush_seconds, 5)):
+                self._process.kill()  # what it held stays in the journal, for the next start
+                await self._exited(5)
+        if self._board is not None:
+            self._read_stats()  # its last figures
+            self._board.close()
+            self._board = None
 
     async def _exited(self, seconds: float) -> bool:
         assert self._process is not None
@@ -188,7 +192,8 @@ class CallLogPublisher:
     def _read_stats(self) -> PublisherStats:
         if self.shipper is not None:
             return self.shipper.stats
-        self._shipped = self._board.read() or self._shipped
+        if self._board is not None:
+            self._shipped = self._board.read() or self._shipped
         return self._shipped
 
     @property

@@ -234,3 +234,23 @@ async def test_spool_writes_and_their_fsync_run_off_the_event_loop(
     await wait_for(lambda: publisher.stats.spooled == 12)
     await publisher.close()
     assert synced and threading.get_ident() not in synced  # never the event loop's thread
+
+
+async def test_a_gateways_shipper_killed_mid_run_is_started_again_and_ships_each_record_once(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    publisher = CallLogPublisher(nats_server.endpoint(GATEWAY), tmp_path / "spool", shipper="process")
+    await publisher.start()
+    tenant = f"ship{uuid.uuid4().hex[:8]}"
+    records = [make_record(i, tenant) for i in range(600)]
+    for i, record in enumerate(records):
+        publisher.submit(record)
+        if i == 300:
+            await wait_for(lambda: publisher.stats.published > 0)  # it ran, and shipped some
+            assert publisher._process is not None
+            publisher._process.kill()  # mid-run, batches noted and not
+        if i % 50 == 0:
+            await asyncio.sleep(0.01)
+    await wait_for(lambda: publisher.stats.errors.get("ShipperExited") == 1)
+    await publisher.close()
+    assert sorted(await stream_ids(nats_server.url, tenant)) == sorted(r.id for r in records)
