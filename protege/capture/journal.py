@@ -1,21 +1,22 @@
 """The call log's journal: records a publisher took, kept until shipped, across a killed process.
 
-The writer (the gateway's event loop, or the SDK's publisher) copies each record into a
-memory-mapped segment file: one copy into shared memory, no system call, no ``fsync``. The
-pages belong to the file, so a killed process loses none of them (a crashed machine does:
-the spool is what survives that). The shipper (:mod:`protege.capture.shipper`), in another
-process or in a task beside the writer, follows the segments, publishes or spools their
-records, and deletes the segments it is done with. So the request path pays a copy, and
-serializing batches, NATS, acks and the spool happen elsewhere.
+The writer (the gateway's event loop, or the SDK's publisher) writes each record into a
+segment file: one ``pwrite`` into the page cache, no ``fsync``, so a killed process loses
+none of them (a crashed machine does: the spool is what survives that). The shipper
+(:mod:`protege.capture.shipper`), in another process or in a task beside the writer,
+follows the segments, publishes or spools their records, and deletes the segments it is
+done with. So the request path pays one system call, and serializing batches, NATS, acks
+and the spool happen elsewhere. (Copying into a shared memory map instead cost the loaded
+gateway more: each fresh page of a file mapping takes a fault in the writer, on ext4 one
+that allocates; bench/gateway_overhead.py.)
 
 Segments are ``<number>-<writer>.ring``: numbered in the order they were made (numbers only
-grow, across writers too), and named
-after the writer (one publisher's lifetime) that made them, so a shipper knows which
-segments a dead writer left. Each is made at its full size (``segment_bytes``, or more for
-a record that needs it) and renamed into place, then filled with frames ``[u32 length][u32
-crc32][entry]``. The writer writes an entry before its header, so a reader never takes a
-frame the writer has not finished: a header of zeros, or a length or CRC that does not
-match, means "not yet" while the writer lives and "the end of the segment" once it is gone.
+grow, across writers too), and named after the writer (one publisher's lifetime) that made
+them, so a shipper knows which segments a dead writer left. Each is made at its full size
+(``segment_bytes``, or more for a record that needs it) and renamed into place, then filled
+with frames ``[u32 length][u32 crc32][entry]``. A reader (it maps the segment) never takes a
+frame the writer has not finished: a header of zeros, or a length or CRC that does not match,
+means "not yet" while the writer lives and "the end of the segment" once it is gone.
 
 Entries: ``R<subject>\\n<id>\\n<json>`` a record to ship; ``H`` the same for a record held
 (its final version follows as ``R``: a shadow answer is pending; if it never comes, the
@@ -96,7 +97,8 @@ class JournalWriter:
         # has since deleted): after every segment here, and after the clock's microseconds.
         last = max((segment.number for segment in segments(self.directory)), default=0)
         self._number = max(last, time.time_ns() // 1000)
-        self._map: mmap.mmap | None = None
+        self._fd: int | None = None  # the segment being written
+        self._size = 0  # its size
         self._offset = 0
         self.records = 0  # records and bytes written by this writer
         self.bytes = 0
@@ -114,21 +116,21 @@ class JournalWriter:
     def _append(self, kind: bytes, subject: str, record_id: str, data: bytes, *, bounded: bool) -> bool:
         entry = b"".join((kind, subject.encode(), b"\n", record_id.encode(), b"\n", data))
         size = _HEADER.size + len(entry)
-        journal = self._map
-        if journal is None or self._offset + size > len(journal):
-            journal = self._rotate(size, bounded=bounded)
-            if journal is None:
+        fd = self._fd
+        if fd is None or self._offset + size > self._size:
+            fd = self._rotate(size, bounded=bounded)
+            if fd is None:
                 self.dropped += 1
                 return False
-        offset = self._offset
-        journal[offset + _HEADER.size : offset + size] = entry
-        journal[offset : offset + _HEADER.size] = _HEADER.pack(len(entry), zlib.crc32(entry))
-        self._offset = offset + size
+        # One write into the page cache: a reader that catches it half done finds a frame whose
+        # CRC does not match yet, and waits.
+        os.pwrite(fd, _HEADER.pack(len(entry), zlib.crc32(entry)) + entry, self._offset)
+        self._offset += size
         self.records += 1
         self.bytes += len(data)
         return True
 
-    def _rotate(self, size: int, *, bounded: bool) -> mmap.mmap | None:
+    def _rotate(self, size: int, *, bounded: bool) -> int | None:
         """A new segment with room for ``size`` bytes; None while the journal is full."""
         now = time.monotonic()
         if bounded and now < self._full_until:
@@ -147,27 +149,24 @@ class JournalWriter:
             self._full_until = now + 1.0
             return None
         self._full_until = 0.0
-        self._close_map()
+        self._close_segment()
         self._number += 1
         final = self.directory / f"{self._number:016d}-{self.writer}{_SUFFIX}"
         making = final.with_suffix(".making")
-        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.ftruncate(fd, max(size, self.segment_bytes))
-            self._map = mmap.mmap(fd, 0)
-        finally:
-            os.close(fd)
+        fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._size = max(size, self.segment_bytes)
+        os.ftruncate(fd, self._size)
         os.rename(making, final)  # a reader sees the segment whole, at its full size
-        self._offset = 0
-        return self._map
+        self._fd, self._offset = fd, 0
+        return fd
 
     def _segments(self) -> list[Path]:
         return [segment.path for segment in segments(self.directory)]
 
-    def _close_map(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+    def _close_segment(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def close(self) -> None:
         """Say so in the journal (the shipper then ships the rest and stops), and let go."""
@@ -175,7 +174,7 @@ class JournalWriter:
             return
         self._append(END, "", "", b"", bounded=False)
         self.closed = True
-        self._close_map()
+        self._close_segment()
         os.close(self._lock)
 
 

@@ -29,19 +29,10 @@ from protege.capture.access import GATEWAY
 from protege.capture.connection import NatsEndpoint, NatsTarget
 from protege.capture.journal import HELD, RECORD, JournalWriter
 from protege.capture.redaction import RedactingSink
-from protege.capture.shipper import (
-    PublisherStats,
-    Shipper,
-    ShipperConfig,
-    StatsBoard,
-    StreamSettings,
-    ensure_stream,
-)
+from protege.capture.shipper import PublisherStats, Shipper, ShipperConfig, StatsBoard, StreamSettings
 from protege.config import CurationSettings, Settings, load_settings
 
 log = logging.getLogger(__name__)
-
-__all__ = ["BackgroundPublisher", "CallLogPublisher", "PublisherStats", "StreamSettings", "ensure_stream"]
 
 ShipperMode = Literal["inline", "process"]
 

@@ -194,7 +194,7 @@ def call_log(nats: NatsTarget | NatsServer, user: str = OPERATOR) -> NatsEndpoin
 def ensure_call_stream(nats: NatsServer) -> None:
     """The call-log stream, made as a gateway (or the curator) makes it: a tenant's identity may
     not, so tests of the listener SDK alone need it made first."""
-    from protege.capture.publisher import StreamSettings, ensure_stream
+    from protege.capture.shipper import StreamSettings, ensure_stream
 
     async def make() -> None:
         client = await nats.endpoint(GATEWAY).connect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,14 +51,10 @@ def test_a_dead_writers_torn_frame_ends_its_segment(tmp_path: Path) -> None:
     """A frame cut short by a crash is not taken; what the next writer wrote is."""
     dead = JournalWriter(tmp_path, segment_bytes=4096)
     dead.append(RECORD, "protege.calls.t.a", "whole", b"{}")
-    assert dead._map is not None
-    offset = dead._offset  # a crash mid-write: an entry, and a header that does not match it
-    dead._map[offset + 8 : offset + 12] = b"torn"
-    dead._map[offset : offset + 8] = b"\x04\x00\x00\x00\x00\x00\x00\x00"
-    dead._map.close()
-    dead._map = None
-    import os
-
+    assert dead._fd is not None
+    offset = dead._offset  # a crash mid-write: a header, and an entry that does not match it
+    os.pwrite(dead._fd, b"\x04\x00\x00\x00\x00\x00\x00\x00torn", offset)
+    os.close(dead._fd)
     os.close(dead._lock)  # the process is gone: so is its lock
     successor = JournalWriter(tmp_path, segment_bytes=4096)
     successor.append(RECORD, "protege.calls.t.a", "after", b"{}")

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from protege.api.calls import SUBJECT_PREFIX, CallRecord
 from protege.capture.access import CURATOR, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT
 from protege.capture.connection import NatsEndpoint, NatsTarget
-from protege.capture.publisher import StreamSettings, ensure_stream
+from protege.capture.shipper import StreamSettings, ensure_stream
 from protege.capture.wire import records_in_message
 from protege.config import CurationSettings, Settings
 from protege.pii import Finding, PiiBackend, RecordRedaction, backend_from_settings
