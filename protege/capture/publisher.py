@@ -1,7 +1,7 @@
 """Hand call records to the call log: a copy into the journal on the request path, nothing more.
 
 ``submit()`` never blocks on the network or the disk and never raises: the record's JSON is
-copied into the journal (:mod:`protege.capture.journal`: memory-mapped segment files, so a
+written to the journal (:mod:`protege.capture.journal`: segment files, one ``pwrite``, so a
 killed process loses none) and that is all the caller's event loop does. A shipper
 (:mod:`protege.capture.shipper`) follows the journal and publishes its records to JetStream
 in batches, spooling to disk when NATS is away. A gateway runs its shipper as a process of
