@@ -31,11 +31,10 @@ import mmap
 import os
 import secrets
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from protege.capture.spool import _HEADER, hold_lock
+from protege.capture.spool import _HEADER, frame_at, hold_lock, pack_frames
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class JournalWriter:
                 return False
         # One write into the page cache: a reader that catches it half done finds a frame whose
         # CRC does not match yet, and waits.
-        os.pwrite(fd, _HEADER.pack(len(entry), zlib.crc32(entry)) + entry, self._offset)
+        os.pwrite(fd, pack_frames([entry]), self._offset)
         self._offset += size
         self.records += 1
         self.bytes += len(data)
@@ -136,9 +135,9 @@ class JournalWriter:
         if bounded and now < self._full_until:
             return None
         on_disk = 0
-        for path in self._segments():
+        for segment in segments(self.directory):
             with contextlib.suppress(FileNotFoundError):  # the shipper deletes what it shipped
-                on_disk += path.stat().st_size
+                on_disk += segment.path.stat().st_size
         if bounded and on_disk + max(size, self.segment_bytes) > self.max_bytes:
             if not self._full_until:
                 log.error(
@@ -159,9 +158,6 @@ class JournalWriter:
         os.rename(making, final)  # a reader sees the segment whole, at its full size
         self._fd, self._offset = fd, 0
         return fd
-
-    def _segments(self) -> list[Path]:
-        return [segment.path for segment in segments(self.directory)]
 
     def _close_segment(self) -> None:
         if self._fd is not None:
@@ -220,15 +216,10 @@ class JournalReader:
                 return True
         return False
 
-    def _frame(self, journal: mmap.mmap, offset: int) -> bytes | None:
-        if offset + _HEADER.size > len(journal):
-            return None
-        length, crc = _HEADER.unpack_from(journal, offset)
-        start = offset + _HEADER.size
-        if length == 0 or start + length > len(journal):
-            return None
-        entry = journal[start : start + length]
-        return entry if zlib.crc32(entry) == crc else None
+    @staticmethod
+    def _frame(journal: mmap.mmap, offset: int) -> bytes | None:
+        entry = frame_at(journal, offset)
+        return entry or None  # an empty frame is the zeros a segment is made of, not an entry
 
     def take(self, limit: int, until: Position | None = None) -> list[Entry]:
         """Up to ``limit`` entries from the position on (not past ``until``), all of one writer."""
@@ -241,9 +232,9 @@ class JournalReader:
             offset = self.position.offset
             entry = self._frame(journal, offset)
             if entry is None:
-                if not self._finished(segment, journal, offset):
-                    break
                 following = [s for s in segments(self.directory) if s.number > segment.number]
+                if not self._finished(segment, journal, offset, bool(following)):
+                    break
                 if not following or (taken and following[0].writer != segment.writer):
                     break  # nothing more yet; or another writer's: a batch is one writer's
                 self.position = Position(following[0].number, 0)
@@ -260,11 +251,12 @@ class JournalReader:
                 self.live_gone = True
         return taken
 
-    def _finished(self, segment: Segment, journal: mmap.mmap, offset: int) -> bool:
-        """No whole frame at ``offset``: is that the segment's end, or one being written?"""
+    def _finished(self, segment: Segment, journal: mmap.mmap, offset: int, followed: bool) -> bool:
+        """No whole frame at ``offset``: is that the segment's end, or one being written?
+        ``followed``: a later segment exists."""
         if segment.writer != self.live or self.live_gone:
             return True  # its writer is gone: a torn frame (the crash) or the unwritten rest
-        if not any(s.number > segment.number for s in segments(self.directory)):
+        if not followed:
             return False  # the writer is still in this segment
         # It made a new segment, so it finished with this one first; look once more.
         return self._frame(journal, offset) is None

@@ -32,7 +32,6 @@ import os
 import pickle
 import signal
 import sys
-import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,10 +47,10 @@ from protege.api.calls import SUBJECT_PREFIX
 from protege.capture.connection import NatsEndpoint
 from protege.capture.journal import END, HELD, Entry, JournalReader, Position
 from protege.capture.spool import (
-    _HEADER,
     DiskSpool,
     SpoolFullError,
     SpoolInUseError,
+    frame_at,
     hold_lock,
     pack_frames,
     unpack_frames,
@@ -141,18 +140,14 @@ class StatsBoard:
             os.close(fd)
 
     def write(self, stats: PublisherStats) -> None:
-        data = json.dumps(asdict(stats)).encode()
-        if _HEADER.size + len(data) <= self.SIZE:
-            self._map[_HEADER.size : _HEADER.size + len(data)] = data
-            self._map[: _HEADER.size] = _HEADER.pack(len(data), zlib.crc32(data))
+        frame = pack_frames([json.dumps(asdict(stats)).encode()])
+        if len(frame) <= self.SIZE:
+            self._map[: len(frame)] = frame
 
     def read(self) -> PublisherStats | None:
         """The figures last written; None if none yet, or caught mid-write."""
-        length, crc = _HEADER.unpack_from(self._map)
-        data = self._map[_HEADER.size : _HEADER.size + length]
-        if not length or length > self.SIZE or zlib.crc32(data) != crc:
-            return None
-        return PublisherStats(**json.loads(data))
+        data = frame_at(self._map, 0)
+        return PublisherStats(**json.loads(data)) if data else None
 
     def close(self) -> None:
         self._map.close()
@@ -297,20 +292,16 @@ class _Plan:
     flushed: list[Position]
 
     def entry(self) -> bytes:
-        data = asdict(self)
-        data["end"] = [self.end.segment, self.end.offset]
-        data["pending"] = [[p.segment, p.offset] for p in self.pending]
-        data["flushed"] = [[p.segment, p.offset] for p in self.flushed]
-        return json.dumps(data).encode()
+        return json.dumps(asdict(self)).encode()
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> _Plan:
         return cls(
             data["number"],
-            Position(*data["end"]),
+            Position(**data["end"]),
             data["limit"],
-            [Position(*p) for p in data["pending"]],
-            [Position(*p) for p in data["flushed"]],
+            [Position(**p) for p in data["pending"]],
+            [Position(**p) for p in data["flushed"]],
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -138,17 +139,25 @@ def pack_frames(payloads: list[bytes]) -> bytes:
     return b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
 
 
+def frame_at(data: bytes | mmap.mmap, offset: int) -> bytes | None:
+    """The payload of the frame at ``offset``; None if no whole frame with a matching CRC is there."""
+    if offset + _HEADER.size > len(data):
+        return None
+    length, crc = _HEADER.unpack_from(data, offset)
+    start = offset + _HEADER.size
+    payload = data[start : start + length]
+    return payload if len(payload) == length and zlib.crc32(payload) == crc else None
+
+
 def unpack_frames(data: bytes, segment: Path) -> Iterator[bytes]:
     """The whole frames of a segment; a torn one at its end (a crash mid-write) is dropped."""
     offset = 0
     while offset + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, offset)
-        start = offset + _HEADER.size
-        payload = data[start : start + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
+        payload = frame_at(data, offset)
+        if payload is None:
             log.warning("spool %s: dropping a torn record at byte %d (a crash mid-write)", segment, offset)
             return
         yield payload
-        offset = start + length
+        offset += _HEADER.size + len(payload)
     if offset != len(data):
         log.warning("spool %s: dropping %d trailing bytes of a torn header", segment, len(data) - offset)
